@@ -1,0 +1,182 @@
+"""Positive-Negative Alignment (PNA): similarity maps and point selection (spec §3-§4).
+
+Every function is a pure function of tensors. Shapes use the glossary of `gfsam.types`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gfsam.types import FRAME, GRID, GFSAMConfig
+
+# Epsilons of the official code (GFSAM.generate_pixelwise_comparison / generate_prior / predict).
+COSINE_EPS = 1e-7
+WEIGHT_EPS = 1e-7
+MINMAX_EPS = 1e-6
+
+
+@dataclass
+class PNAMaps:
+    """The 37x37 maps of PNA, flattened to [T] float32 (row-major cells).
+
+    Attributes:
+        s_pos_mean: S+mean, mask-weighted mean similarity, averaged over shots.
+        s_pos_max: S+max, mask-weighted max similarity, averaged over shots.
+        s_neg_mean: S-mean, background-weighted mean similarity, averaged over shots.
+        filtered: F = minmax(S+mean * S+max) where minmax(S-mean) <= it, else 0.
+        s_mid: scalar (max + min) / 2 of S+mean, used by positive gating.
+    """
+
+    s_pos_mean: Tensor
+    s_pos_max: Tensor
+    s_neg_mean: Tensor
+    filtered: Tensor
+    s_mid: Tensor
+
+
+def normalize_tokens(tokens: Tensor, cfg: GFSAMConfig) -> Tensor:
+    """Normalise raw DINOv2 tokens as configured (port of `GFSAM.extract_img_feats`; spec §3).
+
+    Args:
+        tokens: [..., T, C] float32 raw patch tokens of one image per leading index.
+        cfg: ``token_axis_norm`` (official quirk) divides each channel by its L2 norm over the T
+            tokens of its image; ``per_token_norm`` divides each token by its L2 norm over C.
+
+    Returns:
+        [..., T, C] float32.
+    """
+    if cfg.token_axis_norm:
+        return F.normalize(tokens, p=2.0, dim=-2)
+    if cfg.per_token_norm:
+        return F.normalize(tokens, p=2.0, dim=-1)
+    return tokens
+
+
+def cosine_similarity(ref: Tensor, tgt: Tensor, cfg: GFSAMConfig) -> Tensor:
+    """Cosine similarity of every reference cell with every target cell (spec §4).
+
+    Args:
+        ref: [K, T, C] normalised reference tokens.
+        tgt: [T, C] normalised target tokens.
+        cfg: ``relu_similarity`` clamps negative similarities to 0 (paper's Eq. 1).
+
+    Returns:
+        [K, T_ref, T_tgt] float32, <a, b> / (|a| |b| + 1e-7).
+    """
+    dots = torch.matmul(ref, tgt.transpose(0, 1))  # (K, Tr, Tt)
+    norms = ref.norm(dim=-1)[:, :, None] * tgt.norm(dim=-1)[None, None, :]  # (K, Tr, Tt)
+    sim = dots / (norms + COSINE_EPS)
+    return sim.clamp_min(0.0) if cfg.relu_similarity else sim
+
+
+def reference_weights(mask: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
+    """Soft foreground and background cell weights of one reference mask (`generate_prior`).
+
+    Args:
+        mask: [S, S] bool or 0/1 mask in the squashed 1024 frame (numpy or torch).
+
+    Returns:
+        (fg, bg): [T] float32 each, bilinear (align_corners=True) samples of mask and 1 - mask.
+    """
+    m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
+    if m.ndim != 2 or m.shape[0] != FRAME or m.shape[1] != FRAME:
+        raise ValueError(f"reference mask must be [{FRAME}, {FRAME}], got {tuple(m.shape)}")
+    m = (m > 0).to(torch.float32)[None, None]  # (1, 1, S, S)
+    both = torch.cat([m, 1.0 - m], dim=0)  # (2, 1, S, S)
+    grid = F.interpolate(both, size=(GRID, GRID), mode="bilinear", align_corners=True)
+    fg, bg = grid.reshape(2, GRID * GRID)
+    return fg, bg
+
+
+def _weighted_mean_max(sim: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-shot weighted mean and max over reference cells (`generate_prior`).
+
+    Args:
+        sim: [K, Tr, Tt] similarities. w: [K, Tr] weights.
+
+    Returns:
+        (mean, max): [K, Tt] each.
+    """
+    weighted = sim * w[:, :, None]  # (K, Tr, Tt)
+    mean = weighted.mean(dim=1) / (w.mean(dim=1, keepdim=True) + WEIGHT_EPS)  # (K, Tt)
+    return mean, weighted.amax(dim=1)
+
+
+def _minmax(x: Tensor) -> Tensor:
+    return (x - x.min()) / (x.max() - x.min() + MINMAX_EPS)
+
+
+def pna_maps(ref: Tensor, fg: Tensor, bg: Tensor, tgt: Tensor, cfg: GFSAMConfig) -> PNAMaps:
+    """Compute S+mean, S+max, S-mean, s_mid and the filtered map F (`GFSAM.predict`; spec §4).
+
+    One similarity matrix per shot is shared by the foreground and background maps; per-shot maps
+    are averaged over shots (spec §9).
+
+    Args:
+        ref: [K, T, C] normalised reference tokens. fg, bg: [K, T] cell weights.
+        tgt: [T, C] normalised target tokens.
+        cfg: algorithm switches.
+
+    Returns:
+        PNAMaps with [T] maps.
+    """
+    sim = cosine_similarity(ref, tgt, cfg)  # (K, T, T)
+    pos_mean, pos_max = _weighted_mean_max(sim, fg)  # (K, T) each
+    neg_mean, _ = _weighted_mean_max(sim, bg)  # (K, T); S-max is unused by the official code
+    s_pos_mean = pos_mean.mean(dim=0)  # (T,)
+    s_pos_max = pos_max.mean(dim=0)
+    s_neg_mean = neg_mean.mean(dim=0)
+    s_mid = (s_pos_mean.max() + s_pos_mean.min()) / 2
+    q = _minmax(s_pos_mean * s_pos_max)  # (T,)
+    n = _minmax(s_neg_mean)
+    filtered = torch.where(n > q, torch.zeros_like(q), q)  # strict: N > Q drops the cell
+    return PNAMaps(s_pos_mean, s_pos_max, s_neg_mean, filtered, s_mid)
+
+
+def count_points(filtered: Tensor, cfg: GFSAMConfig) -> int:
+    """Number of prompts N = floor(sum F), capped, and 1 when 0 < sum < 1 (`find_points`)."""
+    total = float(filtered.sum())
+    n = min(int(total), cfg.max_points)
+    return 1 if n == 0 and total > 0 else n
+
+
+def select_points(filtered: Tensor, cfg: GFSAMConfig) -> Tensor:
+    """Pick the top-N cells of F and order them x-major, then by y (`GFSAM.find_points`).
+
+    Args:
+        filtered: [T] float32 filtered map F in [0, 1).
+        cfg: uses ``max_points``.
+
+    Returns:
+        [P, 2] int64 cells (x, y), sorted by x then y; P == 0 when F sums to 0.
+    """
+    n = count_points(filtered, cfg)
+    if n == 0:
+        return torch.zeros((0, 2), dtype=torch.int64)
+    flat = torch.topk(filtered.cpu(), n).indices  # (P,) flat index y * G + x
+    xs, ys = flat % GRID, flat // GRID
+    order = torch.argsort(xs * GRID + ys)  # x-major, then y (as np.argwhere(hot.T))
+    return torch.stack([xs[order], ys[order]], dim=1)  # (P, 2)
+
+
+def prompt_pixels(cells: Tensor, cfg: GFSAMConfig) -> np.ndarray:
+    """Map grid cells to SAM prompt pixels in the 1024 frame (spec §3).
+
+    Official: floor(x * 1024 / 37), the top-left corner of the patch (float64 scale, then int
+    truncation). ``centred_prompts`` uses the patch centre floor((x + 0.5) * 1024 / 37).
+
+    Args:
+        cells: [P, 2] int64 (x, y).
+
+    Returns:
+        [P, 2] int64 numpy pixels (x, y).
+    """
+    xy = cells.cpu().numpy().astype(np.float64)
+    if cfg.centred_prompts:
+        xy = xy + 0.5
+    return (xy * (FRAME / GRID)).astype(np.int64)

@@ -1,0 +1,109 @@
+"""Shared types of the GF-SAM library: the configuration and the token-level result.
+
+Dimension glossary (used in every docstring and shape comment of `gfsam`):
+
+- ``G``: side of the DINOv2 patch grid, 37 (518 px / patch 14).
+- ``T``: number of grid cells, ``G * G`` = 1369. Cell ``(x, y)`` (x = column) has flat index
+  ``y * G + x`` (row-major, as DINOv2 emits its patch tokens).
+- ``C``: token channels (1024 for ViT-L; anything in tests).
+- ``K``: reference shots. ``P``: selected points (= prompts = SAM masks), ``P <= max_points``.
+- ``L``: clusters of points. ``S``: side of the square working frame, 1024 px (SAM's input).
+- ``H, W``: pixels of an original image.
+
+Coordinates are always ``(x, y)``: grid cells in ``[0, G)``, prompt pixels in ``[0, S)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+GRID = 37
+TOKENS = GRID * GRID
+FRAME = 1024
+
+
+@dataclass(frozen=True)
+class GFSAMConfig:
+    """Algorithm switches. ``GFSAMConfig.faithful()`` reproduces the official code exactly.
+
+    The default differs from faithful in one respect only: ``fallback=False`` (abstain), because a
+    labeling tool must not paint a class into an image that lacks it. Every other deviation from
+    the official behaviour is a named, opt-in option.
+    """
+
+    # Official cap on prompts "for efficiency" (GFSAM.find_points); N = floor(sum F) above it.
+    max_points: int = 128
+    # Official quirk: F.normalize(dim=1) on [B, T, C] L2-normalises each channel over the T tokens
+    # of an image, not each token over its channels. It produced the published numbers.
+    token_axis_norm: bool = True
+    # Opt-in fix: L2-normalise each token over its channels (what Matcher does). Applied instead of
+    # the token-axis quirk when set.
+    per_token_norm: bool = False
+    # Opt-in: the paper's ReLU on the cosine correlation (the code uses a plain cosine).
+    relu_similarity: bool = False
+    # Opt-in fix: prompt at the patch centre (x + 0.5) * S / G instead of the official top-left
+    # corner floor(x * S / G).
+    centred_prompts: bool = False
+    # Official: when no point passes both gates, return the "best" one-gate mask. Off by default:
+    # abstain (empty mask, flagged) instead.
+    fallback: bool = False
+    # Official decoder batch (segment_anything.utils.amg.batch_iterator(64, ...)); only a memory
+    # knob, results do not depend on it.
+    prompt_batch: int = 64
+
+    def __post_init__(self) -> None:
+        if self.max_points < 1:
+            raise ValueError(f"max_points must be >= 1, got {self.max_points}")
+        if self.prompt_batch < 1:
+            raise ValueError(f"prompt_batch must be >= 1, got {self.prompt_batch}")
+        if self.token_axis_norm and self.per_token_norm:
+            raise ValueError("token_axis_norm and per_token_norm are exclusive; pick one")
+
+    @classmethod
+    def faithful(cls) -> GFSAMConfig:
+        """The official code's behaviour, quirks and fallback included (parity mode)."""
+        return cls(fallback=True)
+
+
+@dataclass
+class Segmentation:
+    """Token-level result of one GF-SAM run on one target (all arrays numpy, on the CPU).
+
+    Attributes:
+        mask: bool [S, S], the merged prediction in the squashed 1024 frame.
+        points_xy: int64 [P, 2], selected grid cells (x, y) in the official x-major order.
+        prompt_xy: int64 [P, 2], the prompt pixels handed to the mask function.
+        cluster: int64 [P], weak-component label of each point, numbered by first member.
+        positive: bool [P], accepted by positive gating (mask growth).
+        consistent: bool [P], self-consistent after the per-cluster vote (overshooting gating).
+        state: int64 [P], 1 = both gates, 2 = exactly one, 0 = neither.
+        cls_score: float32 [P], official per-point growth score (pos - neg of the cluster's last
+            growth step); used only by the fallback.
+        fallback: True when the official fallback produced ``mask``.
+        abstained: True when no mask passed both gates and the config abstains (mask is empty).
+        maps: float32 [G, G] maps: ``s_pos_mean``, ``s_pos_max``, ``s_neg_mean``, ``filtered``.
+        score: confidence in [0, 1]: mean of ``filtered`` over the points in state 1 (0 when none).
+    """
+
+    mask: np.ndarray
+    points_xy: np.ndarray
+    prompt_xy: np.ndarray
+    cluster: np.ndarray
+    positive: np.ndarray
+    consistent: np.ndarray
+    state: np.ndarray
+    cls_score: np.ndarray
+    fallback: bool
+    abstained: bool
+    maps: dict[str, np.ndarray] = field(default_factory=dict)
+    score: float = 0.0
+
+    @property
+    def n_points(self) -> int:
+        return int(self.points_xy.shape[0])
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.cluster.max()) + 1 if self.cluster.size else 0

@@ -1,0 +1,29 @@
+"""Shared pytest configuration: markers and paths to the shared material."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("GFSAM_SHARED_DIR", REPO_ROOT.parent / "shared"))
+GOLDEN_DIR = Path(os.environ.get("GFSAM_GOLDEN_DIR", SHARED / "golden" / "gfsam-parity"))
+ASSETS = SHARED / "assets" / "data"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "slow: takes more than a few seconds (runs in CI)")
+    config.addinivalue_line("markers", "e2e: drives a real Label Studio server (runs in CI)")
+    config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
+    config.addinivalue_line("markers", "weights: needs the real pretrained checkpoints")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    import torch
+
+    skip_gpu = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
