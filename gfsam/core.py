@@ -15,8 +15,6 @@ from torch import Tensor
 
 from gfsam.clustering import cluster_masks, coverage_matrix
 from gfsam.gating import (
-    downsample,
-    grid_sample_masks,
     merge_masks,
     overshoot_gate,
     point_states,
@@ -31,6 +29,7 @@ from gfsam.points import (
     reference_weights,
     select_points,
 )
+from gfsam.resample import gather_support, reduce_support
 from gfsam.types import FRAME, GRID, TOKENS, GFSAMConfig, Segmentation
 
 MaskFn = Callable[[np.ndarray], "Tensor | np.ndarray"]
@@ -174,14 +173,15 @@ def _cluster_gate_merge(
         n_clusters, labels_np = cluster_masks(coverage_matrix(masks, cells))
         labels = torch.as_tensor(labels_np, device=device)
     with _stage(timings, "gates", device):
-        sampled = grid_sample_masks(masks)  # (P, R, R)
-        mu = downsample(sampled)  # (P, T)
+        sampled = gather_support(masks)  # (P, R, R)
+        mu = reduce_support(sampled)  # (P, T)
         pos = positive_gate(mu, labels, n_clusters, maps.s_pos_mean, maps.s_neg_mean, maps.s_mid)
         member = torch.nn.functional.one_hot(labels, n_clusters).transpose(0, 1)  # (L, P)
         union = (member.to(torch.float32) @ sampled.flatten(1).to(torch.float32)) > 0  # (L, R*R)
-        mu_union = downsample(union.reshape(n_clusters, *sampled.shape[1:]))  # (L, T)
-        self_sim = cosine_similarity(tgt_n[None], tgt_n, cfg)[0]  # (T, T), once
-        consistent = overshoot_gate(mu_union, self_sim, cells, labels)
+        mu_union = reduce_support(union.reshape(n_clusters, *sampled.shape[1:]))  # (L, T)
+        flat = cells[:, 1] * GRID + cells[:, 0]  # (P,)
+        point_sim = cosine_similarity(tgt_n[None], tgt_n[flat], cfg)[0]  # (T, P), once
+        consistent = overshoot_gate(mu_union, point_sim, cells, labels)
         state = point_states(pos.fg, consistent)
     with _stage(timings, "merge", device):
         merged = merge_masks(masks, state, pos.cls_score, cfg)

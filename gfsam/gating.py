@@ -1,68 +1,21 @@
 """Positive gating, overshooting gating and the merge (spec §6.2, §7, §8).
 
-Everything runs on the 37x37 grid except the final union. Masks are never downsampled in full:
-bilinear (align_corners=False) 1024 -> 37 reads only the 2x2 pixels around each cell centre, so
-the sampled rows/columns are gathered first ([P, R, R], R <= 2G) and reduced with the exact
-interpolation weights that `F.interpolate` uses (derived from it on an identity image).
+Everything runs on the 37x37 grid except the final union; masks reach the gates already
+downsampled (`gfsam.resample`, bilinear with align_corners=False as the official code).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from gfsam.types import FRAME, GRID, GFSAMConfig
+from gfsam.types import FRAME, GFSAMConfig
 
 SCORE_EPS = 1e-6  # GFSAM.cluster_classification
 WEIGHT_EPS = 1e-7  # GFSAM.generate_prior
-
-
-@lru_cache(maxsize=1)
-def _bilinear_rows() -> tuple[Tensor, Tensor]:
-    """Exact bilinear (align_corners=False, no antialias) 1024 -> 37 weights along one axis.
-
-    Returns:
-        (support, weights): [R] int64 source pixels with a non-zero weight, and [G, R] float32.
-    """
-    eye = torch.eye(FRAME, dtype=torch.float32)[None, None]  # (1, 1, S, S)
-    full = F.interpolate(eye, size=(GRID, FRAME), mode="bilinear", align_corners=False)
-    full = full[0, 0]  # (G, S): row i holds the weights of output row i over source rows
-    support = torch.nonzero(full.abs().sum(dim=0) > 0).flatten()  # (R,)
-    return support, full[:, support].contiguous()  # (R,), (G, R)
-
-
-def grid_sample_masks(masks: Tensor) -> Tensor:
-    """Gather the pixels that bilinear 1024 -> 37 reads.
-
-    Args:
-        masks: [P, S, S] bool.
-
-    Returns:
-        [P, R, R] bool, rows and columns at the support pixels.
-    """
-    support, _ = _bilinear_rows()
-    support = support.to(masks.device)
-    return masks.index_select(1, support).index_select(2, support)  # (P, R, R)
-
-
-def downsample(sampled: Tensor) -> Tensor:
-    """Bilinear 37x37 maps of gathered masks, equal to `F.interpolate(..., (37, 37), 'bilinear')`.
-
-    Args:
-        sampled: [B, R, R] bool or float (from `grid_sample_masks`).
-
-    Returns:
-        [B, T] float32.
-    """
-    _, w = _bilinear_rows()
-    w = w.to(sampled.device)
-    grid = w @ sampled.to(torch.float32) @ w.transpose(0, 1)  # (B, G, G)
-    return grid.reshape(grid.shape[0], GRID * GRID)
 
 
 @dataclass
@@ -134,26 +87,26 @@ def positive_gate(
     )
 
 
-def overshoot_gate(mu_union: Tensor, self_sim: Tensor, cells: Tensor, labels: Tensor) -> Tensor:
+def overshoot_gate(mu_union: Tensor, point_sim: Tensor, cells: Tensor, labels: Tensor) -> Tensor:
     """Self-consistency of each point with its cluster (`GFSAM.point_consistency_dis`; §7).
 
     score(i, c) = Sim_c(p_i) / max(1, dist(p_i, nearest point of c)); a point is consistent when
     its own cluster wins the argmax, and a cluster keeps its consistent points only when they
-    are not outnumbered (ties keep).
+    are not outnumbered (ties keep). Sim_c is the union-weighted mean self-similarity of the
+    target; only its values at the P point cells are ever read, so only those columns of the
+    self-similarity matrix are needed.
 
     Args:
         mu_union: [L, T] bilinear maps of each cluster's union mask.
-        self_sim: [T, T] cosine self-similarity of the target tokens (computed once).
+        point_sim: [T, P] cosine similarity of every target cell with each point's cell.
         cells: [P, 2] int64 grid cells (x, y). labels: [P] int64.
 
     Returns:
         [P] bool consistent flags after the per-cluster vote.
     """
     n_clusters = mu_union.shape[0]
-    sim = (mu_union @ self_sim) / self_sim.shape[0]  # (L, T): mean over r of U(r) * Ctt[r, t]
-    sim = sim / (mu_union.mean(dim=1, keepdim=True) + WEIGHT_EPS)
-    flat = cells[:, 1] * GRID + cells[:, 0]  # (P,)
-    s = sim[:, flat].transpose(0, 1)  # (P, L)
+    s = (mu_union @ point_sim) / point_sim.shape[0]  # (L, P): mean over r of U(r) * C[r, p_i]
+    s = (s / (mu_union.mean(dim=1, keepdim=True) + WEIGHT_EPS)).transpose(0, 1)  # (P, L)
     xy = cells.to(torch.float32)
     dist = torch.cdist(xy, xy)  # (P, P)
     member = labels[None, :] == torch.arange(n_clusters, device=labels.device)[:, None]  # (L, P)

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from gfsam.resample import gather_support, reduce_support
 from gfsam.types import FRAME, GRID, GFSAMConfig
 
 # Epsilons of the official code (GFSAM.generate_pixelwise_comparison / generate_prior / predict).
@@ -68,10 +69,10 @@ def cosine_similarity(ref: Tensor, tgt: Tensor, cfg: GFSAMConfig) -> Tensor:
     Returns:
         [K, T_ref, T_tgt] float32, <a, b> / (|a| |b| + 1e-7).
     """
-    dots = torch.matmul(ref, tgt.transpose(0, 1))  # (K, Tr, Tt)
+    sim = torch.matmul(ref, tgt.transpose(0, 1))  # (K, Tr, Tt) dot products
     norms = ref.norm(dim=-1)[:, :, None] * tgt.norm(dim=-1)[None, None, :]  # (K, Tr, Tt)
-    sim = dots / (norms + COSINE_EPS)
-    return sim.clamp_min(0.0) if cfg.relu_similarity else sim
+    sim.div_(norms.add_(COSINE_EPS))  # in place: same arithmetic, two fewer [K, T, T] buffers
+    return sim.clamp_min_(0.0) if cfg.relu_similarity else sim
 
 
 def reference_weights(mask: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
@@ -86,25 +87,22 @@ def reference_weights(mask: Tensor | np.ndarray) -> tuple[Tensor, Tensor]:
     m = torch.as_tensor(np.asarray(mask) if not isinstance(mask, Tensor) else mask)
     if m.ndim != 2 or m.shape[0] != FRAME or m.shape[1] != FRAME:
         raise ValueError(f"reference mask must be [{FRAME}, {FRAME}], got {tuple(m.shape)}")
-    m = (m > 0).to(torch.float32)[None, None]  # (1, 1, S, S)
-    both = torch.cat([m, 1.0 - m], dim=0)  # (2, 1, S, S)
-    grid = F.interpolate(both, size=(GRID, GRID), mode="bilinear", align_corners=True)
-    fg, bg = grid.reshape(2, GRID * GRID)
+    sampled = gather_support((m > 0)[None], align_corners=True).to(torch.float32)  # (1, R, R)
+    both = torch.cat([sampled, 1.0 - sampled], dim=0)  # (2, R, R)
+    fg, bg = reduce_support(both, align_corners=True)  # (2, T)
     return fg, bg
 
 
-def _weighted_mean_max(sim: Tensor, w: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-shot weighted mean and max over reference cells (`generate_prior`).
+def _weighted_mean(weighted: Tensor, w: Tensor) -> Tensor:
+    """Per-shot weighted mean over reference cells (`generate_prior`), as the official ops.
 
     Args:
-        sim: [K, Tr, Tt] similarities. w: [K, Tr] weights.
+        weighted: [K, Tr, Tt] similarities already multiplied by the weights. w: [K, Tr].
 
     Returns:
-        (mean, max): [K, Tt] each.
+        [K, Tt]: mean_r(w * sim) / (mean_r(w) + 1e-7).
     """
-    weighted = sim * w[:, :, None]  # (K, Tr, Tt)
-    mean = weighted.mean(dim=1) / (w.mean(dim=1, keepdim=True) + WEIGHT_EPS)  # (K, Tt)
-    return mean, weighted.amax(dim=1)
+    return weighted.mean(dim=1) / (w.mean(dim=1, keepdim=True) + WEIGHT_EPS)
 
 
 def _minmax(x: Tensor) -> Tensor:
@@ -126,8 +124,10 @@ def pna_maps(ref: Tensor, fg: Tensor, bg: Tensor, tgt: Tensor, cfg: GFSAMConfig)
         PNAMaps with [T] maps.
     """
     sim = cosine_similarity(ref, tgt, cfg)  # (K, T, T)
-    pos_mean, pos_max = _weighted_mean_max(sim, fg)  # (K, T) each
-    neg_mean, _ = _weighted_mean_max(sim, bg)  # (K, T); S-max is unused by the official code
+    weighted = sim * fg[:, :, None]  # (K, T, T)
+    pos_mean = _weighted_mean(weighted, fg)  # (K, T)
+    pos_max = weighted.amax(dim=1)  # (K, T): the weight multiplies before the max
+    neg_mean = _weighted_mean(weighted.copy_(sim).mul_(bg[:, :, None]), bg)  # buffer reused
     s_pos_mean = pos_mean.mean(dim=0)  # (T,)
     s_pos_max = pos_max.mean(dim=0)
     s_neg_mean = neg_mean.mean(dim=0)

@@ -6,14 +6,13 @@ import torch
 import torch.nn.functional as F
 
 from gfsam.gating import (
-    downsample,
-    grid_sample_masks,
     merge_masks,
     overshoot_gate,
     point_states,
     positive_gate,
     union_masks,
 )
+from gfsam.resample import gather_support, reduce_support
 from gfsam.types import FRAME, GRID, TOKENS, GFSAMConfig
 
 
@@ -28,7 +27,7 @@ def test_downsample_equals_bilinear_interpolate() -> None:
     expected = F.interpolate(
         masks.float()[:, None], (GRID, GRID), mode="bilinear", align_corners=False
     ).flatten(1)
-    torch.testing.assert_close(downsample(grid_sample_masks(masks)), expected, atol=1e-6, rtol=0)
+    torch.testing.assert_close(reduce_support(gather_support(masks)), expected, atol=1e-6, rtol=0)
 
 
 def test_positive_gate_grows_on_positive_cells_only() -> None:
@@ -52,8 +51,8 @@ def test_positive_gate_grows_on_positive_cells_only() -> None:
 
 
 def test_overshoot_gate_distance_and_vote() -> None:
-    self_sim = torch.eye(TOKENS)  # each cell only resembles itself
     cells = torch.tensor([[0, 0], [1, 0], [30, 30], [31, 30], [32, 30]])
+    self_sim = torch.eye(TOKENS)[:, cells[:, 1] * GRID + cells[:, 0]]  # cells resemble only self
     labels = torch.tensor([0, 0, 1, 1, 1])
     union = torch.stack([_cells_mask([0, 1]), _cells_mask([30 * GRID + 30, 30 * GRID + 31])])
     cons = overshoot_gate(union, self_sim, cells, labels)
