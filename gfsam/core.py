@@ -19,6 +19,7 @@ from gfsam.gating import (
     overshoot_gate,
     point_states,
     positive_gate,
+    positive_gate_bitwise,
 )
 from gfsam.points import (
     PNAMaps,
@@ -174,8 +175,9 @@ def _cluster_gate_merge(
         labels = torch.as_tensor(labels_np, device=device)
     with _stage(timings, "gates", device):
         sampled = gather_support(masks)  # (P, R, R)
-        mu = reduce_support(sampled)  # (P, T)
-        pos = positive_gate(mu, labels, n_clusters, maps.s_pos_mean, maps.s_neg_mean, maps.s_mid)
+        gate = positive_gate_bitwise if cfg.bit_parity else positive_gate
+        mu_or_masks = masks if cfg.bit_parity else reduce_support(sampled)  # (P, ...)
+        pos = gate(mu_or_masks, labels, n_clusters, maps.s_pos_mean, maps.s_neg_mean, maps.s_mid)
         member = torch.nn.functional.one_hot(labels, n_clusters).transpose(0, 1)  # (L, P)
         union = (member.to(torch.float32) @ sampled.flatten(1).to(torch.float32)) > 0  # (L, R*R)
         mu_union = reduce_support(union.reshape(n_clusters, *sampled.shape[1:]))  # (L, T)

@@ -10,9 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from gfsam.types import FRAME, GFSAMConfig
+from gfsam.types import FRAME, GRID, GFSAMConfig
 
 SCORE_EPS = 1e-6  # GFSAM.cluster_classification
 WEIGHT_EPS = 1e-7  # GFSAM.generate_prior
@@ -85,6 +86,51 @@ def positive_gate(
     return PositiveGate(
         fg=torch.from_numpy(fg).to(device), cls_score=torch.from_numpy(last[labels_np]).to(device)
     )
+
+
+def positive_gate_bitwise(
+    masks: Tensor,
+    labels: Tensor,
+    n_clusters: int,
+    maps_pos_mean: Tensor,
+    maps_neg_mean: Tensor,
+    s_mid: Tensor,
+) -> PositiveGate:
+    """`positive_gate` with the official float32 operations, cluster by cluster (verification).
+
+    Same decisions as `positive_gate` except where they hinge on float rounding or on the tie
+    order of the (unstable) CPU `torch.argsort`; here those match the official code too. It
+    loops over clusters and points, like the official code, so it is only for parity checks.
+
+    Args:
+        masks: [P, S, S] bool full masks. Other arguments as `positive_gate`.
+
+    Returns:
+        PositiveGate.
+    """
+    mu = (
+        F.interpolate(masks.float()[:, None], (GRID, GRID), mode="bilinear", align_corners=False)
+        .flatten(1)
+        .cpu()
+    )  # (P, T)
+    pos2, neg = (maps_pos_mean * maps_pos_mean).cpu(), (s_mid * maps_neg_mean).cpu()
+    polarity = (pos2 > neg).float()
+    labels_cpu = labels.cpu()
+    fg = torch.zeros(mu.shape[0], dtype=torch.bool)
+    cls_score = torch.zeros(mu.shape[0])
+    for c in range(n_clusters):
+        members = torch.nonzero(labels_cpu == c).flatten()
+        own = mu[members]
+        score = (own * (pos2 - neg)).sum(dim=1) / (own.sum(dim=1) + SCORE_EPS)
+        covered, gain = torch.zeros_like(pos2), torch.tensor(0.0)
+        for i in torch.argsort(score, descending=True):
+            delta = own[i] * (1 - covered)
+            gain = (polarity * delta).sum() - ((1 - polarity) * delta).sum()
+            if gain > 0:
+                covered = covered + delta
+                fg[members[i]] = True
+        cls_score[members] = gain
+    return PositiveGate(fg=fg.to(masks.device), cls_score=cls_score.to(masks.device))
 
 
 def overshoot_gate(mu_union: Tensor, point_sim: Tensor, cells: Tensor, labels: Tensor) -> Tensor:

@@ -49,6 +49,10 @@ class GFSAMConfig:
     # Official: when no point passes both gates, return the "best" one-gate mask. Off by default:
     # abstain (empty mask, flagged) instead.
     fallback: bool = False
+    # Verification only (slow): mirror the official float32 ops of positive gating exactly
+    # (full-mask F.interpolate, per-cluster torch.argsort on the CPU, torch sums), so that even
+    # points whose outcome hinges on argsort tie order or float32 saturation match bit for bit.
+    bit_parity: bool = False
     # Official decoder batch (segment_anything.utils.amg.batch_iterator(64, ...)); only a memory
     # knob, results do not depend on it.
     prompt_batch: int = 64

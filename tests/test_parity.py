@@ -79,6 +79,16 @@ def test_default_differs_only_where_fallback_fired(path: Path) -> None:
         assert default.abstained == (not faithful.mask.any())
 
 
+@pytest.mark.parametrize("path", CASES, ids=[p.stem for p in CASES])
+def test_bit_parity_mode_matches_every_point(path: Path) -> None:
+    """Even points that are not robust to tie order and float32 saturation match bit for bit."""
+    seg, z = run(path, GFSAMConfig(fallback=True, bit_parity=True))
+    np.testing.assert_array_equal(seg.positive, z["positive"].astype(bool))
+    np.testing.assert_array_equal(seg.state, z["state"])
+    np.testing.assert_array_equal(seg.cls_score, z["cls_score"])
+    np.testing.assert_array_equal(seg.mask, _unpack(z["mask"]))
+
+
 def test_fallback_uses_the_official_point() -> None:
     for path in CASES:
         z, _ = load_case(path)
