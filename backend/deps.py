@@ -1,0 +1,89 @@
+"""FastAPI dependencies: settings, store and queues from `app.state`, and the two auth checks."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, status
+from fastapi.security import HTTPBasic, HTTPBasicCredentials
+
+from backend.jobs import Jobs
+from backend.settings import Settings, get_settings
+from backend.store import Store
+
+_basic = HTTPBasic(auto_error=False)
+
+
+def _store(request: Request) -> Store:
+    return request.app.state.store
+
+
+def _jobs(request: Request) -> Jobs:
+    return request.app.state.jobs
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(_store)]
+JobsDep = Annotated[Jobs, Depends(_jobs)]
+
+
+def _equal(given: str, expected: str) -> bool:
+    return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
+
+
+def require_basic_auth(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+) -> None:
+    """HTTP Basic, only when BASIC_AUTH_USER/PASS are set (LS sends it on the calls it makes)."""
+    if settings.basic_auth_user is None or settings.basic_auth_pass is None:
+        return
+    if not _basic_ok(settings, credentials):
+        raise HTTPException(
+            status.HTTP_401_UNAUTHORIZED,
+            "invalid or missing basic auth credentials",
+            headers={"WWW-Authenticate": "Basic"},
+        )
+
+
+def _basic_ok(settings: Settings, credentials: HTTPBasicCredentials | None) -> bool:
+    if credentials is None or settings.basic_auth_user is None or settings.basic_auth_pass is None:
+        return False
+    return _equal(credentials.username, settings.basic_auth_user) & _equal(
+        credentials.password, settings.basic_auth_pass.get_secret_value()
+    )
+
+
+async def require_webhook_secret(
+    settings: SettingsDep,
+    request: Request,
+    credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
+) -> None:
+    """Shared-secret header on /webhook, only when WEBHOOK_SECRET is set (LS sends no auth).
+
+    START_TRAINING is sent by LS's ML API client, not by the webhook, so it carries basic auth
+    (when configured) instead of the webhook headers; it is accepted with either. When no basic
+    auth is configured it is accepted as is: it only queues a deduplicated sync with LS.
+    """
+    if settings.webhook_secret is None:
+        return
+    given = request.headers.get(settings.webhook_secret_header, "")
+    if _equal(given, settings.webhook_secret.get_secret_value()) or _basic_ok(
+        settings, credentials
+    ):
+        return
+    if settings.basic_auth_user is None:
+        try:
+            action = (await request.json()).get("action")
+        except Exception:  # malformed bodies are rejected below like any unauthenticated call
+            action = None
+        if action == "START_TRAINING":
+            return
+    raise HTTPException(
+        status.HTTP_401_UNAUTHORIZED, f"missing or wrong {settings.webhook_secret_header} header"
+    )
+
+
+BasicAuth = Depends(require_basic_auth)
+WebhookAuth = Depends(require_webhook_secret)

@@ -1,0 +1,197 @@
+"""HTTP endpoints: the Label Studio ML-backend protocol plus progress and metrics.
+
+Handlers are plain `def` (Redis and RQ are synchronous; FastAPI runs them in its thread pool),
+parse with `schemas.py`, call `jobs.py`/`store.py`, and shape the reply. /health, /setup and
+/webhook touch Redis only: no model work, no media I/O.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from fastapi import APIRouter, Body, HTTPException, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from backend.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookAuth
+from backend.jobs import Jobs
+from backend.labelconfig import config_digest, parse_label_config
+from backend.schemas import (
+    AnnotationEvent,
+    AnnotationJob,
+    AnnotationsDeletedEvent,
+    DeleteJob,
+    HealthResponse,
+    PredictItem,
+    PredictRequest,
+    PredictResponse,
+    ProjectStatus,
+    SetupRequest,
+    SetupResponse,
+    VersionsResponse,
+    WebhookEvent,
+    WebhookResponse,
+)
+from backend.store import Store
+
+logger = logging.getLogger(__name__)
+router = APIRouter()
+
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+SYNC_ACTIONS = ("START_TRAINING", "TASKS_CREATED")
+
+
+def register_config(store: Store, jobs: Jobs, p: int, config: str) -> None:
+    """Store a project's label config (parsed only when it changed); a new project gets a sync.
+
+    Raises:
+        LabelConfigError: no usable BrushLabels/Image pair (-> HTTP 400 with the reason).
+    """
+    digest = config_digest(config)
+    if store.config_digest(p) == digest:
+        return
+    if store.put_config(p, parse_label_config(config), digest):
+        logger.info("new project %s: queueing a sync with Label Studio", p)
+        jobs.enqueue_sync(p)
+
+
+@router.get("/health", response_model=HealthResponse, dependencies=[BasicAuth])
+def health(settings: SettingsDep, store: StoreDep) -> HealthResponse:
+    """Liveness for LS (1 s budget): one Redis PING, no model work."""
+    return HealthResponse(
+        model_class=settings.model_class, random_weights=settings.random_weights, redis=store.ping()
+    )
+
+
+@router.post("/setup", response_model=SetupResponse, dependencies=[BasicAuth])
+def setup(body: SetupRequest, store: StoreDep, jobs: JobsDep) -> SetupResponse:
+    """Check the label config, remember the project, return its current model version."""
+    register_config(store, jobs, body.project_id, body.label_config)
+    return SetupResponse(model_version=store.current_version(body.project_id))
+
+
+@router.post(
+    "/predict",
+    response_model=PredictResponse,
+    response_model_exclude_none=True,
+    dependencies=[BasicAuth],
+)
+def predict(
+    body: PredictRequest, settings: SettingsDep, store: StoreDep, jobs: JobsDep
+) -> PredictResponse:
+    """One item per task, in order; results inline when ready before the deadline."""
+    deadline = time.monotonic() + settings.predict_deadline_s
+    p = _project(body)
+    if body.label_config:
+        register_config(store, jobs, p, body.label_config)
+    refs, cfg = store.reference_set(p), store.config(p)
+    preds: list[Any] = [None] * len(body.tasks)
+    interactive = bool(body.params and body.params.context)
+    if refs.ready and cfg is not None and not interactive:  # interactive results are not stored
+        tasks = [(t.id, _url(t.data, cfg.data_key)) for t in body.tasks]
+        preds = jobs.predict_and_wait(p, refs.version, tasks, deadline)
+    version = store.current_version(p)
+    return PredictResponse(
+        results=[
+            PredictItem(result=x.result, score=x.score, model_version=version)
+            if x is not None and x.model_version == version
+            else PredictItem(model_version=version)
+            for x in preds
+        ]
+    )
+
+
+def _project(body: PredictRequest) -> int:
+    try:
+        return body.resolve_project()
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from None
+
+
+def _url(data: dict[str, Any], key: str) -> str | None:
+    value = data.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+@router.post("/webhook", response_model=WebhookResponse, dependencies=[WebhookAuth])
+def webhook(store: StoreDep, jobs: JobsDep, body: dict[str, Any] = Body(...)) -> WebhookResponse:  # noqa: B008
+    """Validate, deduplicate and queue an LS event; answers at once (1 s LS timeout)."""
+    event = WebhookEvent.model_validate(body)
+    if event.action in ANNOTATION_ACTIONS:
+        queued = _annotation_event(store, jobs, AnnotationEvent.model_validate(body))
+    elif event.action == "ANNOTATIONS_DELETED":
+        deleted = AnnotationsDeletedEvent.model_validate(body)
+        p = _event_project(deleted)
+        queued = [
+            jobs.enqueue_delete(
+                DeleteJob(project=p, annotations=[a.id for a in deleted.annotations])
+            )
+        ]
+    elif event.action in SYNC_ACTIONS and event.project is not None:
+        queued = [jobs.enqueue_sync(event.project.id)]
+    else:
+        return WebhookResponse(status="ignored")
+    return WebhookResponse(status="ok", queued=[q for q in queued if q])
+
+
+def _event_project(event: WebhookEvent) -> int:
+    if event.project is None:
+        raise HTTPException(422, f"{event.action} without 'project'")
+    return event.project.id
+
+
+def _annotation_event(store: Store, jobs: Jobs, event: AnnotationEvent) -> list[str | None]:
+    p = event.project.id if event.project else event.annotation.project
+    if p is None:
+        raise HTTPException(422, f"{event.action} names no project")
+    if event.project is not None and event.project.label_config:
+        register_config(store, jobs, p, event.project.label_config)
+    cfg = store.config(p)
+    if cfg is None:  # unknown project and no config in the event: let a sync sort it out
+        return [jobs.enqueue_sync(p)]
+    store.mark_labeled(p, event.task.id)
+    fingerprint = event.annotation.updated_at or event.action
+    return [
+        jobs.enqueue_annotation(
+            AnnotationJob(
+                project=p,
+                annotation=event.annotation.id,
+                task=event.task.id,
+                image_url=_url(event.task.data, cfg.data_key),
+                fingerprint=fingerprint,
+            )
+        )
+    ]
+
+
+@router.get("/versions", response_model=VersionsResponse, dependencies=[BasicAuth])
+def versions(store: StoreDep) -> VersionsResponse:
+    """Current model version of every known project (LS sends no project with this GET)."""
+    return VersionsResponse(versions=[store.current_version(p) for p in store.projects()])
+
+
+@router.get("/projects/{project}", response_model=ProjectStatus, dependencies=[BasicAuth])
+def project_status(project: int, store: StoreDep) -> ProjectStatus:
+    """Version, shots per label, job counts, acceptance IoU and failures of one project."""
+    if store.config(project) is None:
+        raise HTTPException(404, f"project {project} is unknown (no /setup or event seen)")
+    refs, hist = store.reference_set(project), store.acceptance_histogram(project)
+    count = hist.get("count", 0.0)
+    return ProjectStatus(
+        project=project,
+        model_version=refs.version,
+        ready=refs.ready,
+        config=store.config(project),
+        shots=refs.shot_ids(),
+        counts=store.counts(project),
+        acceptance_mean_iou=hist["sum"] / count if count else None,
+        acceptance=store.acceptance_samples(project),
+        failures=store.failures(project),
+    )
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    """Prometheus text: per-project progress and versions, acceptance IoU, cache counters."""
+    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

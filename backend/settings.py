@@ -1,0 +1,122 @@
+"""The one configuration of the service and the workers (environment variables, `.env`).
+
+`get_settings()` is cached; tests build `Settings(...)` directly and pass it to `create_app`.
+This module imports nothing of FastAPI, Redis or torch, so the worker can use it too.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Presets whose encoders are built with random weights on purpose (wiring checks, tests).
+RANDOM_PRESETS = frozenset({"tiny"})
+
+
+class Settings(BaseSettings):
+    """Environment configuration. Names follow label-studio-ml-backend where one exists."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    # Label Studio (worker side: media download and deferred predictions).
+    label_studio_url: str = "http://localhost:8080"
+    label_studio_api_key: SecretStr | None = None  # legacy token or Personal Access Token
+    ls_timeout_s: float = 30.0
+
+    # Auth on the calls LS authenticates (health, setup, predict, versions, projects).
+    basic_auth_user: str | None = None
+    basic_auth_pass: SecretStr | None = None
+    # LS sends no auth to /webhook; a shared secret can be added to the LS webhook's headers.
+    webhook_secret: SecretStr | None = None
+    webhook_secret_header: str = "X-Webhook-Secret"
+
+    # Process and paths.
+    host: str = "0.0.0.0"
+    port: int = Field(9090, ge=1, le=65535)
+    log_level: str = "INFO"
+    model_dir: Path = Path("models")
+    data_dir: Path = Path("data")
+    # None: `python -m backend.run` starts a private redis-server (appendonly) in DATA_DIR.
+    redis_url: str | None = None
+    redis_server: str = "redis-server"
+    workers: int = Field(1, ge=1, le=16)  # worker processes started by backend.run
+
+    # Model.
+    gfsam_preset: str | None = None  # "tiny" = tiny random models, for wiring checks only
+    gfsam_random_weights: bool = False
+    gfsam_sam: str | None = None  # SAM encoder name (gfsam registry); None: the library default
+    gfsam_dino: str | None = None  # DINOv2 encoder name; None: the library default
+    gfsam_device: str = "cpu"
+
+    # References and re-fit.
+    max_shots: int = Field(
+        5, ge=1, le=64
+    )  # per label; the seed is kept, the oldest correction goes
+    # A label whose annotation matches our prediction at least this well is "accepted", not a shot.
+    unchanged_iou: float = Field(0.99, ge=0.0, le=1.0)
+
+    # Queues and timeouts. LS's /predict read timeout is 100 s (ML_TIMEOUT_PREDICT).
+    queue_high: str = "gfsam-high"
+    queue_batch: str = "gfsam-batch"
+    predict_deadline_s: float = Field(85.0, gt=0.0, lt=100.0)
+    predict_poll_s: float = Field(0.05, gt=0.0)
+    predict_job_timeout_s: int = 600
+    refit_job_timeout_s: int = 1800
+    sync_job_timeout_s: int = 3600
+    result_ttl_s: int = 3600  # RQ job results (ours live in the store)
+    failure_ttl_s: int = 7 * 86400
+    prediction_ttl_s: int = 14 * 86400  # stored prediction blobs and delivery claims
+    retry_max: int = 3
+    retry_intervals_s: list[int] = [5, 30, 120]
+    # An inline /predict reply is checked against LS this long afterwards and posted if LS did
+    # not store it (LS timed out, "Send Test Request", a failed batch). 0 disables the check.
+    inline_verify_delay_s: int = 150
+    refit_lock_timeout_s: int = 1800
+    refit_lock_wait_s: float = 60.0
+
+    # Worker caches and liveness.
+    target_cache_bytes: int = 4 * 1024**3  # disk, LRU by access time
+    reference_cache_items: int = 256  # in-process decoded references
+    worker_lease_s: int = Field(15, ge=2)  # a worker without a live lease is dead; its job requeued
+    recovery_interval_s: float = 5.0
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper_level(cls, value: str) -> str:
+        return value.upper()
+
+    @field_validator("label_studio_url")
+    @classmethod
+    def _strip_url(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _auth_pair(self) -> Settings:
+        if (self.basic_auth_user is None) != (self.basic_auth_pass is None):
+            raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
+        return self
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the models are random: only wiring can be checked, masks are meaningless."""
+        return self.gfsam_random_weights or (self.gfsam_preset or "") in RANDOM_PRESETS
+
+    @property
+    def model_class(self) -> str:
+        """Human-readable model name for /health (flags random-weights mode loudly)."""
+        parts = [x for x in (self.gfsam_preset, self.gfsam_sam, self.gfsam_dino) if x]
+        name = f"GFSAM[{'+'.join(parts) or 'default'}]"
+        return f"{name} RANDOM-WEIGHTS (wiring check only)" if self.random_weights else name
+
+    @property
+    def target_cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "targets"
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read from the environment once."""
+    return Settings()

@@ -1,0 +1,321 @@
+"""Test doubles (like rq's tests/fixtures.py): a deterministic fake GF-SAM pipeline, and a tiny
+in-memory Label Studio REST server implementing the handful of endpoints the workers call.
+
+The fake LS is for job-level tests only; the real-LS contract is covered by tests/test_e2e.py.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from worker.brush import mask_to_rle
+from worker.models import Model
+
+TOKEN = "test-token"
+
+# --------------------------------------------------------------------------- fake pipeline
+
+
+@dataclass
+class FakeTarget:
+    height: int
+    width: int
+    mean: float
+
+    def to_bytes(self) -> bytes:
+        return json.dumps([self.height, self.width, self.mean]).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FakeTarget:
+        h, w, m = json.loads(blob)
+        return cls(h, w, m)
+
+
+@dataclass
+class FakeReference:
+    area: float  # foreground fraction of the reference mask
+
+    def to_bytes(self) -> bytes:
+        return json.dumps([self.area]).encode()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> FakeReference:
+        return cls(*json.loads(blob))
+
+
+@dataclass
+class FakePrediction:
+    mask: np.ndarray
+    score: float
+    abstained: bool
+
+
+@dataclass
+class FakePipeline:
+    """Same interface as gfsam.GFSAM at image level; masks depend only on sizes and shots.
+
+    A label predicts a centred box covering the mean area of its references, shifted right by
+    its position among the labels (so two labels overlap); the label "Absent" always abstains.
+    """
+
+    calls: dict[str, int] = field(
+        default_factory=lambda: {"target": 0, "reference": 0, "predict": 0}
+    )
+
+    def encode_target(self, image: np.ndarray) -> FakeTarget:
+        self.calls["target"] += 1
+        return FakeTarget(image.shape[0], image.shape[1], float(image.mean()))
+
+    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> FakeReference:
+        if mask.shape != image.shape[:2]:
+            raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
+        if not mask.any():
+            raise ValueError("empty reference mask")
+        self.calls["reference"] += 1
+        return FakeReference(float(mask.mean()))
+
+    def predict_labels(
+        self, target: FakeTarget, references: dict[str, list[FakeReference]]
+    ) -> dict[str, FakePrediction]:
+        self.calls["predict"] += 1
+        out = {}
+        for i, (label, refs) in enumerate(references.items()):
+            mask = np.zeros((target.height, target.width), dtype=bool)
+            if label == "Absent":
+                out[label] = FakePrediction(mask, 0.1, True)
+                continue
+            area = float(np.mean([r.area for r in refs]))
+            side = np.sqrt(area)
+            h, w = max(1, int(target.height * side)), max(1, int(target.width * side))
+            y0 = (target.height - h) // 2
+            x0 = min(target.width - w, (target.width - w) // 2 + i * w // 4)
+            mask[y0 : y0 + h, x0 : x0 + w] = True
+            out[label] = FakePrediction(mask, round(0.5 + 0.1 * len(refs) - 0.05 * i, 4), False)
+        return out
+
+
+def fake_load_image(data: bytes) -> np.ndarray:
+    try:
+        img = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+        return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+    except Exception as exc:
+        raise ValueError(f"cannot decode image bytes ({len(data)} B): {exc}") from exc
+
+
+def fake_model(pipeline: FakePipeline | None = None) -> Model:
+    return Model(
+        pipeline or FakePipeline(),
+        FakeReference.from_bytes,
+        FakeTarget.from_bytes,
+        fake_load_image,
+        key="fake",
+    )
+
+
+def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def brush_region(
+    mask: np.ndarray, label: str, from_name: str = "tag", to_name: str = "image"
+) -> dict[str, Any]:
+    """An annotation result region as the LS frontend saves it (alpha 255 on the mask)."""
+    return {
+        "id": f"r{label}",
+        "from_name": from_name,
+        "to_name": to_name,
+        "type": "brushlabels",
+        "origin": "manual",
+        "original_width": int(mask.shape[1]),
+        "original_height": int(mask.shape[0]),
+        "image_rotation": 0,
+        "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
+    }
+
+
+def box_mask(height: int, width: int, y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    mask = np.zeros((height, width), dtype=bool)
+    mask[y0:y1, x0:x1] = True
+    return mask
+
+
+# --------------------------------------------------------------------------- fake Label Studio
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class FakeLabelStudio:
+    """In-memory LS: tasks, annotations, predictions and media behind the REST paths we use."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[int, dict[str, Any]] = {}
+        self.annotations: dict[int, dict[str, Any]] = {}
+        self.predictions: dict[int, dict[str, Any]] = {}
+        self.media: dict[str, bytes] = {}
+        self.posts: list[dict[str, Any]] = []  # every accepted POST /api/predictions/ body
+        self.down = False  # answer 503 to everything
+        self.lock = threading.Lock()
+        self._ids = {"task": 0, "annotation": 0, "prediction": 0}
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def start(self) -> FakeLabelStudio:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def _next(self, kind: str) -> int:
+        self._ids[kind] += 1
+        return self._ids[kind]
+
+    def add_task(self, project: int, image: bytes | None, name: str = "img.png") -> dict:
+        with self.lock:
+            t = self._next("task")
+            path = f"/data/upload/{project}/{t:04d}-{name}"
+            if image is not None:
+                self.media[path] = image
+            task = {"id": t, "project": project, "data": {"image": path}}
+            self.tasks[t] = task
+            return task
+
+    def annotate(
+        self, task: int, result: list[dict], annotation: int | None = None, **extra: Any
+    ) -> dict:
+        """Create (or, with an id, update) an annotation; returns the LS annotation object."""
+        with self.lock:
+            a = annotation or self._next("annotation")
+            ann = {
+                "id": a,
+                "task": task,
+                "project": self.tasks[task]["project"],
+                "result": result,
+                "was_cancelled": False,
+                "ground_truth": False,
+                "created_at": self.annotations.get(a, {}).get("created_at", _now()),
+                "updated_at": _now(),
+                "parent_prediction": None,
+                **extra,
+            }
+            self.annotations[a] = ann
+            return ann
+
+    def delete_annotation(self, annotation: int) -> None:
+        with self.lock:
+            self.annotations.pop(annotation, None)
+
+    def task_view(self, t: int) -> dict[str, Any]:
+        anns = [a for a in self.annotations.values() if a["task"] == t]
+        done = [a for a in anns if not a["was_cancelled"]]
+        return {
+            **self.tasks[t],
+            "total_annotations": len(done),
+            "cancelled_annotations": len(anns) - len(done),
+            "is_labeled": bool(done),
+        }
+
+    def predictions_for(self, t: int) -> list[dict[str, Any]]:
+        return [p for p in self.predictions.values() if p["task"] == t]
+
+    # --- request handling (called by the handler thread) ---------------------------------------
+
+    def handle(
+        self, method: str, path: str, query: dict[str, list[str]], body: Any
+    ) -> tuple[int, Any]:
+        with self.lock:
+            return self._route(method, path, query, body)
+
+    def _route(self, method: str, path: str, query: dict, body: Any) -> tuple[int, Any]:
+        parts = [x for x in path.split("/") if x]
+        if method == "GET" and path.startswith("/data/upload/"):
+            return (200, self.media[path]) if path in self.media else (404, {"detail": "nf"})
+        if method == "GET" and parts == ["api", "tasks"]:
+            p = int(query["project"][0])
+            page, size = int(query.get("page", ["1"])[0]), int(query.get("page_size", ["100"])[0])
+            ids = sorted(t for t, task in self.tasks.items() if task["project"] == p)
+            chunk = ids[(page - 1) * size : page * size]
+            return 200, {"tasks": [self.task_view(t) for t in chunk], "total": len(ids)}
+        if method == "GET" and parts[:2] == ["api", "tasks"] and parts[3:] == ["annotations"]:
+            t = int(parts[2])
+            return 200, [a for a in self.annotations.values() if a["task"] == t]
+        if method == "GET" and parts[:2] == ["api", "annotations"] and len(parts) == 3:
+            ann = self.annotations.get(int(parts[2]))
+            return (200, ann) if ann else (404, {"detail": "Not found."})
+        if parts[:2] == ["api", "predictions"]:
+            return self._predictions(method, parts, query, body)
+        return 404, {"detail": f"fake LS has no {method} {path}"}
+
+    def _predictions(
+        self, method: str, parts: list[str], query: dict, body: Any
+    ) -> tuple[int, Any]:
+        if method == "GET" and len(parts) == 3:
+            pred = self.predictions.get(int(parts[2]))
+            return (200, pred) if pred else (404, {"detail": "Not found."})
+        if method == "GET":
+            return 200, self.predictions_for(int(query["task"][0]))
+        if method == "POST":
+            if body.get("task") not in self.tasks or body.get("model_version") is None:
+                return 400, {"detail": "bad prediction"}
+            i = self._next("prediction")
+            pred = {"id": i, "project": self.tasks[body["task"]]["project"], **body}
+            self.predictions[i] = pred
+            self.posts.append(body)
+            return 201, pred
+        return 405, {"detail": "method not allowed"}
+
+
+def _handler(ls: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _serve(self, method: str) -> None:
+            url = urlsplit(self.path)
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length else b""
+            if ls.down:
+                status, payload = 503, {"detail": "down"}
+            elif self.headers.get("Authorization") != f"Token {TOKEN}":
+                status, payload = 401, {"detail": "auth"}
+            else:
+                body = json.loads(raw) if raw else None
+                status, payload = ls.handle(method, url.path, parse_qs(url.query), body)
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            self.send_response(status)
+            ctype = "image/png" if isinstance(payload, bytes) else "application/json"
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._serve("GET")
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._serve("POST")
+
+    return Handler

@@ -1,0 +1,280 @@
+"""Contract tests of every endpoint with request bodies as LS 1.23.2 sends them (real Redis)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+from redis import Redis
+
+from backend.app import create_app
+from backend.jobs import Jobs
+from backend.schemas import PredictJob
+from backend.settings import Settings
+from tests.service_fixtures import changed
+
+pytest_plugins = ["tests.service_fixtures"]
+
+FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
+
+
+def body(name: str) -> dict[str, Any]:
+    return json.loads((FIXTURES / name).read_text())
+
+
+def basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+def queued_ids(conn: Redis, settings: Settings) -> list[str]:
+    jobs = Jobs(conn, settings)
+    return [*jobs.high.job_ids, *jobs.batch.job_ids]
+
+
+def test_health(service_client: TestClient) -> None:
+    reply = service_client.get("/health")
+    assert reply.status_code == 200
+    data = reply.json()
+    assert data["status"] == "UP" and data["redis"] is True
+    assert data["random_weights"] is False and data["model_class"].startswith("GFSAM")
+
+
+def test_health_flags_random_weights(service_settings: Settings, redis_conn: Redis) -> None:
+    settings = changed(service_settings, **{"gfsam_preset": "tiny"})
+    with TestClient(create_app(settings)) as client:
+        data = client.get("/health").json()
+    assert data["random_weights"] is True and "RANDOM-WEIGHTS" in data["model_class"]
+
+
+def test_health_redis_down_is_503_not_traceback(service_settings: Settings) -> None:
+    settings = changed(service_settings, **{"redis_url": "redis://127.0.0.1:1/0"})
+    with TestClient(create_app(settings)) as client:
+        reply = client.get("/health")
+    assert reply.status_code == 503
+    assert reply.json() == {"detail": "backend store (Redis) unavailable"}
+
+
+def test_setup_returns_v0_and_queues_one_sync(
+    service_client: TestClient, redis_conn: Redis, service_settings: Settings
+) -> None:
+    for _ in range(3):
+        reply = service_client.post("/setup", json=body("setup.json"))
+        assert reply.status_code == 200
+        assert reply.json() == {"model_version": "gfsam-p1-v0"}
+    assert queued_ids(redis_conn, service_settings) == ["sync-1"]
+
+
+def test_setup_without_brushlabels_is_400_with_reason(service_client: TestClient) -> None:
+    reply = service_client.post("/setup", json=body("setup_no_brush.json"))
+    assert reply.status_code == 400
+    assert "BrushLabels" in reply.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    "patch",
+    [
+        {"project": "abc.123"},
+        {"schema": ""},
+        {"schema": "<View><Image name="},
+        {"schema": None},
+    ],
+)
+def test_setup_malformed(service_client: TestClient, patch: dict[str, Any]) -> None:
+    reply = service_client.post("/setup", json={**body("setup.json"), **patch})
+    assert reply.status_code in (400, 422)
+    detail = reply.json()["detail"]
+    assert isinstance(detail, str) and "Traceback" not in detail
+
+
+def test_predict_before_any_reference_returns_items_without_result(
+    service_client: TestClient, redis_conn: Redis, service_settings: Settings
+) -> None:
+    reply = service_client.post("/predict", json=body("predict_batch.json"))
+    assert reply.status_code == 200
+    results = reply.json()["results"]
+    assert results == [{"model_version": "gfsam-p1-v0"}] * 3  # no "result": LS stores nothing
+    setup = service_client.post("/setup", json=body("setup.json")).json()
+    assert setup["model_version"] == results[0]["model_version"]
+    assert not any(j.startswith("predict") for j in queued_ids(redis_conn, service_settings))
+
+
+def test_predict_interactive_is_not_computed(service_client: TestClient) -> None:
+    reply = service_client.post("/predict", json=body("predict_interactive.json"))
+    assert reply.status_code == 200
+    assert reply.json() == {"results": [{"model_version": "gfsam-p1-v0"}]}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"tasks": [], "project": "1.1"},
+        {"tasks": [{"data": {}}], "project": "1.1"},
+        {"tasks": [{"id": 1}]},
+        {"project": "1.1"},
+        [1, 2],
+    ],
+)
+def test_predict_malformed(service_client: TestClient, payload: Any) -> None:
+    reply = service_client.post("/predict", json=payload)
+    assert reply.status_code in (400, 422)
+    assert isinstance(reply.json()["detail"], str)
+
+
+def test_predict_not_json(service_client: TestClient) -> None:
+    reply = service_client.post(
+        "/predict", content=b"{not json", headers={"Content-Type": "application/json"}
+    )
+    assert reply.status_code == 422
+
+
+@pytest.mark.parametrize(
+    "name,status,kinds",
+    [
+        ("webhook_annotation_created.json", "ok", ["ann-1-1-"]),
+        ("webhook_annotation_updated.json", "ok", ["ann-1-1-"]),
+        ("webhook_annotations_deleted.json", "ok", ["del-1-"]),
+        ("webhook_start_training.json", "ok", ["sync-1"]),
+        ("webhook_project_updated.json", "ignored", []),
+    ],
+)
+def test_webhook_events(
+    service_client: TestClient, name: str, status: str, kinds: list[str]
+) -> None:
+    service_client.post("/setup", json=body("setup.json"))  # queues sync-1 (new project)
+    reply = service_client.post("/webhook", json=body(name))
+    assert reply.status_code == 200
+    data = reply.json()
+    assert data["status"] == status and "job" not in data  # "job" would make LS record a train job
+    if name == "webhook_start_training.json":
+        assert data["queued"] == []  # collapses with the queued sync
+    else:
+        assert [q[: len(k)] for q, k in zip(data["queued"], kinds, strict=True)] == kinds
+
+
+def test_webhook_duplicate_event_queues_one_job(
+    service_client: TestClient, redis_conn: Redis, service_settings: Settings
+) -> None:
+    event = body("webhook_annotation_created.json")
+    first = service_client.post("/webhook", json=event).json()["queued"]
+    again = service_client.post("/webhook", json=event).json()["queued"]
+    assert len(first) == 1 and again == []
+    ids = queued_ids(redis_conn, service_settings)
+    assert ids.count(first[0]) == 1
+    updated = service_client.post("/webhook", json=body("webhook_annotation_updated.json"))
+    assert len(updated.json()["queued"]) == 1  # a new updated_at is a new state
+
+
+def test_webhook_first_event_of_unknown_project_registers_config(
+    service_client: TestClient,
+) -> None:
+    service_client.post("/webhook", json=body("webhook_annotation_created.json"))
+    status = service_client.get("/projects/1").json()
+    assert status["config"] == {
+        "from_name": "tag",
+        "to_name": "image",
+        "data_key": "image",
+        "labels": ["Object"],
+    }
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"annotation": {"id": 1}},
+        {"action": "ANNOTATION_CREATED", "project": {"id": 1}},
+        {"action": "ANNOTATIONS_DELETED", "annotations": [], "project": {"id": 1}},
+        {"action": "ANNOTATIONS_DELETED", "annotations": [{"id": 1}]},
+    ],
+)
+def test_webhook_malformed(service_client: TestClient, payload: dict[str, Any]) -> None:
+    reply = service_client.post("/webhook", json=payload)
+    assert reply.status_code == 422
+    assert isinstance(reply.json()["detail"], str)
+
+
+def test_webhook_secret(service_settings: Settings, redis_conn: Redis) -> None:
+    settings = changed(service_settings, **{"webhook_secret": "s3cret"})
+    event = body("webhook_annotation_created.json")
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/webhook", json=event).status_code == 401
+        wrong = {"X-Webhook-Secret": "nope"}
+        assert client.post("/webhook", json=event, headers=wrong).status_code == 401
+        right = {"X-Webhook-Secret": "s3cret"}
+        assert client.post("/webhook", json=event, headers=right).status_code == 200
+        # START_TRAINING comes from LS's ML client, which cannot send webhook headers
+        training = client.post("/webhook", json=body("webhook_start_training.json"))
+        assert training.status_code == 200
+
+
+def test_basic_auth_on_ls_calls_only(service_settings: Settings, redis_conn: Redis) -> None:
+    settings = changed(service_settings, **{"basic_auth_user": "ls", "basic_auth_pass": "pw"})
+    good, bad = basic("ls", "pw"), basic("ls", "wrong")
+    with TestClient(create_app(settings)) as client:
+        for method, path, payload in [
+            ("GET", "/health", None),
+            ("POST", "/setup", body("setup.json")),
+            ("POST", "/predict", body("predict_single.json")),
+            ("GET", "/versions", None),
+        ]:
+            assert client.request(method, path, json=payload).status_code == 401
+            assert client.request(method, path, json=payload, headers=bad).status_code == 401
+            assert client.request(method, path, json=payload, headers=good).status_code == 200
+        event = body("webhook_annotation_created.json")  # LS sends webhooks without auth
+        assert client.post("/webhook", json=event).status_code == 200
+
+
+def test_versions_and_project_status(service_client: TestClient) -> None:
+    assert service_client.get("/versions").json() == {"versions": []}
+    assert service_client.get("/projects/1").status_code == 404
+    service_client.post("/setup", json=body("setup.json"))
+    service_client.post("/setup", json=body("setup_multilabel.json"))
+    assert service_client.get("/versions").json() == {"versions": ["gfsam-p1-v0", "gfsam-p2-v0"]}
+    status = service_client.get("/projects/2").json()
+    assert status["model_version"] == "gfsam-p2-v0" and status["ready"] is False
+    assert status["config"]["labels"] == ["Cat", "Dog"] and status["shots"] == {}
+    assert status["counts"] == {"queued": 0, "running": 0, "done": 0, "failed": 0, "stale": 0}
+    assert status["acceptance_mean_iou"] is None
+
+
+def test_metrics_text(service_client: TestClient) -> None:
+    service_client.post("/setup", json=body("setup.json"))
+    service_client.get("/health")
+    reply = service_client.get("/metrics")
+    assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")
+    text = reply.text
+    for name in (
+        'gfsam_jobs{project="1",state="queued"} 0.0',
+        'gfsam_model_version{project="1"} 0.0',
+        'gfsam_acceptance_iou_count{project="1"} 0.0',
+        'gfsam_http_request_seconds_count{path="/health"} 1.0',
+    ):
+        assert name in text
+
+
+def test_health_and_setup_fast_with_a_deep_queue(
+    service_client: TestClient, redis_conn: Redis, service_settings: Settings
+) -> None:
+    jobs = Jobs(redis_conn, service_settings)
+    for t in range(500):
+        jobs.enqueue_predict(
+            PredictJob(
+                project=1, task=t, version="gfsam-p1-v1", image_url=f"/data/upload/1/{t}.png"
+            ),
+            high=False,
+        )
+    worst = 0.0
+    for _ in range(20):
+        for method, path, payload in [
+            ("GET", "/health", None),
+            ("POST", "/setup", body("setup.json")),
+        ]:
+            started = time.perf_counter()
+            assert service_client.request(method, path, json=payload).status_code == 200
+            worst = max(worst, time.perf_counter() - started)
+    assert worst < 0.25

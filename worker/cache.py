@@ -1,0 +1,112 @@
+"""Encoding caches: target encodings on local disk (LRU, bounded), references in process memory.
+
+Target encodings are keyed by the sha256 of the image bytes, so a re-prediction after a
+re-fit (same image, new references) skips the expensive image encoders. Reference encodings are
+content-addressed blobs in Redis (shared by every worker); this process keeps decoded ones.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+class TargetCache:
+    """Files ``{dir}/{sha256}.bin`` holding `TargetEncoding.to_bytes()`; LRU by mtime.
+
+    Several worker processes on one machine may share the directory: writes are atomic renames
+    and eviction tolerates files vanishing under it.
+    """
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.dir = Path(directory)
+        self.max_bytes = max_bytes
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def _path(self, sha: str) -> Path:
+        return self.dir / f"{sha}.bin"
+
+    def get(self, sha: str) -> bytes | None:
+        path = self._path(sha)
+        try:
+            data = path.read_bytes()
+            os.utime(path)  # mark as recently used
+        except FileNotFoundError:
+            return None
+        return data
+
+    def put(self, sha: str, blob: bytes) -> None:
+        if len(blob) > self.max_bytes:
+            return
+        fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            f.write(blob)
+        os.replace(tmp, self._path(sha))
+        self.evict()
+
+    def evict(self) -> int:
+        """Delete least recently used files until the total fits. Returns files deleted."""
+        entries = []
+        for entry in os.scandir(self.dir):
+            if entry.name.endswith(".bin"):
+                try:
+                    st = entry.stat()
+                except FileNotFoundError:
+                    continue
+                entries.append((st.st_mtime, st.st_size, entry.path))
+        total = sum(size for _, size, _ in entries)
+        deleted = 0
+        for _, size, path in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            try:
+                os.remove(path)
+                deleted += 1
+            except FileNotFoundError:
+                pass
+            total -= size
+        return deleted
+
+    def size_bytes(self) -> int:
+        return sum(e.stat().st_size for e in os.scandir(self.dir) if e.name.endswith(".bin"))
+
+
+class ReferenceCache:
+    """Decoded references by content hash (in-process LRU in front of the Redis blobs)."""
+
+    def __init__(self, max_items: int) -> None:
+        self.max_items = max_items
+        self._items: OrderedDict[str, Any] = OrderedDict()
+
+    def get(
+        self, sha: str, fetch: Callable[[str], bytes | None], decode: Callable[[bytes], Any]
+    ) -> Any:
+        """The decoded reference `sha`, from memory or else fetched and decoded.
+
+        Raises:
+            KeyError: the blob is not in the store (a reference set names only stored blobs).
+        """
+        if sha in self._items:
+            self._items.move_to_end(sha)
+            return self._items[sha]
+        blob = fetch(sha)
+        if blob is None:
+            raise KeyError(f"reference blob {sha} is missing from the store")
+        value = decode(blob)
+        self._items[sha] = value
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return value
+
+    def put(self, sha: str, value: Any) -> None:
+        self._items[sha] = value
+        self._items.move_to_end(sha)
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)

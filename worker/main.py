@@ -1,0 +1,117 @@
+"""Worker entrypoint: `python -m worker.main [--burst] [--check]`.
+
+In order: read Settings; configure logging; build the pipeline once (refuse to start without
+weights, naming the paths tried); PING Redis with retry; start the maintenance thread (lease,
+recovery of abandoned jobs, scheduler); run `SimpleWorker` (no fork: CUDA and loaded models stay
+in this process) on the high queue first, then the batch queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import socket
+import sys
+import time
+import uuid
+
+from redis import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from rq import SimpleWorker
+from rq.serializers import JSONSerializer
+
+from backend.jobs import Jobs, connect
+from backend.settings import Settings, get_settings
+from worker import models
+from worker.labelstudio import LabelStudioAuthError
+from worker.recovery import WORKER_PREFIX, Maintenance
+
+logger = logging.getLogger(__name__)
+
+EXIT_NO_WEIGHTS = 2
+EXIT_CONFIG = 3
+
+
+def wait_for_redis(url: str, attempts: int = 30, delay_s: float = 1.0) -> Redis:
+    """Connect and PING, retrying while Redis starts."""
+    conn = connect(url)
+    for attempt in range(attempts):
+        try:
+            conn.ping()
+            return conn
+        except RedisConnectionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(delay_s)
+    return conn
+
+
+def load_or_explain(settings: Settings) -> int:
+    """Load the models; on a missing key or missing weights say what to do. Returns 0 or a code."""
+    try:
+        models.load(settings)
+    except LabelStudioAuthError as exc:
+        logger.error("%s: the worker needs it to download images and post predictions", exc)
+        return EXIT_CONFIG
+    except FileNotFoundError as exc:  # gfsam's WeightsNotFoundError
+        logger.error(
+            "GF-SAM weights not found, worker not started.\n%s\n"
+            "Download them with `python -m gfsam weights download --model-dir %s`, set MODEL_DIR, "
+            "or run with GFSAM_PRESET=tiny (random weights, wiring checks only).",
+            exc,
+            settings.model_dir,
+        )
+        return EXIT_NO_WEIGHTS
+    return 0
+
+
+def run(settings: Settings, *, burst: bool = False) -> int:
+    """Run one worker until SIGTERM/SIGINT (warm shutdown) or, with `burst`, an empty queue."""
+    if not settings.redis_url:
+        logger.error("REDIS_URL is not set (python -m backend.run sets it for its worker)")
+        return EXIT_CONFIG
+    if settings.random_weights:
+        logger.warning("=" * 72)
+        logger.warning(
+            "RANDOM WEIGHTS: %s. Predictions are noise; wiring checks only.", settings.model_class
+        )
+        logger.warning("=" * 72)
+    code = load_or_explain(settings)
+    if code:
+        return code
+    conn = wait_for_redis(settings.redis_url)
+    jobs = Jobs(conn, settings)
+    name = f"{WORKER_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    queue_names = [q.name for q in jobs.queues]
+    maintenance = Maintenance(
+        settings.redis_url, name, queue_names, settings.worker_lease_s, settings.recovery_interval_s
+    )
+    maintenance.start()
+    worker = SimpleWorker(jobs.queues, connection=conn, serializer=JSONSerializer, name=name)
+    logger.info("worker %s listening on %s", name, ", ".join(queue_names))
+    try:
+        worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+    finally:
+        maintenance.stop()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m worker.main", description=__doc__)
+    parser.add_argument("--burst", action="store_true", help="exit when the queues are empty")
+    parser.add_argument(
+        "--check", action="store_true", help="only build the models (weights present?) and exit"
+    )
+    args = parser.parse_args(argv)
+    settings = get_settings()
+    logging.basicConfig(
+        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s [worker] %(message)s"
+    )
+    if args.check:
+        return load_or_explain(settings)
+    return run(settings, burst=args.burst)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The per-process holder of everything a job needs: models, caches, the LS client.
+
+`load(settings)` builds the GF-SAM pipeline once (worker start); `get()` returns the holder and
+raises until `load` (or `install`, used by tests with a fake pipeline) has run. One holder per
+process; the pipeline is not thread-safe and the worker runs one job at a time (SimpleWorker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from backend.settings import Settings
+from worker.cache import ReferenceCache, TargetCache
+from worker.labelstudio import LabelStudioClient
+
+logger = logging.getLogger(__name__)
+
+
+class Pipeline(Protocol):
+    """The image-level GF-SAM interface the worker uses (architecture §1)."""
+
+    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Any: ...
+
+    def encode_target(self, image: np.ndarray) -> Any: ...
+
+    def predict_labels(self, target: Any, references: dict[str, list[Any]]) -> dict[str, Any]: ...
+
+
+@dataclass
+class Model:
+    """A pipeline plus the codecs of its cacheable encodings."""
+
+    pipeline: Pipeline
+    reference_from_bytes: Callable[[bytes], Any]
+    target_from_bytes: Callable[[bytes], Any]
+    load_image: Callable[[bytes], np.ndarray]  # uint8 [H, W, 3] RGB, EXIF orientation applied
+    key: str  # identifies the weights: cache entries of another model are never reused
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    model: Model
+    ls: LabelStudioClient
+    targets: TargetCache
+    references: ReferenceCache
+
+
+_runtime: Runtime | None = None
+
+
+def build_model(settings: Settings) -> Model:
+    """Build the GF-SAM pipeline described by the settings (imports torch and gfsam).
+
+    Raises:
+        gfsam.encoders.WeightsNotFoundError: a checkpoint is missing (message lists the paths).
+    """
+    from gfsam import build_pipeline, load_image
+    from gfsam.pipeline import Reference, TargetEncoding
+
+    kwargs: dict[str, Any] = {
+        "device": settings.gfsam_device,
+        "model_dir": settings.model_dir,
+        "random_weights": settings.random_weights,
+    }
+    for name, value in (
+        ("preset", settings.gfsam_preset),
+        ("sam", settings.gfsam_sam),
+        ("dino", settings.gfsam_dino),
+    ):
+        if value:
+            kwargs[name] = value
+    pipeline = build_pipeline(**kwargs)
+    key = "|".join(f"{k}={kwargs[k]}" for k in sorted(kwargs) if k not in ("device", "model_dir"))
+    return Model(
+        pipeline,
+        Reference.from_bytes,
+        TargetEncoding.from_bytes,
+        load_image,
+        hashlib.sha256(key.encode()).hexdigest()[:12],
+    )
+
+
+def client(settings: Settings) -> LabelStudioClient:
+    """The LS client of this process.
+
+    Raises:
+        LabelStudioAuthError: LABEL_STUDIO_API_KEY is not set.
+    """
+    key = settings.label_studio_api_key
+    return LabelStudioClient(
+        settings.label_studio_url,
+        key.get_secret_value() if key else "",
+        timeout=settings.ls_timeout_s,
+    )
+
+
+def install(settings: Settings, model: Model, ls: LabelStudioClient | None = None) -> Runtime:
+    """Make `model` this process's model (tests pass a fake pipeline here)."""
+    global _runtime
+    _runtime = Runtime(
+        settings=settings,
+        model=model,
+        ls=ls if ls is not None else client(settings),
+        targets=TargetCache(settings.target_cache_dir / model.key, settings.target_cache_bytes),
+        references=ReferenceCache(settings.reference_cache_items),
+    )
+    return _runtime
+
+
+def load(settings: Settings) -> Runtime:
+    """Check the LS key, build the real pipeline once, and install it."""
+    ls = client(settings)
+    if settings.random_weights:
+        logger.warning(
+            "RANDOM WEIGHTS (%s): masks are meaningless, wiring checks only", settings.model_class
+        )
+    return install(settings, build_model(settings), ls)
+
+
+def get() -> Runtime:
+    """The holder installed by `load`/`install`.
+
+    Raises:
+        RuntimeError: nothing loaded yet (run `worker.models.load(settings)` at worker start).
+    """
+    if _runtime is None:
+        raise RuntimeError("no model loaded in this process: call worker.models.load(settings)")
+    return _runtime
+
+
+def reset() -> None:
+    """Forget the installed holder (tests)."""
+    global _runtime
+    _runtime = None

@@ -1,0 +1,114 @@
+"""Worker liveness, recovery of jobs abandoned by a killed worker, and the RQ scheduler tick.
+
+RQ alone would notice a dead SimpleWorker's job only after the job's timeout + 60 s (its entry in
+the StartedJobRegistry expires) and then retry it only if retries are left. We do better:
+
+- every worker started by `worker.main` holds a lease key (`gfsam:worker:{name}`, a few seconds
+  TTL) refreshed by a daemon thread, so a SIGKILLed worker's lease lapses quickly;
+- the same thread (in every live worker) scans the started registries of our queues: an entry
+  whose worker is ours (name prefix) and has no lease is removed (ZREM, so exactly one scanner
+  wins) and its job is put back at the front of its queue. The job then runs again from the
+  start; jobs are idempotent (stored results are reused, API posts are checked against LS);
+- the thread also runs RQ's scheduler step (due retries and delayed `verify` jobs) in-process,
+  because RQ's `with_scheduler=True` forks a child, which we avoid in processes that hold CUDA.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from redis import Redis
+from rq import Queue
+from rq.exceptions import NoSuchJobError
+from rq.executions import Execution
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.scheduler import RQScheduler
+from rq.serializers import JSONSerializer
+
+logger = logging.getLogger(__name__)
+
+WORKER_PREFIX = "gfsam-"
+LEASE_KEY = "gfsam:worker:{name}"
+
+
+def renew_lease(conn: Redis, name: str, ttl_s: int) -> None:
+    conn.set(LEASE_KEY.format(name=name), 1, ex=ttl_s)
+
+
+def lease_alive(conn: Redis, name: str) -> bool:
+    return bool(conn.exists(LEASE_KEY.format(name=name)))
+
+
+def recover_abandoned(conn: Redis, queue_names: list[str]) -> list[str]:
+    """Requeue (at the front) started jobs of our workers whose lease is gone. Returns job ids."""
+    recovered = []
+    for name in queue_names:
+        registry = StartedJobRegistry(name, connection=conn, serializer=JSONSerializer)
+        for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
+            worker = _worker_of(conn, job_id, execution_id)
+            if not worker.startswith(WORKER_PREFIX) or lease_alive(conn, worker):
+                continue
+            if not conn.zrem(registry.key, f"{job_id}:{execution_id}"):
+                continue  # another worker recovered it first
+            try:
+                job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+            except NoSuchJobError:
+                continue
+            Queue(job.origin or name, connection=conn, serializer=JSONSerializer).enqueue_job(
+                job, at_front=True
+            )
+            logger.warning("requeued job %s abandoned by dead worker %s", job_id, worker)
+            recovered.append(job_id)
+    return recovered
+
+
+def _worker_of(conn: Redis, job_id: str, execution_id: str) -> str:
+    try:
+        return Execution.fetch(execution_id, job_id, connection=conn).worker_name or ""
+    except Exception:  # execution hash expired: fall back to the job's record
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return ""
+        return job.worker_name or ""
+
+
+class Maintenance(threading.Thread):
+    """Daemon thread: lease every second, recovery and scheduler every `interval_s`."""
+
+    def __init__(
+        self, url: str, name: str, queue_names: list[str], lease_s: int, interval_s: float
+    ) -> None:
+        super().__init__(name="gfsam-maintenance", daemon=True)
+        self.conn = Redis.from_url(url)  # its own connection: the worker's blocks in BLPOP
+        self.worker_name = name
+        self.queue_names = queue_names
+        self.lease_s = lease_s
+        self.interval_s = interval_s
+        self.stopped = threading.Event()
+        self.scheduler = RQScheduler(queue_names, connection=self.conn, serializer=JSONSerializer)
+
+    def run(self) -> None:
+        last = 0.0
+        while not self.stopped.is_set():
+            try:
+                renew_lease(self.conn, self.worker_name, self.lease_s)
+                if time.monotonic() - last >= self.interval_s:
+                    last = time.monotonic()
+                    recover_abandoned(self.conn, self.queue_names)
+                self.scheduler.acquire_locks()
+                self.scheduler.enqueue_scheduled_jobs()
+            except Exception:  # Redis restarting: keep trying, the worker itself reconnects too
+                logger.warning("maintenance step failed; retrying", exc_info=True)
+            self.stopped.wait(1.0)
+
+    def stop(self) -> None:
+        self.stopped.set()
+        try:
+            self.scheduler.release_locks()
+            self.conn.delete(LEASE_KEY.format(name=self.worker_name))
+        except Exception:
+            logger.debug("cleanup on stop failed", exc_info=True)

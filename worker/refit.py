@@ -1,0 +1,292 @@
+"""Re-fit: turn annotation changes into a project's new reference set and model version.
+
+Rules (docs/architecture.md §2):
+
+- Each label's brush in an annotation (regions of one label OR-ed, alpha >= 128) is a candidate
+  shot. An empty brush is never a shot; a label outside the config is ignored.
+- A label without references takes the candidate as its seed (the first annotated task).
+- Otherwise the candidate becomes a correction shot unless our prediction for that task matched
+  it (IoU >= `unchanged_iou`): an accepted prediction teaches nothing new.
+- An annotation that already is a shot replaces its mask when it changes, and stops being a shot
+  when its brush for that label is gone or the annotation is deleted.
+- At most `max_shots` per label: the seed (oldest shot) stays, the oldest correction is dropped.
+- New shots are encoded and their blobs stored *before* one atomic swap of set + version, under
+  a per-project lock, so /setup never names a version that cannot predict yet.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from backend.jobs import Jobs
+from backend.schemas import AcceptanceSample, LabelConfigSummary, PredictJob, ReferenceSet, Shot
+from backend.store import Store
+from worker.brush import BrushError, annotation_masks, mask_iou
+from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
+from worker.models import Runtime
+
+logger = logging.getLogger(__name__)
+
+DELETED = "deleted"
+
+
+@dataclass
+class AnnotationState:
+    """What LS says an annotation is now (result None: deleted)."""
+
+    annotation: int
+    task: int
+    fingerprint: str
+    result: list[dict[str, Any]] | None
+    image_url: str | None = None
+    parent_prediction: int | None = None
+
+    @classmethod
+    def from_ls(cls, ann: dict[str, Any], image_url: str | None) -> AnnotationState:
+        cancelled = bool(ann.get("was_cancelled"))
+        return cls(
+            annotation=int(ann["id"]),
+            task=int(ann.get("task") or 0),
+            fingerprint=str(ann.get("updated_at") or ann.get("created_at") or ""),
+            result=[] if cancelled else list(ann.get("result") or []),
+            image_url=image_url,
+            parent_prediction=ann.get("parent_prediction"),
+        )
+
+    @classmethod
+    def deleted(cls, annotation: int) -> AnnotationState:
+        return cls(annotation=annotation, task=0, fingerprint=DELETED, result=None)
+
+
+def mask_digest(mask: np.ndarray) -> str:
+    h = hashlib.sha256(f"{mask.shape}".encode())
+    h.update(np.packbits(mask).tobytes())
+    return h.hexdigest()[:24]
+
+
+def apply_changes(
+    rt: Runtime,
+    store: Store,
+    jobs: Jobs,
+    p: int,
+    changes: list[AnnotationState],
+    tasks: list[dict[str, Any]] | None = None,
+) -> str | None:
+    """Apply annotation states; returns the new model version, or None when nothing changed."""
+    cfg = store.config(p)
+    if cfg is None:
+        raise RuntimeError(f"project {p} has no label config yet (no /setup seen)")
+    with store.project_lock(p):
+        refs = store.reference_set(p)
+        shots = {label: sorted(lst, key=lambda s: s.seq) for label, lst in refs.shots.items()}
+        applied = []
+        for ch in changes:
+            if store.annotation_fingerprint(p, ch.annotation) == ch.fingerprint:
+                continue
+            _apply_one(rt, store, cfg, p, ch, shots)
+            applied.append(ch)
+        for lst in shots.values():
+            while len(lst) > rt.settings.max_shots:
+                del lst[1]  # keep the seed, drop the oldest correction
+        new = ReferenceSet(project=p, n=refs.n + 1, shots={k: v for k, v in shots.items() if v})
+        changed = _signature(new) != _signature(refs)
+        if changed:
+            store.swap_reference_set(new, expected_n=refs.n)
+            logger.info(
+                "project %s: %s -> %s, shots %s", p, refs.version, new.version, new.shot_ids()
+            )
+        for ch in applied:
+            store.set_annotation_fingerprint(p, ch.annotation, ch.fingerprint)
+    if changed and new.ready:
+        preannotate(rt, store, jobs, p, new.version, tasks)
+    return new.version if changed else None
+
+
+def _signature(refs: ReferenceSet) -> dict[str, list[tuple[int, str]]]:
+    return {k: [(s.annotation, s.ref) for s in v] for k, v in refs.shots.items() if v}
+
+
+def _apply_one(
+    rt: Runtime,
+    store: Store,
+    cfg: LabelConfigSummary,
+    p: int,
+    ch: AnnotationState,
+    shots: dict[str, list[Shot]],
+) -> None:
+    masks = _masks(store, cfg, p, ch)
+    predicted = None if ch.result is None else _predicted(rt, store, cfg, p, ch)
+    if predicted is not None and masks is not None:
+        _record_acceptance(store, cfg, p, ch, masks, predicted)
+    todo: list[tuple[str, np.ndarray, int | None]] = []
+    for label in cfg.labels:
+        lst = shots.setdefault(label, [])
+        idx = next((i for i, s in enumerate(lst) if s.annotation == ch.annotation), None)
+        mask = (masks or {}).get(label)
+        if mask is None:
+            if idx is not None:
+                del lst[idx]
+            continue
+        if idx is not None:
+            if lst[idx].mask != mask_digest(mask):
+                todo.append((label, mask, idx))
+            continue
+        if lst and predicted is not None:
+            pm = predicted[1].get(label, np.zeros_like(mask))
+            if pm.shape == mask.shape and mask_iou(pm, mask) >= rt.settings.unchanged_iou:
+                continue  # the annotator kept our prediction for this label
+        todo.append((label, mask, None))
+    if todo:
+        _encode(rt, store, p, ch, shots, todo)
+
+
+def _masks(
+    store: Store, cfg: LabelConfigSummary, p: int, ch: AnnotationState
+) -> dict[str, np.ndarray] | None:
+    if ch.result is None:
+        return None
+    store.mark_labeled(p, ch.task)
+    try:
+        masks = annotation_masks(ch.result, from_name=cfg.from_name)
+    except BrushError as exc:
+        store.record_failure(p, f"annotation:{ch.annotation}", f"bad brush: {exc}")
+        return {}
+    return {label: m for label, m in masks.items() if label in cfg.labels and m.any()}
+
+
+def _predicted(
+    rt: Runtime, store: Store, cfg: LabelConfigSummary, p: int, ch: AnnotationState
+) -> tuple[str, dict[str, np.ndarray]] | None:
+    """Our prediction the annotation started from: LS's `parent_prediction`, else our last one."""
+    result, version = None, None
+    if ch.parent_prediction:
+        try:
+            pred = rt.ls.get_prediction(int(ch.parent_prediction))
+        except LabelStudioUnavailable:
+            raise
+        except LabelStudioError:
+            pred = None
+        if pred and str(pred.get("model_version", "")).startswith(f"gfsam-p{p}-v"):
+            result, version = pred.get("result") or [], str(pred["model_version"])
+    if result is None:
+        version = store.last_delivered_version(p, ch.task)
+        stored = store.get_prediction(p, ch.task, version) if version else None
+        if stored is None:
+            return None
+        result = stored.result
+    try:
+        return str(version), annotation_masks(result, from_name=cfg.from_name)
+    except BrushError:
+        return None
+
+
+def _record_acceptance(
+    store: Store,
+    cfg: LabelConfigSummary,
+    p: int,
+    ch: AnnotationState,
+    masks: dict[str, np.ndarray],
+    predicted: tuple[str, dict],
+) -> None:
+    version, pred = predicted
+    shapes = {m.shape for m in [*masks.values(), *pred.values()]}
+    if len(shapes) != 1:
+        return
+    shape = shapes.pop()
+    empty = np.zeros(shape, dtype=bool)
+    labels = [label for label in cfg.labels if label in masks or label in pred]
+    iou = {label: mask_iou(pred.get(label, empty), masks.get(label, empty)) for label in labels}
+    if iou:
+        store.record_acceptance(
+            p,
+            AcceptanceSample(
+                annotation=ch.annotation, task=ch.task, model_version=version, iou=iou
+            ),
+        )
+
+
+def _encode(
+    rt: Runtime,
+    store: Store,
+    p: int,
+    ch: AnnotationState,
+    shots: dict[str, list[Shot]],
+    todo: list[tuple[str, np.ndarray, int | None]],
+) -> None:
+    """Encode new/changed shots of one annotation and store their blobs (before any swap)."""
+    what = f"annotation:{ch.annotation}"
+    if not ch.image_url:
+        store.record_failure(p, what, "task data has no image URL")
+        return
+    try:
+        image = rt.model.load_image(rt.ls.download(ch.image_url, task_id=ch.task))
+    except LabelStudioUnavailable:
+        raise
+    except (LabelStudioError, ValueError) as exc:
+        store.record_failure(p, what, f"image: {exc}")
+        return
+    seq = 1 + max((s.seq for lst in shots.values() for s in lst), default=0)
+    failed = False
+    for label, mask, idx in todo:
+        try:
+            ref = rt.model.pipeline.encode_reference(image, mask)
+        except ValueError as exc:
+            store.record_failure(p, what, f"{label}: {exc}")
+            failed = True
+            continue
+        blob = ref.to_bytes()
+        sha = hashlib.sha256(blob).hexdigest()
+        store.put_blob(sha, blob)
+        store.incr_stat("reference_encode")
+        rt.references.put(sha, ref)
+        keep_seq = shots[label][idx].seq if idx is not None else seq
+        shot = Shot(
+            annotation=ch.annotation,
+            task=ch.task,
+            label=label,
+            ref=sha,
+            fingerprint=ch.fingerprint,
+            seq=keep_seq,
+            mask=mask_digest(mask),
+        )
+        if idx is None:
+            shots[label].append(shot)
+            seq += 1
+        else:
+            shots[label][idx] = shot
+    if not failed:
+        store.clear_failure(p, what)
+
+
+def preannotate(
+    rt: Runtime,
+    store: Store,
+    jobs: Jobs,
+    p: int,
+    version: str,
+    tasks: list[dict[str, Any]] | None = None,
+) -> int:
+    """Queue (batch) a prediction at `version` for every task without a human annotation."""
+    cfg = store.config(p)
+    if cfg is None:
+        return 0
+    tasks = rt.ls.list_tasks(p) if tasks is None else tasks
+    ids = [int(t["id"]) for t in tasks]
+    queued = 0
+    for task, claim in zip(tasks, store.delivery_claims(p, ids, version), strict=True):
+        t = int(task["id"])
+        if int(task.get("total_annotations") or 0) > 0:
+            store.mark_labeled(p, t)
+            continue
+        url = (task.get("data") or {}).get(cfg.data_key)
+        if claim is not None or not isinstance(url, str):
+            continue
+        job = PredictJob(project=p, task=t, version=version, image_url=url)
+        queued += jobs.enqueue_predict(job, high=False) == "queued"
+    logger.info("project %s: queued %d pre-annotations at %s", p, queued, version)
+    return queued

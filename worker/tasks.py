@@ -1,0 +1,150 @@
+"""RQ jobs, enqueued by dotted path from `backend/jobs.py` with JSON payloads.
+
+Failures: a transient error (LS down, Redis hiccup, a busy lock) propagates and RQ retries the
+job (`Retry(max, interval)`). A permanent one (missing or corrupt image, bad brush, LS refusing
+the request) is recorded on the project (`/projects/{id}` failures, `failed` count) and fails
+the job without retries; the other tasks of the project are unaffected.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from rq import get_current_job
+
+from backend.jobs import Jobs
+from backend.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
+from backend.store import LockTimeout, Store
+from worker import delivery, inference, models
+from worker.brush import BrushError
+from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
+from worker.refit import AnnotationState, apply_changes, preannotate
+
+logger = logging.getLogger(__name__)
+
+TRANSIENT = (LabelStudioUnavailable, LockTimeout, ConnectionError, TimeoutError)
+PERMANENT = (LabelStudioError, BrushError, ValueError, KeyError)
+
+
+def _context() -> tuple[models.Runtime, Store, Jobs, str]:
+    rt = models.get()
+    job = get_current_job()
+    if job is None:
+        raise RuntimeError("worker.tasks functions run inside an RQ job")
+    return rt, Store(job.connection, rt.settings), Jobs(job.connection, rt.settings), job.id
+
+
+def _no_retry() -> None:
+    job = get_current_job()
+    if job is not None:
+        job.retries_left = 0
+
+
+def predict_task(raw: dict[str, Any]) -> str:
+    """Predict one task at one version, store the result, deliver it (see `worker.delivery`)."""
+    payload = PredictJob.model_validate(raw)
+    rt, store, jobs, job_id = _context()
+    p, t, v = payload.project, payload.task, payload.version
+    store.job_started(p, job_id)
+    try:
+        outcome = _predict(rt, store, payload)
+    except TRANSIENT:
+        store.job_ended(p, job_id, "failed", requeued=True)
+        raise
+    except PERMANENT as exc:
+        store.record_failure(p, f"task:{t}", f"{type(exc).__name__}: {exc}")
+        store.job_ended(p, job_id, "failed")
+        _no_retry()
+        raise
+    except Exception:
+        store.job_ended(p, job_id, "failed", requeued=bool(get_current_job().retries_left))
+        raise
+    store.job_ended(p, job_id, "stale" if outcome in ("stale", "skipped") else "done")
+    logger.info("predict p%s t%s %s: %s", p, t, v, outcome)
+    return outcome
+
+
+def _predict(rt: models.Runtime, store: Store, payload: PredictJob) -> str:
+    p, t, v = payload.project, payload.task, payload.version
+    refs = store.reference_set(p)
+    if refs.version != v:
+        return "stale"  # a newer version exists; it re-predicts this task itself
+    if not payload.interactive and store.is_labeled(p, t) and not store.has_waiter(p, t, v):
+        return "skipped"  # annotated since it was queued for pre-annotation
+    pred = store.get_prediction(p, t, v)
+    if pred is None:  # computed by an earlier attempt: never compute twice
+        cfg = store.config(p)
+        if cfg is None:
+            raise ValueError(f"project {p} has no label config")
+        image = rt.ls.download(payload.image_url, task_id=t)
+        pred = inference.predict(rt, store, cfg, refs, t, image)
+        store.put_prediction(p, pred)
+        store.clear_failure(p, f"task:{t}")
+    return delivery.deliver_computed(rt, store, p, pred)
+
+
+def deliver_prediction(raw: dict[str, Any]) -> str:
+    """Post a stored prediction through the API unless LS already has it (deliver / verify)."""
+    payload = DeliverJob.model_validate(raw)
+    rt, store, _, _ = _context()
+    pred = store.get_prediction(payload.project, payload.task, payload.version)
+    if pred is None:
+        return "missing"
+    return delivery.post_once(rt, store, payload.project, pred)
+
+
+def apply_annotation(raw: dict[str, Any]) -> str | None:
+    """Re-fit from one annotation's current state in LS (created or updated event)."""
+    payload = AnnotationJob.model_validate(raw)
+    rt, store, jobs, _ = _context()
+    p = payload.project
+    if payload.fingerprint and store.annotation_fingerprint(p, payload.annotation) == (
+        payload.fingerprint
+    ):
+        return None  # this state was applied already (e.g. by a sync)
+    ann = rt.ls.get_annotation(payload.annotation)
+    if ann is None:
+        state = AnnotationState.deleted(payload.annotation)
+    else:
+        state = AnnotationState.from_ls(ann, payload.image_url)
+        state.task = state.task or payload.task
+    return apply_changes(rt, store, jobs, p, [state])
+
+
+def delete_annotations(raw: dict[str, Any]) -> str | None:
+    """ANNOTATIONS_DELETED: the annotations stop being shots (one version bump at most)."""
+    payload = DeleteJob.model_validate(raw)
+    rt, store, jobs, _ = _context()
+    states = [AnnotationState.deleted(a) for a in payload.annotations]
+    return apply_changes(rt, store, jobs, payload.project, states)
+
+
+def sync_project(raw: dict[str, Any]) -> str:
+    """Reconcile with LS: apply annotations not seen (missed webhooks, a backend connected to an
+    annotated project), drop shots whose annotation is gone, pre-annotate what is missing."""
+    payload = SyncJob.model_validate(raw)
+    rt, store, jobs, _ = _context()
+    p = payload.project
+    cfg = store.config(p)
+    if cfg is None:
+        return "no-config"
+    tasks = rt.ls.list_tasks(p)
+    states, present = [], set()
+    for task in tasks:
+        if int(task.get("total_annotations") or 0) + int(task.get("cancelled_annotations") or 0):
+            url = (task.get("data") or {}).get(cfg.data_key)
+            for ann in rt.ls.list_annotations(int(task["id"])):
+                state = AnnotationState.from_ls(ann, url if isinstance(url, str) else None)
+                state.task = state.task or int(task["id"])
+                present.add(state.annotation)
+                if store.annotation_fingerprint(p, state.annotation) != state.fingerprint:
+                    states.append(state)
+    shot_ids = {a for ids in store.reference_set(p).shot_ids().values() for a in ids}
+    states += [AnnotationState.deleted(a) for a in sorted(shot_ids - present)]
+    version = apply_changes(rt, store, jobs, p, states, tasks) if states else None
+    if version is None:
+        refs = store.reference_set(p)
+        if refs.ready:
+            preannotate(rt, store, jobs, p, refs.version, tasks)
+    return f"applied {len(states)} change(s); version {version or 'unchanged'}"
