@@ -1,0 +1,226 @@
+"""SAM image encoder and single-point mask decoding through `segment-anything` (port of
+`GFSAM.extract_sam_feats` and `GFSAM.generate_sam_masks`; spec §3, §5).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+from segment_anything.modeling import (
+    ImageEncoderViT,
+    MaskDecoder,
+    PromptEncoder,
+    Sam,
+    TwoWayTransformer,
+)
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from gfsam.encoders.weights import EncoderSpec, load_strict, read_state_dict, verify_sha256
+from gfsam.types import FRAME
+
+SAM_MEAN = (123.675, 116.28, 103.53)
+SAM_STD = (58.395, 57.12, 57.375)
+SAM_PATCH = 16
+EMBED_CHANNELS = 256
+EMBED_SIDE = FRAME // SAM_PATCH  # 64
+_URL = "https://dl.fbaipublicfiles.com/segment_anything/{}"
+
+# (embed_dim, depth, heads, global attention blocks): segment_anything.build_sam builders.
+_ARCH = {
+    "sam_vit_h": (1280, 32, 16, (7, 15, 23, 31)),
+    "sam_vit_l": (1024, 24, 16, (5, 11, 17, 23)),
+    "sam_vit_b": (768, 12, 12, (2, 5, 8, 11)),
+    "sam_tiny": (32, 2, 2, (1,)),  # test-only: toy encoder, real prompt encoder and decoder
+}
+
+
+def _spec(name: str, filename: str | None, sha256: str | None) -> EncoderSpec:
+    return EncoderSpec(
+        name=name,
+        family="sam",
+        input_size=FRAME,
+        patch_size=SAM_PATCH,
+        mean=SAM_MEAN,
+        std=SAM_STD,
+        out_channels=EMBED_CHANNELS,
+        filename=filename,
+        url=_URL.format(filename) if filename else None,
+        sha256=sha256,
+    )
+
+
+# sha256: computational-cell-analytics/micro-sam micro_sam/util.py (see weights.py).
+SAM_SPECS: dict[str, EncoderSpec] = {
+    "sam_vit_h": _spec(
+        "sam_vit_h",
+        "sam_vit_h_4b8939.pth",
+        "a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
+    ),
+    "sam_vit_l": _spec(
+        "sam_vit_l",
+        "sam_vit_l_0b3195.pth",
+        "3adcc4315b642a4d2101128f611684e8734c41232a17c648ed1693702a49a622",
+    ),
+    "sam_vit_b": _spec(
+        "sam_vit_b",
+        "sam_vit_b_01ec64.pth",
+        "ec2df62732614e57411cdcf32a23ffdf28910380d03139ee0f4fcbe91eb8c912",
+    ),
+    "sam_tiny": _spec("sam_tiny", None, None),
+}
+
+
+def build_sam_model(name: str) -> Sam:
+    """Random-init `Sam` wired as `segment_anything.build_sam._build_sam` does."""
+    dim, depth, heads, global_attn = _ARCH[name]
+    encoder = ImageEncoderViT(
+        depth=depth,
+        embed_dim=dim,
+        img_size=FRAME,
+        mlp_ratio=4,
+        norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        num_heads=heads,
+        patch_size=SAM_PATCH,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=global_attn,
+        window_size=14,
+        out_chans=EMBED_CHANNELS,
+    )
+    prompt = PromptEncoder(
+        embed_dim=EMBED_CHANNELS,
+        image_embedding_size=(EMBED_SIDE, EMBED_SIDE),
+        input_image_size=(FRAME, FRAME),
+        mask_in_chans=16,
+    )
+    decoder = MaskDecoder(
+        num_multimask_outputs=3,
+        transformer=TwoWayTransformer(
+            depth=2, embedding_dim=EMBED_CHANNELS, mlp_dim=2048, num_heads=8
+        ),
+        transformer_dim=EMBED_CHANNELS,
+        iou_head_depth=3,
+        iou_head_hidden_dim=256,
+    )
+    sam = Sam(
+        image_encoder=encoder,
+        prompt_encoder=prompt,
+        mask_decoder=decoder,
+        pixel_mean=list(SAM_MEAN),
+        pixel_std=list(SAM_STD),
+    )
+    return sam.eval()
+
+
+class SamEncoder(nn.Module):
+    """SAM without hidden state: `embed` once per image, then `decode_points` per prompt set.
+
+    Attributes:
+        spec: the `EncoderSpec`. sam: the `segment_anything` model.
+        pretrained: True when official weights were loaded.
+    """
+
+    def __init__(self, spec: EncoderSpec, sam: Sam) -> None:
+        super().__init__()
+        self.spec, self.sam, self.pretrained = spec, sam, False
+
+    @property
+    def device(self) -> torch.device:
+        return self.sam.device
+
+    def embed(self, image: Tensor | np.ndarray) -> Tensor:
+        """Image embedding as `SamPredictor.set_image` computes it for a 1024x1024 image.
+
+        Args:
+            image: uint8 [S, S, 3] RGB (HWC, S = 1024). The official pipeline derives it from
+                the float frame by truncation: ``(frame * 255).to(torch.uint8)``.
+
+        Returns:
+            [1, 256, 64, 64] float32 on the model's device.
+        """
+        x = torch.as_tensor(image)
+        if x.dtype != torch.uint8 or tuple(x.shape) != (FRAME, FRAME, 3):
+            raise ValueError(
+                f"image must be uint8 [{FRAME}, {FRAME}, 3], got {x.dtype} {tuple(x.shape)}"
+            )
+        x = x.to(self.device).permute(2, 0, 1).contiguous()[None]  # (1, 3, S, S)
+        return self.sam.image_encoder(self.sam.preprocess(x.float()))  # (1, 256, 64, 64)
+
+    def decode_points(
+        self, embedding: Tensor, prompt_xy: np.ndarray | Tensor, batch_size: int = 64
+    ) -> Tensor:
+        """One mask per single positive point, as `SamPredictor.predict_torch` with
+        ``multimask_output=False`` (mask token 0, IoU ignored), upsampled and thresholded > 0.
+
+        Args:
+            embedding: [1, 256, 64, 64] (or [256, 64, 64]) image embedding.
+            prompt_xy: int [P, 2] prompt pixels (x, y) in the 1024 frame.
+            batch_size: prompts per decoder call (official 64); a memory knob only.
+
+        Returns:
+            bool [P, S, S] on the model's device.
+        """
+        emb = embedding.to(self.device, torch.float32)
+        emb = emb[None] if emb.ndim == 3 else emb  # (1, 256, 64, 64)
+        xy = prompt_xy if isinstance(prompt_xy, Tensor) else torch.from_numpy(np.asarray(prompt_xy))
+        xy = xy.to(self.device).reshape(-1, 2)  # (P, 2)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        chunks = [
+            self._decode_batch(emb, xy[i : i + batch_size])
+            for i in range(0, xy.shape[0], batch_size)
+        ]
+        if not chunks:
+            return torch.zeros((0, FRAME, FRAME), dtype=torch.bool, device=self.device)
+        return torch.cat(chunks)  # (P, S, S)
+
+    def _decode_batch(self, emb: Tensor, xy: Tensor) -> Tensor:
+        coords = xy.to(torch.float32)[:, None, :]  # (B, 1, 2)
+        labels = torch.ones(coords.shape[:2], dtype=torch.int, device=self.device)  # (B, 1)
+        sparse, dense = self.sam.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        # The decoder repeats the single embedding per prompt itself (repeat_interleave).
+        low_res, _ = self.sam.mask_decoder(
+            image_embeddings=emb,
+            image_pe=self.sam.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=False,
+        )  # (B, 1, 256, 256)
+        # = sam.postprocess_masks(low_res, (S, S), (S, S)): its crop and its second resize
+        # (S -> S, bilinear, align_corners=False) are exact identities, so upsample once.
+        logits = F.interpolate(low_res, (FRAME, FRAME), mode="bilinear", align_corners=False)
+        return logits[:, 0] > self.sam.mask_threshold  # (B, S, S)
+
+    def forward(self, image: Tensor) -> Tensor:
+        return self.embed(image)
+
+
+def build_sam(
+    name: str, *, checkpoint: Path | None, device: torch.device | str, verify: bool = True
+) -> SamEncoder:
+    """Build a SAM encoder, random-init when `checkpoint` is None.
+
+    Args:
+        name: a key of `SAM_SPECS`.
+        checkpoint: official ``sam_vit_*.pth`` (``torch.save(sam.state_dict())``), or None.
+        device: where the model lives (never defaulted).
+        verify: check the file's sha256 against the published value first.
+
+    Raises:
+        KeyError, WeightsChecksumError, WeightsFormatError.
+    """
+    spec = SAM_SPECS[name]
+    state = None
+    if checkpoint is not None:  # check the file before spending time on building the model
+        if verify:
+            verify_sha256(Path(checkpoint), spec.sha256)  # warns when no published value
+        state = read_state_dict(Path(checkpoint))
+    encoder = SamEncoder(spec, build_sam_model(name))
+    if state is not None:
+        load_strict(encoder.sam, state, str(checkpoint))
+        encoder.pretrained = True
+    return encoder.eval().to(device)

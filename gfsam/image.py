@@ -1,0 +1,184 @@
+"""Images and masks at the edge: decoding, EXIF orientation, and the squashed 1024 frame
+(`matcher/data/dataset.py` transforms; spec §3).
+
+Frame conventions (official evaluation): an image is squashed to 1024x1024 with PIL bilinear
+(antialiased) from the ORIGINAL pixels, then divided by 255 (``Resize`` + ``ToTensor``); a mask is
+squashed with torch nearest; a 1024 prediction goes back to (H, W) with torch nearest.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageOps, UnidentifiedImageError
+from torch import Tensor
+
+from gfsam.types import FRAME
+
+# HSNet/Matcher FSS loaders: mask = convert("L") >= 128 (anti-aliased white-on-black PNGs).
+MASK_THRESHOLD = 128
+Source = str | Path | bytes
+
+
+def _open(source: Source, what: str) -> Image.Image:
+    """Open and fully decode an image so that corrupt data fails here, as ValueError."""
+    if isinstance(source, bytes | bytearray):
+        stream: io.BytesIO | str | Path = io.BytesIO(source)
+        label = f"{what} bytes ({len(source)} B)"
+    else:
+        stream, label = source, f"{what} {str(source)!r}"
+    try:
+        img = Image.open(stream)
+        img.load()
+    except FileNotFoundError:
+        raise
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"cannot decode {label}: {exc}") from exc
+    return img
+
+
+def load_image(source: Source) -> np.ndarray:
+    """Decode an image file to RGB pixels, EXIF orientation applied.
+
+    Args:
+        source: path or encoded bytes (JPEG, PNG, WebP, ... anything PIL reads).
+
+    Returns:
+        uint8 [H, W, 3] RGB; (H, W) is the size after EXIF rotation. Grey and palette images
+        are expanded to RGB; an alpha channel is dropped.
+
+    Raises:
+        FileNotFoundError: missing path. ValueError: corrupt or unsupported data.
+    """
+    img = ImageOps.exif_transpose(_open(source, "image"))
+    return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
+
+
+def load_mask(source: Source) -> np.ndarray:
+    """Decode a mask file to a boolean foreground map.
+
+    Binarisation by PNG mode:
+    - palette (``P``) and 16/32-bit (``I;16``, ``I``): index/value != 0 is foreground (PerSeg and
+      VOC-style palette PNGs store the object as index 1, which is dark once converted to grey);
+    - everything else (``1``, ``L``, ``LA``, ``RGB``, ``RGBA``): ``convert("L") >= 128`` as the
+      HSNet/Matcher loaders do; an alpha channel is ignored.
+    EXIF orientation is applied, as for images.
+
+    Args:
+        source: path or encoded bytes.
+
+    Returns:
+        bool [H, W].
+
+    Raises:
+        FileNotFoundError: missing path. ValueError: corrupt or unsupported data.
+    """
+    img = ImageOps.exif_transpose(_open(source, "mask"))
+    if img.mode in ("P", "I;16", "I;16B", "I;16L", "I"):
+        return np.asarray(img) != 0
+    return np.asarray(img.convert("L")) >= MASK_THRESHOLD
+
+
+def to_frame(image: np.ndarray) -> Tensor:
+    """Squash an RGB image to the 1024 working frame as the official dataset transform does.
+
+    Args:
+        image: uint8 [H, W, 3] RGB.
+
+    Returns:
+        float32 [3, S, S] in [0, 1] on the CPU (PIL bilinear with antialias, then / 255).
+    """
+    if image.dtype != np.uint8 or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"image must be uint8 [H, W, 3], got {image.dtype} {image.shape}")
+    resized = Image.fromarray(image).resize((FRAME, FRAME), Image.Resampling.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(resized).copy())  # (S, S, 3) uint8
+    return pixels.permute(2, 0, 1).float().div(255)  # (3, S, S)
+
+
+def frame_to_sam_uint8(frame: Tensor) -> Tensor:
+    """The SAM input of the official code: ``(frame * 255).byte()`` - truncation, not rounding.
+
+    Args:
+        frame: float32 [3, S, S] in [0, 1].
+
+    Returns:
+        uint8 [S, S, 3] (HWC), on the frame's device.
+    """
+    return (frame * 255).to(torch.uint8).permute(1, 2, 0).contiguous()  # (S, S, 3)
+
+
+def mask_to_frame(mask: np.ndarray) -> Tensor:
+    """Squash a boolean mask to the 1024 frame with torch nearest (HSNet loaders).
+
+    Args:
+        mask: bool [H, W].
+
+    Returns:
+        bool [S, S] on the CPU.
+    """
+    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).float()[None, None]
+    return F.interpolate(m, size=(FRAME, FRAME), mode="nearest")[0, 0] > 0  # (S, S)
+
+
+def mask_from_frame(mask: np.ndarray | Tensor, size: tuple[int, int]) -> np.ndarray:
+    """Resize a 1024-frame mask back to an original (H, W) with torch nearest.
+
+    Args:
+        mask: bool [S, S] (numpy or torch, any device).
+        size: (H, W) of the original image.
+
+    Returns:
+        bool [H, W] numpy.
+    """
+    m = torch.as_tensor(mask).to(torch.float32)[None, None]  # (1, 1, S, S)
+    out = F.interpolate(m, size=tuple(size), mode="nearest")[0, 0] > 0  # (H, W)
+    return out.cpu().numpy()
+
+
+def as_rgb(image: np.ndarray) -> np.ndarray:
+    """Validate an image array and bring it to uint8 [H, W, 3] RGB.
+
+    Grey ([H, W] or [H, W, 1]) is replicated to three channels, as PIL's ``convert("RGB")``
+    does; RGBA ([H, W, 4]) loses its alpha channel. Other dtypes are refused, not rescaled.
+
+    Raises:
+        ValueError: not a numpy uint8 array of one of those shapes, or an empty image.
+    """
+    if not isinstance(image, np.ndarray) or image.dtype != np.uint8:
+        kind = getattr(image, "dtype", type(image).__name__)
+        raise ValueError(f"image must be a numpy uint8 array (0-255), got {kind}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4) or 0 in image.shape:
+        raise ValueError(
+            f"image must be [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], got {image.shape}"
+        )
+    if image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    return np.ascontiguousarray(image[:, :, :3])
+
+
+def as_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Validate a reference mask: bool, integer (non-zero = object) or float 0/1, of `size`.
+
+    Raises:
+        ValueError: wrong type or shape, float values other than 0/1, empty or all-foreground.
+    """
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        raise ValueError(f"mask must be a 2-D numpy array, got {getattr(mask, 'shape', mask)}")
+    if mask.shape != tuple(size):
+        raise ValueError(f"mask size {mask.shape} != image size {tuple(size)} (H, W)")
+    if np.issubdtype(mask.dtype, np.floating) and not np.isin(mask, (0.0, 1.0)).all():
+        raise ValueError("float mask must hold only 0 and 1; binarise it first")
+    if not (mask.dtype == bool or np.issubdtype(mask.dtype, np.number)):
+        raise ValueError(f"mask dtype must be bool, integer or float, got {mask.dtype}")
+    binary = mask != 0
+    if not binary.any():
+        raise ValueError("reference mask is empty: it must mark the object")
+    if binary.all():
+        raise ValueError("reference mask is all foreground: it must leave some background")
+    return binary

@@ -1,0 +1,274 @@
+"""Image-level GF-SAM: encoders + token-level algorithm, numpy at the edge, torch inside.
+
+`GFSAM` is `SamPredictor` without hidden state: encodings are values (`Reference`,
+`TargetEncoding`) that callers cache and pass back in. One instance per process; it is not
+thread-safe (the encoders are shared torch modules).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gfsam.core import segment_weighted
+from gfsam.encoders import DEFAULT_DINO, DEFAULT_SAM, SPECS, build_encoder
+from gfsam.encoders.dinov2 import Dinov2Encoder
+from gfsam.encoders.sam import SamEncoder
+from gfsam.encoders.weights import resolve_checkpoint
+from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.image import (
+    as_mask,
+    as_rgb,
+    frame_to_sam_uint8,
+    mask_from_frame,
+    mask_to_frame,
+    to_frame,
+)
+from gfsam.points import reference_weights
+from gfsam.types import GFSAMConfig
+
+logger = logging.getLogger(__name__)
+Timings = dict[str, float]
+PRESETS = {"tiny": ("sam_tiny", "dinov2_tiny")}
+
+
+@contextmanager
+def _timed(timings: Timings | None, name: str, device: torch.device) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    if timings is not None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
+
+
+class GFSAM:
+    """Few-shot segmentation from reference (image, mask) pairs, with pre-built encoders.
+
+    Args:
+        sam: `SamEncoder` (``embed``, ``decode_points``).
+        dino: `Dinov2Encoder` (``tokens``).
+        config: algorithm switches (`GFSAMConfig`); default abstains instead of the fallback.
+        device: compute device, always explicit; the encoders are moved there.
+        token_dtype: storage dtype of cached tokens (``np.float16`` halves cache size, ≈).
+    """
+
+    def __init__(
+        self,
+        sam: SamEncoder,
+        dino: Dinov2Encoder,
+        config: GFSAMConfig | None = None,
+        *,
+        device: torch.device | str,
+        token_dtype: type = np.float32,
+    ) -> None:
+        self.device = torch.device(device)
+        self.sam, self.dino = sam.to(self.device), dino.to(self.device)
+        self.config = config or GFSAMConfig()
+        self.token_dtype = np.dtype(token_dtype)
+
+    @property
+    def random_weights(self) -> bool:
+        """True when either encoder is random-init: every output is meaningless."""
+        return not (self.sam.pretrained and self.dino.pretrained)
+
+    @torch.inference_mode()
+    def encode_reference(
+        self, image: np.ndarray, mask: np.ndarray, *, timings: Timings | None = None
+    ) -> Reference:
+        """Encode one reference shot (cacheable; depends only on the DINOv2 encoder).
+
+        Args:
+            image: uint8 [H, W, 3] RGB (see `as_rgb` for grey/RGBA).
+            mask: [H, W] bool (or integer non-zero / float 0-1) object mask.
+            timings: optional dict receiving seconds under ``"dinov2_encoder"``.
+
+        Raises:
+            ValueError: invalid image or mask, or a mask that vanishes at 1024 x 1024.
+        """
+        rgb = as_rgb(image)
+        binary = as_mask(mask, rgb.shape[:2])
+        framed = mask_to_frame(binary)  # (S, S) bool
+        if not framed.any() or framed.all():
+            raise ValueError("reference mask is empty or full after resizing to 1024x1024")
+        with _timed(timings, "dinov2_encoder", self.device):
+            tokens = self.dino.tokens(to_frame(rgb)[None].to(self.device))[0]  # (T, C)
+        fg, bg = reference_weights(framed)  # (T,), (T,)
+        if not bool(fg.any()):
+            logger.warning("reference mask touches no 37x37 sample point; it adds no foreground")
+        return Reference(
+            tokens=tokens.cpu().numpy().astype(self.token_dtype),
+            fg=fg.numpy(),
+            bg=bg.numpy(),
+            mask_area=int(binary.sum()),
+            image_size=(rgb.shape[0], rgb.shape[1]),
+            encoder=self.dino.spec.name,
+        )
+
+    @torch.inference_mode()
+    def encode_target(self, image: np.ndarray, *, timings: Timings | None = None) -> TargetEncoding:
+        """Encode a target once: SAM embedding and DINOv2 tokens (cacheable).
+
+        Args:
+            image: uint8 [H, W, 3] RGB (see `as_rgb`).
+            timings: optional dict receiving ``"sam_encoder"`` and ``"dinov2_encoder"`` seconds.
+        """
+        rgb = as_rgb(image)
+        frame = to_frame(rgb).to(self.device)  # (3, S, S) float in [0, 1]
+        with _timed(timings, "sam_encoder", self.device):
+            embedding = self.sam.embed(frame_to_sam_uint8(frame))[0]  # (256, 64, 64)
+        with _timed(timings, "dinov2_encoder", self.device):
+            tokens = self.dino.tokens(frame[None])[0]  # (T, C)
+        return TargetEncoding(
+            embedding=embedding.cpu().numpy(),
+            tokens=tokens.cpu().numpy().astype(self.token_dtype),
+            image_size=(rgb.shape[0], rgb.shape[1]),
+            sam_encoder=self.sam.spec.name,
+            dino_encoder=self.dino.spec.name,
+        )
+
+    @torch.inference_mode()
+    def predict(
+        self,
+        target: TargetEncoding | np.ndarray,
+        references: Sequence[Reference],
+        *,
+        timings: Timings | None = None,
+    ) -> Prediction:
+        """Segment the target's instances of the object the references show.
+
+        Args:
+            target: a `TargetEncoding`, or a uint8 RGB image to encode first.
+            references: K >= 1 `Reference` shots of one label, from this DINOv2 encoder.
+            timings: optional dict receiving seconds per stage.
+
+        Returns:
+            `Prediction` with a bool [H, W] mask at the target's original size.
+
+        Raises:
+            ValueError: no references, or encodings from other encoders.
+        """
+        self._check_references(references)  # before paying for a target encoding
+        if isinstance(target, np.ndarray):
+            target = self.encode_target(target, timings=timings)
+        self._check_target(target)
+        dev = self.device
+        ref = torch.from_numpy(np.stack([r.tokens for r in references])).to(dev, torch.float32)
+        fg = torch.from_numpy(np.stack([r.fg for r in references])).to(dev)  # (K, T)
+        bg = torch.from_numpy(np.stack([r.bg for r in references])).to(dev)  # (K, T)
+        tgt = torch.from_numpy(target.tokens).to(dev, torch.float32)  # (T, C)
+        emb = torch.from_numpy(target.embedding).to(dev)[None]  # (1, 256, 64, 64)
+
+        def mask_fn(prompt_xy: np.ndarray) -> torch.Tensor:
+            return self.sam.decode_points(emb, prompt_xy, self.config.prompt_batch)
+
+        seg = segment_weighted(ref, fg, bg, tgt, mask_fn, self.config, timings=timings)
+        return Prediction(
+            mask=mask_from_frame(seg.mask, target.image_size),
+            score=float(seg.score),
+            abstained=bool(seg.abstained),
+            fallback=bool(seg.fallback),
+            segmentation=seg,
+        )
+
+    @torch.inference_mode()
+    def predict_labels(
+        self, target: TargetEncoding | np.ndarray, references: Mapping[str, Sequence[Reference]]
+    ) -> dict[str, Prediction]:
+        """Predict several labels on one target, encoding the target once.
+
+        Args:
+            target: a `TargetEncoding`, or a uint8 RGB image (encoded once for all labels).
+            references: label -> its K >= 1 reference shots.
+
+        Returns:
+            label -> `Prediction`, in the mapping's order.
+        """
+        if isinstance(target, np.ndarray):
+            target = self.encode_target(target)
+        return {label: self.predict(target, refs) for label, refs in references.items()}
+
+    def _check_references(self, references: Sequence[Reference]) -> None:
+        if len(references) == 0:
+            raise ValueError("references must hold at least one Reference")
+        names = {r.encoder for r in references}
+        if names != {self.dino.spec.name}:
+            raise ValueError(
+                f"references come from other encoders ({sorted(names)}, expected "
+                f"{self.dino.spec.name!r}); re-encode them with this pipeline"
+            )
+
+    def _check_target(self, target: TargetEncoding) -> None:
+        ours = (self.sam.spec.name, self.dino.spec.name)
+        if (target.sam_encoder, target.dino_encoder) != ours:
+            raise ValueError(
+                f"target comes from other encoders ({target.sam_encoder!r}, "
+                f"{target.dino_encoder!r}, expected {ours}); re-encode it"
+            )
+
+
+def _encoder_names(
+    sam: str, dino: str, preset: str | None, random_weights: bool
+) -> tuple[str, str]:
+    """Validated (SAM, DINOv2) registry names, after applying a preset."""
+    if preset is not None:
+        if preset not in PRESETS:
+            raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+        if not random_weights:
+            raise ValueError(f"preset {preset!r} has no weights; pass random_weights=True")
+        sam, dino = PRESETS[preset]
+    for name, family in ((sam, "sam"), (dino, "dinov2")):
+        if name not in SPECS or SPECS[name].family != family:
+            choices = sorted(n for n, s in SPECS.items() if s.family == family)
+            raise ValueError(f"unknown {family} encoder {name!r}; choose from {choices}")
+    return sam, dino
+
+
+def build_pipeline(
+    *,
+    sam: str = DEFAULT_SAM,
+    dino: str = DEFAULT_DINO,
+    model_dir: Path | str | None = None,
+    device: torch.device | str = "cpu",
+    random_weights: bool = False,
+    preset: str | None = None,
+    config: GFSAMConfig | None = None,
+) -> GFSAM:
+    """Build encoders (official weights from `model_dir`, or random) and wrap them in `GFSAM`.
+
+    Args:
+        sam, dino: encoder registry names (`gfsam.encoders.ENCODERS`).
+        model_dir: checkpoint directory; None searches ``$MODEL_DIR``, ``./models`` and the torch
+            hub cache (see `gfsam.encoders.weights.default_model_dirs`).
+        device: compute device (CPU unless told otherwise; never guessed).
+        random_weights: build random-init encoders (smoke tests only: outputs are meaningless).
+        preset: ``"tiny"`` selects toy encoders for tests (requires ``random_weights=True``).
+        config: algorithm switches; default `GFSAMConfig()`.
+
+    Raises:
+        ValueError: unknown preset/encoder. WeightsNotFoundError: a checkpoint is missing.
+    """
+    sam, dino = _encoder_names(sam, dino, preset, random_weights)
+    if random_weights:
+        logger.warning(
+            "RANDOM WEIGHTS: %s and %s are randomly initialised; every mask and score "
+            "is MEANINGLESS (smoke tests and timing only)",
+            sam,
+            dino,
+        )
+        ckpts: list[Path | None] = [None, None]
+    else:
+        ckpts = [resolve_checkpoint(SPECS[name], model_dir) for name in (sam, dino)]
+    sam_enc = build_encoder(sam, checkpoint=ckpts[0], device=device)
+    dino_enc = build_encoder(dino, checkpoint=ckpts[1], device=device)
+    assert isinstance(sam_enc, SamEncoder) and isinstance(dino_enc, Dinov2Encoder)
+    return GFSAM(sam_enc, dino_enc, config, device=device)
+
+
+__all__ = ["GFSAM", "Prediction", "Reference", "TargetEncoding", "build_pipeline"]
