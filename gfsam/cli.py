@@ -37,6 +37,17 @@ def _model_dir(arg: Path | None) -> Path:
     return arg or Path(os.environ.get("MODEL_DIR", "models"))
 
 
+def _official_name(name: str) -> str:
+    official = [n for n, s in SPECS.items() if s.url is not None]
+    if name not in official:
+        raise argparse.ArgumentTypeError(f"unknown encoder {name!r}; choose from {official}")
+    return name
+
+
+def _names(args: argparse.Namespace) -> list[str]:
+    return list(args.names) or [DEFAULT_SAM, DEFAULT_DINO]
+
+
 def _no_weights_message(exc: WeightsNotFoundError, model_dir: Path | None) -> str:
     target = _model_dir(model_dir)
     return (
@@ -101,7 +112,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
 def cmd_weights_download(args: argparse.Namespace) -> int:
     """Download official checkpoints (explicit step; needs internet)."""
     try:
-        paths = download_weights(args.names, _model_dir(args.model_dir), SPECS)
+        paths = download_weights(_names(args), _model_dir(args.model_dir), SPECS)
     except WeightsDownloadError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_INPUT
@@ -113,7 +124,7 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 def cmd_weights_verify(args: argparse.Namespace) -> int:
     """Check that each checkpoint exists and matches its published sha256."""
     failed = False
-    for name in args.names:
+    for name in _names(args):
         spec = SPECS[name]
         try:
             path = resolve_checkpoint(spec, args.model_dir)
@@ -172,15 +183,13 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
 def _weights_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("weights", help="download or verify official checkpoints")
     wsub = p.add_subparsers(dest="weights_cmd", required=True)
-    official = [n for n, s in SPECS.items() if s.url is not None]
     for name, func in (("download", cmd_weights_download), ("verify", cmd_weights_verify)):
         w = wsub.add_parser(name, help=func.__doc__)
         w.add_argument("--model-dir", type=Path, help="checkpoint directory (default $MODEL_DIR)")
         w.add_argument(
             "names",
             nargs="*",
-            default=[DEFAULT_SAM, DEFAULT_DINO],
-            choices=official,
+            type=_official_name,
             metavar="NAME",
             help=f"encoders (default: {DEFAULT_SAM} {DEFAULT_DINO})",
         )

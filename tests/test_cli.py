@@ -103,8 +103,9 @@ def test_segment_bad_input_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_weights_verify_reports_missing_and_mismatch(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main(["weights", "verify", "--model-dir", str(tmp_path), "sam_vit_b"]) == 1
-    assert "MISSING" in capsys.readouterr().out
+    assert main(["weights", "verify", "--model-dir", str(tmp_path)]) == 1  # default names
+    out = capsys.readouterr().out
+    assert "MISSING  sam_vit_h" in out and "MISSING  dinov2_vitl14" in out
     (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"not the checkpoint")
     assert main(["weights", "verify", "--model-dir", str(tmp_path), "sam_vit_b"]) == 1
     assert "MISMATCH" in capsys.readouterr().out

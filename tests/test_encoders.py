@@ -8,10 +8,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from segment_anything import SamPredictor
+from segment_anything import SamPredictor, sam_model_registry
 
 from gfsam.encoders import ENCODERS, SPECS, Dinov2Encoder, SamEncoder, build_encoder
 from gfsam.encoders.dinov2 import IMAGENET_MEAN, IMAGENET_STD
+from gfsam.encoders.sam import build_sam_model
 from gfsam.types import FRAME, TOKENS
 
 DEVICE = torch.device(os.environ.get("TEST_DEVICE", "cpu"))
@@ -141,3 +142,12 @@ def test_dinov2_preprocess_is_bilinear_without_antialias(dino: Dinov2Encoder) ->
     assert torch.allclose(dino.preprocess(frames), (x - mean) / std, atol=1e-6)
     with pytest.raises(ValueError, match="frames"):
         dino.preprocess(frames[:, :, :518, :518])
+
+
+@pytest.mark.parametrize("name", ["sam_vit_h", "sam_vit_l", "sam_vit_b"])
+def test_sam_architectures_match_segment_anything_builders(name: str) -> None:
+    """Same keys and shapes as segment_anything.sam_model_registry (meta device: no memory)."""
+    with torch.device("meta"):
+        ours = build_sam_model(name).state_dict()
+        official = sam_model_registry[name.removeprefix("sam_")]().state_dict()
+    assert {k: v.shape for k, v in ours.items()} == {k: v.shape for k, v in official.items()}

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from gfsam.encoders import SPECS, build_encoder
+from gfsam.encoders.dinov2 import _build_vit
 from gfsam.encoders.weights import (
     WeightsChecksumError,
     WeightsDownloadError,
@@ -36,9 +37,12 @@ from gfsam.types import FRAME, TOKENS
 REFUSED_URL = "http://127.0.0.1:9/sam_vit_b_01ec64.pth"  # discard port: connection refused
 
 
-def official_dinov2_state(width: int, depth: int, mlp: int, seed: int) -> dict[str, torch.Tensor]:
-    """Random tensors under the DINOv2 repo's key names (dinov2/models/vision_transformer.py)."""
-    gen = torch.Generator().manual_seed(seed)
+def official_dinov2_shapes(width: int, depth: int, mlp: int) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes under the DINOv2 repo's key names (dinov2/models/vision_transformer.py).
+
+    ViT-g (``mlp`` = 4096 at width 1536) uses SwiGLUFFNFused: ``mlp.w12`` packs the gate and
+    value projections, ``mlp.w3`` projects back; the others use ``mlp.fc1``/``mlp.fc2``.
+    """
     shapes: dict[str, tuple[int, ...]] = {
         "cls_token": (1, 1, width),
         "pos_embed": (1, 1 + TOKENS, width),
@@ -48,6 +52,8 @@ def official_dinov2_state(width: int, depth: int, mlp: int, seed: int) -> dict[s
         "norm.weight": (width,),
         "norm.bias": (width,),
     }
+    swiglu = width == 1536
+    up, down = ("mlp.w12", "mlp.w3") if swiglu else ("mlp.fc1", "mlp.fc2")
     for i in range(depth):
         block = {
             "norm1.weight": (width,),
@@ -59,14 +65,46 @@ def official_dinov2_state(width: int, depth: int, mlp: int, seed: int) -> dict[s
             "ls1.gamma": (width,),
             "norm2.weight": (width,),
             "norm2.bias": (width,),
-            "mlp.fc1.weight": (mlp, width),
-            "mlp.fc1.bias": (mlp,),
-            "mlp.fc2.weight": (width, mlp),
-            "mlp.fc2.bias": (width,),
+            f"{up}.weight": ((2 if swiglu else 1) * mlp, width),
+            f"{up}.bias": ((2 if swiglu else 1) * mlp,),
+            f"{down}.weight": (width, mlp),
+            f"{down}.bias": (width,),
             "ls2.gamma": (width,),
         }
         shapes.update({f"blocks.{i}.{k}": v for k, v in block.items()})
+    return shapes
+
+
+def official_dinov2_state(width: int, depth: int, mlp: int, seed: int) -> dict[str, torch.Tensor]:
+    """Random tensors under the DINOv2 repo's key names and shapes."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = official_dinov2_shapes(width, depth, mlp)
     return {k: torch.randn(v, generator=gen) * 0.02 for k, v in shapes.items()}
+
+
+@pytest.mark.parametrize(
+    ("name", "width", "depth", "mlp"),
+    [
+        ("dinov2_vits14", 384, 12, 1536),
+        ("dinov2_vitb14", 768, 12, 3072),
+        ("dinov2_vitl14", 1024, 24, 4096),
+        ("dinov2_vitg14", 1536, 40, 4096),
+    ],
+)
+def test_official_dinov2_layouts_map_onto_timm(name: str, width: int, depth: int, mlp: int):
+    """Every official key but mask_token lands on a timm tensor of the same shape (meta device,
+    so even ViT-g costs no memory)."""
+    with torch.device("meta"):
+        timm_shapes = {k: tuple(v.shape) for k, v in _build_vit(name).state_dict().items()}
+    official = official_dinov2_shapes(width, depth, mlp)
+    converted = dinov2_to_timm({k: torch.empty(0) for k in official})
+    expected = {
+        k.replace(".w12.", ".fc1.").replace(".w3.", ".fc2."): v
+        for k, v in official.items()
+        if k != "mask_token"
+    }
+    assert set(converted) == set(expected) == set(timm_shapes)
+    assert all(timm_shapes[k] == v for k, v in expected.items())
 
 
 def _free() -> None:
