@@ -76,7 +76,7 @@ def test_dinov2_small_matches_official_architecture() -> None:
 def test_sam_embed_shape_dtype_finite(sam: SamEncoder) -> None:
     with torch.inference_mode():
         emb = sam.embed(_image())
-    assert emb.shape == (1, 256, 64, 64) and emb.dtype == torch.float32
+    assert emb.shape == (1, sam.spec.out_channels, 64, 64) and emb.dtype == torch.float32
     assert emb.device.type == DEVICE.type and torch.isfinite(emb).all()
 
 

@@ -92,7 +92,7 @@ def test_target_round_trip_gives_same_prediction(
     pipe: GFSAM, reference: Reference, target_image: np.ndarray
 ) -> None:
     target = pipe.encode_target(target_image)
-    assert target.embedding.shape == (256, 64, 64) and target.tokens.shape == (TOKENS, 32)
+    assert target.embedding.shape == (32, 64, 64) and target.tokens.shape == (TOKENS, 32)
     assert target.image_size == (426, 640)
     back = TargetEncoding.from_bytes(target.to_bytes())
     assert np.array_equal(back.embedding, target.embedding)
@@ -106,7 +106,7 @@ def test_blobs_are_typed() -> None:
     with pytest.raises(ValueError):
         Reference.from_bytes(b"garbage")
     blob = TargetEncoding(
-        np.zeros((256, 64, 64), np.float32),
+        np.zeros((32, 64, 64), np.float32),
         np.zeros((TOKENS, 4), np.float32),
         (10, 20),
         "sam_tiny",
@@ -171,7 +171,7 @@ def test_invalid_predict_inputs(pipe: GFSAM, reference: Reference, target_image:
     with pytest.raises(ValueError, match="other encoders"):
         pipe.predict(target_image, [other])
     stale = TargetEncoding(
-        np.zeros((256, 64, 64), np.float32), reference.tokens, (9, 9), "sam_vit_h", "dinov2_tiny"
+        np.zeros((32, 64, 64), np.float32), reference.tokens, (9, 9), "sam_vit_h", "dinov2_tiny"
     )
     with pytest.raises(ValueError, match="other encoders"):
         pipe.predict(stale, [reference])

@@ -34,8 +34,12 @@ _ARCH = {
     "sam_vit_h": (1280, 32, 16, (7, 15, 23, 31)),
     "sam_vit_l": (1024, 24, 16, (5, 11, 17, 23)),
     "sam_vit_b": (768, 12, 12, (2, 5, 8, 11)),
-    "sam_tiny": (32, 2, 2, (1,)),  # test-only: toy encoder, real prompt encoder and decoder
+    "sam_tiny": (32, 2, 2, (1,)),  # test-only toy
 }
+# (embedding channels, decoder MLP width, decoder heads). Every official size shares SAM's one
+# decoder (256, 2048, 8); the test-only toy narrows it too, because on a CPU the full-width
+# decoder costs seconds per 128 prompts, and the toy exists to keep tests fast.
+_DECODER = {name: (EMBED_CHANNELS, 2048, 8) for name in _ARCH} | {"sam_tiny": (32, 64, 2)}
 
 
 def _spec(name: str, filename: str | None, sha256: str | None) -> EncoderSpec:
@@ -46,7 +50,7 @@ def _spec(name: str, filename: str | None, sha256: str | None) -> EncoderSpec:
         patch_size=SAM_PATCH,
         mean=SAM_MEAN,
         std=SAM_STD,
-        out_channels=EMBED_CHANNELS,
+        out_channels=_DECODER[name][0],
         filename=filename,
         url=_URL.format(filename) if filename else None,
         sha256=sha256,
@@ -77,6 +81,7 @@ SAM_SPECS: dict[str, EncoderSpec] = {
 def build_sam_model(name: str) -> Sam:
     """Random-init `Sam` wired as `segment_anything.build_sam._build_sam` does."""
     dim, depth, heads, global_attn = _ARCH[name]
+    channels, mlp_dim, decoder_heads = _DECODER[name]
     encoder = ImageEncoderViT(
         depth=depth,
         embed_dim=dim,
@@ -89,10 +94,10 @@ def build_sam_model(name: str) -> Sam:
         use_rel_pos=True,
         global_attn_indexes=global_attn,
         window_size=14,
-        out_chans=EMBED_CHANNELS,
+        out_chans=channels,
     )
     prompt = PromptEncoder(
-        embed_dim=EMBED_CHANNELS,
+        embed_dim=channels,
         image_embedding_size=(EMBED_SIDE, EMBED_SIDE),
         input_image_size=(FRAME, FRAME),
         mask_in_chans=16,
@@ -100,11 +105,11 @@ def build_sam_model(name: str) -> Sam:
     decoder = MaskDecoder(
         num_multimask_outputs=3,
         transformer=TwoWayTransformer(
-            depth=2, embedding_dim=EMBED_CHANNELS, mlp_dim=2048, num_heads=8
+            depth=2, embedding_dim=channels, mlp_dim=mlp_dim, num_heads=decoder_heads
         ),
-        transformer_dim=EMBED_CHANNELS,
+        transformer_dim=channels,
         iou_head_depth=3,
-        iou_head_hidden_dim=256,
+        iou_head_hidden_dim=channels,
     )
     sam = Sam(
         image_encoder=encoder,
@@ -140,7 +145,7 @@ class SamEncoder(nn.Module):
                 the float frame by truncation: ``(frame * 255).to(torch.uint8)``.
 
         Returns:
-            [1, 256, 64, 64] float32 on the model's device.
+            [1, E, 64, 64] float32 on the model's device (E = spec.out_channels: 256, toy 32).
         """
         x = torch.as_tensor(image)
         if x.dtype != torch.uint8 or tuple(x.shape) != (FRAME, FRAME, 3):
