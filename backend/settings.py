@@ -43,6 +43,7 @@ class Settings(BaseSettings):
     redis_url: str | None = None
     redis_server: str = "redis-server"
     workers: int = Field(1, ge=1, le=16)  # worker processes started by backend.run
+    shutdown_grace_s: float = 30.0  # a worker's current job may finish this long on shutdown
 
     # Model.
     gfsam_preset: str | None = None  # "tiny" = tiny random models, for wiring checks only
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     gfsam_sam: str | None = None  # SAM encoder name (gfsam registry); None: the library default
     gfsam_dino: str | None = None  # DINOv2 encoder name; None: the library default
     gfsam_device: str = "cpu"
+    # Cap on SAM prompts per prediction (GF-SAM's official value is 128); lower it to trade
+    # recall for speed on CPU. None keeps the library default.
+    gfsam_max_points: int | None = Field(None, ge=1)
 
     # References and re-fit.
     max_shots: int = Field(

@@ -17,12 +17,13 @@ Keys (all under ``gfsam:``; ``p`` project id, ``t`` task id, ``v`` model version
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from redis import Redis
 from redis.exceptions import LockError, RedisError, WatchError
-from redis.lock import Lock
 
 from backend.schemas import (
     AcceptanceSample,
@@ -34,6 +35,10 @@ from backend.schemas import (
 from backend.settings import Settings
 
 PREFIX = "gfsam:"
+WORKER_PREFIX = "gfsam-"  # names of workers started by worker.main (they hold leases)
+_DELETE_IF_EQUAL = (
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+)
 ACCEPTANCE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 ACCEPTANCE_SAMPLES = 200
 
@@ -57,9 +62,10 @@ def _text(value: bytes | str | None) -> str | None:
 class Store:
     """Typed access to the state above. Holds no state of its own besides the connection."""
 
-    def __init__(self, conn: Redis, settings: Settings) -> None:
+    def __init__(self, conn: Redis, settings: Settings, owner: str = "api") -> None:
         self.r = conn
         self.settings = settings
+        self.owner = owner  # who takes locks through this store (a worker name, or "api")
 
     # --- label configs --------------------------------------------------------------------------
 
@@ -125,21 +131,52 @@ class Store:
 
     @contextmanager
     def project_lock(self, p: int) -> Iterator[None]:
-        """Serialise re-fits of one project across all workers (expires if its holder dies)."""
-        lock = self.r.lock(
-            f"{PREFIX}lock:refit:{p}",
-            timeout=self.settings.refit_lock_timeout_s,
-            blocking_timeout=self.settings.refit_lock_wait_s,
-        )
-        if not lock.acquire():
-            raise LockTimeout(f"project {p}: re-fit lock busy")
+        """Serialise re-fits of one project across all workers."""
+        key, timeout = f"{PREFIX}lock:refit:{p}", self.settings.refit_lock_timeout_s
+        with self._locked(key, timeout, self.settings.refit_lock_wait_s, break_dead=True):
+            yield
+
+    @contextmanager
+    def _locked(
+        self, key: str, timeout_s: float, wait_s: float, break_dead: bool
+    ) -> Iterator[None]:
+        """A Redis lock that expires after `timeout_s`. With `break_dead`, it is broken at once
+        when its holder is a worker whose lease is gone (SIGKILLed mid-job): only for locks whose
+        holder has no side effects outside Redis that could still be in flight.
+
+        Raises:
+            LockTimeout: still held by a live owner after `wait_s`.
+        """
+        token = f"{self.owner}|{uuid.uuid4().hex}"
+        lock = self.r.lock(key, timeout=timeout_s)
+        deadline = time.monotonic() + wait_s
+        while not lock.acquire(blocking=False, token=token):
+            holder = _text(self.r.get(key)) or ""
+            owner = holder.split("|", 1)[0]
+            if break_dead and owner.startswith(WORKER_PREFIX) and not self.lease_alive(owner):
+                self.r.eval(_DELETE_IF_EQUAL, 1, key, holder)
+                continue
+            if time.monotonic() > deadline:
+                raise LockTimeout(f"{key} held by {owner or 'someone'}")
+            time.sleep(0.1)
         try:
             yield
         finally:
             try:
                 lock.release()
-            except LockError:  # expired and maybe taken by another worker: nothing to release
+            except LockError:  # expired, maybe taken over: nothing of ours to release
                 pass
+
+    # --- worker leases --------------------------------------------------------------------------
+
+    def renew_lease(self, worker: str, ttl_s: int) -> None:
+        self.r.set(f"{PREFIX}worker:{worker}", 1, ex=ttl_s)
+
+    def drop_lease(self, worker: str) -> None:
+        self.r.delete(f"{PREFIX}worker:{worker}")
+
+    def lease_alive(self, worker: str) -> bool:
+        return bool(self.r.exists(f"{PREFIX}worker:{worker}"))
 
     # --- annotations ----------------------------------------------------------------------------
 
@@ -206,9 +243,17 @@ class Store:
     def last_delivered_version(self, p: int, t: int) -> str | None:
         return _text(self.r.get(f"{PREFIX}p:{p}:last:{t}"))
 
-    def delivery_lock(self, p: int, t: int, v: str, timeout_s: int = 120) -> Lock:
-        """A lock around "check LS, then POST" so two deliverers never both post."""
-        return self.r.lock(self._k("lock:deliver", p, t, v), timeout=timeout_s, blocking_timeout=60)
+    @contextmanager
+    def delivery_lock(self, p: int, t: int, v: str) -> Iterator[None]:
+        """Around "check LS, then POST", so two deliverers never both post.
+
+        Never broken early: a dead holder's POST may still be in flight to LS. It expires after
+        two LS timeouts (check + post) plus a margin; the next deliverer then finds the POST in
+        LS, or posts.
+        """
+        timeout = 2 * self.settings.ls_timeout_s + 10
+        with self._locked(self._k("lock:deliver", p, t, v), timeout, timeout + 5, False):
+            yield
 
     # --- progress -------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -170,6 +171,9 @@ class FakeLabelStudio:
         self.media: dict[str, bytes] = {}
         self.posts: list[dict[str, Any]] = []  # every accepted POST /api/predictions/ body
         self.down = False  # answer 503 to everything
+        self.delays = {"media": 0.0, "post": 0.0}  # seconds to stall before answering
+        self.started = {"media": threading.Event(), "post": threading.Event()}
+        self.calls = {"media": 0, "post": 0}
         self.lock = threading.Lock()
         self._ids = {"task": 0, "annotation": 0, "prediction": 0}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -246,6 +250,11 @@ class FakeLabelStudio:
     def handle(
         self, method: str, path: str, query: dict[str, list[str]], body: Any
     ) -> tuple[int, Any]:
+        kind = "media" if path.startswith("/data/") else "post" if method == "POST" else None
+        if kind is not None:
+            self.calls[kind] += 1
+            self.started[kind].set()
+            time.sleep(self.delays[kind])  # the work completes even if the client went away
         with self.lock:
             return self._route(method, path, query, body)
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 
 from backend.schemas import StoredPrediction
-from backend.store import LockTimeout, Store
+from backend.store import Store
 from worker.models import Runtime
 
 logger = logging.getLogger(__name__)
@@ -50,16 +50,11 @@ def post_once(rt: Runtime, store: Store, p: int, pred: StoredPrediction) -> str:
     if store.current_version(p) != v:
         logger.info("prediction p%s t%s %s is stale: not posted", p, t, v)
         return "stale"
-    lock = store.delivery_lock(p, t, v)
-    if not lock.acquire():
-        raise LockTimeout(f"delivery of p{p} t{t} {v} is in progress elsewhere")
-    try:
+    with store.delivery_lock(p, t, v):
         existing = rt.ls.task_predictions(t)
         if any(x.get("model_version") == v for x in existing):
             return "present"
         prediction_id = rt.ls.create_prediction(t, pred.result, pred.score, v)
-    finally:
-        lock.release()
     store.incr_stat("delivered_api")
     logger.info("posted prediction %s for p%s t%s %s", prediction_id, p, t, v)
     return "posted"

@@ -23,9 +23,10 @@ from rq.serializers import JSONSerializer
 
 from backend.jobs import Jobs, connect
 from backend.settings import Settings, get_settings
+from backend.store import WORKER_PREFIX
 from worker import models
 from worker.labelstudio import LabelStudioAuthError
-from worker.recovery import WORKER_PREFIX, Maintenance
+from worker.recovery import Maintenance
 
 logger = logging.getLogger(__name__)
 
@@ -84,9 +85,7 @@ def run(settings: Settings, *, burst: bool = False) -> int:
     jobs = Jobs(conn, settings)
     name = f"{WORKER_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     queue_names = [q.name for q in jobs.queues]
-    maintenance = Maintenance(
-        settings.redis_url, name, queue_names, settings.worker_lease_s, settings.recovery_interval_s
-    )
+    maintenance = Maintenance(settings, name, queue_names)
     maintenance.start()
     worker = SimpleWorker(jobs.queues, connection=conn, serializer=JSONSerializer, name=name)
     logger.info("worker %s listening on %s", name, ", ".join(queue_names))

@@ -61,8 +61,11 @@ def build_model(settings: Settings) -> Model:
     Raises:
         gfsam.encoders.WeightsNotFoundError: a checkpoint is missing (message lists the paths).
     """
-    from gfsam import build_pipeline, load_image
-    from gfsam.pipeline import Reference, TargetEncoding
+    import torch
+
+    from gfsam.image import load_image
+    from gfsam.pipeline import Reference, TargetEncoding, build_pipeline
+    from gfsam.types import GFSAMConfig
 
     kwargs: dict[str, Any] = {
         "device": settings.gfsam_device,
@@ -76,8 +79,15 @@ def build_model(settings: Settings) -> Model:
     ):
         if value:
             kwargs[name] = value
+    if settings.gfsam_max_points:
+        kwargs["config"] = GFSAMConfig(max_points=settings.gfsam_max_points)
+    if settings.random_weights:
+        # Same random weights in every worker process, so cached encodings stay interchangeable.
+        torch.manual_seed(0)
     pipeline = build_pipeline(**kwargs)
-    key = "|".join(f"{k}={kwargs[k]}" for k in sorted(kwargs) if k not in ("device", "model_dir"))
+    key = "|".join(
+        f"{k}={kwargs[k]}" for k in ("preset", "sam", "dino", "random_weights") if k in kwargs
+    )
     return Model(
         pipeline,
         Reference.from_bytes,

@@ -3,8 +3,9 @@
 RQ alone would notice a dead SimpleWorker's job only after the job's timeout + 60 s (its entry in
 the StartedJobRegistry expires) and then retry it only if retries are left. We do better:
 
-- every worker started by `worker.main` holds a lease key (`gfsam:worker:{name}`, a few seconds
-  TTL) refreshed by a daemon thread, so a SIGKILLed worker's lease lapses quickly;
+- every worker started by `worker.main` holds a lease (`Store.renew_lease`, a few seconds TTL)
+  refreshed by a daemon thread, so a SIGKILLed worker's lease lapses quickly (the store also
+  breaks re-fit and delivery locks whose holder has no lease);
 - the same thread (in every live worker) scans the started registries of our queues: an entry
   whose worker is ours (name prefix) and has no lease is removed (ZREM, so exactly one scanner
   wins) and its job is put back at the front of its queue. The job then runs again from the
@@ -28,28 +29,20 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
+from backend.settings import Settings
+from backend.store import WORKER_PREFIX, Store
+
 logger = logging.getLogger(__name__)
 
-WORKER_PREFIX = "gfsam-"
-LEASE_KEY = "gfsam:worker:{name}"
 
-
-def renew_lease(conn: Redis, name: str, ttl_s: int) -> None:
-    conn.set(LEASE_KEY.format(name=name), 1, ex=ttl_s)
-
-
-def lease_alive(conn: Redis, name: str) -> bool:
-    return bool(conn.exists(LEASE_KEY.format(name=name)))
-
-
-def recover_abandoned(conn: Redis, queue_names: list[str]) -> list[str]:
+def recover_abandoned(conn: Redis, store: Store, queue_names: list[str]) -> list[str]:
     """Requeue (at the front) started jobs of our workers whose lease is gone. Returns job ids."""
     recovered = []
     for name in queue_names:
         registry = StartedJobRegistry(name, connection=conn, serializer=JSONSerializer)
         for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
             worker = _worker_of(conn, job_id, execution_id)
-            if not worker.startswith(WORKER_PREFIX) or lease_alive(conn, worker):
+            if not worker.startswith(WORKER_PREFIX) or store.lease_alive(worker):
                 continue
             if not conn.zrem(registry.key, f"{job_id}:{execution_id}"):
                 continue  # another worker recovered it first
@@ -79,26 +72,28 @@ def _worker_of(conn: Redis, job_id: str, execution_id: str) -> str:
 class Maintenance(threading.Thread):
     """Daemon thread: lease every second, recovery and scheduler every `interval_s`."""
 
-    def __init__(
-        self, url: str, name: str, queue_names: list[str], lease_s: int, interval_s: float
-    ) -> None:
+    def __init__(self, settings: Settings, name: str, queue_names: list[str]) -> None:
         super().__init__(name="gfsam-maintenance", daemon=True)
-        self.conn = Redis.from_url(url)  # its own connection: the worker's blocks in BLPOP
+        assert settings.redis_url is not None
+        # Its own connection: the worker's connection sits in BLPOP.
+        self.conn = Redis.from_url(settings.redis_url)
+        self.store = Store(self.conn, settings, owner=name)
         self.worker_name = name
         self.queue_names = queue_names
-        self.lease_s = lease_s
-        self.interval_s = interval_s
+        self.lease_s = settings.worker_lease_s
+        self.interval_s = settings.recovery_interval_s
         self.stopped = threading.Event()
         self.scheduler = RQScheduler(queue_names, connection=self.conn, serializer=JSONSerializer)
+        self.store.renew_lease(name, self.lease_s)  # alive before the first job is taken
 
     def run(self) -> None:
         last = 0.0
         while not self.stopped.is_set():
             try:
-                renew_lease(self.conn, self.worker_name, self.lease_s)
+                self.store.renew_lease(self.worker_name, self.lease_s)
                 if time.monotonic() - last >= self.interval_s:
                     last = time.monotonic()
-                    recover_abandoned(self.conn, self.queue_names)
+                    recover_abandoned(self.conn, self.store, self.queue_names)
                 self.scheduler.acquire_locks()
                 self.scheduler.enqueue_scheduled_jobs()
             except Exception:  # Redis restarting: keep trying, the worker itself reconnects too
@@ -109,6 +104,6 @@ class Maintenance(threading.Thread):
         self.stopped.set()
         try:
             self.scheduler.release_locks()
-            self.conn.delete(LEASE_KEY.format(name=self.worker_name))
+            self.store.drop_lease(self.worker_name)
         except Exception:
             logger.debug("cleanup on stop failed", exc_info=True)

@@ -32,7 +32,8 @@ def _context() -> tuple[models.Runtime, Store, Jobs, str]:
     job = get_current_job()
     if job is None:
         raise RuntimeError("worker.tasks functions run inside an RQ job")
-    return rt, Store(job.connection, rt.settings), Jobs(job.connection, rt.settings), job.id
+    store = Store(job.connection, rt.settings, owner=job.worker_name or "worker")
+    return rt, store, Jobs(job.connection, rt.settings), job.id
 
 
 def _no_retry() -> None:
