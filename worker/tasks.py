@@ -36,10 +36,15 @@ def _context() -> tuple[models.Runtime, Store, Jobs, str]:
     return rt, store, Jobs(job.connection, rt.settings), job.id
 
 
-def _no_retry() -> None:
+def _failed(store: Store, p: int, job_id: str, what: str, exc: Exception) -> None:
+    """Book a failed attempt: permanent errors are not retried; the last failure is recorded."""
     job = get_current_job()
-    if job is not None:
-        job.retries_left = 0
+    if isinstance(exc, PERMANENT) and not isinstance(exc, TRANSIENT) and job is not None:
+        job.retries_left = 0  # RQ reads this right after the job raises
+    retrying = bool(job is not None and job.retries_left)
+    if not retrying:
+        store.record_failure(p, what, f"{type(exc).__name__}: {exc}")
+    store.job_ended(p, job_id, "failed", requeued=retrying)
 
 
 def predict_task(raw: dict[str, Any]) -> str:
@@ -50,16 +55,8 @@ def predict_task(raw: dict[str, Any]) -> str:
     store.job_started(p, job_id)
     try:
         outcome = _predict(rt, store, payload)
-    except TRANSIENT:
-        store.job_ended(p, job_id, "failed", requeued=True)
-        raise
-    except PERMANENT as exc:
-        store.record_failure(p, f"task:{t}", f"{type(exc).__name__}: {exc}")
-        store.job_ended(p, job_id, "failed")
-        _no_retry()
-        raise
-    except Exception:
-        store.job_ended(p, job_id, "failed", requeued=bool(get_current_job().retries_left))
+    except Exception as exc:
+        _failed(store, p, job_id, f"task:{t}", exc)
         raise
     store.job_ended(p, job_id, "stale" if outcome in ("stale", "skipped") else "done")
     logger.info("predict p%s t%s %s: %s", p, t, v, outcome)
