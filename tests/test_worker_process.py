@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
@@ -224,3 +225,79 @@ def _try(fn: Callable[[], Any]) -> Any:
         return fn()
     except Exception:
         return None
+
+
+def _processes_of(data_dir: Path) -> list[int]:
+    """Pids of one backend.run: DATA_DIR in their environment, or (redis-server, which rewrites
+    its environment for its process title) running in DATA_DIR/redis."""
+    marker, redis_dir = f"DATA_DIR={data_dir}".encode(), str((data_dir / "redis").resolve())
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            if (
+                marker in (entry / "environ").read_bytes()
+                or os.readlink(entry / "cwd") == redis_dir
+            ):
+                pids.append(int(entry.name))
+        except OSError:
+            continue
+    return pids
+
+
+def _run_env(tmp: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("GFSAM_", "REDIS_URL"))}
+    env.update(
+        DATA_DIR=str(tmp / "data"),
+        PORT=str(free_port()),
+        LABEL_STUDIO_API_KEY=TOKEN,
+        LABEL_STUDIO_URL="http://127.0.0.1:9",
+        MODEL_DIR=str(tmp / "models"),
+        PYTHONUNBUFFERED="1",
+        **extra,
+    )
+    return env
+
+
+def test_backend_run_refuses_without_weights(tmp_path: Path) -> None:
+    env = _run_env(tmp_path)
+    done = subprocess.run(
+        [sys.executable, "-m", "backend.run"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert done.returncode == 2
+    assert "weights for 'sam_vit_h' not found" in done.stderr
+    assert str(tmp_path / "models") in done.stderr
+    assert "python -m gfsam weights download" in done.stderr
+    assert _processes_of(tmp_path / "data") == []
+
+
+def test_backend_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
+    env = _run_env(tmp_path, GFSAM_PRESET="tiny")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "backend.run"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{env['PORT']}"
+    try:
+        health = wait_until(lambda: _try(lambda: httpx.get(f"{url}/health").json()), 120, "API")
+        assert health["random_weights"] is True and "RANDOM-WEIGHTS" in health["model_class"]
+        setup = httpx.post(f"{url}/setup", json=SETUP).json()
+        assert setup == {"model_version": "gfsam-p1-v0"}
+        assert len(_processes_of(tmp_path / "data")) == 4  # run, redis, worker, api
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out[-2000:]
+    assert "RANDOM WEIGHTS" in out
+    assert _processes_of(tmp_path / "data") == []
+    assert any((tmp_path / "data" / "redis").glob("appendonly*"))

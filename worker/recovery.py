@@ -83,7 +83,12 @@ class Maintenance(threading.Thread):
         self.lease_s = settings.worker_lease_s
         self.interval_s = settings.recovery_interval_s
         self.stopped = threading.Event()
-        self.scheduler = RQScheduler(queue_names, connection=self.conn, serializer=JSONSerializer)
+        self.scheduler = RQScheduler(
+            queue_names,
+            connection=self.conn,
+            serializer=JSONSerializer,
+            logging_level=settings.log_level,
+        )
         self.store.renew_lease(name, self.lease_s)  # alive before the first job is taken
 
     def run(self) -> None:
