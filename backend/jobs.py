@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import time
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -32,7 +31,6 @@ from backend.schemas import (
     DeleteJob,
     DeliverJob,
     PredictJob,
-    StoredPrediction,
     SyncJob,
 )
 from backend.settings import Settings
@@ -229,102 +227,3 @@ class Jobs:
         except DuplicateJobError:
             return None
         return job_id
-
-    # --- /predict: queue, wait up to a deadline, hand the rest to the API path -----------------
-
-    def predict_and_wait(
-        self, p: int, version: str, tasks: list[tuple[int, str | None]], deadline: float
-    ) -> list[StoredPrediction | None]:
-        """Queue each task on the high queue and wait for the results until `deadline` (monotonic).
-
-        Delivery is exactly-once per (p, task, version) through the store's claim: a result
-        claimed here ("inline") is returned; one not ready by the deadline is left to the worker,
-        which posts it through the LS API (or a `deliver` job does, if the result landed while we
-        were giving up). Returns one entry per task, None where the reply carries no result.
-        """
-        out: list[StoredPrediction | None] = [None] * len(tasks)
-        pending = self._start(p, version, tasks)
-        try:
-            self._wait(p, version, pending, out, deadline)
-        finally:
-            self._give_up(p, version, pending)
-        return out
-
-    def _start(self, p: int, version: str, tasks: list[tuple[int, str | None]]) -> dict[int, int]:
-        ids = [t for t, _ in tasks]
-        claims = self.store.delivery_claims(p, ids, version)
-        ttl = int(self.settings.predict_deadline_s) + 60
-        pending: dict[int, int] = {}
-        for i, ((task, url), claim) in enumerate(zip(tasks, claims, strict=True)):
-            if url is None:
-                self.store.record_failure(p, f"task:{task}", "task data has no image URL")
-                continue
-            if task in pending:
-                continue
-            if claim is not None:  # delivered before: make sure LS has it, never send it twice
-                delay = self.settings.inline_verify_delay_s if claim == "inline" else 0
-                if claim == "api" or delay:
-                    self.enqueue_deliver(
-                        DeliverJob(project=p, task=task, version=version), delay_s=delay
-                    )
-                continue
-            self.store.waiter_enter(p, task, version, ttl)
-            pending[task] = i
-            job = PredictJob(project=p, task=task, version=version, image_url=url, interactive=True)
-            self.enqueue_predict(job, high=True)
-        return pending
-
-    def _wait(
-        self,
-        p: int,
-        version: str,
-        pending: dict[int, int],
-        out: list[StoredPrediction | None],
-        deadline: float,
-    ) -> None:
-        last_check = time.monotonic()
-        while pending and time.monotonic() < deadline:
-            tasks = list(pending)
-            for task, pred in zip(
-                tasks, self.store.get_predictions(p, tasks, version), strict=True
-            ):
-                if pred is None:
-                    continue
-                if self.store.claim_delivery(p, task, version, "inline"):
-                    out[pending[task]] = pred
-                    self._verify_later(p, task, version)
-                self.store.waiter_leave(p, task, version)
-                del pending[task]
-            if pending and time.monotonic() - last_check > 1.0:
-                last_check = time.monotonic()
-                if self.store.current_version(p) != version:
-                    return  # a re-fit landed: the new version is pre-annotated through the API
-                self._drop_failed(p, version, pending)
-            if pending:
-                time.sleep(self.settings.predict_poll_s)
-
-    def _drop_failed(self, p: int, version: str, pending: dict[int, int]) -> None:
-        tasks = list(pending)
-        statuses = self.job_statuses([predict_job_id(p, t, version) for t in tasks])
-        for task, status in zip(tasks, statuses, strict=True):
-            if status in (
-                JobStatus.FAILED.value,
-                JobStatus.CANCELED.value,
-                JobStatus.STOPPED.value,
-            ):
-                self.store.waiter_leave(p, task, version)
-                del pending[task]
-
-    def _give_up(self, p: int, version: str, pending: dict[int, int]) -> None:
-        """Deadline protocol: leave as a waiter first, then pick up a result that raced us."""
-        for task in list(pending):
-            self.store.waiter_leave(p, task, version)
-            if self.store.get_prediction(p, task, version) is None:
-                continue  # the worker will find no waiter and post it itself
-            if self.store.claim_delivery(p, task, version, "api"):
-                self.enqueue_deliver(DeliverJob(project=p, task=task, version=version))
-
-    def _verify_later(self, p: int, task: int, version: str) -> None:
-        delay = self.settings.inline_verify_delay_s
-        if delay > 0:
-            self.enqueue_deliver(DeliverJob(project=p, task=task, version=version), delay_s=delay)

@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Body, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from backend import inline
 from backend.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookAuth
 from backend.jobs import Jobs
 from backend.labelconfig import config_digest, parse_label_config
@@ -90,7 +91,7 @@ def predict(
     interactive = bool(body.params and body.params.context)
     if refs.ready and cfg is not None and not interactive:  # interactive results are not stored
         tasks = [(t.id, _url(t.data, cfg.data_key)) for t in body.tasks]
-        preds = jobs.predict_and_wait(p, refs.version, tasks, deadline)
+        preds = inline.predict_and_wait(jobs, p, refs.version, tasks, deadline)
     version = store.current_version(p)
     return PredictResponse(
         results=[

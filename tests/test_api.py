@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -278,3 +280,19 @@ def test_health_and_setup_fast_with_a_deep_queue(
             assert service_client.request(method, path, json=payload).status_code == 200
             worst = max(worst, time.perf_counter() - started)
     assert worst < 0.25
+
+
+def test_backend_imports_no_model_code() -> None:
+    """The HTTP side needs no GPU stack: backend never imports gfsam, worker or torch."""
+    code = (
+        "import sys, backend.app, backend.run\n"
+        "bad = sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'gfsam', 'worker'})\n"
+        "assert not bad, bad\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parents[1],
+    )
+    assert done.returncode == 0, done.stderr

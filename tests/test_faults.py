@@ -14,6 +14,7 @@ from rq.job import Job
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
+from backend import inline
 from backend.app import create_app
 from backend.jobs import Jobs, predict_job_id
 from backend.schemas import PredictJob
@@ -58,8 +59,8 @@ def test_ls_down_then_back_delivers_once(
         fresh = fake_ls.add_task(1, png_bytes(64, 48, seed=5))
         fake_ls.down = True  # LS's API unreachable for the worker
         jobs = Jobs(redis_conn, settings)
-        pending = jobs._start(1, "gfsam-p1-v1", [(fresh["id"], fresh["data"]["image"])])
-        jobs._give_up(1, "gfsam-p1-v1", pending)  # LS's /predict gave up: API path
+        pending = inline.start(jobs, 1, "gfsam-p1-v1", [(fresh["id"], fresh["data"]["image"])])
+        inline.give_up(jobs, 1, "gfsam-p1-v1", pending)  # LS's /predict gave up: API path
         run_worker(redis_conn, settings)  # download fails: retry scheduled in 1 s
         job = Job.fetch(
             predict_job_id(1, fresh["id"], "gfsam-p1-v1"),
@@ -110,8 +111,8 @@ def test_ls_down_for_good_fails_after_retries(
     fresh = fake_ls.add_task(1, png_bytes(64, 48, seed=6))
     fake_ls.down = True
     jobs = Jobs(redis_conn, service_settings)
-    pending = jobs._start(1, "gfsam-p1-v1", [(fresh["id"], fresh["data"]["image"])])
-    jobs._give_up(1, "gfsam-p1-v1", pending)
+    pending = inline.start(jobs, 1, "gfsam-p1-v1", [(fresh["id"], fresh["data"]["image"])])
+    inline.give_up(jobs, 1, "gfsam-p1-v1", pending)
     run_worker(redis_conn, service_settings)  # retry interval 0: all attempts now
     job = Job.fetch(
         predict_job_id(1, fresh["id"], "gfsam-p1-v1"),

@@ -14,6 +14,7 @@ import numpy as np
 from fastapi.testclient import TestClient
 from redis import Redis
 
+from backend import inline
 from backend.jobs import Jobs, predict_job_id
 from backend.schemas import PredictJob
 from backend.settings import Settings
@@ -408,11 +409,11 @@ def test_race_result_before_deadline_is_inline_only(
 ) -> None:
     jobs, t, url = _race_setup(service_client, fake_ls, redis_conn, service_settings)
     v = "gfsam-p1-v1"
-    pending = jobs._start(1, v, [(t, url)])
+    pending = inline.start(jobs, 1, v, [(t, url)])
     run_worker(redis_conn, service_settings)  # stores, sees the waiter, leaves delivery to us
     out: list[Any] = [None]
-    jobs._wait(1, v, pending, out, time.monotonic() + 5)
-    jobs._give_up(1, v, pending)
+    inline.wait(jobs, 1, v, pending, out, time.monotonic() + 5)
+    inline.give_up(jobs, 1, v, pending)
     assert out[0] is not None and out[0].model_version == v
     run_worker(redis_conn, service_settings)
     assert fake_ls.posts == []
@@ -427,12 +428,12 @@ def test_race_deadline_before_result_goes_through_api(
 ) -> None:
     jobs, t, url = _race_setup(service_client, fake_ls, redis_conn, service_settings)
     v = "gfsam-p1-v1"
-    pending = jobs._start(1, v, [(t, url)])
-    jobs._give_up(1, v, pending)  # deadline: nothing computed yet
+    pending = inline.start(jobs, 1, v, [(t, url)])
+    inline.give_up(jobs, 1, v, pending)  # deadline: nothing computed yet
     run_worker(redis_conn, service_settings)
     assert [p["task"] for p in fake_ls.posts] == [t]
     out: list[Any] = [None]
-    jobs._wait(1, v, {t: 0}, out, time.monotonic() + 1)  # a late look finds it claimed
+    inline.wait(jobs, 1, v, {t: 0}, out, time.monotonic() + 1)  # a late look finds it claimed
     assert out == [None]
 
 
@@ -445,9 +446,9 @@ def test_race_result_lands_while_giving_up(
 ) -> None:
     jobs, t, url = _race_setup(service_client, fake_ls, redis_conn, service_settings)
     v = "gfsam-p1-v1"
-    pending = jobs._start(1, v, [(t, url)])
+    pending = inline.start(jobs, 1, v, [(t, url)])
     run_worker(redis_conn, service_settings)  # stored while the waiter was still registered
-    jobs._give_up(1, v, pending)  # claims "api" and queues a deliver job
+    inline.give_up(jobs, 1, v, pending)  # claims "api" and queues a deliver job
     assert fake_ls.posts == []
     run_worker(redis_conn, service_settings)
     run_worker(redis_conn, service_settings)
@@ -486,10 +487,10 @@ def test_inline_reply_is_verified_later(
     from backend.schemas import DeliverJob
 
     v = "gfsam-p1-v1"
-    pending = jobs._start(1, v, [(t, url)])
+    pending = inline.start(jobs, 1, v, [(t, url)])
     run_worker(redis_conn, service_settings)
     out: list[Any] = [None]
-    jobs._wait(1, v, pending, out, time.monotonic() + 5)
+    inline.wait(jobs, 1, v, pending, out, time.monotonic() + 5)
     assert out[0] is not None
     fake_ls.predictions[999] = {"id": 999, "task": t, "model_version": v, "result": []}
     jobs.enqueue_deliver(DeliverJob(project=1, task=t, version=v))  # LS stored the reply
@@ -542,3 +543,27 @@ def test_predict_promotes_a_queued_batch_job(
     assert jobs.enqueue_predict(payload, high=True) == "promoted"
     job_id = predict_job_id(1, 7, "gfsam-p1-v1")
     assert jobs.high.job_ids == [job_id] and jobs.batch.job_ids == []
+
+
+def test_inline_reply_schedules_a_later_check(
+    service_settings: Settings,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    fake_pipeline: FakePipeline,
+) -> None:
+    from rq.registry import ScheduledJobRegistry
+
+    from backend.app import create_app
+
+    settings = changed(service_settings, inline_verify_delay_s=150)
+    with TestClient(create_app(settings)) as client:
+        jobs, t, url = _race_setup(client, fake_ls, redis_conn, settings)
+        pending = inline.start(jobs, 1, "gfsam-p1-v1", [(t, url)])
+        run_worker(redis_conn, settings)
+        out: list[Any] = [None]
+        inline.wait(jobs, 1, "gfsam-p1-v1", pending, out, time.monotonic() + 5)
+        assert out[0] is not None
+    registry = ScheduledJobRegistry(settings.queue_batch, connection=redis_conn)
+    assert registry.get_job_ids() == [f"verify-1-{t}-1"]
+    when = registry.get_scheduled_time(f"verify-1-{t}-1").timestamp()
+    assert 140 < when - time.time() <= 150

@@ -234,24 +234,18 @@ def _encode(
     failed = False
     for label, mask, idx in todo:
         try:
-            ref = rt.model.pipeline.encode_reference(image, mask)
+            sha = _store_reference(rt, store, image, mask)
         except ValueError as exc:
             store.record_failure(p, what, f"{label}: {exc}")
             failed = True
             continue
-        blob = ref.to_bytes()
-        sha = hashlib.sha256(blob).hexdigest()
-        store.put_blob(sha, blob)
-        store.incr_stat("reference_encode")
-        rt.references.put(sha, ref)
-        keep_seq = shots[label][idx].seq if idx is not None else seq
         shot = Shot(
             annotation=ch.annotation,
             task=ch.task,
             label=label,
             ref=sha,
             fingerprint=ch.fingerprint,
-            seq=keep_seq,
+            seq=seq if idx is None else shots[label][idx].seq,
             mask=mask_digest(mask),
         )
         if idx is None:
@@ -261,6 +255,17 @@ def _encode(
             shots[label][idx] = shot
     if not failed:
         store.clear_failure(p, what)
+
+
+def _store_reference(rt: Runtime, store: Store, image: np.ndarray, mask: np.ndarray) -> str:
+    """Encode one shot and store its blob under its sha256 (shared by every worker)."""
+    ref = rt.model.pipeline.encode_reference(image, mask)
+    blob = ref.to_bytes()
+    sha = hashlib.sha256(blob).hexdigest()
+    store.put_blob(sha, blob)
+    store.incr_stat("reference_encode")
+    rt.references.put(sha, ref)
+    return sha
 
 
 def preannotate(
