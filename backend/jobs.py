@@ -183,17 +183,23 @@ class Jobs:
         return job_id if ok else None
 
     def enqueue_sync(self, project: int) -> str | None:
-        """Reconcile with LS; collapses only with a sync that is still queued or running."""
+        """Reconcile with LS; collapses with a sync that is still queued, scheduled or running
+        (a finished one leaves no job behind; a failed one is replaced)."""
         job_id = f"sync-{project}"
-        ok = self._enqueue(
+        args = (
             self.batch,
             "worker.tasks.sync_project",
             SyncJob(project=project).model_dump(mode="json"),
             job_id,
             self.settings.sync_job_timeout_s,
-            result_ttl=0,
+            0,
         )
-        return job_id if ok else None
+        if self._enqueue(*args):
+            return job_id
+        if self.job_status(job_id) == JobStatus.FAILED.value:
+            self._delete(job_id)
+            return job_id if self._enqueue(*args) else None
+        return None
 
     # --- deliveries -----------------------------------------------------------------------------
 

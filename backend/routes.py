@@ -40,21 +40,21 @@ logger = logging.getLogger(__name__)
 router = APIRouter()
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
-SYNC_ACTIONS = ("START_TRAINING", "TASKS_CREATED")
+SYNC_ACTIONS = ("START_TRAINING", "TASKS_CREATED", "ANNOTATIONS_CREATED")
 
 
 def register_config(store: Store, jobs: Jobs, p: int, config: str) -> None:
-    """Store a project's label config (parsed only when it changed); a new project gets a sync.
+    """Store a project's label config (parsed only when it changed); until a sync with LS has
+    completed for the project (a new project, or LS was unreachable), queue one.
 
     Raises:
         LabelConfigError: no usable BrushLabels/Image pair (-> HTTP 400 with the reason).
     """
     digest = config_digest(config)
-    if store.config_digest(p) == digest:
-        return
-    if store.put_config(p, parse_label_config(config), digest):
-        logger.info("new project %s: queueing a sync with Label Studio", p)
-        jobs.enqueue_sync(p)
+    if store.config_digest(p) != digest:
+        store.put_config(p, parse_label_config(config), digest)
+    if not store.synced(p) and jobs.enqueue_sync(p):
+        logger.info("project %s not synced with Label Studio yet: sync queued", p)
 
 
 @router.get("/health", response_model=HealthResponse, dependencies=[BasicAuth])

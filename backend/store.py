@@ -85,6 +85,12 @@ class Store:
     def config_digest(self, p: int) -> str | None:
         return _text(self.r.get(f"{PREFIX}p:{p}:config:digest"))
 
+    def mark_synced(self, p: int) -> None:
+        self.r.set(f"{PREFIX}p:{p}:synced", 1)
+
+    def synced(self, p: int) -> bool:
+        return bool(self.r.exists(f"{PREFIX}p:{p}:synced"))
+
     def projects(self) -> list[int]:
         return sorted(int(x) for x in self.r.smembers(f"{PREFIX}projects"))
 

@@ -145,4 +145,5 @@ def sync_project(raw: dict[str, Any]) -> str:
         refs = store.reference_set(p)
         if refs.ready:
             preannotate(rt, store, jobs, p, refs.version, tasks)
+    store.mark_synced(p)
     return f"applied {len(states)} change(s); version {version or 'unchanged'}"
