@@ -165,3 +165,24 @@ def test_refit_lock_of_a_killed_worker_is_broken_at_once(
     run_worker(redis_conn, service_settings)
     assert version(service_client) == "gfsam-p1-v1"
     assert time.monotonic() - started < 5  # not the lock's 600 s
+
+
+def test_failed_sync_is_queued_again_by_the_next_setup(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    tasks = setup_project(service_client, fake_ls, 2)  # queues sync-1
+    ann = fake_ls.annotate(tasks[0], [brush_region(SEED, "Object")])  # its webhook was lost
+    fake_ls.down = True
+    run_worker(redis_conn, service_settings)  # the sync fails, all retries included
+    assert Jobs(redis_conn, service_settings).job_status("sync-1") == "failed"
+    fake_ls.down = False
+    assert version(service_client) == "gfsam-p1-v0"  # this /setup queues a new sync
+    run_worker(redis_conn, service_settings)
+    assert status(service_client)["shots"] == {"Object": [ann["id"]]}
+    assert Jobs(redis_conn, service_settings).job_status("sync-1") is None  # done, not kept
+    assert version(service_client) == "gfsam-p1-v1"
+    assert Jobs(redis_conn, service_settings).batch.job_ids == []  # synced: no more syncs
