@@ -195,6 +195,9 @@ class Store:
     def mark_labeled(self, p: int, task: int) -> None:
         self.r.sadd(f"{PREFIX}p:{p}:labeled", task)
 
+    def mark_unlabeled(self, p: int, task: int) -> None:
+        self.r.srem(f"{PREFIX}p:{p}:labeled", task)
+
     def is_labeled(self, p: int, task: int) -> bool:
         return bool(self.r.sismember(f"{PREFIX}p:{p}:labeled", task))
 

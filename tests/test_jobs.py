@@ -567,3 +567,25 @@ def test_inline_reply_schedules_a_later_check(
     assert registry.get_job_ids() == [f"verify-1-{t}-1"]
     when = registry.get_scheduled_time(f"verify-1-{t}-1").timestamp()
     assert 140 < when - time.time() <= 150
+
+
+def test_task_whose_annotation_is_deleted_is_preannotated_again(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    tasks = seeded(service_client, fake_ls, redis_conn, service_settings, 3)
+    fix = annotate(service_client, fake_ls, tasks[1], box_mask(H, W, 0, 40, 0, 60))
+    run_worker(redis_conn, service_settings)
+    assert version(service_client) == "gfsam-p1-v2"
+    assert {p["task"] for p in fake_ls.posts if p["model_version"] == "gfsam-p1-v2"} == {tasks[2]}
+    fake_ls.delete_annotation(fix["id"])
+    deleted = fixture("webhook_annotations_deleted.json")
+    deleted["annotations"] = [{"id": fix["id"]}]
+    service_client.post("/webhook", json=deleted)
+    run_worker(redis_conn, service_settings)
+    assert version(service_client) == "gfsam-p1-v3"
+    v3 = sorted(p["task"] for p in fake_ls.posts if p["model_version"] == "gfsam-p1-v3")
+    assert v3 == [tasks[1], tasks[2]]

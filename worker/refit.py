@@ -288,6 +288,7 @@ def preannotate(
         if int(task.get("total_annotations") or 0) > 0:
             store.mark_labeled(p, t)
             continue
+        store.mark_unlabeled(p, t)  # e.g. its only annotation was deleted
         url = (task.get("data") or {}).get(cfg.data_key)
         if claim is not None or not isinstance(url, str):
             continue
