@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from backend import inline
 from backend.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookAuth
 from backend.jobs import Jobs
-from backend.labelconfig import config_digest, parse_label_config
+from backend.labelconfig import LabelConfigError, config_digest, parse_label_config
 from backend.schemas import (
     AnnotationEvent,
     AnnotationJob,
@@ -116,54 +116,56 @@ def _url(data: dict[str, Any], key: str) -> str | None:
 
 
 @router.post("/webhook", response_model=WebhookResponse, dependencies=[WebhookAuth])
-def webhook(store: StoreDep, jobs: JobsDep, body: dict[str, Any] = Body(...)) -> WebhookResponse:  # noqa: B008
+def webhook(
+    store: StoreDep, jobs: JobsDep, body: Annotated[dict[str, Any], Body()]
+) -> WebhookResponse:
     """Validate, deduplicate and queue an LS event; answers at once (1 s LS timeout)."""
     event = WebhookEvent.model_validate(body)
     if event.action in ANNOTATION_ACTIONS:
         queued = _annotation_event(store, jobs, AnnotationEvent.model_validate(body))
     elif event.action == "ANNOTATIONS_DELETED":
-        deleted = AnnotationsDeletedEvent.model_validate(body)
-        p = _event_project(deleted)
-        queued = [
-            jobs.enqueue_delete(
-                DeleteJob(project=p, annotations=[a.id for a in deleted.annotations])
-            )
-        ]
+        queued = _deleted_event(AnnotationsDeletedEvent.model_validate(body), jobs)
     elif event.action in SYNC_ACTIONS and event.project is not None:
+        _register_from_event(store, jobs, event)
         queued = [jobs.enqueue_sync(event.project.id)]
     else:
         return WebhookResponse(status="ignored")
     return WebhookResponse(status="ok", queued=[q for q in queued if q])
 
 
-def _event_project(event: WebhookEvent) -> int:
+def _register_from_event(store: Store, jobs: Jobs, event: WebhookEvent) -> None:
+    """Events carry the project's config: use it (a first event may precede any /setup)."""
+    if event.project is not None and event.project.label_config:
+        try:
+            register_config(store, jobs, event.project.id, event.project.label_config)
+        except LabelConfigError:  # not a brush project: nothing of ours to do
+            logger.info("project %s: config without BrushLabels/Image", event.project.id)
+
+
+def _deleted_event(event: AnnotationsDeletedEvent, jobs: Jobs) -> list[str | None]:
     if event.project is None:
         raise HTTPException(422, f"{event.action} without 'project'")
-    return event.project.id
+    ids = [a.id for a in event.annotations]
+    return [jobs.enqueue_delete(DeleteJob(project=event.project.id, annotations=ids))]
 
 
 def _annotation_event(store: Store, jobs: Jobs, event: AnnotationEvent) -> list[str | None]:
     p = event.project.id if event.project else event.annotation.project
     if p is None:
         raise HTTPException(422, f"{event.action} names no project")
-    if event.project is not None and event.project.label_config:
-        register_config(store, jobs, p, event.project.label_config)
+    _register_from_event(store, jobs, event)
     cfg = store.config(p)
-    if cfg is None:  # unknown project and no config in the event: let a sync sort it out
+    if cfg is None:  # unknown project and no usable config in the event: a sync sorts it out
         return [jobs.enqueue_sync(p)]
     store.mark_labeled(p, event.task.id)
-    fingerprint = event.annotation.updated_at or event.action
-    return [
-        jobs.enqueue_annotation(
-            AnnotationJob(
-                project=p,
-                annotation=event.annotation.id,
-                task=event.task.id,
-                image_url=_url(event.task.data, cfg.data_key),
-                fingerprint=fingerprint,
-            )
-        )
-    ]
+    job = AnnotationJob(
+        project=p,
+        annotation=event.annotation.id,
+        task=event.task.id,
+        image_url=_url(event.task.data, cfg.data_key),
+        fingerprint=event.annotation.updated_at or event.action,
+    )
+    return [jobs.enqueue_annotation(job)]
 
 
 @router.get("/versions", response_model=VersionsResponse, dependencies=[BasicAuth])
