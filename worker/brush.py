@@ -327,13 +327,9 @@ def masks_to_result(
         if label not in scores:
             raise BrushError(f"no score given for label {label!r}")
         rle = mask_to_rle(mask)
-        digest = hashlib.blake2b(digest_size=5)
-        for part in (from_name, label):
-            digest.update(part.encode() + b"\0")
-        digest.update(bytes(rle))
         regions.append(
             {
-                "id": digest.hexdigest(),
+                "id": _region_id(from_name, label, rle),
                 "from_name": from_name,
                 "to_name": to_name,
                 "type": "brushlabels",
@@ -345,6 +341,15 @@ def masks_to_result(
             }
         )
     return regions
+
+
+def _region_id(from_name: str, label: str, rle: list[int]) -> str:
+    """Short deterministic region id: equal masks of one label get the same id."""
+    digest = hashlib.blake2b(digest_size=5)
+    for part in (from_name, label):
+        digest.update(part.encode() + b"\0")
+    digest.update(bytes(rle))
+    return digest.hexdigest()
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
