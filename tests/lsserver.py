@@ -60,11 +60,14 @@ def ls_venv() -> Path:
 def require_label_studio() -> Path:
     """Path of the ``label-studio`` executable; fail (CI) or skip (local) when it is missing."""
     exe = ls_venv() / "bin" / "label-studio"
-    if exe.is_file():
+    found = sorted(ls_venv().glob("lib/python*/site-packages/label_studio-*.dist-info"))
+    versions = [d.name.removeprefix("label_studio-").removesuffix(".dist-info") for d in found]
+    if exe.is_file() and versions == [LS_VERSION]:
         return exe
     message = (
-        f"Label Studio {LS_VERSION} not found at {exe}; create it with `python3 -m venv .lsvenv "
-        f"&& .lsvenv/bin/pip install label-studio=={LS_VERSION}` or set LS_VENV"
+        f"Label Studio {LS_VERSION} not found at {exe} (installed: {versions or 'none'}); create "
+        f"it with `python3 -m venv .lsvenv && .lsvenv/bin/pip install label-studio=={LS_VERSION}`"
+        " or set LS_VENV"
     )
     if os.environ.get("CI"):
         pytest.fail(message, pytrace=False)
