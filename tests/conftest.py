@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Service fixtures (real redis-server, settings, TestClient, fake LS) for every test module.
+pytest_plugins = ["tests.service_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GFSAM_SHARED_DIR", REPO_ROOT.parent / "shared"))
 GOLDEN_DIR = Path(os.environ.get("GFSAM_GOLDEN_DIR", SHARED / "golden" / "gfsam-parity"))

@@ -20,8 +20,6 @@ from backend.schemas import PredictJob
 from backend.settings import Settings
 from tests.service_fixtures import changed
 
-pytest_plugins = ["tests.service_fixtures"]
-
 FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
 
 

@@ -25,8 +25,6 @@ from tests.service_fixtures import changed, run_worker
 from tests.test_jobs import SEED, annotate, event, fixture, setup_project, status, version
 from worker import models
 
-pytest_plugins = ["tests.service_fixtures"]
-
 
 def tick_scheduler(conn: Redis, settings: Settings) -> None:
     """What the worker's maintenance thread does every second: move due retries to queues."""

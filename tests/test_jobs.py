@@ -23,8 +23,6 @@ from tests.fakes import FakeLabelStudio, FakePipeline, box_mask, brush_region, p
 from tests.service_fixtures import changed, run_worker
 from worker.brush import annotation_masks, rle_to_mask
 
-pytest_plugins = ["tests.service_fixtures"]
-
 FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
 H, W = 48, 64
 SEED = box_mask(H, W, 10, 30, 20, 50)

@@ -24,8 +24,6 @@ from backend.store import LockTimeout, Store, VersionConflict
 from worker.cache import ReferenceCache, TargetCache
 from worker.inference import resolve_overlaps
 
-pytest_plugins = ["tests.service_fixtures"]
-
 
 @pytest.fixture
 def store(redis_conn: Redis, tmp_path: Path) -> Store:
