@@ -201,6 +201,18 @@ class Jobs:
             return job_id if self._enqueue(*args) else None
         return None
 
+    def enqueue_config_change(self, project: int, digest: str) -> str | None:
+        """Bump the version after a label-config change (once per config digest)."""
+        job_id = f"cfg-{project}-{_digest(digest)}"
+        ok = self._enqueue(
+            self.batch,
+            "worker.tasks.apply_config_change",
+            SyncJob(project=project).model_dump(mode="json"),
+            job_id,
+            self.settings.sync_job_timeout_s,
+        )
+        return job_id if ok else None
+
     # --- deliveries -----------------------------------------------------------------------------
 
     def enqueue_deliver(self, payload: DeliverJob, *, delay_s: int = 0) -> str | None:

@@ -45,14 +45,19 @@ SYNC_ACTIONS = ("START_TRAINING", "TASKS_CREATED", "ANNOTATIONS_CREATED")
 
 def register_config(store: Store, jobs: Jobs, p: int, config: str) -> None:
     """Store a project's label config (parsed only when it changed); until a sync with LS has
-    completed for the project (a new project, or LS was unreachable), queue one.
+    completed for the project (a new project, or LS was unreachable), queue one. A change of the
+    control names, image key or labels gets a new model version (predictions are made again).
 
     Raises:
         LabelConfigError: no usable BrushLabels/Image pair (-> HTTP 400 with the reason).
     """
     digest = config_digest(config)
     if store.config_digest(p) != digest:
-        store.put_config(p, parse_label_config(config), digest)
+        before, summary = store.config(p), parse_label_config(config)
+        store.put_config(p, summary, digest)
+        if before is not None and before != summary:
+            logger.info("project %s: label config changed, version bump queued", p)
+            jobs.enqueue_config_change(p, digest)
     if not store.synced(p) and jobs.enqueue_sync(p):
         logger.info("project %s not synced with Label Studio yet: sync queued", p)
 

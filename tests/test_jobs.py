@@ -587,3 +587,32 @@ def test_task_whose_annotation_is_deleted_is_preannotated_again(
     assert version(service_client) == "gfsam-p1-v3"
     v3 = sorted(p["task"] for p in fake_ls.posts if p["model_version"] == "gfsam-p1-v3")
     assert v3 == [tasks[1], tasks[2]]
+
+
+def test_label_config_change_bumps_version_and_repredicts(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    tasks = seeded(service_client, fake_ls, redis_conn, service_settings)
+    shots = status(service_client)["shots"]
+    body = fixture("setup.json")
+    assert version(service_client) == "gfsam-p1-v1"
+    # A cosmetic change (same control, image key and labels) keeps the version, queues nothing.
+    body["schema"] = body["schema"].replace('zoom="true"', 'zoom="false"')
+    assert service_client.post("/setup", json=body).json()["model_version"] == "gfsam-p1-v1"
+    run_worker(redis_conn, service_settings)
+    assert service_client.post("/setup", json=body).json()["model_version"] == "gfsam-p1-v1"
+    # Renaming the brush control: the delivered predictions no longer fit the config.
+    body["schema"] = body["schema"].replace('name="tag"', 'name="mask"')
+    posts_before = len(fake_ls.posts)
+    assert service_client.post("/setup", json=body).json()["model_version"] == "gfsam-p1-v1"
+    run_worker(redis_conn, service_settings)
+    assert service_client.post("/setup", json=body).json()["model_version"] == "gfsam-p1-v2"
+    assert status(service_client)["shots"] == shots  # same references
+    new = fake_ls.posts[posts_before:]
+    assert sorted(p["task"] for p in new) == tasks[1:]
+    assert all(p["model_version"] == "gfsam-p1-v2" for p in new)
+    assert all(p["result"][0]["from_name"] == "mask" for p in new)

@@ -107,6 +107,22 @@ def apply_changes(
     return new.version if changed else None
 
 
+def bump_version(rt: Runtime, store: Store, jobs: Jobs, p: int) -> str | None:
+    """New version with the same shots (e.g. after a label-config change), then pre-annotate.
+
+    Returns the new version, or None when the project has no references (nothing to redo).
+    """
+    with store.project_lock(p):
+        refs = store.reference_set(p)
+        if not refs.ready:
+            return None
+        new = refs.model_copy(update={"n": refs.n + 1})
+        store.swap_reference_set(new, expected_n=refs.n)
+    logger.info("project %s: %s -> %s (label config changed)", p, refs.version, new.version)
+    preannotate(rt, store, jobs, p, new.version)
+    return new.version
+
+
 def _signature(refs: ReferenceSet) -> dict[str, list[tuple[int, str]]]:
     return {k: [(s.annotation, s.ref) for s in v] for k, v in refs.shots.items() if v}
 

@@ -19,7 +19,7 @@ from backend.store import LockTimeout, Store
 from worker import delivery, inference, models
 from worker.brush import BrushError
 from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
-from worker.refit import AnnotationState, apply_changes, preannotate
+from worker.refit import AnnotationState, apply_changes, bump_version, preannotate
 
 logger = logging.getLogger(__name__)
 
@@ -147,3 +147,10 @@ def sync_project(raw: dict[str, Any]) -> str:
             preannotate(rt, store, jobs, p, refs.version, tasks)
     store.mark_synced(p)
     return f"applied {len(states)} change(s); version {version or 'unchanged'}"
+
+
+def apply_config_change(raw: dict[str, Any]) -> str | None:
+    """The label config changed: same shots, new version, unlabeled tasks predicted again."""
+    payload = SyncJob.model_validate(raw)
+    rt, store, jobs, _ = _context()
+    return bump_version(rt, store, jobs, payload.project)
