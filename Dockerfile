@@ -1,6 +1,7 @@
-# One image, two roles: the default command runs everything on one machine (Redis, a worker,
-# the API). For scale-out, run the API with `python -m backend.app` semantics via uvicorn and
-# workers with `python -m worker.main` against a shared REDIS_URL.
+# One image. The default command runs everything on one machine (a private Redis, a worker, the
+# API on :9090). To scale out, run the same image with a shared REDIS_URL as
+#   API:    uvicorn backend.app:create_app --factory --host 0.0.0.0 --port 9090
+#   worker: python -m worker.main            (GFSAM_DEVICE=cuda on GPU machines)
 FROM python:3.11-slim
 
 RUN apt-get update \
