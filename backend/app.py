@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
+from typing import Any
 
 import anyio.to_thread
 from fastapi import FastAPI, Request, Response
@@ -99,7 +100,7 @@ def _install_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "internal error (see backend logs)"}, status_code=500)
 
 
-def _describe(errors: list) -> str:
+def _describe(errors: Sequence[Any]) -> str:
     """'body.tasks.0.id: Input should be a valid integer; ...' without echoing the input."""
     parts = []
     for err in errors[:10]:

@@ -71,7 +71,7 @@ class Metrics:
 
     def __init__(self, store: Store) -> None:
         self.registry = CollectorRegistry()
-        self.registry.register(StoreCollector(store))  # type: ignore[arg-type]
+        self.registry.register(StoreCollector(store))
         self.http_latency = Histogram(
             "gfsam_http_request_seconds",
             "HTTP handler latency",

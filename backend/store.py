@@ -130,7 +130,8 @@ class Store:
         self.r.set(f"{PREFIX}ref:{sha}", blob)
 
     def get_blob(self, sha: str) -> bytes | None:
-        return self.r.get(f"{PREFIX}ref:{sha}")
+        blob = self.r.get(f"{PREFIX}ref:{sha}")
+        return blob if isinstance(blob, bytes) or blob is None else blob.encode()
 
     def has_blob(self, sha: str) -> bool:
         return bool(self.r.exists(f"{PREFIX}ref:{sha}"))
@@ -199,7 +200,7 @@ class Store:
         self.r.srem(f"{PREFIX}p:{p}:labeled", task)
 
     def is_labeled(self, p: int, task: int) -> bool:
-        return bool(self.r.sismember(f"{PREFIX}p:{p}:labeled", task))
+        return bool(self.r.sismember(f"{PREFIX}p:{p}:labeled", str(task)))
 
     # --- predictions and delivery ---------------------------------------------------------------
 
@@ -291,7 +292,7 @@ class Store:
             pipe.scard(f"{PREFIX}p:{p}:jobs:running")
             pipe.hgetall(f"{PREFIX}p:{p}:counts")
             queued, running, raw = pipe.execute()
-        ended = {_text(k): int(v) for k, v in raw.items()}
+        ended = {str(_text(k)): int(v) for k, v in raw.items()}
         return ProjectCounts(queued=queued, running=running, **ended)
 
     def record_failure(self, p: int, what: str, reason: str) -> None:

@@ -10,6 +10,7 @@ import io
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +23,8 @@ def _pack(kind: str, arrays: Mapping[str, np.ndarray], **meta: object) -> bytes:
     """npz blob (no pickle): arrays as stored, scalars/tuples/strings as small numpy arrays."""
     buf = io.BytesIO()
     extra = {f"meta_{k}": np.asarray(v) for k, v in meta.items()}
-    np.savez(buf, kind=np.asarray(kind), version=np.asarray(BLOB_VERSION), **arrays, **extra)
+    entries: dict[str, Any] = {"kind": np.asarray(kind), "version": np.asarray(BLOB_VERSION)}
+    np.savez(buf, **(entries | dict(arrays) | extra))
     return buf.getvalue()
 
 

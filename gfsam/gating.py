@@ -72,7 +72,7 @@ def positive_gate(
     table = _ranked_members(score, labels_np, n_clusters)  # (L, Mmax)
     covered = np.zeros((n_clusters, mu_np.shape[1]), dtype=np.float32)  # (L, T) soft union I
     fg = np.zeros(mu_np.shape[0], dtype=bool)
-    last = np.zeros(n_clusters, dtype=np.float32)
+    last: np.ndarray = np.zeros(n_clusters, dtype=np.float32)
     for rank in range(table.shape[1]):
         idx = table[:, rank]  # (L,)
         valid = idx >= 0

@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 scripts/setup.sh --with-label-studio
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/mypy
 exec .venv/bin/python -m pytest "$@"

@@ -288,7 +288,7 @@ def annotation_masks(result: list[dict[str, Any]], *, from_name: str) -> dict[st
             width, height = int(region["original_width"]), int(region["original_height"])
         except (KeyError, TypeError, ValueError):
             raise BrushError(f"region {i}: missing or invalid original_width/height") from None
-        mask = rle_to_mask(value.get("rle"), width, height)
+        mask = rle_to_mask(value.get("rle") or [], width, height)
         for label in value.get("brushlabels") or []:
             prev = masks.get(label)
             if prev is not None and prev.shape != mask.shape:

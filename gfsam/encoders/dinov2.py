@@ -9,10 +9,12 @@ are the output of the last block *before* the final LayerNorm (``x_prenorm``), p
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, cast
 
 import timm
 import torch
 import torchvision.transforms.functional as TF
+from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
 
@@ -72,9 +74,9 @@ _TIMM_ARCH = {
 }
 
 
-def _build_vit(name: str) -> nn.Module:
+def _build_vit(name: str) -> VisionTransformer:
     """Random-init timm ViT of the named DINOv2 model at 518 px, no head, no registers."""
-    common = {"pretrained": False, "num_classes": 0, "img_size": DINO_INPUT}
+    common: dict[str, Any] = {"pretrained": False, "num_classes": 0, "img_size": DINO_INPUT}
     if name == "dinov2_tiny":
         # Test-only: the ViT-L/14 layout (LayerScale 1e-5, patch 14, 518 px) at toy width/depth.
         return timm.models.vision_transformer.VisionTransformer(
@@ -86,7 +88,7 @@ def _build_vit(name: str) -> nn.Module:
             num_classes=0,
             img_size=DINO_INPUT,
         )
-    return timm.create_model(_TIMM_ARCH[name], **common)
+    return cast(VisionTransformer, timm.create_model(_TIMM_ARCH[name], **common))
 
 
 class Dinov2Encoder(nn.Module):
@@ -97,13 +99,13 @@ class Dinov2Encoder(nn.Module):
         pretrained: True when official weights were loaded.
     """
 
-    def __init__(self, spec: EncoderSpec, vit: nn.Module) -> None:
+    def __init__(self, spec: EncoderSpec, vit: VisionTransformer) -> None:
         super().__init__()
         self.spec, self.vit, self.pretrained = spec, vit, False
 
     @property
     def device(self) -> torch.device:
-        return self.vit.cls_token.device
+        return next(self.vit.parameters()).device
 
     def preprocess(self, frames: Tensor) -> Tensor:
         """Official DINOv2 input: bilinear resize 1024 -> 518 WITHOUT antialias, then ImageNet
@@ -131,8 +133,11 @@ class Dinov2Encoder(nn.Module):
             [B, T, C] float32, T = 1369 row-major (token = y * 37 + x), CLS dropped.
         """
         x = self.preprocess(frames.to(self.device, torch.float32))  # (B, 3, 518, 518)
-        (last,) = self.vit.forward_intermediates(
-            x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
+        (last,) = cast(
+            list[Tensor],  # intermediates_only=True: one [B, T, C] tensor per requested block
+            self.vit.forward_intermediates(
+                x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
+            ),
         )
         return last.float()  # (B, T, C)
 
