@@ -27,7 +27,7 @@ from gfsam.points import (
     normalize_tokens,
     pna_maps,
     prompt_pixels,
-    reference_weights,
+    reference_weights_batch,
     select_points,
 )
 from gfsam.resample import gather_support, reduce_support
@@ -104,9 +104,7 @@ def segment_tokens(
     if masks.ndim != 3 or tuple(masks.shape[1:]) != (FRAME, FRAME):
         raise ValueError(f"ref_masks must be [K, {FRAME}, {FRAME}], got {tuple(masks.shape)}")
     masks = guard_empty_references(masks > 0)
-    weights = [reference_weights(m) for m in masks]
-    fg = torch.stack([w[0] for w in weights])  # (K, T)
-    bg = torch.stack([w[1] for w in weights])  # (K, T)
+    fg, bg = reference_weights_batch(masks)  # (K, T) each
     return segment_weighted(ref_tokens, fg, bg, tgt_tokens, mask_fn, cfg, timings=timings)
 
 
