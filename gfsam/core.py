@@ -50,7 +50,8 @@ def _as_float_tensor(x: Tensor | np.ndarray, name: str, ndim: int) -> Tensor:
 
 
 @contextmanager
-def _stage(timings: Timings | None, name: str, device: torch.device) -> Iterator[None]:
+def timed_stage(timings: Timings | None, name: str, device: torch.device) -> Iterator[None]:
+    """Add the seconds spent in the block to ``timings[name]`` (CUDA synchronised first)."""
     start = time.perf_counter()
     yield
     if timings is not None:
@@ -137,14 +138,14 @@ def segment_weighted(
     fg, bg = fg.to(device, torch.float32), bg.to(device, torch.float32)
     if fg.shape != (ref.shape[0], TOKENS) or bg.shape != fg.shape:
         raise ValueError(f"fg/bg must be [{ref.shape[0]}, {TOKENS}], got {tuple(fg.shape)}")
-    with _stage(timings, "point_selection", device):
+    with timed_stage(timings, "point_selection", device):
         ref_n, tgt_n = normalize_tokens(ref, cfg), normalize_tokens(tgt, cfg)
         maps = pna_maps(ref_n, fg, bg, tgt_n, cfg)
         cells = select_points(maps.filtered, cfg)  # (P, 2)
         prompts = prompt_pixels(cells, cfg)  # (P, 2) numpy
     if cells.shape[0] == 0:
         return _empty_result(maps, cells, prompts)
-    with _stage(timings, "mask_decoding", device):
+    with timed_stage(timings, "mask_decoding", device):
         masks = _call_mask_fn(mask_fn, prompts, device)  # (P, S, S)
     return _cluster_gate_merge(masks, cells.to(device), prompts, maps, tgt_n, cfg, timings)
 
@@ -168,10 +169,10 @@ def _cluster_gate_merge(
     timings: Timings | None,
 ) -> Segmentation:
     device = masks.device
-    with _stage(timings, "clustering", device):
+    with timed_stage(timings, "clustering", device):
         n_clusters, labels_np = cluster_masks(coverage_matrix(masks, cells))
         labels = torch.as_tensor(labels_np, device=device)
-    with _stage(timings, "gates", device):
+    with timed_stage(timings, "gates", device):
         sampled = gather_support(masks)  # (P, R, R)
         gate = positive_gate_bitwise if cfg.bit_parity else positive_gate
         mu_or_masks = masks if cfg.bit_parity else reduce_support(sampled)  # (P, ...)
@@ -183,7 +184,7 @@ def _cluster_gate_merge(
         point_sim = cosine_similarity(tgt_n[None], tgt_n[flat], cfg)[0]  # (T, P), once
         consistent = overshoot_gate(mu_union, point_sim, cells, labels)
         state = point_states(pos.fg, consistent)
-    with _stage(timings, "merge", device):
+    with timed_stage(timings, "merge", device):
         merged = merge_masks(masks, state, pos.cls_score, cfg)
         mask = merged.mask.cpu().numpy()
     filtered = maps.filtered

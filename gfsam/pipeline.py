@@ -8,15 +8,13 @@ thread-safe (the encoders are shared torch modules).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from gfsam.core import segment_weighted
+from gfsam.core import Timings, segment_weighted, timed_stage
 from gfsam.encoders import DEFAULT_DINO, DEFAULT_SAM, SPECS, build_encoder
 from gfsam.encoders.dinov2 import Dinov2Encoder
 from gfsam.encoders.sam import SamEncoder
@@ -34,18 +32,7 @@ from gfsam.points import reference_weights
 from gfsam.types import GFSAMConfig
 
 logger = logging.getLogger(__name__)
-Timings = dict[str, float]
 PRESETS = {"tiny": ("sam_tiny", "dinov2_tiny")}
-
-
-@contextmanager
-def _timed(timings: Timings | None, name: str, device: torch.device) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    if timings is not None:
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        timings[name] = timings.get(name, 0.0) + time.perf_counter() - start
 
 
 class GFSAM:
@@ -97,7 +84,7 @@ class GFSAM:
         framed = mask_to_frame(binary)  # (S, S) bool
         if not framed.any() or framed.all():
             raise ValueError("reference mask is empty or full after resizing to 1024x1024")
-        with _timed(timings, "dinov2_encoder", self.device):
+        with timed_stage(timings, "dinov2_encoder", self.device):
             tokens = self.dino.tokens(to_frame(rgb)[None].to(self.device))[0]  # (T, C)
         fg, bg = reference_weights(framed)  # (T,), (T,)
         if not bool(fg.any()):
@@ -121,9 +108,9 @@ class GFSAM:
         """
         rgb = as_rgb(image)
         frame = to_frame(rgb).to(self.device)  # (3, S, S) float in [0, 1]
-        with _timed(timings, "sam_encoder", self.device):
+        with timed_stage(timings, "sam_encoder", self.device):
             embedding = self.sam.embed(frame_to_sam_uint8(frame))[0]  # (256, 64, 64)
-        with _timed(timings, "dinov2_encoder", self.device):
+        with timed_stage(timings, "dinov2_encoder", self.device):
             tokens = self.dino.tokens(frame[None])[0]  # (T, C)
         return TargetEncoding(
             embedding=embedding.cpu().numpy(),
