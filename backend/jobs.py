@@ -106,8 +106,9 @@ class Jobs:
     # --- predictions ----------------------------------------------------------------------------
 
     def enqueue_predict(self, payload: PredictJob, *, high: bool) -> Enqueued:
-        """Queue one task's prediction. From /predict (`high`), a failed job is retried and a job
-        still waiting in the batch queue is moved to the high queue."""
+        """Queue one task's prediction. A job that failed, or that finished without storing a
+        prediction (e.g. skipped because the task was labeled then), is queued again; from
+        /predict (`high`) a job still waiting in the batch queue is moved to the high queue."""
         job_id = predict_job_id(payload.project, payload.task, payload.version)
         queue = self.high if high else self.batch
         args = (
@@ -120,15 +121,17 @@ class Jobs:
         if self._enqueue(*args):
             self.store.job_queued(payload.project, job_id)
             return "queued"
-        if not high:
-            return "exists"
         status = self.job_status(job_id)
-        if status == JobStatus.FAILED.value:
+        p, t, v = payload.project, payload.task, payload.version
+        dead = status == JobStatus.FAILED.value or (
+            status == JobStatus.FINISHED.value and self.store.get_prediction(p, t, v) is None
+        )
+        if dead:
             self._delete(job_id)
             if self._enqueue(*args):
                 self.store.job_queued(payload.project, job_id)
                 return "requeued"
-        elif status == JobStatus.QUEUED.value and self.batch.remove(job_id):
+        elif high and status == JobStatus.QUEUED.value and self.batch.remove(job_id):
             job = Job.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
             self.high.enqueue_job(job)
             return "promoted"
@@ -221,15 +224,20 @@ class Jobs:
         n = version_number(payload.version)
         job_id = f"{kind}-{payload.project}-{payload.task}-{n}"
         if not delay_s:
-            ok = self._enqueue(
+            args = (
                 self.high,
                 "worker.tasks.deliver_prediction",
                 payload.model_dump(mode="json"),
                 job_id,
                 120,
-                result_ttl=0,
+                0,
             )
-            return job_id if ok else None
+            if self._enqueue(*args):
+                return job_id
+            if self.job_status(job_id) == JobStatus.FAILED.value:  # e.g. LS was down for long
+                self._delete(job_id)
+                return job_id if self._enqueue(*args) else None
+            return None
         job = self.batch.create_job(
             "worker.tasks.deliver_prediction",
             args=(payload.model_dump(mode="json"),),

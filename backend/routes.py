@@ -162,7 +162,8 @@ def _annotation_event(store: Store, jobs: Jobs, event: AnnotationEvent) -> list[
     cfg = store.config(p)
     if cfg is None:  # unknown project and no usable config in the event: a sync sorts it out
         return [jobs.enqueue_sync(p)]
-    store.mark_labeled(p, event.task.id)
+    if not event.annotation.was_cancelled:  # a skipped task is still unlabeled
+        store.mark_labeled(p, event.task.id)
     job = AnnotationJob(
         project=p,
         annotation=event.annotation.id,

@@ -250,6 +250,15 @@ class Store:
         raws = self.r.mget([self._k("delivered", p, t, v) for t in tasks]) if tasks else []
         return [_text(r) for r in raws]
 
+    def mark_posted(self, p: int, t: int, v: str) -> None:
+        """LS holds the prediction of (p, t, v): a claim alone does not say so (the POST may
+        have failed after the claim)."""
+        self.r.set(self._k("posted", p, t, v), 1, ex=self.settings.prediction_ttl_s)
+
+    def posted(self, p: int, tasks: list[int], v: str) -> list[bool]:
+        raws = self.r.mget([self._k("posted", p, t, v) for t in tasks]) if tasks else []
+        return [r is not None for r in raws]
+
     def last_delivered_version(self, p: int, t: int) -> str | None:
         return _text(self.r.get(f"{PREFIX}p:{p}:last:{t}"))
 

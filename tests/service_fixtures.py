@@ -142,10 +142,10 @@ def fake_pipeline(service_settings: Settings) -> Iterator[FakePipeline]:
     models.reset()
 
 
-def run_worker(conn: Redis, settings: Settings) -> bool:
-    """Run every queued job in this process (high queue first); True if any job ran."""
+def run_worker(conn: Redis, settings: Settings, max_jobs: int | None = None) -> bool:
+    """Run the queued jobs (all, or `max_jobs`) in this process, high queue first."""
     worker = SimpleWorker(Jobs(conn, settings).queues, connection=conn, serializer=JSONSerializer)
-    return worker.work(burst=True, logging_level="WARNING")
+    return worker.work(burst=True, logging_level="WARNING", max_jobs=max_jobs)
 
 
 def changed(settings: Settings, **changes: object) -> Settings:

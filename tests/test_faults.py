@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from typing import Any
 
@@ -184,3 +185,103 @@ def test_failed_sync_is_queued_again_by_the_next_setup(
     assert Jobs(redis_conn, service_settings).job_status("sync-1") is None  # done, not kept
     assert version(service_client) == "gfsam-p1-v1"
     assert Jobs(redis_conn, service_settings).batch.job_ids == []  # synced: no more syncs
+
+
+def test_long_ls_outage_during_preannotation_is_repaired_by_a_sync(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    """Pre-annotation jobs that exhausted their retries (LS down) are redone by the next sync,
+    including results whose POST failed after the delivery claim, and each task gets one post."""
+    tasks = setup_project(service_client, fake_ls, 4)
+    run_worker(redis_conn, service_settings)  # the first sync
+    ann = fake_ls.annotate(tasks[0], [brush_region(SEED, "Object")])
+    assert service_client.post(
+        "/webhook", json=event("ANNOTATION_CREATED", ann, fake_ls)
+    ).is_success
+    run_worker(redis_conn, service_settings, max_jobs=1)  # the re-fit: v1, 3 tasks queued
+    fake_ls.down = True  # every download and POST now fails, beyond all retries
+    run_worker(redis_conn, service_settings)
+    assert fake_ls.posts == [] and status(service_client)["counts"]["failed"] == 3
+    fake_ls.down = False
+    body = {"action": "START_TRAINING", "project": {"id": 1}}
+    assert service_client.post("/webhook", json=body).is_success
+    run_worker(redis_conn, service_settings)
+    assert sorted(p["task"] for p in fake_ls.posts) == tasks[1:]
+    assert {p["model_version"] for p in fake_ls.posts} == {"gfsam-p1-v1"}
+
+
+def test_claimed_but_unposted_result_is_redelivered(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    tasks = setup_project(service_client, fake_ls, 2)
+    annotate(service_client, fake_ls, tasks[0], SEED)
+    run_worker(redis_conn, service_settings)
+    assert [p["task"] for p in fake_ls.posts] == [tasks[1]]
+    store = Store(redis_conn, service_settings)
+    # As if the POST had failed after the claim: LS lost it, our posted marker was never set.
+    fake_ls.posts.clear()
+    fake_ls.predictions.clear()
+    redis_conn.delete(store._k("posted", 1, tasks[1], "gfsam-p1-v1"))
+    assert store.delivery_claim(1, tasks[1], "gfsam-p1-v1") == "api"
+    body = {"action": "START_TRAINING", "project": {"id": 1}}
+    assert service_client.post("/webhook", json=body).is_success
+    run_worker(redis_conn, service_settings)
+    assert [p["task"] for p in fake_ls.posts] == [tasks[1]]
+    assert fake_pipeline.calls["predict"] == 1  # delivered from the stored result, not recomputed
+
+
+def test_predict_on_a_skipped_task_does_not_wait_for_the_deadline(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    """A cancelled (skipped) annotation leaves the task unlabeled; and /predict on a task whose
+    batch job finished without a result (skipped) computes it at once."""
+    tasks = setup_project(service_client, fake_ls, 3)
+    annotate(service_client, fake_ls, tasks[0], SEED)
+    run_worker(redis_conn, service_settings, max_jobs=2)  # sync and re-fit: tasks 1, 2 queued
+    skip = fake_ls.annotate(tasks[2], [], was_cancelled=True)
+    body = event("ANNOTATION_CREATED", skip, fake_ls)
+    body["annotation"]["was_cancelled"] = True
+    assert service_client.post("/webhook", json=body).is_success
+    store = Store(redis_conn, service_settings)
+    assert not store.is_labeled(1, tasks[2])
+    run_worker(redis_conn, service_settings)
+    assert sorted(p["task"] for p in fake_ls.posts) == tasks[1:]  # the skipped task too
+    # A labeled task's batch job finishes as "skipped"; a later /predict must not wait it out.
+    store.mark_labeled(1, tasks[1])
+    redis_conn.delete(store._k("delivered", 1, tasks[1], "gfsam-p1-v1"))
+    redis_conn.delete(store._k("pred", 1, tasks[1], "gfsam-p1-v1"))
+    jobs = Jobs(redis_conn, service_settings)
+    job = PredictJob(
+        project=1,
+        task=tasks[1],
+        version="gfsam-p1-v1",
+        image_url=fake_ls.tasks[tasks[1]]["data"]["image"],
+    )
+    jobs.enqueue_predict(job, high=False)  # finished -> dead -> queued again, then skipped
+    run_worker(redis_conn, service_settings)
+    req = fixture("predict_single.json")
+    req["tasks"] = [{"id": tasks[1], "data": fake_ls.tasks[tasks[1]]["data"], "project": 1}]
+    replies: list[Any] = []
+    thread = threading.Thread(
+        target=lambda: replies.append(service_client.post("/predict", json=req).json())
+    )
+    started = time.monotonic()
+    thread.start()
+    while thread.is_alive():  # the worker runs here: RQ workers need the main thread
+        run_worker(redis_conn, service_settings)
+        time.sleep(0.02)
+    reply = replies[0]
+    assert time.monotonic() - started < service_settings.predict_deadline_s / 2
+    assert reply["results"][0]["result"] and reply["results"][0]["model_version"] == "gfsam-p1-v1"

@@ -53,8 +53,10 @@ def post_once(rt: Runtime, store: Store, p: int, pred: StoredPrediction) -> str:
     with store.delivery_lock(p, t, v):
         existing = rt.ls.task_predictions(t)
         if any(x.get("model_version") == v for x in existing):
+            store.mark_posted(p, t, v)
             return "present"
         prediction_id = rt.ls.create_prediction(t, pred.result, pred.score, v)
+        store.mark_posted(p, t, v)
     store.incr_stat("delivered_api")
     logger.info("posted prediction %s for p%s t%s %s", prediction_id, p, t, v)
     return "posted"

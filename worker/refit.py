@@ -24,7 +24,14 @@ from typing import Any
 import numpy as np
 
 from backend.jobs import Jobs
-from backend.schemas import AcceptanceSample, LabelConfigSummary, PredictJob, ReferenceSet, Shot
+from backend.schemas import (
+    AcceptanceSample,
+    DeliverJob,
+    LabelConfigSummary,
+    PredictJob,
+    ReferenceSet,
+    Shot,
+)
 from backend.store import Store
 from worker.brush import BrushError, annotation_masks, mask_iou
 from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
@@ -298,17 +305,21 @@ def preannotate(
         return 0
     tasks = rt.ls.list_tasks(p) if tasks is None else tasks
     ids = [int(t["id"]) for t in tasks]
+    claims, posted = store.delivery_claims(p, ids, version), store.posted(p, ids, version)
     queued = 0
-    for task, claim in zip(tasks, store.delivery_claims(p, ids, version), strict=True):
+    for task, claim, done in zip(tasks, claims, posted, strict=True):
         t = int(task["id"])
         if int(task.get("total_annotations") or 0) > 0:
             store.mark_labeled(p, t)
             continue
         store.mark_unlabeled(p, t)  # e.g. its only annotation was deleted
         url = (task.get("data") or {}).get(cfg.data_key)
+        if claim == "api" and not done and store.get_prediction(p, t, version) is not None:
+            jobs.enqueue_deliver(DeliverJob(project=p, task=t, version=version))  # POST failed
+            continue
         if claim is not None or not isinstance(url, str):
             continue
         job = PredictJob(project=p, task=t, version=version, image_url=url)
-        queued += jobs.enqueue_predict(job, high=False) == "queued"
+        queued += jobs.enqueue_predict(job, high=False) in ("queued", "requeued")
     logger.info("project %s: queued %d pre-annotations at %s", p, queued, version)
     return queued
