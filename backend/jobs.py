@@ -204,9 +204,10 @@ class Jobs:
             return job_id if self._enqueue(*args) else None
         return None
 
-    def enqueue_config_change(self, project: int, digest: str) -> str | None:
-        """Bump the version after a label-config change (once per config digest)."""
-        job_id = f"cfg-{project}-{_digest(digest)}"
+    def enqueue_config_change(self, project: int, digest: str, n: int) -> str | None:
+        """Bump version `n` after a label-config change (once per config and version, so that
+        going back to an earlier config bumps again)."""
+        job_id = f"cfg-{project}-{n}-{_digest(digest)}"
         ok = self._enqueue(
             self.batch,
             "worker.tasks.apply_config_change",

@@ -57,7 +57,7 @@ def register_config(store: Store, jobs: Jobs, p: int, config: str) -> None:
         store.put_config(p, summary, digest)
         if before is not None and before != summary:
             logger.info("project %s: label config changed, version bump queued", p)
-            jobs.enqueue_config_change(p, digest)
+            jobs.enqueue_config_change(p, digest, store.reference_set(p).n)
     if not store.synced(p) and jobs.enqueue_sync(p):
         logger.info("project %s not synced with Label Studio yet: sync queued", p)
 
@@ -94,7 +94,9 @@ def predict(
     refs, cfg = store.reference_set(p), store.config(p)
     preds: list[Any] = [None] * len(body.tasks)
     interactive = bool(body.params and body.params.context)
-    if refs.ready and cfg is not None and not interactive:  # interactive results are not stored
+    if (
+        cfg is not None and refs.ready_for(cfg.labels) and not interactive
+    ):  # interactive results are not stored
         tasks = [(t.id, _url(t.data, cfg.data_key)) for t in body.tasks]
         preds = inline.predict_and_wait(jobs, p, refs.version, tasks, deadline)
     version = store.current_version(p)

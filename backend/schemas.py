@@ -40,7 +40,7 @@ class SetupRequest(LSModel):
     label_config: str = Field(alias="schema", min_length=1)
     hostname: str | None = None
     access_token: SecretStr | None = None
-    extra_params: dict[str, Any] | None = None
+    extra_params: Any = None  # free-form JSON typed by the user in LS; unused
 
     @field_validator("project", mode="before")
     @classmethod
@@ -191,6 +191,11 @@ class ReferenceSet(BaseModel):
     @property
     def ready(self) -> bool:
         return any(self.shots.values())
+
+    def ready_for(self, labels: list[str]) -> bool:
+        """True when some label of the current config has a shot (removed labels keep theirs,
+        unused, in case they come back)."""
+        return any(self.shots.get(label) for label in labels)
 
     def shot_ids(self) -> dict[str, list[int]]:
         return {label: [s.annotation for s in shots] for label, shots in self.shots.items()}

@@ -616,3 +616,8 @@ def test_label_config_change_bumps_version_and_repredicts(
     assert sorted(p["task"] for p in new) == tasks[1:]
     assert all(p["model_version"] == "gfsam-p1-v2" for p in new)
     assert all(p["result"][0]["from_name"] == "mask" for p in new)
+    # Back to the first config, then to the second again: each change is a new version.
+    for schema, expected in ((fixture("setup.json")["schema"], 3), (body["schema"], 4)):
+        assert service_client.post("/setup", json={**body, "schema": schema}).is_success
+        run_worker(redis_conn, service_settings)
+        assert version(service_client) == f"gfsam-p1-v{expected}"

@@ -51,6 +51,8 @@ def post_once(rt: Runtime, store: Store, p: int, pred: StoredPrediction) -> str:
         logger.info("prediction p%s t%s %s is stale: not posted", p, t, v)
         return "stale"
     with store.delivery_lock(p, t, v):
+        if store.current_version(p) != v:  # a re-fit landed while we waited for the lock
+            return "stale"
         existing = rt.ls.task_predictions(t)
         if any(x.get("model_version") == v for x in existing):
             store.mark_posted(p, t, v)

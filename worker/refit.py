@@ -301,8 +301,8 @@ def preannotate(
 ) -> int:
     """Queue (batch) a prediction at `version` for every task without a human annotation."""
     cfg = store.config(p)
-    if cfg is None:
-        return 0
+    if cfg is None or not store.reference_set(p).ready_for(cfg.labels):
+        return 0  # no label of the current config has a reference: nothing to predict
     tasks = rt.ls.list_tasks(p) if tasks is None else tasks
     ids = [int(t["id"]) for t in tasks]
     claims, posted = store.delivery_claims(p, ids, version), store.posted(p, ids, version)
