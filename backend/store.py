@@ -133,6 +133,16 @@ class Store:
         blob = self.r.get(f"{PREFIX}ref:{sha}")
         return blob if isinstance(blob, bytes) or blob is None else blob.encode()
 
+    def expire_blobs(self, dropped: set[str], keep: set[str], seconds: int = 3600) -> None:
+        """Let blobs no reference set names expire (an hour: a job of the old version may still
+        be loading one); blobs of the current set never expire, even if dropped before."""
+        with self.r.pipeline() as pipe:
+            for sha in dropped:
+                pipe.expire(f"{PREFIX}ref:{sha}", seconds)
+            for sha in keep:
+                pipe.persist(f"{PREFIX}ref:{sha}")
+            pipe.execute()
+
     def has_blob(self, sha: str) -> bool:
         return bool(self.r.exists(f"{PREFIX}ref:{sha}"))
 

@@ -621,3 +621,66 @@ def test_label_config_change_bumps_version_and_repredicts(
         assert service_client.post("/setup", json={**body, "schema": schema}).is_success
         run_worker(redis_conn, service_settings)
         assert version(service_client) == f"gfsam-p1-v{expected}"
+
+
+def test_sync_of_an_annotated_project_encodes_only_the_shots_it_keeps(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    """Connecting to a project with 10 annotations encodes MAX_SHOTS (5) references, not 10, and
+    the blob of a shot dropped later expires while the current ones stay."""
+    tasks = [fake_ls.add_task(1, png_bytes(W, H, seed=i))["id"] for i in range(12)]
+    anns = [
+        fake_ls.annotate(t, [brush_region(box_mask(H, W, 2 + i, 30, 5, 40 + i), "Object")])
+        for i, t in enumerate(tasks[:10])
+    ]
+    assert service_client.post("/setup", json=fixture("setup.json")).status_code == 200
+    run_worker(redis_conn, service_settings)
+    kept = [anns[0]["id"], *[a["id"] for a in anns[-4:]]]  # the seed and the 4 newest
+    assert status(service_client)["shots"] == {"Object": kept}
+    assert fake_pipeline.calls["reference"] == 5
+    assert len(redis_conn.keys("gfsam:ref:*")) == 5
+    # One more correction drops the oldest kept correction: its blob expires, the rest persist.
+    store = Store(redis_conn, service_settings)
+    before = {
+        s["annotation"]: s["ref"] for s in store.reference_set(1).model_dump()["shots"]["Object"]
+    }
+    annotate(service_client, fake_ls, tasks[10], box_mask(H, W, 1, 20, 1, 20))
+    run_worker(redis_conn, service_settings)
+    dropped = before[kept[1]]
+    assert redis_conn.ttl(f"gfsam:ref:{dropped}") > 0
+    current = store.reference_set(1).shots["Object"]
+    assert kept[1] not in [s.annotation for s in current]
+    assert all(redis_conn.ttl(f"gfsam:ref:{s.ref}") == -1 for s in current)
+
+
+def test_an_older_snapshot_never_undoes_a_later_change(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    """A sync on one worker read annotation 2 before another worker applied its deletion: the
+    stale snapshot must not bring the shot back (nor bump the version)."""
+    from worker import models
+    from worker.refit import AnnotationState, apply_changes
+
+    tasks = setup_project(service_client, fake_ls, 3)
+    annotate(service_client, fake_ls, tasks[0], SEED)
+    ann2 = annotate(service_client, fake_ls, tasks[1], box_mask(H, W, 0, 40, 0, 60))
+    run_worker(redis_conn, service_settings)
+    store, jobs = Store(redis_conn, service_settings), Jobs(redis_conn, service_settings)
+    url = fake_ls.tasks[tasks[1]]["data"]["image"]
+    snapshot = AnnotationState.from_ls(dict(fake_ls.annotations[ann2["id"]]), url)
+    fake_ls.delete_annotation(ann2["id"])
+    rt = models.get()
+    assert apply_changes(rt, store, jobs, 1, [AnnotationState.deleted(ann2["id"])])
+    after_delete = store.current_version(1)
+    assert ann2["id"] not in status(service_client)["shots"]["Object"]
+    assert apply_changes(rt, store, jobs, 1, [snapshot]) is None
+    assert store.current_version(1) == after_delete
+    assert ann2["id"] not in status(service_client)["shots"]["Object"]

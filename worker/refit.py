@@ -91,19 +91,22 @@ def apply_changes(
     with store.project_lock(p):
         refs = store.reference_set(p)
         shots = {label: sorted(lst, key=lambda s: s.seq) for label, lst in refs.shots.items()}
-        applied = []
+        applied: list[AnnotationState] = []
+        pending: dict[tuple[int, str], _Pending] = {}
         for ch in changes:
-            if store.annotation_fingerprint(p, ch.annotation) == ch.fingerprint:
+            if _superseded(store.annotation_fingerprint(p, ch.annotation), ch.fingerprint):
                 continue
-            _apply_one(rt, store, cfg, p, ch, shots)
+            _apply_one(rt, store, cfg, p, ch, shots, pending)
             applied.append(ch)
         for lst in shots.values():
             while len(lst) > rt.settings.max_shots:
                 del lst[1]  # keep the seed, drop the oldest correction
+        _encode_pending(rt, store, p, shots, pending)  # only the shots that survived the cap
         new = ReferenceSet(project=p, n=refs.n + 1, shots={k: v for k, v in shots.items() if v})
         changed = _signature(new) != _signature(refs)
         if changed:
             store.swap_reference_set(new, expected_n=refs.n)
+            store.expire_blobs(_refs_of(refs) - _refs_of(new), keep=_refs_of(new))
             logger.info(
                 "project %s: %s -> %s, shots %s", p, refs.version, new.version, new.shot_ids()
             )
@@ -130,6 +133,21 @@ def bump_version(rt: Runtime, store: Store, jobs: Jobs, p: int) -> str | None:
     return new.version
 
 
+def _superseded(applied: str | None, incoming: str) -> bool:
+    """True when `incoming` (an annotation's updated_at, or DELETED) is not newer than what was
+    applied: the same state, an older snapshot read before a later change (a sync racing an
+    event on another worker), or any state of a deleted annotation (LS never reuses ids)."""
+    if applied is None:
+        return False
+    if applied == DELETED:
+        return True
+    return incoming != DELETED and incoming <= applied  # ISO 8601 timestamps sort as text
+
+
+def _refs_of(refs: ReferenceSet) -> set[str]:
+    return {s.ref for shots in refs.shots.values() for s in shots}
+
+
 def _signature(refs: ReferenceSet) -> dict[str, list[tuple[int, str]]]:
     return {k: [(s.annotation, s.ref) for s in v] for k, v in refs.shots.items() if v}
 
@@ -141,6 +159,7 @@ def _apply_one(
     p: int,
     ch: AnnotationState,
     shots: dict[str, list[Shot]],
+    pending: dict[tuple[int, str], _Pending],
 ) -> None:
     masks = _masks(store, cfg, p, ch)
     predicted = None if ch.result is None else _predicted(rt, store, cfg, p, ch)
@@ -164,8 +183,24 @@ def _apply_one(
             if pm.shape == mask.shape and mask_iou(pm, mask) >= rt.settings.unchanged_iou:
                 continue  # the annotator kept our prediction for this label
         todo.append((label, mask, None))
-    if todo:
-        _encode(rt, store, p, ch, shots, todo)
+    seq = 1 + max((s.seq for lst in shots.values() for s in lst), default=0)
+    for label, mask, idx in todo:  # placeholders (ref ""): encoded after the MAX_SHOTS trim
+        previous = None if idx is None else shots[label][idx]
+        shot = Shot(
+            annotation=ch.annotation,
+            task=ch.task,
+            label=label,
+            ref="",
+            fingerprint=ch.fingerprint,
+            seq=seq if previous is None else previous.seq,
+            mask=mask_digest(mask),
+        )
+        if idx is None:
+            shots[label].append(shot)
+            seq += 1
+        else:
+            shots[label][idx] = shot
+        pending[(ch.annotation, label)] = _Pending(ch, mask, previous)
 
 
 def _masks(
@@ -233,51 +268,63 @@ def _record_acceptance(
         )
 
 
-def _encode(
+@dataclass
+class _Pending:
+    """A shot waiting for its encoding: the annotation state, its mask, the shot it replaces."""
+
+    ch: AnnotationState
+    mask: np.ndarray
+    previous: Shot | None
+
+
+def _encode_pending(
     rt: Runtime,
     store: Store,
     p: int,
-    ch: AnnotationState,
     shots: dict[str, list[Shot]],
-    todo: list[tuple[str, np.ndarray, int | None]],
+    pending: dict[tuple[int, str], _Pending],
 ) -> None:
-    """Encode new/changed shots of one annotation and store their blobs (before any swap)."""
-    what = f"annotation:{ch.annotation}"
+    """Encode the placeholder shots still in `shots` (one image download per annotation) and
+    store their blobs before any swap. A shot that cannot be encoded is reverted (the shot it
+    replaced comes back) and the failure recorded; LS being down propagates (job retried)."""
+    survivors: dict[int, list[tuple[str, int]]] = {}
+    for label, lst in shots.items():
+        for i, shot in enumerate(lst):
+            if not shot.ref:
+                survivors.setdefault(shot.annotation, []).append((label, i))
+    for annotation, places in survivors.items():
+        ch = pending[(annotation, places[0][0])].ch
+        image, error = _download(rt, ch)
+        failed: list[tuple[str, int]] = []
+        for label, i in places:
+            try:
+                if image is None:
+                    raise ValueError(error)
+                sha = _store_reference(rt, store, image, pending[(annotation, label)].mask)
+                shots[label][i] = shots[label][i].model_copy(update={"ref": sha})
+            except ValueError as exc:
+                store.record_failure(p, f"annotation:{annotation}", f"{label}: {exc}")
+                failed.append((label, i))
+        for label, i in reversed(failed):  # revert: the previous shot, or none
+            previous = pending[(annotation, label)].previous
+            if previous is None:
+                del shots[label][i]
+            else:
+                shots[label][i] = previous
+        if not failed:
+            store.clear_failure(p, f"annotation:{annotation}")
+
+
+def _download(rt: Runtime, ch: AnnotationState) -> tuple[np.ndarray | None, str]:
+    """The annotation's image, or (None, reason). LS unavailable propagates."""
     if not ch.image_url:
-        store.record_failure(p, what, "task data has no image URL")
-        return
+        return None, "task data has no image URL"
     try:
-        image = rt.model.load_image(rt.ls.download(ch.image_url, task_id=ch.task))
+        return rt.model.load_image(rt.ls.download(ch.image_url, task_id=ch.task)), ""
     except LabelStudioUnavailable:
         raise
     except (LabelStudioError, ValueError) as exc:
-        store.record_failure(p, what, f"image: {exc}")
-        return
-    seq = 1 + max((s.seq for lst in shots.values() for s in lst), default=0)
-    failed = False
-    for label, mask, idx in todo:
-        try:
-            sha = _store_reference(rt, store, image, mask)
-        except ValueError as exc:
-            store.record_failure(p, what, f"{label}: {exc}")
-            failed = True
-            continue
-        shot = Shot(
-            annotation=ch.annotation,
-            task=ch.task,
-            label=label,
-            ref=sha,
-            fingerprint=ch.fingerprint,
-            seq=seq if idx is None else shots[label][idx].seq,
-            mask=mask_digest(mask),
-        )
-        if idx is None:
-            shots[label].append(shot)
-            seq += 1
-        else:
-            shots[label][idx] = shot
-    if not failed:
-        store.clear_failure(p, what)
+        return None, f"image: {exc}"
 
 
 def _store_reference(rt: Runtime, store: Store, image: np.ndarray, mask: np.ndarray) -> str:
