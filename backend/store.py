@@ -103,6 +103,25 @@ class Store:
     def current_version(self, p: int) -> str:
         return self.reference_set(p).version
 
+    def raise_version_floor(self, p: int, n: int) -> bool:
+        """Make the project's version counter at least `n` (same shots). Used when LS already
+        holds predictions of our versions that this Redis does not know (a wiped or replaced
+        Redis): the next version is then new to LS too. Returns True when it moved."""
+        key = f"{PREFIX}p:{p}:refs"
+        with self.r.pipeline() as pipe:
+            pipe.watch(key)
+            refs = self.reference_set(p)
+            if refs.n >= n:
+                pipe.unwatch()
+                return False
+            pipe.multi()
+            pipe.set(key, refs.model_copy(update={"n": n}).model_dump_json())
+            try:
+                pipe.execute()
+            except WatchError:
+                return False
+        return True
+
     def swap_reference_set(self, new: ReferenceSet, expected_n: int) -> None:
         """Atomically replace a project's reference set if its version is still `expected_n`.
 

@@ -276,6 +276,12 @@ class FakeLabelStudio:
             return (200, ann) if ann else (404, {"detail": "Not found."})
         if parts[:2] == ["api", "predictions"]:
             return self._predictions(method, parts, query, body)
+        if method == "GET" and parts[:2] == ["api", "projects"] and parts[3:] == ["model-versions"]:
+            p, counts = int(parts[2]), {}
+            for pred in self.predictions.values():
+                if pred["project"] == p:
+                    counts[pred["model_version"]] = counts.get(pred["model_version"], 0) + 1
+            return 200, counts
         return 404, {"detail": f"fake LS has no {method} {path}"}
 
     def _predictions(

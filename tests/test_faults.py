@@ -285,3 +285,22 @@ def test_predict_on_a_skipped_task_does_not_wait_for_the_deadline(
     reply = replies[0]
     assert time.monotonic() - started < service_settings.predict_deadline_s / 2
     assert reply["results"][0]["result"] and reply["results"][0]["model_version"] == "gfsam-p1-v1"
+
+
+def test_a_wiped_redis_never_reuses_a_version_label_studio_holds(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    tasks = setup_project(service_client, fake_ls, 3)
+    annotate(service_client, fake_ls, tasks[0], SEED)
+    run_worker(redis_conn, service_settings)
+    assert {p["model_version"] for p in fake_ls.posts} == {"gfsam-p1-v1"}
+    redis_conn.flushdb()  # the operator lost or replaced the backend's Redis; LS kept everything
+    assert version(service_client) == "gfsam-p1-v0"
+    run_worker(redis_conn, service_settings)  # the sync of a project new to this Redis
+    assert version(service_client) == "gfsam-p1-v2"  # past v1, which LS already holds
+    new = [p for p in fake_ls.posts if p["model_version"] == "gfsam-p1-v2"]
+    assert sorted(p["task"] for p in new) == tasks[1:]  # re-predicted, not mistaken for done

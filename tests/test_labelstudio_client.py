@@ -366,6 +366,7 @@ def test_prediction_round_trip(ls: LabelStudio, project: dict[str, Any]) -> None
     pred_id = client.create_prediction(task["id"], result, 0.65, "gfsam-test-v1")
     listed = client.task_predictions(task["id"])
     assert [(p["id"], p["model_version"]) for p in listed] == [(pred_id, "gfsam-test-v1")]
+    assert client.model_versions(task["project"]).get("gfsam-test-v1") == 1
     stored = client.get_prediction(pred_id)
     assert stored is not None and stored["score"] == pytest.approx(0.65)
     height, width = classes.shape

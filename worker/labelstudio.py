@@ -329,6 +329,10 @@ class LabelStudioClient:
 
     # ------------------------------------------------------------------ predictions
 
+    def model_versions(self, project: int) -> dict[str, int]:
+        """Prediction count per model_version in a project (one request, any project size)."""
+        return dict(self._json("GET", f"/api/projects/{int(project)}/model-versions/"))
+
     def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
         """All predictions stored for a task."""
         return self._json("GET", "/api/predictions/", params={"task": int(task_id)})

@@ -127,6 +127,7 @@ def sync_project(raw: dict[str, Any]) -> str:
     cfg = store.config(p)
     if cfg is None:
         return "no-config"
+    _version_floor(rt, store, p)
     tasks = rt.ls.list_tasks(p)
     states, present = [], set()
     for task in tasks:
@@ -154,3 +155,18 @@ def apply_config_change(raw: dict[str, Any]) -> str | None:
     payload = SyncJob.model_validate(raw)
     rt, store, jobs, _ = _context()
     return bump_version(rt, store, jobs, payload.project)
+
+
+def _version_floor(rt: models.Runtime, store: Store, p: int) -> None:
+    """Never reuse a version LS already holds (this Redis was wiped or replaced): the counter
+    moves past every `gfsam-p{p}-v{n}` in LS before any change is applied."""
+    prefix = f"gfsam-p{p}-v"
+    seen = [
+        int(v[len(prefix) :])
+        for v in rt.ls.model_versions(p)
+        if v.startswith(prefix) and v[len(prefix) :].isdigit()
+    ]
+    if seen and store.raise_version_floor(p, max(seen)):
+        logger.warning(
+            "project %s: Label Studio holds versions up to v%d; continuing after them", p, max(seen)
+        )
