@@ -304,3 +304,20 @@ def test_a_wiped_redis_never_reuses_a_version_label_studio_holds(
     assert version(service_client) == "gfsam-p1-v2"  # past v1, which LS already holds
     new = [p for p in fake_ls.posts if p["model_version"] == "gfsam-p1-v2"]
     assert sorted(p["task"] for p in new) == tasks[1:]  # re-predicted, not mistaken for done
+
+
+def test_a_refit_that_fails_for_good_is_reported_on_the_project(
+    service_client: TestClient,
+    fake_ls: FakeLabelStudio,
+    redis_conn: Redis,
+    service_settings: Settings,
+    fake_pipeline: FakePipeline,
+) -> None:
+    tasks = setup_project(service_client, fake_ls, 2)
+    run_worker(redis_conn, service_settings)
+    fake_ls.down = True
+    ann = annotate(service_client, fake_ls, tasks[0], SEED)
+    run_worker(redis_conn, service_settings)  # retry interval 0: every attempt fails now
+    failures = status(service_client)["failures"]
+    assert "LabelStudioUnavailable" in failures[f"annotation:{ann['id']}"]
+    assert version(service_client) == "gfsam-p1-v0"

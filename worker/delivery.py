@@ -18,17 +18,22 @@ from __future__ import annotations
 
 import logging
 
-from backend.schemas import StoredPrediction
+from backend.jobs import Jobs
+from backend.schemas import DeliverJob, StoredPrediction
 from backend.store import Store
 from worker.models import Runtime
 
 logger = logging.getLogger(__name__)
 
 
-def deliver_computed(rt: Runtime, store: Store, p: int, pred: StoredPrediction) -> str:
+def deliver_computed(rt: Runtime, store: Store, jobs: Jobs, p: int, pred: StoredPrediction) -> str:
     """Steps 1-2 after a result is stored. Returns what happened (for logs and tests)."""
     t, v = pred.task, pred.model_version
     if store.has_waiter(p, t, v):
+        # If that /predict's process dies before replying, nobody else would post: check LS
+        # once its deadline has surely passed (a no-op when the inline reply was stored).
+        delay = int(rt.settings.predict_deadline_s) + max(rt.settings.inline_verify_delay_s, 60)
+        jobs.enqueue_deliver(DeliverJob(project=p, task=t, version=v), delay_s=delay)
         return "waiter"
     if not store.claim_delivery(p, t, v, "api"):
         claim = store.delivery_claim(p, t, v)

@@ -9,6 +9,8 @@ the job without retries; the other tasks of the project are unaffected.
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rq import get_current_job
@@ -36,6 +38,19 @@ def _context() -> tuple[models.Runtime, Store, Jobs, str]:
     return rt, store, Jobs(job.connection, rt.settings), job.id
 
 
+@contextmanager
+def _recorded(store: Store, p: int, what: str) -> Iterator[None]:
+    """Record a re-fit or sync that failed for good on the project (`/projects/{id}` failures);
+    earlier attempts just raise, and RQ retries them."""
+    try:
+        yield
+    except Exception as exc:
+        job = get_current_job()
+        if job is None or not job.retries_left:
+            store.record_failure(p, what, f"{type(exc).__name__}: {exc}")
+        raise
+
+
 def _failed(store: Store, p: int, job_id: str, what: str, exc: Exception) -> None:
     """Book a failed attempt: permanent errors are not retried; the last failure is recorded."""
     job = get_current_job()
@@ -54,7 +69,7 @@ def predict_task(raw: dict[str, Any]) -> str:
     p, t, v = payload.project, payload.task, payload.version
     store.job_started(p, job_id)
     try:
-        outcome = _predict(rt, store, payload)
+        outcome = _predict(rt, store, jobs, payload)
     except Exception as exc:
         _failed(store, p, job_id, f"task:{t}", exc)
         raise
@@ -63,7 +78,7 @@ def predict_task(raw: dict[str, Any]) -> str:
     return outcome
 
 
-def _predict(rt: models.Runtime, store: Store, payload: PredictJob) -> str:
+def _predict(rt: models.Runtime, store: Store, jobs: Jobs, payload: PredictJob) -> str:
     p, t, v = payload.project, payload.task, payload.version
     refs = store.reference_set(p)
     if refs.version != v:
@@ -79,7 +94,7 @@ def _predict(rt: models.Runtime, store: Store, payload: PredictJob) -> str:
         pred = inference.predict(rt, store, cfg, refs, t, image)
         store.put_prediction(p, pred)
         store.clear_failure(p, f"task:{t}")
-    return delivery.deliver_computed(rt, store, p, pred)
+    return delivery.deliver_computed(rt, store, jobs, p, pred)
 
 
 def deliver_prediction(raw: dict[str, Any]) -> str:
@@ -101,13 +116,14 @@ def apply_annotation(raw: dict[str, Any]) -> str | None:
         payload.fingerprint
     ):
         return None  # this state was applied already (e.g. by a sync)
-    ann = rt.ls.get_annotation(payload.annotation)
-    if ann is None:
-        state = AnnotationState.deleted(payload.annotation)
-    else:
-        state = AnnotationState.from_ls(ann, payload.image_url)
-        state.task = state.task or payload.task
-    return apply_changes(rt, store, jobs, p, [state])
+    with _recorded(store, p, f"annotation:{payload.annotation}"):
+        ann = rt.ls.get_annotation(payload.annotation)
+        if ann is None:
+            state = AnnotationState.deleted(payload.annotation)
+        else:
+            state = AnnotationState.from_ls(ann, payload.image_url)
+            state.task = state.task or payload.task
+        return apply_changes(rt, store, jobs, p, [state])
 
 
 def delete_annotations(raw: dict[str, Any]) -> str | None:
@@ -115,7 +131,8 @@ def delete_annotations(raw: dict[str, Any]) -> str | None:
     payload = DeleteJob.model_validate(raw)
     rt, store, jobs, _ = _context()
     states = [AnnotationState.deleted(a) for a in payload.annotations]
-    return apply_changes(rt, store, jobs, payload.project, states)
+    with _recorded(store, payload.project, "delete"):
+        return apply_changes(rt, store, jobs, payload.project, states)
 
 
 def sync_project(raw: dict[str, Any]) -> str:
@@ -124,6 +141,11 @@ def sync_project(raw: dict[str, Any]) -> str:
     payload = SyncJob.model_validate(raw)
     rt, store, jobs, _ = _context()
     p = payload.project
+    with _recorded(store, p, "sync"):
+        return _sync(rt, store, jobs, p)
+
+
+def _sync(rt: models.Runtime, store: Store, jobs: Jobs, p: int) -> str:
     cfg = store.config(p)
     if cfg is None:
         return "no-config"
