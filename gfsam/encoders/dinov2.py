@@ -22,8 +22,7 @@ from gfsam.encoders.weights import (
     EncoderSpec,
     dinov2_to_timm,
     load_strict,
-    read_state_dict,
-    verify_sha256,
+    read_checkpoint,
 )
 from gfsam.types import FRAME
 
@@ -160,11 +159,7 @@ def build_dinov2(
         KeyError, WeightsChecksumError, WeightsFormatError.
     """
     spec = DINOV2_SPECS[name]
-    state = None
-    if checkpoint is not None:  # check the file before spending time on building the model
-        if verify:
-            verify_sha256(Path(checkpoint), spec.sha256)  # warns when no published value
-        state = read_state_dict(Path(checkpoint))
+    state = read_checkpoint(checkpoint, spec, verify=verify)  # before building the model
     encoder = Dinov2Encoder(spec, _build_vit(name))
     if state is not None:
         load_strict(encoder.vit, dinov2_to_timm(state), str(checkpoint))

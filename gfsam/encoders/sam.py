@@ -19,7 +19,7 @@ from segment_anything.modeling import (
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from gfsam.encoders.weights import EncoderSpec, load_strict, read_state_dict, verify_sha256
+from gfsam.encoders.weights import EncoderSpec, load_strict, read_checkpoint
 from gfsam.types import FRAME
 
 SAM_MEAN = (123.675, 116.28, 103.53)
@@ -219,11 +219,7 @@ def build_sam(
         KeyError, WeightsChecksumError, WeightsFormatError.
     """
     spec = SAM_SPECS[name]
-    state = None
-    if checkpoint is not None:  # check the file before spending time on building the model
-        if verify:
-            verify_sha256(Path(checkpoint), spec.sha256)  # warns when no published value
-        state = read_state_dict(Path(checkpoint))
+    state = read_checkpoint(checkpoint, spec, verify=verify)  # before building the model
     encoder = SamEncoder(spec, build_sam_model(name))
     if state is not None:
         load_strict(encoder.sam, state, str(checkpoint))

@@ -181,6 +181,21 @@ def dinov2_to_timm(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+def read_checkpoint(
+    checkpoint: Path | None, spec: EncoderSpec, *, verify: bool = True
+) -> dict[str, Tensor] | None:
+    """The state dict of an official checkpoint, sha256-checked first; None for random init.
+
+    Raises:
+        WeightsChecksumError, WeightsFormatError.
+    """
+    if checkpoint is None:
+        return None
+    if verify:
+        verify_sha256(Path(checkpoint), spec.sha256)  # warns when no published value
+    return read_state_dict(Path(checkpoint))
+
+
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
     """`module.load_state_dict(state, strict=True)` with a message naming every bad key.
 
