@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from tests.lsserver import LabelStudio, start_label_studio
 
 # Service fixtures (real redis-server, settings, TestClient, fake LS) for every test module.
 pytest_plugins = ["tests.service_fixtures"]
@@ -30,3 +33,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="module")
+def ls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
+    """A real Label Studio 1.23.2 per test module (tests/lsserver.py; started only on request)."""
+    with start_label_studio(tmp_path_factory.mktemp("ls")) as server:
+        print(f"\nlabel-studio cold start: {server.startup_s:.1f}s")
+        yield server

@@ -35,7 +35,7 @@ import pytest
 import requests
 from PIL import Image, ImageOps
 
-from tests.lsserver import REPO, LabelStudio, free_port, start_label_studio
+from tests.lsserver import REPO, LabelStudio, free_port
 from worker.brush import mask_to_rle, masks_to_result, rle_to_mask
 
 pytestmark = pytest.mark.e2e
@@ -109,13 +109,6 @@ def _stop_backend(process: subprocess.Popen[bytes]) -> None:
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)  # children die with it (PDEATHSIG)
         process.wait(timeout=15)
-
-
-@pytest.fixture(scope="module")
-def ls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
-    with start_label_studio(tmp_path_factory.mktemp("ls")) as server:
-        print(f"\nlabel-studio cold start: {server.startup_s:.1f}s")
-        yield server
 
 
 @pytest.fixture(scope="module")

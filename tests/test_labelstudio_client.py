@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.lsserver import LabelStudio, free_port, start_label_studio
+from tests.lsserver import LabelStudio, free_port
 from worker.brush import annotation_masks, masks_to_result
 from worker.labelstudio import (
     LabelStudioAuthError,
@@ -236,13 +236,6 @@ def test_tokens_never_logged(stub: Any, caplog: pytest.LogCaptureFixture) -> Non
 
 
 # ---------------------------------------------------------------------------- real Label Studio
-
-
-@pytest.fixture(scope="module")
-def ls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LabelStudio]:
-    with start_label_studio(tmp_path_factory.mktemp("ls")) as server:
-        print(f"\nlabel-studio cold start: {server.startup_s:.1f}s")
-        yield server
 
 
 @pytest.fixture(scope="module")
