@@ -1,7 +1,7 @@
-"""`python -m backend` is `python -m backend.run`."""
+"""`python -m backend` is `python -m backend.run` (the supervisor)."""
 
 import sys
 
-from backend.run import main
+from backend.supervisor import main
 
 sys.exit(main())

@@ -36,8 +36,8 @@ from rq.serializers import JSONSerializer
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from backend.settings import Settings  # noqa: E402
-from backend.store import Store  # noqa: E402
+from backend.state.settings import Settings  # noqa: E402
+from backend.state.store import Store  # noqa: E402
 from tests.fakes import TOKEN, FakeLabelStudio, box_mask, brush_region  # noqa: E402
 from tests.service_fixtures import free_port, start_redis, stop_process  # noqa: E402
 
@@ -159,7 +159,7 @@ def run(args: argparse.Namespace, ls: FakeLabelStudio, conn: Redis, store: Store
         tasks[0], [brush_region(box_mask(h, w, h // 4, 3 * h // 4, w // 4, 3 * w // 4), "Object")]
     )
     client.post("/webhook", json=event(seed, ls)).raise_for_status()
-    wait(lambda: store.counts(1).running > 0, 600, "the worker to start the batch")
+    wait(lambda: store.progress.counts(1).running > 0, 600, "the worker to start the batch")
     started = time.perf_counter()
     dup = event(seed, ls)
     lat = {
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace, ls: FakeLabelStudio, conn: Redis, store: Store
         "POST /setup": timed(lambda: client.post("/setup", json=SETUP), args.calls),
         "POST /webhook": timed(lambda: client.post("/webhook", json=dup), args.calls),
     }
-    busy = store.counts(1)
+    busy = store.progress.counts(1)
     print(
         f"latency while the worker is busy (batch of {len(tasks) - 1} tasks; at the end "
         f"{busy.queued} queued, {busy.running} running, {busy.done} done; "
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace, ls: FakeLabelStudio, conn: Redis, store: Store
     )
     first = [job_seconds(conn, t, 1) for t in targets]
     again = [job_seconds(conn, t, 2) for t in targets]
-    stats = store.stats()
+    stats = store.progress.stats()
     print(
         f"per-task job time over {len(targets)} images (download + encode/cache + predict + "
         "RLE + POST):"

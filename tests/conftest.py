@@ -23,7 +23,6 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "slow: takes more than a few seconds (runs in CI)")
     config.addinivalue_line("markers", "e2e: drives a real Label Studio server (runs in CI)")
     config.addinivalue_line("markers", "gpu: needs a CUDA device (skipped without one)")
-    config.addinivalue_line("markers", "weights: needs the real pretrained checkpoints")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

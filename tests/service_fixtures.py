@@ -1,8 +1,9 @@
 """Fixtures for the service tests: a real redis-server, a fake LS, settings, app client, worker.
 
-Import explicitly in a test module (`from tests.service_fixtures import redis_conn, ...`), or
-from conftest.py. Redis: `TEST_REDIS_URL`, else a private `redis-server --port <free> --save ""
---appendonly no` per session; without redis-server the tests skip locally and fail in CI (`CI`).
+Registered for every module by conftest.py. `svc` bundles what a service test needs (API client,
+Redis, settings, fake LS, fake pipeline, store and queues). Redis: `TEST_REDIS_URL`, else a
+private `redis-server --port <free> --save "" --appendonly no` per session; without
+redis-server the tests skip locally and fail in CI (`CI`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,8 +24,9 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from backend.app import create_app
-from backend.jobs import Jobs
-from backend.settings import Settings
+from backend.state.jobs import Jobs
+from backend.state.settings import Settings
+from backend.state.store import Store
 from tests.fakes import TOKEN, FakeLabelStudio, FakePipeline, fake_model
 from worker import models
 
@@ -142,12 +145,92 @@ def fake_pipeline(service_settings: Settings) -> Iterator[FakePipeline]:
     models.reset()
 
 
+def make_jobs(conn: Redis, settings: Settings) -> Jobs:
+    """The enqueue API on `conn`, with its own store (as the app and the workers build it)."""
+    return Jobs(conn, settings, Store(conn, settings))
+
+
 def run_worker(conn: Redis, settings: Settings, max_jobs: int | None = None) -> bool:
     """Run the queued jobs (all, or `max_jobs`) in this process, high queue first."""
-    worker = SimpleWorker(Jobs(conn, settings).queues, connection=conn, serializer=JSONSerializer)
+    queues = make_jobs(conn, settings).queues
+    worker = SimpleWorker(queues, connection=conn, serializer=JSONSerializer)
     return worker.work(burst=True, logging_level="WARNING", max_jobs=max_jobs)
+
+
+@dataclass
+class Service:
+    """One service under test: the API (TestClient, lifespan run), a real Redis, the settings
+    it was built with, the fake Label Studio and the fake pipeline installed as the worker's
+    model, plus a store and queues on the same Redis."""
+
+    client: TestClient
+    conn: Redis
+    settings: Settings
+    ls: FakeLabelStudio
+    pipeline: FakePipeline
+    store: Store
+    jobs: Jobs
+
+    def run_worker(self, max_jobs: int | None = None) -> bool:
+        """Run the queued jobs in this process (high queue first) with the fake pipeline."""
+        return run_worker(self.conn, self.settings, max_jobs)
+
+
+@pytest.fixture
+def make_service(
+    service_settings: Settings, redis_conn: Redis, fake_ls: FakeLabelStudio
+) -> Iterator[Callable[..., Service]]:
+    """A factory: `make_service(**setting_changes)` starts the service with changed settings."""
+    clients: list[TestClient] = []
+
+    def make(**changes: object) -> Service:
+        settings = changed(service_settings, **changes) if changes else service_settings
+        pipeline = FakePipeline()
+        models.install(settings, fake_model(pipeline))
+        client = TestClient(create_app(settings))
+        client.__enter__()
+        clients.append(client)
+        jobs = make_jobs(redis_conn, settings)
+        return Service(client, redis_conn, settings, fake_ls, pipeline, jobs.store, jobs)
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)
+    models.reset()
+
+
+@pytest.fixture
+def svc(make_service: Callable[..., Service]) -> Service:
+    """The service with the test settings (see `service_settings`)."""
+    return make_service()
+
+
+def wait_until(
+    condition: Callable[[], object], timeout_s: float, what: str, poll_s: float = 0.02
+) -> object:
+    """Poll `condition` until it returns something truthy (returned) or fail after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s:.1f}s waiting for {what}")
+        time.sleep(poll_s)
 
 
 def changed(settings: Settings, **changes: object) -> Settings:
     """A validated copy of `settings` with `changes` (model_copy would skip validation)."""
     return Settings(**{**settings.model_dump(), **changes}, _env_file=None)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store(redis_conn: Redis, tmp_path: Path) -> Store:
+    """A store on the test Redis with short lock waits (no API, no worker)."""
+    settings = Settings(
+        redis_url="redis://unused",
+        data_dir=tmp_path,
+        refit_lock_wait_s=0.3,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    return Store(redis_conn, settings, owner="test")

@@ -16,7 +16,6 @@ from worker.brush import (
     _decode,
     _encode_values,
     annotation_masks,
-    mask_iou,
     mask_to_rle,
     masks_to_result,
     rle_to_mask,
@@ -287,15 +286,3 @@ def test_masks_to_result_shape_and_validation() -> None:
 def test_masks_to_result_requires_scores() -> None:
     with pytest.raises(BrushError, match="score"):
         masks_to_result({"Elephant": np.ones((2, 2), bool)}, from_name="t", to_name="i", scores={})
-
-
-def test_mask_iou() -> None:
-    a = np.zeros((4, 4), bool)
-    b = np.zeros((4, 4), bool)
-    assert mask_iou(a, b) == 1.0
-    a[0, :2] = True
-    assert mask_iou(a, b) == 0.0
-    b[0, 1:3] = True
-    assert mask_iou(a, b) == pytest.approx(1 / 3)
-    with pytest.raises(ValueError):
-        mask_iou(a, np.zeros((4, 5), bool))

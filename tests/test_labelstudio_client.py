@@ -335,15 +335,9 @@ def test_missing_upload_is_a_500_in_ls_1_23(ls: LabelStudio, project: dict[str, 
 def test_list_tasks_paginates(ls: LabelStudio, project: dict[str, Any]) -> None:
     client = LabelStudioClient(ls.url, ls.token)
     tasks = client.list_tasks(project["id"], page_size=4)
-    assert sorted(t["id"] for t in tasks) == [t["id"] for t in project["tasks"]]
-    assert set(tasks[0]) == {
-        "id",
-        "data",
-        "total_annotations",
-        "cancelled_annotations",
-        "is_labeled",
-    }
-    assert all(t["data"]["image"].startswith("/data/upload/") for t in tasks)
+    assert sorted(t.id for t in tasks) == [t["id"] for t in project["tasks"]]
+    assert all((t.image_url("image") or "").startswith("/data/upload/") for t in tasks)
+    assert all(not t.annotated and t.cancelled_annotations == 0 for t in tasks)
     assert client.list_tasks(project["id"], page_size=1) == tasks
 
 
@@ -358,15 +352,14 @@ def test_prediction_round_trip(ls: LabelStudio, project: dict[str, Any]) -> None
     )
     pred_id = client.create_prediction(task["id"], result, 0.65, "gfsam-test-v1")
     listed = client.task_predictions(task["id"])
-    assert [(p["id"], p["model_version"]) for p in listed] == [(pred_id, "gfsam-test-v1")]
+    assert [(p.id, p.model_version) for p in listed] == [(pred_id, "gfsam-test-v1")]
     assert client.model_versions(task["project"]).get("gfsam-test-v1") == 1
     stored = client.get_prediction(pred_id)
-    assert stored is not None and stored["score"] == pytest.approx(0.65)
+    assert stored is not None and stored.score == pytest.approx(0.65)
+    assert stored.result is not None
     height, width = classes.shape
-    assert {(r["original_width"], r["original_height"]) for r in stored["result"]} == {
-        (width, height)
-    }
-    decoded = annotation_masks(stored["result"], from_name="tag")
+    assert {(r["original_width"], r["original_height"]) for r in stored.result} == {(width, height)}
+    decoded = annotation_masks(stored.result, from_name="tag")
     assert set(decoded) == set(masks)
     for label, mask in masks.items():
         np.testing.assert_array_equal(decoded[label], mask)
@@ -384,12 +377,10 @@ def test_annotation_round_trip(ls: LabelStudio, project: dict[str, Any]) -> None
     )
     created = ls.create_annotation(task["id"], result)
     fetched = client.get_annotation(created["id"])
-    assert fetched is not None and fetched["task"] == task["id"]
-    np.testing.assert_array_equal(
-        annotation_masks(fetched["result"], from_name="tag")["Object"], mask
-    )
-    assert [a["id"] for a in client.list_annotations(task["id"])] == [created["id"]]
-    labeled = {t["id"]: t for t in client.list_tasks(project["id"])}[task["id"]]
-    assert labeled["is_labeled"] and labeled["total_annotations"] == 1
+    assert fetched is not None and fetched.task == task["id"] and fetched.result is not None
+    np.testing.assert_array_equal(annotation_masks(fetched.result, from_name="tag")["Object"], mask)
+    assert [a.id for a in client.list_annotations(task["id"])] == [created["id"]]
+    labeled = {t.id: t for t in client.list_tasks(project["id"])}[task["id"]]
+    assert labeled.is_labeled and labeled.total_annotations == 1
     ls.delete_annotation(created["id"])
     assert client.get_annotation(created["id"]) is None

@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -26,10 +25,10 @@ from PIL import Image
 from redis import Redis
 
 from backend.app import create_app
-from backend.settings import Settings
-from backend.store import Store
+from backend.state.settings import Settings
+from backend.state.store import Store
 from tests.fakes import TOKEN, FakeLabelStudio, brush_region
-from tests.service_fixtures import free_port, start_redis, stop_process
+from tests.service_fixtures import free_port, make_jobs, start_redis, stop_process, wait_until
 from worker.brush import rle_to_mask
 
 pytestmark = pytest.mark.slow
@@ -61,16 +60,6 @@ def rotated_jpeg(data: bytes) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", exif=exif.tobytes())
     return buf.getvalue()
-
-
-def wait_until(check: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
 
 
 class Env:
@@ -119,6 +108,25 @@ class Env:
         )
         self.workers.append(proc)
         return proc
+
+    def idle(self) -> bool:
+        """No job queued, scheduled or running on either queue."""
+        jobs = make_jobs(self.conn, self.settings)
+        return not any(
+            q.count or q.started_job_registry.count or q.scheduled_job_registry.count
+            for q in jobs.queues
+        )
+
+    def flush_append_only_file(self) -> None:
+        """Make Redis write everything to its append-only file now (instead of waiting for
+        `appendfsync everysec`), polling until the rewrite has finished."""
+        self.conn.execute_command("BGREWRITEAOF")
+
+        def done() -> bool:
+            info = self.conn.info("persistence")
+            return not (info["aof_rewrite_in_progress"] or info["aof_rewrite_scheduled"])
+
+        wait_until(done, 10, "the append-only file rewrite")
 
     def restart_redis(self) -> None:
         stop_process(self.redis)  # SIGTERM: Redis flushes its append-only file
@@ -183,17 +191,19 @@ def test_worker_killed_mid_job_delivers_exactly_once(env: Env, stage: str) -> No
         (target,) = seed_project(env, client, 1)
         env.ls.delays[stage] = 4.0  # holds the job in the download, or in the POST to LS
         first = env.start_worker()
-        wait_until(lambda: env.store.reference_set(1).n == 1, 120, "version v1")
+        wait_until(lambda: env.store.data.reference_set(1).n == 1, 120, "version v1")
         wait_until(lambda: env.ls.started[stage].is_set(), 120, f"the job to reach {stage}")
         first.send_signal(signal.SIGKILL)
         first.wait()
         env.ls.delays[stage] = 0.0
         env.start_worker()
-        wait_until(lambda: env.store.counts(1).done == 1, 180, "the requeued job to finish")
-        time.sleep(2)  # nothing more must arrive
+        wait_until(
+            lambda: env.store.progress.counts(1).done == 1, 180, "the requeued job to finish"
+        )
+        wait_until(lambda: env.idle(), 60, "the worker to run out of work")  # nothing more to post
     assert [p["task"] for p in env.ls.posts] == [target]
     assert len(env.ls.predictions_for(target)) == 1
-    assert env.store.delivery_claim(1, target, "gfsam-p1-v1") == "api"
+    assert env.store.coord.delivery_claim(1, target, "gfsam-p1-v1") == "api"
 
 
 def test_redis_restart_keeps_versions_and_shots(env: Env) -> None:
@@ -201,10 +211,10 @@ def test_redis_restart_keeps_versions_and_shots(env: Env) -> None:
         seed_project(env, client, 1)
         env.start_worker()
         wait_until(lambda: len(env.ls.posts) == 1, 180, "the pre-annotation")
-        before = env.store.reference_set(1)
-        time.sleep(1.5)  # appendfsync everysec
+        before = env.store.data.reference_set(1)
+        env.flush_append_only_file()
         env.restart_redis()
-        after = wait_until(lambda: _try(lambda: env.store.reference_set(1)), 10, "Redis back")
+        after = wait_until(lambda: _try(lambda: env.store.data.reference_set(1)), 10, "Redis back")
         assert after == before and after.version == "gfsam-p1-v1"
         assert client.post("/setup", json=SETUP).json()["model_version"] == "gfsam-p1-v1"
         assert client.get("/projects/1").json()["shots"] == {"Apple": [1]}
@@ -218,7 +228,7 @@ def test_redis_restart_keeps_versions_and_shots(env: Env) -> None:
             "task": {"id": task["id"], "data": task["data"]},
         }
         client.post("/webhook", json=event)
-        wait_until(lambda: env.store.reference_set(1).n == 2, 120, "version v2")
+        wait_until(lambda: env.store.data.reference_set(1).n == 2, 120, "version v2")
 
 
 def _try(fn: Callable[[], Any]) -> Any:

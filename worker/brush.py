@@ -19,7 +19,6 @@ import numpy as np
 __all__ = [
     "BrushError",
     "annotation_masks",
-    "mask_iou",
     "mask_to_rle",
     "masks_to_result",
     "rle_to_mask",
@@ -350,22 +349,3 @@ def _region_id(from_name: str, label: str, rle: list[int]) -> str:
         digest.update(part.encode() + b"\0")
     digest.update(bytes(rle))
     return digest.hexdigest()
-
-
-def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """Intersection over union of two masks; 1.0 when both are empty.
-
-    Args:
-        a: bool [H, W].
-        b: bool [H, W].
-
-    Raises:
-        ValueError: the shapes differ.
-    """
-    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
-    if a.shape != b.shape:
-        raise ValueError(f"mask shapes differ: {a.shape} vs {b.shape}")
-    union = int(np.count_nonzero(a | b))
-    if union == 0:
-        return 1.0
-    return int(np.count_nonzero(a & b)) / union

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from backend.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
-from backend.store import Store
+from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
+from backend.state.store import Store
 from worker.brush import masks_to_result
 from worker.models import Runtime
 
@@ -27,11 +27,11 @@ def target_encoding(rt: Runtime, store: Store, image_bytes: bytes) -> Any:
     sha = hashlib.sha256(image_bytes).hexdigest()
     blob = rt.targets.get(sha)
     if blob is not None:
-        store.incr_stat("target_cache_hit")
+        store.progress.incr_stat("target_cache_hit")
         return rt.model.target_from_bytes(blob)
     started = time.perf_counter()
     target = rt.model.pipeline.encode_target(rt.model.load_image(image_bytes))
-    store.incr_stat("target_encode")
+    store.progress.incr_stat("target_encode")
     rt.targets.put(sha, target.to_bytes())
     logger.debug("encoded target %s in %.2fs", sha[:12], time.perf_counter() - started)
     return target
@@ -46,7 +46,7 @@ def load_references(
         shots = refs.shots.get(label) or []
         if shots:
             out[label] = [
-                rt.references.get(s.ref, store.get_blob, rt.model.reference_from_bytes)
+                rt.references.get(s.ref, store.data.get_blob, rt.model.reference_from_bytes)
                 for s in shots
             ]
     return out
@@ -92,7 +92,7 @@ def predict(
     target = target_encoding(rt, store, image_bytes)
     references = load_references(rt, store, refs, cfg.labels)
     preds = rt.model.pipeline.predict_labels(target, references)
-    store.incr_stat("predict")
+    store.progress.incr_stat("predict")
     scores = {label: float(p.score) for label, p in preds.items()}
     masks = {label: np.asarray(p.mask, dtype=bool) for label, p in preds.items() if not p.abstained}
     kept = resolve_overlaps(masks, scores, cfg.labels)

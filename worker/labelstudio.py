@@ -18,10 +18,13 @@ import json
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import requests
+from pydantic import ValidationError
+
+from worker.lsmodels import LSAnnotation, LSPrediction, LSReply, LSTask
 
 __all__ = [
     "CLOUD_SCHEMES",
@@ -297,35 +300,35 @@ class LabelStudioClient:
 
     # ------------------------------------------------------------------ tasks, annotations
 
-    def list_tasks(self, project: int, *, page_size: int = 100) -> list[dict[str, Any]]:
-        """All tasks of a project, following pagination.
-
-        Returns:
-            ``{"id", "data", "total_annotations", "cancelled_annotations", "is_labeled"}`` each,
-            in LS's default order.
-        """
-        keys = ("id", "data", "total_annotations", "cancelled_annotations", "is_labeled")
-        tasks: list[dict[str, Any]] = []
+    def list_tasks(self, project: int, *, page_size: int = 100) -> list[LSTask]:
+        """All tasks of a project, following pagination, in LS's default order."""
+        tasks: list[LSTask] = []
         page = 1
         while True:
             params = {"project": int(project), "page": page, "page_size": page_size}
             reply = self._json("GET", "/api/tasks/", params=params)
+            if not isinstance(reply, dict):
+                raise LabelStudioError(
+                    f"/api/tasks/: expected an object, got {type(reply).__name__}"
+                )
             batch = reply.get("tasks") or []
-            tasks += [{k: task.get(k) for k in keys} for task in batch]
+            tasks += [_parse(LSTask, task, "/api/tasks/") for task in batch]
             if not batch or len(tasks) >= int(reply.get("total", 0)):
                 return tasks
             page += 1
 
-    def get_annotation(self, annotation_id: int) -> dict[str, Any] | None:
+    def get_annotation(self, annotation_id: int) -> LSAnnotation | None:
         """One annotation, or None when it no longer exists."""
+        path = f"/api/annotations/{int(annotation_id)}/"
         try:
-            return self._json("GET", f"/api/annotations/{int(annotation_id)}/")
+            return _parse(LSAnnotation, self._json("GET", path), path)
         except LabelStudioNotFound:
             return None
 
-    def list_annotations(self, task_id: int) -> list[dict[str, Any]]:
+    def list_annotations(self, task_id: int) -> list[LSAnnotation]:
         """All annotations of a task (including cancelled ones; check ``was_cancelled``)."""
-        return self._json("GET", f"/api/tasks/{int(task_id)}/annotations/")
+        path = f"/api/tasks/{int(task_id)}/annotations/"
+        return [_parse(LSAnnotation, ann, path) for ann in _list(self._json("GET", path), path)]
 
     # ------------------------------------------------------------------ predictions
 
@@ -333,9 +336,11 @@ class LabelStudioClient:
         """Prediction count per model_version in a project (one request, any project size)."""
         return dict(self._json("GET", f"/api/projects/{int(project)}/model-versions/"))
 
-    def task_predictions(self, task_id: int) -> list[dict[str, Any]]:
+    def task_predictions(self, task_id: int) -> list[LSPrediction]:
         """All predictions stored for a task."""
-        return self._json("GET", "/api/predictions/", params={"task": int(task_id)})
+        path = "/api/predictions/"
+        reply = self._json("GET", path, params={"task": int(task_id)})
+        return [_parse(LSPrediction, pred, path) for pred in _list(reply, path)]
 
     def create_prediction(
         self, task_id: int, result: list[dict[str, Any]], score: float, model_version: str
@@ -354,13 +359,32 @@ class LabelStudioClient:
             "score": float(score),
             "model_version": model_version,
         }
-        created = self._json("POST", "/api/predictions/", json=body)
-        logger.info("created prediction %s for task %s (%s)", created["id"], task_id, model_version)
-        return int(created["id"])
+        path = "/api/predictions/"
+        created = _parse(LSPrediction, self._json("POST", path, json=body), path)
+        logger.info("created prediction %s for task %s (%s)", created.id, task_id, model_version)
+        return created.id
 
-    def get_prediction(self, prediction_id: int) -> dict[str, Any] | None:
+    def get_prediction(self, prediction_id: int) -> LSPrediction | None:
         """One prediction, or None when it no longer exists."""
+        path = f"/api/predictions/{int(prediction_id)}/"
         try:
-            return self._json("GET", f"/api/predictions/{int(prediction_id)}/")
+            return _parse(LSPrediction, self._json("GET", path), path)
         except LabelStudioNotFound:
             return None
+
+
+Reply = TypeVar("Reply", bound=LSReply)
+
+
+def _parse(model: type[Reply], raw: Any, path: str) -> Reply:
+    """Validate one LS reply object; a reply of the wrong shape is an `LabelStudioError`."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as exc:
+        raise LabelStudioError(f"{path}: unexpected reply ({exc.error_count()} errors)") from None
+
+
+def _list(raw: Any, path: str) -> list[Any]:
+    if not isinstance(raw, list):
+        raise LabelStudioError(f"{path}: expected a list, got {type(raw).__name__}")
+    return raw

@@ -21,9 +21,10 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from backend.jobs import Jobs, connect
-from backend.settings import Settings, get_settings
-from backend.store import WORKER_PREFIX
+from backend.state.jobs import Jobs, connect
+from backend.state.settings import Settings, get_settings
+from backend.state.store import WORKER_PREFIX, Store
+from gfsam.encoders.weights import WeightsNotFoundError
 from worker import models
 from worker.labelstudio import LabelStudioAuthError
 from worker.recovery import Maintenance
@@ -55,7 +56,7 @@ def load_or_explain(settings: Settings) -> int:
     except LabelStudioAuthError as exc:
         logger.error("%s: the worker needs it to download images and post predictions", exc)
         return EXIT_CONFIG
-    except FileNotFoundError as exc:  # gfsam's WeightsNotFoundError
+    except WeightsNotFoundError as exc:
         logger.error(
             "GF-SAM weights not found, worker not started.\n%s\n"
             "Download them with `python -m gfsam weights download --model-dir %s`, set MODEL_DIR, "
@@ -82,7 +83,7 @@ def run(settings: Settings, *, burst: bool = False) -> int:
     if code:
         return code
     conn = wait_for_redis(settings.redis_url)
-    jobs = Jobs(conn, settings)
+    jobs = Jobs(conn, settings, Store(conn, settings))
     name = f"{WORKER_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     queue_names = [q.name for q in jobs.queues]
     maintenance = Maintenance(settings, name, queue_names)

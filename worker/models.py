@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from backend.settings import Settings
+from backend.state.settings import Settings
 from worker.cache import ReferenceCache, TargetCache
 from worker.labelstudio import LabelStudioClient
 

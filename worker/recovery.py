@@ -29,8 +29,8 @@ from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
-from backend.settings import Settings
-from backend.store import WORKER_PREFIX, Store
+from backend.state.settings import Settings
+from backend.state.store import WORKER_PREFIX, Store
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def recover_abandoned(conn: Redis, store: Store, queue_names: list[str]) -> list
         registry = StartedJobRegistry(name, connection=conn, serializer=JSONSerializer)
         for job_id, execution_id in registry.get_job_and_execution_ids(cleanup=False):
             worker = _worker_of(conn, job_id, execution_id)
-            if not worker.startswith(WORKER_PREFIX) or store.lease_alive(worker):
+            if not worker.startswith(WORKER_PREFIX) or store.coord.lease_alive(worker):
                 continue
             if not conn.zrem(registry.key, f"{job_id}:{execution_id}"):
                 continue  # another worker recovered it first
@@ -89,13 +89,13 @@ class Maintenance(threading.Thread):
             serializer=JSONSerializer,
             logging_level=settings.log_level,
         )
-        self.store.renew_lease(name, self.lease_s)  # alive before the first job is taken
+        self.store.coord.renew_lease(name, self.lease_s)  # alive before the first job is taken
 
     def run(self) -> None:
         last = 0.0
         while not self.stopped.is_set():
             try:
-                self.store.renew_lease(self.worker_name, self.lease_s)
+                self.store.coord.renew_lease(self.worker_name, self.lease_s)
                 if time.monotonic() - last >= self.interval_s:
                     last = time.monotonic()
                     recover_abandoned(self.conn, self.store, self.queue_names)
@@ -109,6 +109,6 @@ class Maintenance(threading.Thread):
         self.stopped.set()
         try:
             self.scheduler.release_locks()
-            self.store.drop_lease(self.worker_name)
+            self.store.coord.drop_lease(self.worker_name)
         except Exception:
             logger.debug("cleanup on stop failed", exc_info=True)

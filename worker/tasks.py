@@ -15,13 +15,16 @@ from typing import Any
 
 from rq import get_current_job
 
-from backend.jobs import Jobs
-from backend.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
-from backend.store import LockTimeout, Store
+from backend.state.jobs import Jobs
+from backend.state.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
+from backend.state.store import LockTimeout, Store
+from backend.state.versions import project_versions
 from worker import delivery, inference, models
 from worker.brush import BrushError
 from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
-from worker.refit import AnnotationState, apply_changes, bump_version, preannotate
+from worker.preannotate import preannotate
+from worker.refit import apply_changes, bump_version
+from worker.shots import AnnotationState
 
 logger = logging.getLogger(__name__)
 
@@ -35,7 +38,7 @@ def _context() -> tuple[models.Runtime, Store, Jobs, str]:
     if job is None:
         raise RuntimeError("worker.tasks functions run inside an RQ job")
     store = Store(job.connection, rt.settings, owner=job.worker_name or "worker")
-    return rt, store, Jobs(job.connection, rt.settings), job.id
+    return rt, store, Jobs(job.connection, rt.settings, store), job.id
 
 
 @contextmanager
@@ -47,7 +50,7 @@ def _recorded(store: Store, p: int, what: str) -> Iterator[None]:
     except Exception as exc:
         job = get_current_job()
         if job is None or not job.retries_left:
-            store.record_failure(p, what, f"{type(exc).__name__}: {exc}")
+            store.progress.record_failure(p, what, f"{type(exc).__name__}: {exc}")
         raise
 
 
@@ -58,8 +61,8 @@ def _failed(store: Store, p: int, job_id: str, what: str, exc: Exception) -> Non
         job.retries_left = 0  # RQ reads this right after the job raises
     retrying = bool(job is not None and job.retries_left)
     if not retrying:
-        store.record_failure(p, what, f"{type(exc).__name__}: {exc}")
-    store.job_ended(p, job_id, "failed", requeued=retrying)
+        store.progress.record_failure(p, what, f"{type(exc).__name__}: {exc}")
+    store.progress.job_ended(p, job_id, "failed", requeued=retrying)
 
 
 def predict_task(raw: dict[str, Any]) -> str:
@@ -67,33 +70,37 @@ def predict_task(raw: dict[str, Any]) -> str:
     payload = PredictJob.model_validate(raw)
     rt, store, jobs, job_id = _context()
     p, t, v = payload.project, payload.task, payload.version
-    store.job_started(p, job_id)
+    store.progress.job_started(p, job_id)
     try:
         outcome = _predict(rt, store, jobs, payload)
     except Exception as exc:
         _failed(store, p, job_id, f"task:{t}", exc)
         raise
-    store.job_ended(p, job_id, "stale" if outcome in ("stale", "skipped") else "done")
+    store.progress.job_ended(p, job_id, "stale" if outcome in ("stale", "skipped") else "done")
     logger.info("predict p%s t%s %s: %s", p, t, v, outcome)
     return outcome
 
 
 def _predict(rt: models.Runtime, store: Store, jobs: Jobs, payload: PredictJob) -> str:
     p, t, v = payload.project, payload.task, payload.version
-    refs = store.reference_set(p)
+    refs = store.data.reference_set(p)
     if refs.version != v:
         return "stale"  # a newer version exists; it re-predicts this task itself
-    if not payload.interactive and store.is_labeled(p, t) and not store.has_waiter(p, t, v):
+    if (
+        not payload.interactive
+        and store.data.is_labeled(p, t)
+        and not store.coord.has_waiter(p, t, v)
+    ):
         return "skipped"  # annotated since it was queued for pre-annotation
-    pred = store.get_prediction(p, t, v)
+    pred = store.data.get_prediction(p, t, v)
     if pred is None:  # computed by an earlier attempt: never compute twice
-        cfg = store.config(p)
+        cfg = store.data.config(p)
         if cfg is None:
             raise ValueError(f"project {p} has no label config")
         image = rt.ls.download(payload.image_url, task_id=t)
         pred = inference.predict(rt, store, cfg, refs, t, image)
-        store.put_prediction(p, pred)
-        store.clear_failure(p, f"task:{t}")
+        store.data.put_prediction(p, pred)
+        store.progress.clear_failure(p, f"task:{t}")
     return delivery.deliver_computed(rt, store, jobs, p, pred)
 
 
@@ -101,7 +108,7 @@ def deliver_prediction(raw: dict[str, Any]) -> str:
     """Post a stored prediction through the API unless LS already has it (deliver / verify)."""
     payload = DeliverJob.model_validate(raw)
     rt, store, _, _ = _context()
-    pred = store.get_prediction(payload.project, payload.task, payload.version)
+    pred = store.data.get_prediction(payload.project, payload.task, payload.version)
     if pred is None:
         return "missing"
     return delivery.post_once(rt, store, payload.project, pred)
@@ -112,7 +119,7 @@ def apply_annotation(raw: dict[str, Any]) -> str | None:
     payload = AnnotationJob.model_validate(raw)
     rt, store, jobs, _ = _context()
     p = payload.project
-    if payload.fingerprint and store.annotation_fingerprint(p, payload.annotation) == (
+    if payload.fingerprint and store.data.annotation_fingerprint(p, payload.annotation) == (
         payload.fingerprint
     ):
         return None  # this state was applied already (e.g. by a sync)
@@ -121,8 +128,7 @@ def apply_annotation(raw: dict[str, Any]) -> str | None:
         if ann is None:
             state = AnnotationState.deleted(payload.annotation)
         else:
-            state = AnnotationState.from_ls(ann, payload.image_url)
-            state.task = state.task or payload.task
+            state = AnnotationState.from_ls(ann, payload.image_url, payload.task)
         return apply_changes(rt, store, jobs, p, [state])
 
 
@@ -146,29 +152,28 @@ def sync_project(raw: dict[str, Any]) -> str:
 
 
 def _sync(rt: models.Runtime, store: Store, jobs: Jobs, p: int) -> str:
-    cfg = store.config(p)
+    cfg = store.data.config(p)
     if cfg is None:
         return "no-config"
     _version_floor(rt, store, p)
     tasks = rt.ls.list_tasks(p)
     states, present = [], set()
     for task in tasks:
-        if int(task.get("total_annotations") or 0) + int(task.get("cancelled_annotations") or 0):
-            url = (task.get("data") or {}).get(cfg.data_key)
-            for ann in rt.ls.list_annotations(int(task["id"])):
-                state = AnnotationState.from_ls(ann, url if isinstance(url, str) else None)
-                state.task = state.task or int(task["id"])
+        if task.total_annotations + task.cancelled_annotations:
+            url = task.image_url(cfg.data_key)
+            for ann in rt.ls.list_annotations(task.id):
+                state = AnnotationState.from_ls(ann, url, task.id)
                 present.add(state.annotation)
-                if store.annotation_fingerprint(p, state.annotation) != state.fingerprint:
+                if store.data.annotation_fingerprint(p, state.annotation) != state.fingerprint:
                     states.append(state)
-    shot_ids = {a for ids in store.reference_set(p).shot_ids().values() for a in ids}
+    shot_ids = {a for ids in store.data.reference_set(p).shot_ids().values() for a in ids}
     states += [AnnotationState.deleted(a) for a in sorted(shot_ids - present)]
     version = apply_changes(rt, store, jobs, p, states, tasks) if states else None
     if version is None:
-        refs = store.reference_set(p)
+        refs = store.data.reference_set(p)
         if refs.ready:
             preannotate(rt, store, jobs, p, refs.version, tasks)
-    store.mark_synced(p)
+    store.data.mark_synced(p)
     return f"applied {len(states)} change(s); version {version or 'unchanged'}"
 
 
@@ -182,13 +187,8 @@ def apply_config_change(raw: dict[str, Any]) -> str | None:
 def _version_floor(rt: models.Runtime, store: Store, p: int) -> None:
     """Never reuse a version LS already holds (this Redis was wiped or replaced): the counter
     moves past every `gfsam-p{p}-v{n}` in LS before any change is applied."""
-    prefix = f"gfsam-p{p}-v"
-    seen = [
-        int(v[len(prefix) :])
-        for v in rt.ls.model_versions(p)
-        if v.startswith(prefix) and v[len(prefix) :].isdigit()
-    ]
-    if seen and store.raise_version_floor(p, max(seen)):
+    seen = project_versions(p, list(rt.ls.model_versions(p)))
+    if seen and store.data.raise_version_floor(p, max(seen)):
         logger.warning(
             "project %s: Label Studio holds versions up to v%d; continuing after them", p, max(seen)
         )

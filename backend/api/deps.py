@@ -8,9 +8,9 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
-from backend.jobs import Jobs
-from backend.settings import Settings, get_settings
-from backend.store import Store
+from backend.state.jobs import Jobs
+from backend.state.settings import Settings, get_settings
+from backend.state.store import Store
 
 _basic = HTTPBasic(auto_error=False)
 

@@ -15,7 +15,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from backend.store import ACCEPTANCE_BUCKETS, Store
+from backend.state.store import ACCEPTANCE_BUCKETS, Store
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 30, 100)
 
@@ -44,24 +44,24 @@ class StoreCollector:
             "IoU between a prediction and the annotation that replaced it",
             labels=["project"],
         )
-        for p in self.store.projects():
-            c = self.store.counts(p)
+        for p in self.store.data.projects():
+            c = self.store.progress.counts(p)
             for state in ("queued", "running"):
                 jobs.add_metric([str(p), state], getattr(c, state))
             for outcome in ("done", "failed", "stale"):
                 ended.add_metric([str(p), outcome], getattr(c, outcome))
-            refs = self.store.reference_set(p)
+            refs = self.store.data.reference_set(p)
             version.add_metric([str(p)], refs.n)
             for label, lst in refs.shots.items():
                 shots.add_metric([str(p), label], len(lst))
-            hist = self.store.acceptance_histogram(p)
+            hist = self.store.progress.acceptance_histogram(p)
             count = hist.get("count", 0.0)
             buckets = [(f"{le}", hist.get(f"{le}", 0.0)) for le in ACCEPTANCE_BUCKETS]
             acceptance.add_metric([str(p)], [*buckets, ("+Inf", count)], hist.get("sum", 0.0))
         stats = CounterMetricFamily(
             "gfsam_worker_events", "Worker counters (all workers)", labels=["event"]
         )
-        for name, value in sorted(self.store.stats().items()):
+        for name, value in sorted(self.store.progress.stats().items()):
             stats.add_metric([name], value)
         yield from (jobs, ended, version, shots, acceptance, stats)
 

@@ -14,15 +14,12 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, HTTPException, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from backend import inline
-from backend.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookAuth
-from backend.jobs import Jobs
-from backend.labelconfig import LabelConfigError, config_digest, parse_label_config
-from backend.schemas import (
+from backend.api import inline
+from backend.api.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookAuth
+from backend.api.labelconfig import LabelConfigError, config_digest, parse_label_config
+from backend.api.protocol import (
     AnnotationEvent,
-    AnnotationJob,
     AnnotationsDeletedEvent,
-    DeleteJob,
     HealthResponse,
     PredictItem,
     PredictRequest,
@@ -34,7 +31,9 @@ from backend.schemas import (
     WebhookEvent,
     WebhookResponse,
 )
-from backend.store import Store
+from backend.state.jobs import Jobs
+from backend.state.schemas import AnnotationJob, DeleteJob
+from backend.state.store import Store
 
 logger = logging.getLogger(__name__)
 router = APIRouter()
@@ -52,13 +51,13 @@ def register_config(store: Store, jobs: Jobs, p: int, config: str) -> None:
         LabelConfigError: no usable BrushLabels/Image pair (-> HTTP 400 with the reason).
     """
     digest = config_digest(config)
-    if store.config_digest(p) != digest:
-        before, summary = store.config(p), parse_label_config(config)
-        store.put_config(p, summary, digest)
+    if store.data.config_digest(p) != digest:
+        before, summary = store.data.config(p), parse_label_config(config)
+        store.data.put_config(p, summary, digest)
         if before is not None and before != summary:
             logger.info("project %s: label config changed, version bump queued", p)
-            jobs.enqueue_config_change(p, digest, store.reference_set(p).n)
-    if not store.synced(p) and jobs.enqueue_sync(p):
+            jobs.enqueue_config_change(p, digest, store.data.reference_set(p).n)
+    if not store.data.synced(p) and jobs.enqueue_sync(p):
         logger.info("project %s not synced with Label Studio yet: sync queued", p)
 
 
@@ -74,7 +73,7 @@ def health(settings: SettingsDep, store: StoreDep) -> HealthResponse:
 def setup(body: SetupRequest, store: StoreDep, jobs: JobsDep) -> SetupResponse:
     """Check the label config, remember the project, return its current model version."""
     register_config(store, jobs, body.project_id, body.label_config)
-    return SetupResponse(model_version=store.current_version(body.project_id))
+    return SetupResponse(model_version=store.data.current_version(body.project_id))
 
 
 @router.post(
@@ -91,15 +90,15 @@ def predict(
     p = _project(body)
     if body.label_config:
         register_config(store, jobs, p, body.label_config)
-    refs, cfg = store.reference_set(p), store.config(p)
+    refs, cfg = store.data.reference_set(p), store.data.config(p)
     preds: list[Any] = [None] * len(body.tasks)
     interactive = bool(body.params and body.params.context)
     if (
         cfg is not None and refs.ready_for(cfg.labels) and not interactive
     ):  # interactive results are not stored
         tasks = [(t.id, _url(t.data, cfg.data_key)) for t in body.tasks]
-        preds = inline.predict_and_wait(jobs, p, refs.version, tasks, deadline)
-    version = store.current_version(p)
+        preds = inline.predict_and_wait(store, jobs, p, refs.version, tasks, deadline)
+    version = store.data.current_version(p)
     return PredictResponse(
         results=[
             PredictItem(result=x.result, score=x.score, model_version=version)
@@ -161,11 +160,11 @@ def _annotation_event(store: Store, jobs: Jobs, event: AnnotationEvent) -> list[
     if p is None:
         raise HTTPException(422, f"{event.action} names no project")
     _register_from_event(store, jobs, event)
-    cfg = store.config(p)
+    cfg = store.data.config(p)
     if cfg is None:  # unknown project and no usable config in the event: a sync sorts it out
         return [jobs.enqueue_sync(p)]
     if not event.annotation.was_cancelled:  # a skipped task is still unlabeled
-        store.mark_labeled(p, event.task.id)
+        store.data.mark_labeled(p, event.task.id)
     job = AnnotationJob(
         project=p,
         annotation=event.annotation.id,
@@ -179,26 +178,26 @@ def _annotation_event(store: Store, jobs: Jobs, event: AnnotationEvent) -> list[
 @router.get("/versions", response_model=VersionsResponse, dependencies=[BasicAuth])
 def versions(store: StoreDep) -> VersionsResponse:
     """Current model version of every known project (LS sends no project with this GET)."""
-    return VersionsResponse(versions=[store.current_version(p) for p in store.projects()])
+    return VersionsResponse(versions=[store.data.current_version(p) for p in store.data.projects()])
 
 
 @router.get("/projects/{project}", response_model=ProjectStatus, dependencies=[BasicAuth])
 def project_status(project: int, store: StoreDep) -> ProjectStatus:
     """Version, shots per label, job counts, acceptance IoU and failures of one project."""
-    if store.config(project) is None:
+    if store.data.config(project) is None:
         raise HTTPException(404, f"project {project} is unknown (no /setup or event seen)")
-    refs, hist = store.reference_set(project), store.acceptance_histogram(project)
+    refs, hist = store.data.reference_set(project), store.progress.acceptance_histogram(project)
     count = hist.get("count", 0.0)
     return ProjectStatus(
         project=project,
         model_version=refs.version,
         ready=refs.ready,
-        config=store.config(project),
+        config=store.data.config(project),
         shots=refs.shot_ids(),
-        counts=store.counts(project),
+        counts=store.progress.counts(project),
         acceptance_mean_iou=hist["sum"] / count if count else None,
-        acceptance=store.acceptance_samples(project),
-        failures=store.failures(project),
+        acceptance=store.progress.acceptance_samples(project),
+        failures=store.progress.failures(project),
     )
 
 

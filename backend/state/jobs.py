@@ -1,16 +1,8 @@
-"""RQ side of the service: connect, enqueue by dotted path with deterministic ids, job status.
+"""The enqueue API: RQ queues, jobs by dotted path with deterministic ids (architecture §3).
 
-With `backend/store.py` this is the only service-side module that imports `rq` or `redis`. The
-workers use it too, to queue follow-up work (re-predictions after a re-fit, deliveries).
-
-Job ids (RQ allows ``[A-Za-z0-9_-]``) make duplicate events collapse (`unique=True`):
-
-- ``predict-{p}-{t}-{n}``: one task at model version n (the version is part of the id, so a
-  re-fit yields new ids and a repeated /predict or pre-annotation pass yields none);
-- ``ann-{p}-{a}-{h}``: annotation a at fingerprint h (a hash of its `updated_at`);
-- ``del-{p}-{h}``: one ANNOTATIONS_DELETED event (h hashes the sorted ids);
-- ``sync-{p}``: reconcile with LS (result_ttl 0, so only a queued/running sync collapses);
-- ``deliver-{p}-{t}-{n}`` / ``verify-{p}-{t}-{n}``: post a computed prediction through the API.
+With `backend/state/store.py` (and its parts) this is the only module of ours that talks to
+Redis; workers use it too, to queue follow-up work. Jobs are enqueued by dotted path, so the
+HTTP side never imports `worker`.
 """
 
 from __future__ import annotations
@@ -26,29 +18,32 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from backend.schemas import (
-    AnnotationJob,
-    DeleteJob,
-    DeliverJob,
-    PredictJob,
-    SyncJob,
-)
-from backend.settings import Settings
-from backend.store import Store
+from backend.state.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
+from backend.state.settings import Settings
+from backend.state.store import Store
+from backend.state.versions import version_number
 
 logger = logging.getLogger(__name__)
 
 Enqueued = Literal["queued", "requeued", "promoted", "exists"]
 
+# Job id templates (RQ allows [A-Za-z0-9_-]); docs/architecture.md §3 has the same table.
+JOB_IDS: dict[str, str] = {
+    "worker.tasks.predict_task": "predict-{p}-{t}-{n}",
+    "worker.tasks.apply_annotation": "ann-{p}-{a}-{h}",
+    "worker.tasks.delete_annotations": "del-{p}-{h}",
+    "worker.tasks.sync_project": "sync-{p}",
+    "worker.tasks.apply_config_change": "cfg-{p}-{n}-{h}",
+    "worker.tasks.deliver_prediction": "deliver-{p}-{t}-{n} | verify-{p}-{t}-{n}",
+}
+# A delivery is one LS check and one POST: two LS timeouts with room to spare.
+DELIVER_JOB_TIMEOUT_S = 120
+KEEP_NO_RESULT = 0  # result_ttl of jobs that must not collapse with a finished run
+
 
 def connect(url: str) -> Redis:
     """A Redis client for RQ and the store (binary replies, as RQ requires)."""
     return Redis.from_url(url, health_check_interval=30, socket_keepalive=True)
-
-
-def version_number(version: str) -> int:
-    """`gfsam-p3-v12` -> 12."""
-    return int(version.rsplit("-v", 1)[1])
 
 
 def predict_job_id(p: int, t: int, version: str) -> str:
@@ -60,12 +55,18 @@ def _digest(text: str) -> str:
 
 
 class Jobs:
-    """The two queues (high: a task being opened; batch: pre-annotation and re-fits)."""
+    """The two queues (high: a task being opened; batch: pre-annotation and re-fits).
 
-    def __init__(self, conn: Redis, settings: Settings) -> None:
+    Args:
+        conn: the Redis connection (shared with `store`).
+        settings: timeouts, TTLs, retries, queue names.
+        store: progress bookkeeping of queued predict jobs.
+    """
+
+    def __init__(self, conn: Redis, settings: Settings, store: Store) -> None:
         self.conn = conn
         self.settings = settings
-        self.store = Store(conn, settings)
+        self.store = store
         self.high = Queue(settings.queue_high, connection=conn, serializer=JSONSerializer)
         self.batch = Queue(settings.queue_batch, connection=conn, serializer=JSONSerializer)
 
@@ -79,12 +80,13 @@ class Jobs:
 
     def _enqueue(
         self,
+        *,
         queue: Queue,
         func: str,
         payload: dict[str, Any],
         job_id: str,
-        timeout: int,
-        result_ttl: int | None = None,
+        timeout_s: int,
+        result_ttl_s: int | None = None,
     ) -> bool:
         """Enqueue unless a job with this id exists. Returns True when a job was created."""
         try:
@@ -93,8 +95,8 @@ class Jobs:
                 payload,
                 job_id=job_id,
                 unique=True,
-                job_timeout=timeout,
-                result_ttl=self.settings.result_ttl_s if result_ttl is None else result_ttl,
+                job_timeout=timeout_s,
+                result_ttl=self.settings.result_ttl_s if result_ttl_s is None else result_ttl_s,
                 failure_ttl=self.settings.failure_ttl_s,
                 retry=self._retry(),
             )
@@ -103,33 +105,40 @@ class Jobs:
         logger.debug("queued %s on %s", job_id, queue.name)
         return True
 
+    def _replace_failed(self, job_id: str, **enqueue: Any) -> bool:
+        """Enqueue; when a failed job holds the id (e.g. LS was down for long), replace it."""
+        if self._enqueue(job_id=job_id, **enqueue):
+            return True
+        if self.job_status(job_id) == JobStatus.FAILED.value:
+            self._delete(job_id)
+            return self._enqueue(job_id=job_id, **enqueue)
+        return False
+
     # --- predictions ----------------------------------------------------------------------------
 
     def enqueue_predict(self, payload: PredictJob, *, high: bool) -> Enqueued:
         """Queue one task's prediction. A job that failed, or that finished without storing a
         prediction (e.g. skipped because the task was labeled then), is queued again; from
         /predict (`high`) a job still waiting in the batch queue is moved to the high queue."""
-        job_id = predict_job_id(payload.project, payload.task, payload.version)
-        queue = self.high if high else self.batch
-        args = (
-            queue,
-            "worker.tasks.predict_task",
-            payload.model_dump(mode="json"),
-            job_id,
-            self.settings.predict_job_timeout_s,
-        )
-        if self._enqueue(*args):
-            self.store.job_queued(payload.project, job_id)
+        p, t, v = payload.project, payload.task, payload.version
+        job_id = predict_job_id(p, t, v)
+        enqueue: dict[str, Any] = {
+            "queue": self.high if high else self.batch,
+            "func": "worker.tasks.predict_task",
+            "payload": payload.model_dump(mode="json"),
+            "timeout_s": self.settings.predict_job_timeout_s,
+        }
+        if self._enqueue(job_id=job_id, **enqueue):
+            self.store.progress.job_queued(p, job_id)
             return "queued"
         status = self.job_status(job_id)
-        p, t, v = payload.project, payload.task, payload.version
         dead = status == JobStatus.FAILED.value or (
-            status == JobStatus.FINISHED.value and self.store.get_prediction(p, t, v) is None
+            status == JobStatus.FINISHED.value and self.store.data.get_prediction(p, t, v) is None
         )
         if dead:
             self._delete(job_id)
-            if self._enqueue(*args):
-                self.store.job_queued(payload.project, job_id)
+            if self._enqueue(job_id=job_id, **enqueue):
+                self.store.progress.job_queued(p, job_id)
                 return "requeued"
         elif high and status == JobStatus.QUEUED.value and self.batch.remove(job_id):
             job = Job.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
@@ -165,11 +174,11 @@ class Jobs:
         """Queue the re-fit for one annotation state (created/updated); None if a duplicate."""
         job_id = f"ann-{payload.project}-{payload.annotation}-{_digest(payload.fingerprint)}"
         ok = self._enqueue(
-            self.batch,
-            "worker.tasks.apply_annotation",
-            payload.model_dump(mode="json"),
-            job_id,
-            self.settings.refit_job_timeout_s,
+            queue=self.batch,
+            func="worker.tasks.apply_annotation",
+            payload=payload.model_dump(mode="json"),
+            job_id=job_id,
+            timeout_s=self.settings.refit_job_timeout_s,
         )
         return job_id if ok else None
 
@@ -177,11 +186,11 @@ class Jobs:
         ids = ",".join(str(a) for a in sorted(set(payload.annotations)))
         job_id = f"del-{payload.project}-{_digest(ids)}"
         ok = self._enqueue(
-            self.batch,
-            "worker.tasks.delete_annotations",
-            payload.model_dump(mode="json"),
-            job_id,
-            self.settings.refit_job_timeout_s,
+            queue=self.batch,
+            func="worker.tasks.delete_annotations",
+            payload=payload.model_dump(mode="json"),
+            job_id=job_id,
+            timeout_s=self.settings.refit_job_timeout_s,
         )
         return job_id if ok else None
 
@@ -189,31 +198,26 @@ class Jobs:
         """Reconcile with LS; collapses with a sync that is still queued, scheduled or running
         (a finished one leaves no job behind; a failed one is replaced)."""
         job_id = f"sync-{project}"
-        args = (
-            self.batch,
-            "worker.tasks.sync_project",
-            SyncJob(project=project).model_dump(mode="json"),
+        ok = self._replace_failed(
             job_id,
-            self.settings.sync_job_timeout_s,
-            0,
+            queue=self.batch,
+            func="worker.tasks.sync_project",
+            payload=SyncJob(project=project).model_dump(mode="json"),
+            timeout_s=self.settings.sync_job_timeout_s,
+            result_ttl_s=KEEP_NO_RESULT,
         )
-        if self._enqueue(*args):
-            return job_id
-        if self.job_status(job_id) == JobStatus.FAILED.value:
-            self._delete(job_id)
-            return job_id if self._enqueue(*args) else None
-        return None
+        return job_id if ok else None
 
     def enqueue_config_change(self, project: int, digest: str, n: int) -> str | None:
         """Bump version `n` after a label-config change (once per config and version, so that
         going back to an earlier config bumps again)."""
         job_id = f"cfg-{project}-{n}-{_digest(digest)}"
         ok = self._enqueue(
-            self.batch,
-            "worker.tasks.apply_config_change",
-            SyncJob(project=project).model_dump(mode="json"),
-            job_id,
-            self.settings.sync_job_timeout_s,
+            queue=self.batch,
+            func="worker.tasks.apply_config_change",
+            payload=SyncJob(project=project).model_dump(mode="json"),
+            job_id=job_id,
+            timeout_s=self.settings.sync_job_timeout_s,
         )
         return job_id if ok else None
 
@@ -225,26 +229,21 @@ class Jobs:
         n = version_number(payload.version)
         job_id = f"{kind}-{payload.project}-{payload.task}-{n}"
         if not delay_s:
-            args = (
-                self.high,
-                "worker.tasks.deliver_prediction",
-                payload.model_dump(mode="json"),
+            ok = self._replace_failed(
                 job_id,
-                120,
-                0,
+                queue=self.high,
+                func="worker.tasks.deliver_prediction",
+                payload=payload.model_dump(mode="json"),
+                timeout_s=DELIVER_JOB_TIMEOUT_S,
+                result_ttl_s=KEEP_NO_RESULT,
             )
-            if self._enqueue(*args):
-                return job_id
-            if self.job_status(job_id) == JobStatus.FAILED.value:  # e.g. LS was down for long
-                self._delete(job_id)
-                return job_id if self._enqueue(*args) else None
-            return None
+            return job_id if ok else None
         job = self.batch.create_job(
             "worker.tasks.deliver_prediction",
             args=(payload.model_dump(mode="json"),),
             job_id=job_id,
-            timeout=120,
-            result_ttl=0,
+            timeout=DELIVER_JOB_TIMEOUT_S,
+            result_ttl=KEEP_NO_RESULT,
             failure_ttl=self.settings.failure_ttl_s,
             retry=self._retry(),
         )

@@ -1,7 +1,8 @@
-"""Pydantic models: Label Studio requests/responses, job payloads and stored state.
+"""Wire models of Label Studio's calls to the backend (/setup, /predict, /webhook) and of our
+HTTP replies (docs/labelstudio-protocol.md §1.3, §1.4, §3).
 
-Label Studio sends many more fields than we read (protocol doc §1.3, §1.4, §3); unknown fields are
-ignored (`extra="ignore"`), never indexed blindly. Job payloads are plain JSON (ids and URLs).
+Label Studio sends many more fields than we read; unknown fields are ignored
+(`extra="ignore"`), never indexed blindly.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+
+from backend.state.schemas import AcceptanceSample, LabelConfigSummary, ProjectCounts
 
 
 class LSModel(BaseModel):
@@ -153,82 +156,6 @@ class WebhookResponse(BaseModel):
     queued: list[str] = []
 
 
-# --- stored state (backend/store.py) -----------------------------------------------------------
-
-
-class LabelConfigSummary(BaseModel):
-    """The BrushLabels/Image pair we predict for, found in a project's label config."""
-
-    from_name: str
-    to_name: str
-    data_key: str  # task.data key of the image (the `$image` of <Image value="$image">)
-    labels: list[str] = Field(min_length=1)
-
-
-class Shot(BaseModel):
-    """One reference of one label: a human brush mask, encoded and stored by content hash."""
-
-    annotation: int
-    task: int
-    label: str
-    ref: str  # sha256 hex of Reference.to_bytes(), key of the blob in the store
-    fingerprint: str  # the annotation's updated_at when it was encoded
-    seq: int  # arrival order within the project
-    mask: str  # digest of the boolean mask (an unchanged brush is not re-encoded)
-
-
-class ReferenceSet(BaseModel):
-    """A project's current references and the model version they define."""
-
-    project: int
-    n: int = 0
-    shots: dict[str, list[Shot]] = {}
-
-    @property
-    def version(self) -> str:
-        return model_version(self.project, self.n)
-
-    @property
-    def ready(self) -> bool:
-        return any(self.shots.values())
-
-    def ready_for(self, labels: list[str]) -> bool:
-        """True when some label of the current config has a shot (removed labels keep theirs,
-        unused, in case they come back)."""
-        return any(self.shots.get(label) for label in labels)
-
-    def shot_ids(self) -> dict[str, list[int]]:
-        return {label: [s.annotation for s in shots] for label, shots in self.shots.items()}
-
-
-def model_version(project: int, n: int) -> str:
-    return f"gfsam-p{project}-v{n}"
-
-
-class StoredPrediction(BaseModel):
-    """A computed prediction (what /predict returns inline or the worker POSTs)."""
-
-    task: int
-    result: list[dict[str, Any]]
-    score: float
-    model_version: str
-
-
-class AcceptanceSample(BaseModel):
-    annotation: int
-    task: int
-    model_version: str
-    iou: dict[str, float]
-
-
-class ProjectCounts(BaseModel):
-    queued: int = 0
-    running: int = 0
-    done: int = 0
-    failed: int = 0
-    stale: int = 0
-
-
 class ProjectStatus(BaseModel):
     project: int
     model_version: str
@@ -239,37 +166,3 @@ class ProjectStatus(BaseModel):
     acceptance_mean_iou: float | None
     acceptance: list[AcceptanceSample]
     failures: dict[str, str]
-
-
-# --- job payloads (worker/tasks.py) ------------------------------------------------------------
-
-
-class PredictJob(BaseModel):
-    project: int
-    task: int
-    version: str
-    image_url: str
-    interactive: bool = False  # queued by /predict (high queue) rather than by pre-annotation
-
-
-class AnnotationJob(BaseModel):
-    project: int
-    annotation: int
-    task: int
-    image_url: str | None = None
-    fingerprint: str = ""
-
-
-class DeleteJob(BaseModel):
-    project: int
-    annotations: list[int] = Field(min_length=1)
-
-
-class SyncJob(BaseModel):
-    project: int
-
-
-class DeliverJob(BaseModel):
-    project: int
-    task: int
-    version: str

@@ -12,7 +12,7 @@ import logging
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.schemas import LabelConfigSummary
+from backend.state.schemas import LabelConfigSummary
 
 logger = logging.getLogger(__name__)
 

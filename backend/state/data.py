@@ -1,0 +1,159 @@
+"""Project data in Redis: label configs, references and versions, annotations, predictions."""
+
+from __future__ import annotations
+
+from redis import Redis
+from redis.exceptions import WatchError
+
+from backend.state.keys import key, text
+from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
+from backend.state.settings import Settings
+
+
+class VersionConflict(RuntimeError):
+    """The reference set changed under a re-fit (lock expired?): the re-fit must be redone."""
+
+
+class ProjectData:
+    """What we know of each project. Holds nothing but the connection."""
+
+    def __init__(self, conn: Redis, settings: Settings) -> None:
+        self.r = conn
+        self.settings = settings
+
+    # --- label configs --------------------------------------------------------------------------
+
+    def put_config(self, p: int, summary: LabelConfigSummary, digest: str) -> bool:
+        """Store a project's config summary. Returns True when the project was unknown."""
+        with self.r.pipeline() as pipe:
+            pipe.sadd(key("projects"), p)
+            pipe.set(key("p:{p}:config", p=p), summary.model_dump_json())
+            pipe.set(key("p:{p}:config:digest", p=p), digest)
+            added, *_ = pipe.execute()
+        return bool(added)
+
+    def config(self, p: int) -> LabelConfigSummary | None:
+        raw = self.r.get(key("p:{p}:config", p=p))
+        return LabelConfigSummary.model_validate_json(raw) if raw else None
+
+    def config_digest(self, p: int) -> str | None:
+        return text(self.r.get(key("p:{p}:config:digest", p=p)))
+
+    def mark_synced(self, p: int) -> None:
+        self.r.set(key("p:{p}:synced", p=p), 1)
+
+    def synced(self, p: int) -> bool:
+        return bool(self.r.exists(key("p:{p}:synced", p=p)))
+
+    def projects(self) -> list[int]:
+        return sorted(int(x) for x in self.r.smembers(key("projects")))
+
+    # --- references and versions ----------------------------------------------------------------
+
+    def reference_set(self, p: int) -> ReferenceSet:
+        raw = self.r.get(key("p:{p}:refs", p=p))
+        return ReferenceSet.model_validate_json(raw) if raw else ReferenceSet(project=p)
+
+    def current_version(self, p: int) -> str:
+        return self.reference_set(p).version
+
+    def raise_version_floor(self, p: int, n: int) -> bool:
+        """Make the project's version counter at least `n` (same shots). Used when LS already
+        holds predictions of our versions that this Redis does not know (a wiped or replaced
+        Redis): the next version is then new to LS too. Returns True when it moved."""
+        refs_key = key("p:{p}:refs", p=p)
+        with self.r.pipeline() as pipe:
+            pipe.watch(refs_key)
+            refs = self.reference_set(p)
+            if refs.n >= n:
+                pipe.unwatch()
+                return False
+            pipe.multi()
+            pipe.set(refs_key, refs.model_copy(update={"n": n}).model_dump_json())
+            try:
+                pipe.execute()
+            except WatchError:
+                return False
+        return True
+
+    def swap_reference_set(self, new: ReferenceSet, expected_n: int) -> None:
+        """Atomically replace a project's reference set if its version is still `expected_n`.
+
+        Every blob named by `new` must already be stored: the version becomes visible to /setup
+        only with references that workers can load.
+
+        Raises:
+            VersionConflict: the counter is no longer `expected_n`.
+        """
+        refs_key = key("p:{p}:refs", p=new.project)
+        missing = [s.ref for shots in new.shots.values() for s in shots if not self.has_blob(s.ref)]
+        if missing:
+            raise RuntimeError(f"reference blobs missing before swap: {missing[:3]}")
+        with self.r.pipeline() as pipe:
+            try:
+                pipe.watch(refs_key)
+                raw = pipe.get(refs_key)
+                n = ReferenceSet.model_validate_json(raw).n if raw else 0
+                if n != expected_n:
+                    raise VersionConflict(f"project {new.project}: v{n}, expected v{expected_n}")
+                pipe.multi()
+                pipe.set(refs_key, new.model_dump_json())
+                pipe.execute()
+            except WatchError:
+                raise VersionConflict(f"project {new.project}: concurrent swap") from None
+
+    def put_blob(self, sha: str, blob: bytes) -> None:
+        self.r.set(key("ref:{sha}", sha=sha), blob)
+
+    def get_blob(self, sha: str) -> bytes | None:
+        blob = self.r.get(key("ref:{sha}", sha=sha))
+        return blob if isinstance(blob, bytes) or blob is None else blob.encode()
+
+    def has_blob(self, sha: str) -> bool:
+        return bool(self.r.exists(key("ref:{sha}", sha=sha)))
+
+    def expire_blobs(self, dropped: set[str], keep: set[str], seconds: int = 3600) -> None:
+        """Let blobs no reference set names expire (an hour: a job of the old version may still
+        be loading one); blobs of the current set never expire, even if dropped before."""
+        with self.r.pipeline() as pipe:
+            for sha in dropped:
+                pipe.expire(key("ref:{sha}", sha=sha), seconds)
+            for sha in keep:
+                pipe.persist(key("ref:{sha}", sha=sha))
+            pipe.execute()
+
+    # --- annotations ----------------------------------------------------------------------------
+
+    def annotation_fingerprint(self, p: int, annotation: int) -> str | None:
+        return text(self.r.hget(key("p:{p}:ann", p=p), str(annotation)))
+
+    def set_annotation_fingerprint(self, p: int, annotation: int, fingerprint: str) -> None:
+        self.r.hset(key("p:{p}:ann", p=p), str(annotation), fingerprint)
+
+    def mark_labeled(self, p: int, task: int) -> None:
+        self.r.sadd(key("p:{p}:labeled", p=p), task)
+
+    def mark_unlabeled(self, p: int, task: int) -> None:
+        self.r.srem(key("p:{p}:labeled", p=p), task)
+
+    def is_labeled(self, p: int, task: int) -> bool:
+        return bool(self.r.sismember(key("p:{p}:labeled", p=p), str(task)))
+
+    # --- predictions ----------------------------------------------------------------------------
+
+    def put_prediction(self, p: int, pred: StoredPrediction) -> None:
+        name = key("pred:{p}:{t}:{v}", p=p, t=pred.task, v=pred.model_version)
+        self.r.set(name, pred.model_dump_json(), ex=self.settings.prediction_ttl_s)
+
+    def get_prediction(self, p: int, t: int, v: str) -> StoredPrediction | None:
+        raw = self.r.get(key("pred:{p}:{t}:{v}", p=p, t=t, v=v))
+        return StoredPrediction.model_validate_json(raw) if raw else None
+
+    def get_predictions(self, p: int, tasks: list[int], v: str) -> list[StoredPrediction | None]:
+        names = [key("pred:{p}:{t}:{v}", p=p, t=t, v=v) for t in tasks]
+        raws = self.r.mget(names) if tasks else []
+        return [StoredPrediction.model_validate_json(r) if r else None for r in raws]
+
+    def last_delivered_version(self, p: int, t: int) -> str | None:
+        """Version of the last prediction delivered for a task (set by a delivery claim)."""
+        return text(self.r.get(key("p:{p}:last:{t}", p=p, t=t)))

@@ -1,0 +1,56 @@
+"""Every Redis key we use, as a template, in one table (docs/architecture.md §2 lists the same).
+
+All keys start with `gfsam:`. Placeholders: `p` project id, `t` task id, `v` model version
+string, `sha` a sha256 hex, `name` a worker name. The RQ keys (`rq:*`) are RQ's own.
+`tests/test_architecture.py` checks this table against the documentation, both ways.
+"""
+
+from __future__ import annotations
+
+PREFIX = "gfsam:"
+
+KEYS: dict[str, str] = {
+    # project data (backend/state/data.py)
+    "projects": "set of known project ids",
+    "p:{p}:config": "label-config summary (BrushLabels/Image pair, labels)",
+    "p:{p}:config:digest": "hash of the last label config seen",
+    "p:{p}:synced": "set once a sync with Label Studio has completed",
+    "p:{p}:refs": "the reference set: version counter n + shots per label",
+    "ref:{sha}": "a reference encoding blob, content-addressed",
+    "p:{p}:ann": "annotation id -> fingerprint it was last applied at",
+    "p:{p}:labeled": "tasks with a human annotation",
+    "pred:{p}:{t}:{v}": "a computed prediction",
+    "p:{p}:last:{t}": "version of the last prediction delivered for a task",
+    # coordination (backend/state/coordination.py)
+    "lock:refit:{p}": "serialises re-fits of a project",
+    "lock:deliver:{p}:{t}:{v}": "serialises 'check Label Studio, then POST'",
+    "worker:{name}": "a worker's lease",
+    "waiters:{p}:{t}:{v}": "/predict calls waiting for a prediction",
+    "delivered:{p}:{t}:{v}": "the delivery claim: inline or api",
+    "posted:{p}:{t}:{v}": "Label Studio holds the prediction",
+    # progress (backend/state/progress.py)
+    "p:{p}:jobs:queued": "predict job ids queued",
+    "p:{p}:jobs:running": "predict job ids running",
+    "p:{p}:counts": "done / failed / stale counters",
+    "p:{p}:failures": "what -> reason of the last permanent failure",
+    "p:{p}:acc:seen": "(annotation, version) pairs already measured",
+    "p:{p}:acc:hist": "acceptance IoU: cumulative buckets, sum, count",
+    "p:{p}:acc:samples": "the last acceptance samples",
+    "stats": "counters of all workers",
+}
+
+
+def key(template: str, **parts: object) -> str:
+    """The full key for one of `KEYS`' templates: `key("p:{p}:refs", p=3)` -> "gfsam:p:3:refs".
+
+    Raises:
+        KeyError: `template` is not in `KEYS` (every key we use is declared there).
+    """
+    if template not in KEYS:
+        raise KeyError(f"undeclared Redis key template {template!r}")
+    return PREFIX + template.format(**parts)
+
+
+def text(value: bytes | str | None) -> str | None:
+    """A Redis reply as text (the client returns bytes, as RQ requires)."""
+    return value.decode() if isinstance(value, bytes) else value

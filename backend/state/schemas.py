@@ -1,0 +1,116 @@
+"""Data models shared by the service and the workers: stored state and job payloads.
+
+Job payloads are plain JSON (ids and URLs, never pixels); stored models are what
+`backend.state.store` keeps in Redis (docs/architecture.md §2, §3).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from backend.state.versions import model_version
+
+
+class LabelConfigSummary(BaseModel):
+    """The BrushLabels/Image pair we predict for, found in a project's label config."""
+
+    from_name: str
+    to_name: str
+    data_key: str  # task.data key of the image (the `$image` of <Image value="$image">)
+    labels: list[str] = Field(min_length=1)
+
+
+class Shot(BaseModel):
+    """One reference of one label: a human brush mask, encoded and stored by content hash."""
+
+    annotation: int
+    task: int
+    label: str
+    ref: str  # sha256 hex of Reference.to_bytes(), key of the blob in the store
+    fingerprint: str  # the annotation's updated_at when it was encoded
+    seq: int  # arrival order within the project
+    mask: str  # digest of the boolean mask (an unchanged brush is not re-encoded)
+
+
+class ReferenceSet(BaseModel):
+    """A project's current references and the model version they define."""
+
+    project: int
+    n: int = 0
+    shots: dict[str, list[Shot]] = {}
+
+    @property
+    def version(self) -> str:
+        return model_version(self.project, self.n)
+
+    @property
+    def ready(self) -> bool:
+        return any(self.shots.values())
+
+    def ready_for(self, labels: list[str]) -> bool:
+        """True when some label of the current config has a shot (removed labels keep theirs,
+        unused, in case they come back)."""
+        return any(self.shots.get(label) for label in labels)
+
+    def shot_ids(self) -> dict[str, list[int]]:
+        return {label: [s.annotation for s in shots] for label, shots in self.shots.items()}
+
+
+class StoredPrediction(BaseModel):
+    """A computed prediction (what /predict returns inline or the worker POSTs)."""
+
+    task: int
+    result: list[dict[str, Any]]
+    score: float
+    model_version: str
+
+
+class AcceptanceSample(BaseModel):
+    annotation: int
+    task: int
+    model_version: str
+    iou: dict[str, float]
+
+
+class ProjectCounts(BaseModel):
+    queued: int = 0
+    running: int = 0
+    done: int = 0
+    failed: int = 0
+    stale: int = 0
+
+
+# --- job payloads (worker/tasks.py) ------------------------------------------------------------
+
+
+class PredictJob(BaseModel):
+    project: int
+    task: int
+    version: str
+    image_url: str
+    interactive: bool = False  # queued by /predict (high queue) rather than by pre-annotation
+
+
+class AnnotationJob(BaseModel):
+    project: int
+    annotation: int
+    task: int
+    image_url: str | None = None
+    fingerprint: str = ""
+
+
+class DeleteJob(BaseModel):
+    project: int
+    annotations: list[int] = Field(min_length=1)
+
+
+class SyncJob(BaseModel):
+    project: int
+
+
+class DeliverJob(BaseModel):
+    project: int
+    task: int
+    version: str

@@ -1,0 +1,44 @@
+"""Pre-annotation: queue a prediction at the current version for every unlabeled task."""
+
+from __future__ import annotations
+
+import logging
+
+from backend.state.jobs import Jobs
+from backend.state.schemas import DeliverJob, PredictJob
+from backend.state.store import Store
+from worker.lsmodels import LSTask
+from worker.models import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def preannotate(
+    rt: Runtime, store: Store, jobs: Jobs, p: int, version: str, tasks: list[LSTask] | None = None
+) -> int:
+    """Queue (batch) a prediction at `version` for every task without a human annotation; a
+    prediction claimed for the API but never posted is delivered again. Returns jobs queued."""
+    cfg = store.data.config(p)
+    if cfg is None or not store.data.reference_set(p).ready_for(cfg.labels):
+        return 0  # no label of the current config has a reference: nothing to predict
+    tasks = rt.ls.list_tasks(p) if tasks is None else tasks
+    ids = [task.id for task in tasks]
+    claims = store.coord.delivery_claims(p, ids, version)
+    posted = store.coord.posted(p, ids, version)
+    queued = 0
+    for task, claim, done in zip(tasks, claims, posted, strict=True):
+        t = task.id
+        if task.annotated:
+            store.data.mark_labeled(p, t)
+            continue
+        store.data.mark_unlabeled(p, t)  # e.g. its only annotation was deleted
+        if claim == "api" and not done and store.data.get_prediction(p, t, version) is not None:
+            jobs.enqueue_deliver(DeliverJob(project=p, task=t, version=version))  # POST failed
+            continue
+        url = task.image_url(cfg.data_key)
+        if claim is not None or url is None:
+            continue
+        job = PredictJob(project=p, task=t, version=version, image_url=url)
+        queued += jobs.enqueue_predict(job, high=False) in ("queued", "requeued")
+    logger.info("project %s: queued %d pre-annotations at %s", p, queued, version)
+    return queued
