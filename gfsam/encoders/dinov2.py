@@ -24,6 +24,7 @@ from gfsam.encoders.weights import (
     load_strict,
     read_checkpoint,
 )
+from gfsam.precision import autocast
 from gfsam.types import FRAME
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -122,22 +123,24 @@ class Dinov2Encoder(nn.Module):
         x = TF.resize(frames, size, interpolation=InterpolationMode.BILINEAR, antialias=False)
         return TF.normalize(x, list(self.spec.mean), list(self.spec.std))
 
-    def tokens(self, frames: Tensor) -> Tensor:
+    def tokens(self, frames: Tensor, *, precision: str = "fp32") -> Tensor:
         """Patch tokens of the last block before the final norm (``x_prenorm[:, 1:]``).
 
         Args:
             frames: [B, 3, S, S] float32 in [0, 1].
+            precision: ``"fp32"`` (parity) or ``"bf16"`` (autocast around the ViT only).
 
         Returns:
             [B, T, C] float32, T = 1369 row-major (token = y * 37 + x), CLS dropped.
         """
         x = self.preprocess(frames.to(self.device, torch.float32))  # (B, 3, 518, 518)
-        (last,) = cast(
-            list[Tensor],  # intermediates_only=True: one [B, T, C] tensor per requested block
-            self.vit.forward_intermediates(
-                x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
-            ),
-        )
+        with autocast(precision, self.device):
+            (last,) = cast(
+                list[Tensor],  # intermediates_only=True: one [B, T, C] tensor per requested block
+                self.vit.forward_intermediates(
+                    x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
+                ),
+            )
         return last.float()  # (B, T, C)
 
     def forward(self, frames: Tensor) -> Tensor:

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from gfsam.encoders.weights import EncoderSpec, load_strict, read_checkpoint
+from gfsam.precision import autocast
 from gfsam.types import FRAME
 
 SAM_MEAN = (123.675, 116.28, 103.53)
@@ -28,6 +29,10 @@ SAM_PATCH = 16
 EMBED_CHANNELS = 256
 EMBED_SIDE = FRAME // SAM_PATCH  # 64
 _URL = "https://dl.fbaipublicfiles.com/segment_anything/{}"
+# A decoder call with fewer prompts is padded up to this many (copies of its last prompt): on a
+# CPU, calls of 1-3 prompts take other GEMM paths and flip a few threshold pixels, so a mask
+# decoded alone (a cache miss) would differ from the same prompt decoded in a full batch.
+MIN_DECODE_BATCH = 8
 
 # (embed_dim, depth, heads, global attention blocks): segment_anything.build_sam builders.
 _ARCH = {
@@ -137,26 +142,39 @@ class SamEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.sam.device
 
-    def embed(self, image: Tensor | np.ndarray) -> Tensor:
-        """Image embedding as `SamPredictor.set_image` computes it for a 1024x1024 image.
+    def embed(self, image: Tensor | np.ndarray, *, precision: str = "fp32") -> Tensor:
+        """Image embeddings as `SamPredictor.set_image` computes them for 1024x1024 images.
 
         Args:
-            image: uint8 [S, S, 3] RGB (HWC, S = 1024). The official pipeline derives it from
-                the float frame by truncation: ``(frame * 255).to(torch.uint8)``.
+            image: uint8 [S, S, 3] RGB (HWC, S = 1024), or a batch [B, S, S, 3]. The official
+                pipeline derives it from the float frame by truncation:
+                ``(frame * 255).to(torch.uint8)``.
+            precision: ``"fp32"`` (parity) or ``"bf16"`` (autocast around the ViT only).
 
         Returns:
-            [1, E, 64, 64] float32 on the model's device (E = spec.out_channels: 256, toy 32).
+            [B, E, 64, 64] float32 on the model's device (B = 1 for one image; E =
+            spec.out_channels: 256, toy 32).
         """
         x = torch.as_tensor(image)
-        if x.dtype != torch.uint8 or tuple(x.shape) != (FRAME, FRAME, 3):
+        x = x[None] if x.ndim == 3 else x
+        if x.dtype != torch.uint8 or x.ndim != 4 or tuple(x.shape[1:]) != (FRAME, FRAME, 3):
             raise ValueError(
-                f"image must be uint8 [{FRAME}, {FRAME}, 3], got {x.dtype} {tuple(x.shape)}"
+                f"image must be uint8 [{FRAME}, {FRAME}, 3] or [B, {FRAME}, {FRAME}, 3], "
+                f"got {x.dtype} {tuple(x.shape)}"
             )
-        x = x.to(self.device).permute(2, 0, 1).contiguous()[None]  # (1, 3, S, S)
-        return self.sam.image_encoder(self.sam.preprocess(x.float()))  # (1, 256, 64, 64)
+        x = x.to(self.device).permute(0, 3, 1, 2).contiguous()  # (B, 3, S, S)
+        pixels = self.sam.preprocess(x.float())  # (B, 3, S, S)
+        with autocast(precision, self.device):
+            out = self.sam.image_encoder(pixels)  # (B, 256, 64, 64)
+        return out.float()
 
     def decode_points(
-        self, embedding: Tensor, prompt_xy: np.ndarray | Tensor, batch_size: int = 64
+        self,
+        embedding: Tensor,
+        prompt_xy: np.ndarray | Tensor,
+        batch_size: int = 64,
+        *,
+        precision: str = "fp32",
     ) -> Tensor:
         """One mask per single positive point, as `SamPredictor.predict_torch` with
         ``multimask_output=False`` (mask token 0, IoU ignored), upsampled and thresholded > 0.
@@ -164,7 +182,9 @@ class SamEncoder(nn.Module):
         Args:
             embedding: [1, 256, 64, 64] (or [256, 64, 64]) image embedding.
             prompt_xy: int [P, 2] prompt pixels (x, y) in the 1024 frame.
-            batch_size: prompts per decoder call (official 64); a memory knob only.
+            batch_size: prompts per decoder call (official 64); a memory knob. A call with
+                fewer than `MIN_DECODE_BATCH` prompts is padded up to it when batch_size allows.
+            precision: ``"fp32"`` (parity) or ``"bf16"`` (autocast around the decoder only).
 
         Returns:
             bool [P, S, S] on the model's device.
@@ -175,10 +195,15 @@ class SamEncoder(nn.Module):
         xy = xy.to(self.device).reshape(-1, 2)  # (P, 2)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        chunks = [
-            self._decode_batch(emb, xy[i : i + batch_size])
-            for i in range(0, xy.shape[0], batch_size)
-        ]
+        chunks = []
+        for i in range(0, xy.shape[0], batch_size):
+            chunk = xy[i : i + batch_size]  # (B, 2)
+            n = chunk.shape[0]
+            if n < MIN_DECODE_BATCH <= batch_size:
+                chunk = torch.cat([chunk, chunk[-1:].expand(MIN_DECODE_BATCH - n, 2)])
+            with autocast(precision, self.device):
+                low_res = self._decode_batch(emb, chunk)  # (B, 1, 256, 256)
+            chunks.append(self._upsample(low_res[:n]))
         if not chunks:
             return torch.zeros((0, FRAME, FRAME), dtype=torch.bool, device=self.device)
         return torch.cat(chunks)  # (P, S, S)
@@ -194,11 +219,90 @@ class SamEncoder(nn.Module):
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=False,
-        )  # (B, 1, 256, 256)
+        )
+        return low_res  # (B, 1, 256, 256)
+
+    def _upsample(self, low_res: Tensor) -> Tensor:
         # = sam.postprocess_masks(low_res, (S, S), (S, S)): its crop and its second resize
-        # (S -> S, bilinear, align_corners=False) are exact identities, so upsample once.
-        logits = F.interpolate(low_res, (FRAME, FRAME), mode="bilinear", align_corners=False)
+        # (S -> S, bilinear, align_corners=False) are exact identities, so upsample once, in
+        # float32 also under bf16 (the threshold sees float32 logits).
+        logits = F.interpolate(
+            low_res.float(), (FRAME, FRAME), mode="bilinear", align_corners=False
+        )  # (B, 1, S, S)
         return logits[:, 0] > self.sam.mask_threshold  # (B, S, S)
+
+    @torch.inference_mode()
+    def decode_prompts(
+        self,
+        embedding: Tensor | np.ndarray,
+        points_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box_xyxy: np.ndarray | None = None,
+        mask_logits: np.ndarray | None = None,
+        *,
+        multimask: bool = False,
+        precision: str = "fp32",
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """One mask from interactive prompts in one decoder call, as `SamPredictor.predict`
+        (all points, at most one box and an optional low-res mask prompt together).
+
+        Args:
+            embedding: [1, 256, 64, 64] or [256, 64, 64] image embedding (numpy or torch).
+            points_xy: float [N, 2] (x, y) in pixels of the 1024 frame, or None.
+            point_labels: int [N], 1 = positive, 0 = negative (None: all positive).
+            box_xyxy: float [4] (x0, y0, x1, y1) in frame pixels, or None.
+            mask_logits: float32 [256, 256] low-res logits of an earlier mask (SAM's mask
+                prompt), or None.
+            multimask: SAM's three-mask output, best by predicted IoU (ambiguous single
+                clicks); False: the single-mask output (token 0).
+            precision: ``"fp32"`` or ``"bf16"`` (autocast around the decoder only).
+
+        Returns:
+            (mask bool [S, S], predicted IoU float, low-res logits float32 [256, 256]).
+
+        Raises:
+            ValueError: no point and no box, or shapes that do not match.
+        """
+        n = 0 if points_xy is None else len(points_xy)
+        if n == 0 and box_xyxy is None:
+            raise ValueError("decode_prompts needs at least one point or a box")
+        dev = self.device
+        emb = torch.as_tensor(embedding).to(dev, torch.float32)
+        emb = emb[None] if emb.ndim == 3 else emb  # (1, 256, 64, 64)
+        points = None
+        if n:
+            xy = torch.as_tensor(np.asarray(points_xy, np.float32)).reshape(1, n, 2).to(dev)
+            lab = np.ones(n) if point_labels is None else np.asarray(point_labels)
+            if lab.shape != (n,):
+                raise ValueError(f"point_labels must be [{n}], got {lab.shape}")
+            points = (xy, torch.as_tensor(lab, dtype=torch.int).reshape(1, n).to(dev))
+        box = None
+        if box_xyxy is not None:
+            box = torch.as_tensor(np.asarray(box_xyxy, np.float32)).reshape(1, 4).to(dev)
+        mask = None
+        if mask_logits is not None:
+            side = 4 * EMBED_SIDE  # 256
+            m = np.asarray(mask_logits, np.float32)
+            if m.shape != (side, side):
+                raise ValueError(f"mask_logits must be [{side}, {side}], got {m.shape}")
+            mask = torch.as_tensor(m).reshape(1, 1, side, side).to(dev)
+        with autocast(precision, dev):
+            sparse, dense = self.sam.prompt_encoder(points=points, boxes=box, masks=mask)
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=emb,
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask,
+            )  # (1, M, 256, 256), (1, M)
+        best = int(iou[0].float().argmax())
+        chosen = low_res[:, best : best + 1].float()  # (1, 1, 256, 256)
+        frame_mask = self._upsample(chosen)[0]  # (S, S)
+        return (
+            frame_mask.cpu().numpy(),
+            float(iou[0, best]),
+            chosen[0, 0].cpu().numpy(),
+        )
 
     def forward(self, image: Tensor) -> Tensor:
         return self.embed(image)
