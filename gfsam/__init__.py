@@ -5,6 +5,7 @@ Token level: `segment_tokens` / `segment_weighted` (the parity contract). Image 
 """
 
 from gfsam.core import segment_tokens, segment_weighted
+from gfsam.decoded import DecodedMasks
 from gfsam.encoders import ENCODERS, build_encoder
 from gfsam.image import load_image, load_mask
 from gfsam.pipeline import GFSAM, Prediction, Reference, TargetEncoding, build_pipeline
@@ -13,6 +14,7 @@ from gfsam.types import FRAME, GRID, TOKENS, GFSAMConfig, Segmentation
 
 __all__ = [
     "ENCODERS",
+    "DecodedMasks",
     "FRAME",
     "GFSAM",
     "GRID",

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from gfsam.core import Timings, segment_weighted, timed_stage
+from gfsam.decoded import DecodedMasks, decoder_key
 from gfsam.encoders import DEFAULT_DINO, DEFAULT_SAM, SPECS, build_encoder
 from gfsam.encoders.dinov2 import Dinov2Encoder
 from gfsam.encoders.sam import SamEncoder
@@ -29,10 +30,13 @@ from gfsam.image import (
     to_frame,
 )
 from gfsam.points import reference_weights
+from gfsam.precision import check_precision
 from gfsam.types import GFSAMConfig
 
 logger = logging.getLogger(__name__)
 PRESETS = {"tiny": ("sam_tiny", "dinov2_tiny")}
+# Images per encoder call in `encode_targets` (activation memory grows with it).
+ENCODE_BATCH = 8
 
 
 class GFSAM:
@@ -44,6 +48,8 @@ class GFSAM:
         config: algorithm switches (`GFSAMConfig`); default abstains instead of the fallback.
         device: compute device, always explicit; the encoders are moved there.
         token_dtype: storage dtype of cached tokens (``np.float16`` halves cache size, ≈).
+        precision: ``"fp32"`` (default, the parity mode) or ``"bf16"`` (autocast inside the
+            encoders and the decoder; CUDA with bf16 support, or CPU).
     """
 
     def __init__(
@@ -54,8 +60,11 @@ class GFSAM:
         *,
         device: torch.device | str,
         token_dtype: type = np.float32,
+        precision: str = "fp32",
     ) -> None:
         self.device = torch.device(device)
+        check_precision(precision, self.device)
+        self.precision = precision
         self.sam, self.dino = sam.to(self.device), dino.to(self.device)
         self.config = config or GFSAMConfig()
         self.token_dtype = np.dtype(token_dtype)
@@ -85,7 +94,8 @@ class GFSAM:
         if not framed.any() or framed.all():
             raise ValueError("reference mask is empty or full after resizing to 1024x1024")
         with timed_stage(timings, "dinov2_encoder", self.device):
-            tokens = self.dino.tokens(to_frame(rgb)[None].to(self.device))[0]  # (T, C)
+            frame = to_frame(rgb)[None].to(self.device)  # (1, 3, S, S)
+            tokens = self.dino.tokens(frame, precision=self.precision)[0]  # (T, C)
         fg, bg = reference_weights(framed)  # (T,), (T,)
         if not bool(fg.any()):
             logger.warning("reference mask touches no 37x37 sample point; it adds no foreground")
@@ -106,19 +116,57 @@ class GFSAM:
             image: uint8 [H, W, 3] RGB (see `as_rgb`).
             timings: optional dict receiving ``"sam_encoder"`` and ``"dinov2_encoder"`` seconds.
         """
-        rgb = as_rgb(image)
-        frame = to_frame(rgb).to(self.device)  # (3, S, S) float in [0, 1]
+        return self.encode_targets([image], timings=timings)[0]
+
+    @torch.inference_mode()
+    def encode_targets(
+        self,
+        images: Sequence[np.ndarray],
+        *,
+        batch_size: int = ENCODE_BATCH,
+        timings: Timings | None = None,
+    ) -> list[TargetEncoding]:
+        """Encode several targets, `batch_size` images per encoder call.
+
+        Equal to `encode_target` image by image up to float summation order (batched GEMMs).
+
+        Args:
+            images: uint8 [H, W, 3] RGB images, any sizes.
+            batch_size: images per SAM / DINOv2 call (a memory knob).
+            timings: optional dict receiving ``"sam_encoder"`` and ``"dinov2_encoder"`` seconds.
+
+        Returns:
+            One `TargetEncoding` per image, in order.
+        """
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        rgbs = [as_rgb(image) for image in images]
+        out: list[TargetEncoding] = []
+        for i in range(0, len(rgbs), batch_size):
+            out += self._encode_batch(rgbs[i : i + batch_size], timings)
+        return out
+
+    def _encode_batch(
+        self, rgbs: list[np.ndarray], timings: Timings | None
+    ) -> list[TargetEncoding]:
+        frames = torch.stack([to_frame(rgb) for rgb in rgbs]).to(self.device)  # (B, 3, S, S)
+        pixels = torch.stack([frame_to_sam_uint8(f) for f in frames])  # (B, S, S, 3)
         with timed_stage(timings, "sam_encoder", self.device):
-            embedding = self.sam.embed(frame_to_sam_uint8(frame))[0]  # (256, 64, 64)
+            embeddings = self.sam.embed(pixels, precision=self.precision)  # (B, 256, 64, 64)
         with timed_stage(timings, "dinov2_encoder", self.device):
-            tokens = self.dino.tokens(frame[None])[0]  # (T, C)
-        return TargetEncoding(
-            embedding=embedding.cpu().numpy(),
-            tokens=tokens.cpu().numpy().astype(self.token_dtype),
-            image_size=(rgb.shape[0], rgb.shape[1]),
-            sam_encoder=self.sam.spec.name,
-            dino_encoder=self.dino.spec.name,
-        )
+            tokens = self.dino.tokens(frames, precision=self.precision)  # (B, T, C)
+        embeddings_np = embeddings.cpu().numpy()
+        tokens_np = tokens.cpu().numpy().astype(self.token_dtype)
+        return [
+            TargetEncoding(
+                embedding=embeddings_np[b].copy(),
+                tokens=tokens_np[b].copy(),
+                image_size=(rgb.shape[0], rgb.shape[1]),
+                sam_encoder=self.sam.spec.name,
+                dino_encoder=self.dino.spec.name,
+            )
+            for b, rgb in enumerate(rgbs)
+        ]
 
     @torch.inference_mode()
     def predict(
@@ -126,6 +174,7 @@ class GFSAM:
         target: TargetEncoding | np.ndarray,
         references: Sequence[Reference],
         *,
+        decoded: DecodedMasks | None = None,
         timings: Timings | None = None,
     ) -> Prediction:
         """Segment the target's instances of the object the references show.
@@ -133,6 +182,8 @@ class GFSAM:
         Args:
             target: a `TargetEncoding`, or a uint8 RGB image to encode first.
             references: K >= 1 `Reference` shots of one label, from this DINOv2 encoder.
+            decoded: the target's `DecodedMasks`: prompts already in it are not decoded again,
+                new ones are added (it is emptied first if it belongs to another target).
             timings: optional dict receiving seconds per stage.
 
         Returns:
@@ -152,9 +203,15 @@ class GFSAM:
         tgt = torch.from_numpy(target.tokens).to(dev, torch.float32)  # (T, C)
         emb = torch.from_numpy(target.embedding).to(dev)[None]  # (1, 256, 64, 64)
 
-        def mask_fn(prompt_xy: np.ndarray) -> torch.Tensor:
-            return self.sam.decode_points(emb, prompt_xy, self.config.prompt_batch)
+        def decode(prompt_xy: np.ndarray) -> torch.Tensor:
+            batch = self.config.prompt_batch
+            return self.sam.decode_points(emb, prompt_xy, batch, precision=self.precision)
 
+        def mask_fn(prompt_xy: np.ndarray) -> torch.Tensor:
+            return decode(prompt_xy) if decoded is None else decoded.masks(prompt_xy, decode, dev)
+
+        if decoded is not None:
+            decoded.bind(decoder_key(target, self.precision))
         seg = segment_weighted(ref, fg, bg, tgt, mask_fn, self.config, timings=timings)
         return Prediction(
             mask=mask_from_frame(seg.mask, target.image_size),
@@ -166,20 +223,33 @@ class GFSAM:
 
     @torch.inference_mode()
     def predict_labels(
-        self, target: TargetEncoding | np.ndarray, references: Mapping[str, Sequence[Reference]]
+        self,
+        target: TargetEncoding | np.ndarray,
+        references: Mapping[str, Sequence[Reference]],
+        *,
+        decoded: DecodedMasks | None = None,
+        timings: Timings | None = None,
     ) -> dict[str, Prediction]:
-        """Predict several labels on one target, encoding the target once.
+        """Predict several labels on one target, encoding it once and decoding each prompt once.
 
         Args:
             target: a `TargetEncoding`, or a uint8 RGB image (encoded once for all labels).
             references: label -> its K >= 1 reference shots.
+            decoded: the target's `DecodedMasks` (see `predict`); None: a store for this call
+                only, so labels still share the prompts they have in common.
+            timings: optional dict receiving seconds per stage, summed over labels.
 
         Returns:
             label -> `Prediction`, in the mapping's order.
         """
         if isinstance(target, np.ndarray):
-            target = self.encode_target(target)
-        return {label: self.predict(target, refs) for label, refs in references.items()}
+            target = self.encode_target(target, timings=timings)
+        if decoded is None:
+            decoded = DecodedMasks(max(1, len(references)) * self.config.max_points)
+        return {
+            label: self.predict(target, refs, decoded=decoded, timings=timings)
+            for label, refs in references.items()
+        }
 
     def _check_references(self, references: Sequence[Reference]) -> None:
         if len(references) == 0:
@@ -226,6 +296,7 @@ def build_pipeline(
     random_weights: bool = False,
     preset: str | None = None,
     config: GFSAMConfig | None = None,
+    precision: str = "fp32",
 ) -> GFSAM:
     """Build encoders (official weights from `model_dir`, or random) and wrap them in `GFSAM`.
 
@@ -236,7 +307,9 @@ def build_pipeline(
         device: compute device (CPU unless told otherwise; never guessed).
         random_weights: build random-init encoders (smoke tests only: outputs are meaningless).
         preset: ``"tiny"`` selects toy encoders for tests (requires ``random_weights=True``).
-        config: algorithm switches; default `GFSAMConfig()`.
+        config: algorithm switches; default `GFSAMConfig()` (``prompt_batch`` = prompts per
+            decoder call: 64 official; ``max_points`` puts all prompts of a label in one call).
+        precision: ``"fp32"`` (parity) or ``"bf16"`` autocast (see `GFSAM`).
 
     Raises:
         ValueError: unknown preset/encoder. WeightsNotFoundError: a checkpoint is missing.
@@ -255,7 +328,14 @@ def build_pipeline(
     sam_enc = build_encoder(sam, checkpoint=ckpts[0], device=device)
     dino_enc = build_encoder(dino, checkpoint=ckpts[1], device=device)
     assert isinstance(sam_enc, SamEncoder) and isinstance(dino_enc, Dinov2Encoder)
-    return GFSAM(sam_enc, dino_enc, config, device=device)
+    return GFSAM(sam_enc, dino_enc, config, device=device, precision=precision)
 
 
-__all__ = ["GFSAM", "Prediction", "Reference", "TargetEncoding", "build_pipeline"]
+__all__ = [
+    "GFSAM",
+    "DecodedMasks",
+    "Prediction",
+    "Reference",
+    "TargetEncoding",
+    "build_pipeline",
+]

@@ -1,0 +1,167 @@
+"""Decoded-mask store (`gfsam.decoded`), bf16 and batched encoding, with tiny RANDOM encoders
+(contracts and bit-exactness only: random weights make every mask meaningless)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from gfsam.decoded import MASK_BYTES, DecodedMasks, decoder_key, pack_masks, unpack_masks
+from gfsam.encodings import Reference
+from gfsam.image import load_image, load_mask
+from gfsam.pipeline import GFSAM, build_pipeline
+from gfsam.types import FRAME, GFSAMConfig
+from tests.conftest import ASSETS
+
+DEVICE = os.environ.get("TEST_DEVICE", "cpu")
+COCO = ASSETS / "coco_elephant_example"
+# prompt_batch=1: each prompt is decoded alone, so a mask is a function of (embedding, prompt)
+# by construction and predictions can be compared bit for bit whatever was cached before.
+CONFIG = GFSAMConfig(max_points=12, prompt_batch=1, fallback=True)
+
+
+@pytest.fixture(scope="module")
+def pipe() -> GFSAM:
+    torch.manual_seed(0)
+    return build_pipeline(preset="tiny", random_weights=True, device=DEVICE, config=CONFIG)
+
+
+@pytest.fixture(scope="module")
+def shots(pipe: GFSAM) -> list[Reference]:
+    image, mask = load_image(COCO / "000000286874.jpg"), load_mask(COCO / "000000286874_mask.png")
+    flipped = pipe.encode_reference(image[:, ::-1], mask[:, ::-1])
+    return [pipe.encode_reference(image, mask), flipped, pipe.encode_reference(image, ~mask)]
+
+
+@pytest.fixture(scope="module")
+def target(pipe: GFSAM):
+    return pipe.encode_target(load_image(COCO / "000000173279.jpg"))
+
+
+def _same(a, b) -> None:
+    assert np.array_equal(a.mask, b.mask) and a.score == b.score
+    assert np.array_equal(a.segmentation.state, b.segmentation.state)
+
+
+def test_pack_unpack_matches_numpy() -> None:
+    masks = torch.rand(3, FRAME, FRAME, generator=torch.Generator().manual_seed(0)) > 0.5
+    packed = pack_masks(masks)
+    assert packed.shape == (3, FRAME, FRAME // 8) and packed.dtype == torch.uint8
+    assert np.array_equal(packed.numpy(), np.packbits(masks.numpy(), axis=-1))
+    assert torch.equal(unpack_masks(packed), masks)
+
+
+def test_hits_across_versions_are_bit_exact(pipe: GFSAM, shots, target) -> None:
+    store = DecodedMasks()
+    first = pipe.predict(target, shots[:1], decoded=store)
+    assert store.hits == 0 and store.misses == first.segmentation.n_points == len(store)
+    _same(first, pipe.predict(target, shots[:1]))
+    store.reset_stats()
+    again = pipe.predict(target, shots[:1], decoded=store)  # same version: all hits
+    assert store.misses == 0 and store.hits == first.segmentation.n_points
+    _same(first, again)
+    store.reset_stats()
+    more = pipe.predict(target, shots[:2], decoded=store)  # a correction adds a shot
+    assert store.hits + store.misses == more.segmentation.n_points and store.hits > 0
+    _same(more, pipe.predict(target, shots[:2]))
+
+
+def test_hits_across_labels(pipe: GFSAM, shots, target) -> None:
+    store = DecodedMasks()
+    labels = {"a": shots[:1], "b": shots[1:2], "c": shots[2:]}
+    preds = pipe.predict_labels(target, labels, decoded=store)
+    points = sum(p.segmentation.n_points for p in preds.values())
+    assert store.hits + store.misses == points and store.misses == len(store) < points
+    for label, refs in labels.items():
+        _same(preds[label], pipe.predict(target, refs))
+
+
+def test_default_batching_store_returns_the_decoded_bits(pipe: GFSAM, target) -> None:
+    emb = torch.from_numpy(target.embedding)[None]
+    xy = np.array([[0, 0], [300, 700], [1023, 1023], [512, 5], [40, 900]])
+
+    def decode(prompts: np.ndarray) -> torch.Tensor:
+        return pipe.sam.decode_points(emb, prompts, 64)
+
+    store = DecodedMasks()
+    fresh = store.masks(xy[:3], decode, torch.device(DEVICE))
+    mixed = store.masks(xy[::-1], decode, torch.device(DEVICE))  # 3 hits, 2 misses
+    assert (store.hits, store.misses) == (3, 5)
+    assert torch.equal(mixed[2:], fresh.flip(0)) and mixed.dtype == torch.bool
+
+
+def test_bound_evicts_least_recently_used() -> None:
+    store = DecodedMasks(max_masks=3)
+    calls: list[int] = []
+
+    def decode(xy: np.ndarray) -> torch.Tensor:
+        calls.append(len(xy))
+        return torch.zeros((len(xy), FRAME, FRAME), dtype=torch.bool)
+
+    cpu = torch.device("cpu")
+    store.masks(np.array([[0, 0], [8, 0], [16, 0]]), decode, cpu)
+    store.masks(np.array([[0, 0]]), decode, cpu)  # (0, 0) becomes the most recent
+    store.masks(np.array([[24, 0]]), decode, cpu)  # evicts (8, 0)
+    assert len(store) == 3 and store.nbytes == 3 * MASK_BYTES
+    assert (8, 0) not in store and (0, 0) in store and (24, 0) in store
+    assert calls == [3, 1] and (store.hits, store.misses) == (1, 4)
+    with pytest.raises(ValueError, match="max_masks"):
+        DecodedMasks(max_masks=0)
+
+
+def test_round_trip_and_key(pipe: GFSAM, shots, target) -> None:
+    store = DecodedMasks()
+    first = pipe.predict(target, shots[:1], decoded=store)
+    back = DecodedMasks.from_bytes(store.to_bytes())
+    assert back.key == store.key == decoder_key(target, "fp32") and len(back) == len(store)
+    for prompt in store._masks:
+        assert np.array_equal(back._masks[prompt], store._masks[prompt])
+    _same(first, pipe.predict(target, shots[:1], decoded=back))
+    assert back.misses == 0
+    assert len(DecodedMasks.from_bytes(store.to_bytes(), max_masks=2)) == 2
+    with pytest.raises(ValueError, match="DecodedMasks"):
+        DecodedMasks.from_bytes(b"garbage")
+    with pytest.raises(ValueError, match="DecodedMasks"):
+        DecodedMasks.from_bytes(__import__("zlib").compress(shots[0].to_bytes()))
+
+
+def test_store_of_another_target_is_emptied(pipe: GFSAM, shots, target) -> None:
+    store = DecodedMasks()
+    pipe.predict(target, shots[:1], decoded=store)
+    other = pipe.encode_target(load_image(COCO / "000000267704.jpg"))
+    store.reset_stats()
+    pred = pipe.predict(other, shots[:1], decoded=store)
+    assert store.hits == 0 and store.key == decoder_key(other, "fp32")
+    _same(pred, pipe.predict(other, shots[:1]))
+
+
+def test_bf16_runs_on_cpu_or_is_refused(pipe: GFSAM, shots) -> None:
+    with pytest.raises(ValueError, match="unknown precision"):
+        GFSAM(pipe.sam, pipe.dino, CONFIG, device=DEVICE, precision="fp16")
+    half = GFSAM(pipe.sam, pipe.dino, CONFIG, device=DEVICE, precision="bf16")
+    image = load_image(COCO / "000000173279.jpg")
+    target = half.encode_target(image)
+    assert target.embedding.dtype == np.float32 and np.isfinite(target.embedding).all()
+    store = DecodedMasks()
+    pred = half.predict(target, shots[:1], decoded=store)
+    assert pred.mask.shape == image.shape[:2] and store.key == decoder_key(target, "bf16")
+    full = pipe.encode_target(image)
+    assert not np.array_equal(full.embedding, target.embedding)  # bf16 really ran
+    assert np.allclose(full.embedding, target.embedding, atol=0.1)
+
+
+def test_batched_encoding_equals_one_by_one(pipe: GFSAM) -> None:
+    images = [load_image(COCO / n) for n in ("000000173279.jpg", "000000267704.jpg")]
+    images.append(images[0][:200, :300])
+    batched = pipe.encode_targets(images, batch_size=2)
+    for image, enc in zip(images, batched, strict=True):
+        one = pipe.encode_target(image)
+        assert enc.image_size == one.image_size == image.shape[:2]
+        # Batched GEMMs may sum in another order: float32 tolerance, not bit equality.
+        assert np.allclose(enc.embedding, one.embedding, rtol=1e-4, atol=1e-5)
+        assert np.allclose(enc.tokens, one.tokens, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="batch_size"):
+        pipe.encode_targets(images, batch_size=0)
