@@ -44,6 +44,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cases", help="comma-separated case names (default: all)")
     p.add_argument("--no-pipeline", action="store_true", help="skip part 1")
     p.add_argument("--no-golden", action="store_true", help="skip part 2")
+    p.add_argument(
+        "--repredict",
+        action="store_true",
+        help="instead: first prediction vs re-prediction after one more shot (mask store)",
+    )
+    p.add_argument(
+        "--gpu",
+        action="store_true",
+        help="instead: CUDA throughput fp32 vs bf16 (needs --device cuda[:N])",
+    )
+    p.add_argument("--images", type=int, default=32, help="--gpu: images per precision")
+    p.add_argument("--encode-batch", type=int, default=8, help="--gpu: images per encoder call")
 
 
 def _median_timings(
@@ -171,9 +183,19 @@ def _golden_paths(args: argparse.Namespace) -> list[Path]:
 
 def run(args: argparse.Namespace) -> int:
     """Print the two benchmark tables; returns the exit code."""
+    if args.gpu:
+        from gfsam.bench_gpu import run as run_gpu
+
+        print("\n".join(run_gpu(args)))
+        return 0
     if torch.device(args.device).type == "cpu":
         torch.set_num_threads(args.threads)
     with torch.inference_mode():
+        if args.repredict:
+            from gfsam.bench_repredict import run as run_repredict
+
+            print("\n".join(run_repredict(args)))
+            return 0
         if not args.no_pipeline:
             _print_pipeline(args, pipeline_stages(args))
         if not args.no_golden:
