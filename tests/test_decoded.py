@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+import re
 
 import numpy as np
 import pytest
@@ -165,3 +166,18 @@ def test_batched_encoding_equals_one_by_one(pipe: GFSAM) -> None:
         assert np.allclose(enc.tokens, one.tokens, rtol=1e-4, atol=1e-5)
     with pytest.raises(ValueError, match="batch_size"):
         pipe.encode_targets(images, batch_size=0)
+
+
+def test_benchmark_repredict_line_and_gpu_refusal(capsys: pytest.CaptureFixture[str]) -> None:
+    from gfsam.cli import main
+
+    assert main(["benchmark", "--repredict", "--max-points", "8"]) == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    number = r"[0-9]+(\.[0-9]+)?"
+    assert re.fullmatch(
+        rf"reprediction speedup: {number}x \(first {number}s, after a correction {number}s, "
+        r"prompt cache hits [0-9]+/[0-9]+\)",
+        last,
+    ), last
+    with pytest.raises(SystemExit, match="needs CUDA"):
+        main(["benchmark", "--gpu", "--device", "cpu"])
