@@ -1,4 +1,4 @@
-"""Command line: ``python -m gfsam {segment,weights,benchmark} ...``.
+"""Command line: ``python -m gfsam {segment,weights,benchmark,eval} ...``.
 
 Exit codes: 0 success; 1 invalid input, failed download or failed verification; 2 usage
 errors and missing model weights (with instructions to get them).
@@ -205,6 +205,12 @@ def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _eval_parser(sub: argparse._SubParsersAction) -> None:
+    from gfsam.eval.cli import add_eval_parser
+
+    add_eval_parser(sub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m gfsam", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -212,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _segment_parser(sub)
     _weights_parser(sub)
     _benchmark_parser(sub)
+    _eval_parser(sub)
     return parser
 
 

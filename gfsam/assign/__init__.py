@@ -1,0 +1,63 @@
+"""Multi-label assignment: which label (if any) gets each region a target's GF-SAM runs found.
+
+Two rules, one result type (`Assignment`: per-label accepted `Instance`s + rejected candidates):
+
+- `assign_argmax`: today's worker rule (`worker/inference.py::resolve_overlaps`): every label
+  keeps its whole mask, a pixel claimed by several labels goes to the highest label score,
+  ties to the label listed first. One instance per label.
+- `assign_split`: decoupled matching after Split Matching (arXiv 2505.05023), training-free:
+  1. proposals: the 8-connected components of each label's merged GF-SAM mask (1024 frame).
+     GF-SAM keeps no per-point SAM masks (`Segmentation`), and the merged mask is the union of
+     the gated ones, so its components are the instances the label painted; each carries its
+     evidence (the label's gated prompts inside it and their PNA score) and its mask-pooled
+     DINOv2 feature;
+  2. class-level similarity: max cosine of the proposal feature to the label's shot prototypes
+     (one per shot, mask-pooled from the reference tokens with the shot's fg cell weights);
+     mask-level consistency: the share of the proposal covered by the label's gated mask;
+     matching score m = similarity x consistency, cost = 1 - m;
+  3. split: a proposal goes to its best label only when its similarity reaches that label's
+     threshold (`calibrate_threshold`, from the shots alone) and its consistency reaches
+     ``min_consistency``; otherwise it joins the candidates (kept for discovery), never another
+     label; 4. pixel exclusivity: accepted instances claim pixels in ascending cost.
+
+Features: tokens normalised as the pipeline does (`GFSAMConfig`, official token-axis norm), then
+each token to unit length, then weighted means, then unit length.
+"""
+
+from gfsam.assign.match import (
+    Assignment,
+    Instance,
+    assign_argmax,
+    assign_split,
+    paint_exclusive,
+    split_match,
+)
+from gfsam.assign.proposals import (
+    Proposal,
+    SplitParams,
+    calibrate_threshold,
+    cell_fractions,
+    class_similarity,
+    instance_proposals,
+    mask_consistency,
+    pool_features,
+    shot_prototypes,
+)
+
+__all__ = [
+    "Assignment",
+    "Instance",
+    "Proposal",
+    "SplitParams",
+    "assign_argmax",
+    "assign_split",
+    "calibrate_threshold",
+    "cell_fractions",
+    "class_similarity",
+    "instance_proposals",
+    "mask_consistency",
+    "paint_exclusive",
+    "pool_features",
+    "shot_prototypes",
+    "split_match",
+]

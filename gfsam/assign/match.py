@@ -1,0 +1,195 @@
+"""Split matching, pixel exclusivity and the two assignment rules (`gfsam.assign`)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from gfsam.assign.proposals import (
+    Proposal,
+    SplitParams,
+    calibrate_threshold,
+    class_similarity,
+    instance_proposals,
+    mask_consistency,
+    shot_prototypes,
+)
+from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.image import mask_from_frame
+from gfsam.types import GFSAMConfig
+
+
+@dataclass
+class Instance:
+    """One region of the result (accepted) or one candidate (rejected).
+
+    Attributes:
+        label: the label it is painted as; for a candidate, the label it matched best.
+        mask: bool [H, W] at the target's original size (exclusive among accepted instances).
+        score: matching score in [0, 1] (split) or the label's GF-SAM score (argmax).
+        similarity: class-level similarity to `label` (argmax: nan).
+        consistency: mask-level consistency with `label` (argmax: 1).
+        source: the label whose GF-SAM run proposed it.
+    """
+
+    label: str
+    mask: np.ndarray
+    score: float
+    similarity: float
+    consistency: float
+    source: str
+
+
+@dataclass
+class Assignment:
+    """Per-label accepted instances (config order, best first) and the rejected candidates."""
+
+    accepted: dict[str, list[Instance]] = field(default_factory=dict)
+    candidates: list[Instance] = field(default_factory=list)
+
+    def label_masks(self) -> dict[str, np.ndarray]:
+        """label -> bool [H, W] union of its accepted instances (labels without any dropped)."""
+        out: dict[str, np.ndarray] = {}
+        for label, insts in self.accepted.items():
+            if insts:
+                out[label] = np.logical_or.reduce([i.mask for i in insts])
+        return out
+
+
+def split_match(
+    proposals: Sequence[Proposal],
+    similarity: np.ndarray,
+    consistency: np.ndarray,
+    thresholds: np.ndarray,
+    params: SplitParams,
+) -> tuple[list[tuple[int, int, float]], list[tuple[int, int, float]]]:
+    """Match each proposal to its best label or to the candidate group.
+
+    Args:
+        proposals: N proposals. similarity, consistency: float [N, L] against the L labels.
+        thresholds: float [L] per-label similarity thresholds. params: ``min_consistency``.
+
+    Returns:
+        (accepted, rejected): lists of (proposal index, best label index, cost), cost =
+        1 - similarity x consistency of that pair; ties go to the earlier label.
+    """
+    accepted: list[tuple[int, int, float]] = []
+    rejected: list[tuple[int, int, float]] = []
+    cost = 1.0 - similarity * consistency  # (N, L)
+    for n in range(len(proposals)):
+        best = int(np.argmin(cost[n]))
+        ok = similarity[n, best] >= thresholds[best]
+        ok = ok and consistency[n, best] >= params.min_consistency
+        (accepted if ok else rejected).append((n, best, float(cost[n, best])))
+    return accepted, rejected
+
+
+def paint_exclusive(masks: Sequence[np.ndarray], costs: Sequence[float]) -> list[np.ndarray]:
+    """Give each pixel to the lowest-cost mask claiming it (ties: the earlier mask).
+
+    Args:
+        masks: bool [H, W] each. costs: one per mask.
+
+    Returns:
+        bool [H, W] per input mask, in input order, pairwise disjoint.
+    """
+    out: list[np.ndarray] = [np.zeros(0, dtype=bool)] * len(masks)
+    claimed: np.ndarray | None = None
+    for k in sorted(range(len(masks)), key=lambda i: (costs[i], i)):
+        mine = masks[k] if claimed is None else masks[k] & ~claimed
+        claimed = mine.copy() if claimed is None else claimed | mine
+        out[k] = mine
+    return out
+
+
+def assign_split(
+    target: TargetEncoding,
+    predictions: Mapping[str, Prediction],
+    references: Mapping[str, Sequence[Reference]],
+    *,
+    cfg: GFSAMConfig | None = None,
+    params: SplitParams | None = None,
+    thresholds: Mapping[str, float] | None = None,
+) -> Assignment:
+    """Split assignment of every label's instances on one target (see the module docstring).
+
+    Args:
+        target: the target's encoding (tokens [T, C], image_size (H, W)).
+        predictions: label -> its `Prediction` on the target, in config order.
+        references: label -> its shots (the ones the prediction used).
+        cfg: the pipeline's config (token normalisation). params: `SplitParams`.
+        thresholds: label -> precomputed `calibrate_threshold` (cache them per reference set);
+            computed here when absent.
+
+    Returns:
+        `Assignment`: accepted instances per label (masks at original size, pairwise
+        disjoint, best first) and the rejected proposals as candidates (not exclusive).
+    """
+    cfg, params = cfg or GFSAMConfig(), params or SplitParams()
+    labels = list(predictions)
+    props = [
+        p
+        for label in labels
+        for p in instance_proposals(label, predictions[label], target.tokens, cfg, params)
+    ]
+    result = Assignment(accepted={label: [] for label in labels})
+    if not props:
+        return result
+    known = thresholds or {}
+    thr = np.array(
+        [
+            known[lb] if lb in known else calibrate_threshold(references[lb], cfg, params)
+            for lb in labels
+        ]
+    )
+    feats, masks = np.stack([p.feature for p in props]), np.stack([p.mask for p in props])
+    sim = np.stack(
+        [class_similarity(feats, shot_prototypes(references[lb], cfg, params)) for lb in labels], 1
+    )
+    cons = np.stack(
+        [mask_consistency(masks, predictions[lb].segmentation.mask) for lb in labels], 1
+    )
+    accepted, rejected = split_match(props, sim, cons, thr, params)
+    size = target.image_size
+
+    def instance(n: int, lab: int, cost: float, mask: np.ndarray) -> Instance:
+        score = float(np.clip(1.0 - cost, 0.0, 1.0))
+        return Instance(
+            labels[lab], mask, score, float(sim[n, lab]), float(cons[n, lab]), props[n].source
+        )
+
+    full = [mask_from_frame(props[n].mask, size) for n, _, _ in accepted]
+    painted = paint_exclusive(full, [c for _, _, c in accepted])
+    for (n, lab, cost), mask in sorted(zip(accepted, painted, strict=True), key=lambda a: a[0][2]):
+        if mask.any():
+            result.accepted[labels[lab]].append(instance(n, lab, cost, mask))
+    result.candidates = [
+        instance(n, lab, cost, mask_from_frame(props[n].mask, size)) for n, lab, cost in rejected
+    ]
+    return result
+
+
+def assign_argmax(predictions: Mapping[str, Prediction], order: Sequence[str]) -> Assignment:
+    """Today's worker rule: per pixel the highest label score, ties by `order` (config order).
+
+    Args:
+        predictions: label -> `Prediction` (abstaining labels contribute nothing).
+        order: labels in config order.
+
+    Returns:
+        `Assignment` with at most one instance per label (its whole exclusive mask, its score)
+        and no candidates.
+    """
+    live = [lb for lb in predictions if not predictions[lb].abstained]
+    rank = sorted(live, key=lambda lb: (-float(predictions[lb].score), list(order).index(lb)))
+    masks = paint_exclusive(
+        [np.asarray(predictions[lb].mask, dtype=bool) for lb in rank], list(range(len(rank)))
+    )
+    out = Assignment(accepted={lb: [] for lb in predictions})
+    for lb, mask in zip(rank, masks, strict=True):
+        if mask.any():
+            score = float(predictions[lb].score)
+            out.accepted[lb].append(Instance(lb, mask, score, float("nan"), 1.0, lb))
+    return out

@@ -1,0 +1,161 @@
+"""``python -m gfsam eval {fss,project,replay}``: argument parsing and dispatch.
+
+Contract (other checks call it; keep flags and JSON keys): ``python -m gfsam eval project
+--data DIR --encoders oracle --oracle-noise S --oracle-confuse R --seen 1,3,5 --shots K
+--assign split [--discover] --seed N --json OUT``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gfsam.eval.data import Dataset, read_coco20i, read_fss1000, read_label_folder, read_pascal5i
+from gfsam.eval.models import EvalModel, OracleModel, RealModel
+from gfsam.eval.oracle import OracleParams
+from gfsam.eval.report import Output, plot_curve, write_json
+
+EXIT_INPUT, EXIT_USAGE = 1, 2
+LAYOUTS = ("folder", "fss1000", "coco20i", "pascal5i")
+
+
+def _ids(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated class ids, got {text!r}"
+        ) from exc
+
+
+def _assigns(text: str) -> list[str]:
+    modes = [x.strip() for x in text.split(",") if x.strip()]
+    bad = [m for m in modes if m not in ("argmax", "split")]
+    if bad or not modes:
+        raise argparse.ArgumentTypeError(
+            f"--assign takes argmax, split or both (comma), got {text!r}"
+        )
+    return modes
+
+
+def load_dataset(args: argparse.Namespace) -> Dataset:
+    """The dataset named by ``--data``, ``--layout``, ``--fold`` and ``--split``."""
+    if args.layout == "folder":
+        return read_label_folder(args.data)
+    if args.layout == "fss1000":
+        return read_fss1000(args.data, args.split)
+    if args.split is None:
+        raise ValueError(f"--layout {args.layout} needs --split (HSNet fold file or TSV)")
+    reader = read_coco20i if args.layout == "coco20i" else read_pascal5i
+    return reader(args.data, args.fold, args.split)
+
+
+def build_model(args: argparse.Namespace) -> EvalModel:
+    """Oracle or real encoders; real random weights only with ``--random-weights``."""
+    if args.encoders == "oracle":
+        params = OracleParams(args.oracle_noise, args.oracle_confuse, seed=args.seed)
+        return OracleModel(params)
+    from gfsam.pipeline import build_pipeline
+
+    pipe = build_pipeline(
+        sam=args.sam,
+        dino=args.dino,
+        model_dir=args.model_dir,
+        device=args.device,
+        random_weights=args.random_weights,
+    )
+    return RealModel(pipe)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Run one protocol, print its table, write ``--json`` / ``--plot``."""
+    from gfsam.encoders.weights import WeightsNotFoundError
+
+    torch.set_num_threads(args.threads)
+    try:
+        ds = load_dataset(args)
+        model = build_model(args)
+    except WeightsNotFoundError as exc:
+        sys.stderr.write(f"error: {exc}\npass --random-weights for a (meaningless) smoke run\n")
+        return EXIT_USAGE
+    except (ValueError, FileNotFoundError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_INPUT
+    out = Output(model.note)
+    result = _run(args, ds, model, out)
+    result["encoders"] = args.encoders
+    if args.json is not None:
+        write_json(args.json, result, model.note)
+        out.line(f"wrote {args.json}")
+    if args.plot is not None and "curve" in result:
+        plot_curve(args.plot, result["curve"], "replay: mean IoU on unannotated images", model.note)
+        out.line(f"wrote {args.plot}")
+    return 0
+
+
+def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -> dict[str, Any]:
+    if args.protocol == "fss":
+        from gfsam.eval.fss import run_fss
+
+        return run_fss(ds, model, out, shots=args.shots, episodes=args.episodes, seed=args.seed)
+    if args.protocol == "project":
+        from gfsam.eval.project import run_project
+
+        return run_project(
+            ds,
+            model,
+            out,
+            seen=args.seen or sorted(ds.by_class()),
+            shots=args.shots,
+            seed=args.seed,
+            assigns=args.assign,
+            discover=args.discover,
+            limit=args.limit,
+        )
+    from gfsam.eval.replay import run_replay
+
+    return run_replay(ds, model, out, classes=args.seen, limit=args.limit or 16)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, required=True, metavar="DIR")
+    p.add_argument("--layout", choices=LAYOUTS, default="folder", help="dataset layout")
+    p.add_argument("--fold", type=int, default=0, help="COCO-20i / PASCAL-5i fold")
+    p.add_argument(
+        "--split", type=Path, help="HSNet split file (fold pkl/txt, fss test.txt) or TSV"
+    )
+    p.add_argument("--encoders", choices=("oracle", "real"), default="oracle")
+    p.add_argument("--oracle-noise", type=float, default=0.0, metavar="SIGMA")
+    p.add_argument("--oracle-confuse", type=float, default=0.0, metavar="RHO")
+    p.add_argument("--sam", default="sam_vit_h")
+    p.add_argument("--dino", default="dinov2_vitl14")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model-dir", type=Path)
+    p.add_argument("--random-weights", action="store_true", help="numbers become MEANINGLESS")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shots", type=int, default=1, metavar="K")
+    p.add_argument("--seen", type=_ids, metavar="IDS", help="class ids, comma-separated")
+    p.add_argument("--limit", type=int, help="at most this many targets (replay: images)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument("--json", type=Path, metavar="OUT")
+    p.add_argument("--plot", type=Path, metavar="OUT.png")
+    p.set_defaults(func=cmd_eval)
+
+
+def add_eval_parser(sub: Any) -> None:
+    """Register ``eval`` and its protocols on the top-level subparsers."""
+    p = sub.add_parser("eval", help="measure quality: fss, project, replay (oracle or real)")
+    psub = p.add_subparsers(dest="protocol", required=True)
+    fss = psub.add_parser("fss", help="1-way K-shot episodes (HSNet sampling)")
+    _common(fss)
+    fss.add_argument("--episodes", type=int, default=1000)
+    proj = psub.add_parser("project", help="multi-label project: seen mIoU, contamination")
+    _common(proj)
+    proj.add_argument("--assign", type=_assigns, default=["argmax"], metavar="argmax|split")
+    proj.add_argument("--discover", action="store_true", help="discovery metrics (null for now)")
+    rep = psub.add_parser("replay", help="the correction loop under the backend's shot policy")
+    _common(rep)

@@ -1,0 +1,142 @@
+"""gfsam.assign on hand-checkable inputs (tiny tokens, blobs in the 1024 frame)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from gfsam.assign import (
+    SplitParams,
+    assign_argmax,
+    assign_split,
+    calibrate_threshold,
+    class_similarity,
+    instance_proposals,
+    mask_consistency,
+    paint_exclusive,
+    split_match,
+)
+from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.types import FRAME, GRID, TOKENS, GFSAMConfig, Segmentation
+
+CFG = GFSAMConfig(token_axis_norm=False)  # plain tokens: cosines checkable by hand
+E = np.eye(4, dtype=np.float32)
+
+
+def _pred(
+    mask: np.ndarray, score: float = 0.5, prompts: tuple[tuple[int, int], ...] = ()
+) -> Prediction:
+    xy = np.array(prompts, dtype=np.int64).reshape(-1, 2)
+    cells = xy * GRID // FRAME
+    seg = Segmentation(
+        mask=mask,
+        points_xy=cells,
+        prompt_xy=xy,
+        cluster=np.zeros(len(xy), dtype=np.int64),
+        positive=np.ones(len(xy), dtype=bool),
+        consistent=np.ones(len(xy), dtype=bool),
+        state=np.ones(len(xy), dtype=np.int64),
+        cls_score=np.zeros(len(xy), dtype=np.float32),
+        fallback=False,
+        abstained=not mask.any(),
+        maps={"filtered": np.full((GRID, GRID), 0.8, dtype=np.float32)},
+        score=score,
+    )
+    return Prediction(mask.copy(), score, not mask.any(), False, seg)
+
+
+def _box(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((FRAME, FRAME), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def _cells(box: np.ndarray) -> np.ndarray:
+    """[T] bool: cells whose centre pixel lies in the box."""
+    centre = ((np.arange(GRID) + 0.5) * FRAME / GRID).astype(int)
+    return box[np.ix_(centre, centre)].ravel()
+
+
+def _reference(obj: np.ndarray, bg: np.ndarray = E[1]) -> Reference:
+    fg = np.zeros(TOKENS, dtype=np.float32)
+    fg[:200] = 1.0
+    tokens = np.tile(bg, (TOKENS, 1))
+    tokens[:200] = obj
+    return Reference(tokens, fg, 1 - fg, 1000, (FRAME, FRAME), "t")
+
+
+def test_paint_exclusive_lowest_cost_wins_ties_to_earlier() -> None:
+    a, b = np.array([[1, 1, 0]], dtype=bool), np.array([[0, 1, 1]], dtype=bool)
+    out = paint_exclusive([a, b], [0.5, 0.1])
+    assert out[0].tolist() == [[True, False, False]] and out[1].tolist() == [[False, True, True]]
+    tie = paint_exclusive([a, b], [0.3, 0.3])
+    assert tie[0].tolist() == [[True, True, False]] and tie[1].tolist() == [[False, False, True]]
+
+
+def test_assign_argmax_is_the_worker_rule() -> None:
+    a, b = _box(0, 100, 0, 100), _box(50, 150, 50, 150)
+    preds = {"A": _pred(a, 0.4), "B": _pred(b, 0.9), "C": _pred(np.zeros_like(a), 0.0)}
+    masks = assign_argmax(preds, ["A", "B", "C"]).label_masks()
+    assert set(masks) == {"A", "B"}  # the abstaining label contributes nothing
+    assert masks["B"].sum() == b.sum() and masks["A"].sum() == a.sum() - 50 * 50
+    tie = assign_argmax({"A": _pred(a, 0.5), "B": _pred(b, 0.5)}, ["B", "A"]).label_masks()
+    assert tie["B"].sum() == b.sum()  # equal scores: config order
+
+
+def test_similarity_and_consistency_by_hand() -> None:
+    feats = np.array([[1, 0], [0.6, 0.8]], dtype=np.float32)
+    protos = np.array([[1, 0], [0, 1]], dtype=np.float32)
+    assert class_similarity(feats, protos).tolist() == pytest.approx([1.0, 0.8])
+    masks = np.zeros((2, 4, 4), dtype=bool)
+    masks[0, :2], masks[1, :, :1] = True, True
+    label = np.zeros((4, 4), dtype=bool)
+    label[0] = True
+    assert mask_consistency(masks, label).tolist() == pytest.approx([0.5, 0.25])
+
+
+def test_split_match_rejects_below_threshold_or_inconsistent() -> None:
+    sim = np.array([[0.9, 0.2], [0.4, 0.3], [0.9, 0.1]])
+    cons = np.array([[1.0, 0.0], [1.0, 1.0], [0.2, 0.0]])
+    acc, rej = split_match([None] * 3, sim, cons, np.array([0.5, 0.5]), SplitParams())  # type: ignore[list-item]
+    assert [(n, lab) for n, lab, _ in acc] == [(0, 0)]
+    assert [(n, lab) for n, lab, _ in rej] == [(1, 0), (2, 0)]
+    assert acc[0][2] == pytest.approx(0.1)
+
+
+def test_threshold_single_shot_is_halfway_between_object_and_background() -> None:
+    obj = np.array([1, 0, 0, 0], dtype=np.float32)
+    # interior cosine 1, background cosine 0: halfway 0.5
+    assert calibrate_threshold([_reference(obj)], CFG, SplitParams()) == pytest.approx(0.5)
+
+
+def test_threshold_leave_one_out_with_two_shots() -> None:
+    a = np.array([1, 0, 0, 0], dtype=np.float32)
+    b = np.array([0.8, 0, 0.6, 0], dtype=np.float32)
+    thr = calibrate_threshold([_reference(a), _reference(b)], CFG, SplitParams(loo_slack=0.05))
+    assert thr == pytest.approx(0.5)  # min(per-shot 0.5, loo 0.8 - 0.05)
+    close = np.array([0.99, 0, np.sqrt(1 - 0.99**2), 0], dtype=np.float32)
+    thr2 = calibrate_threshold([_reference(a), _reference(close)], CFG, SplitParams(loo_slack=0.6))
+    assert thr2 == pytest.approx(0.39, abs=1e-3)
+
+
+def test_instance_proposals_are_components_with_their_evidence() -> None:
+    mask = _box(0, 200, 0, 200) | _box(600, 700, 600, 700) | _box(1000, 1004, 0, 4)
+    props = instance_proposals(
+        "A", _pred(mask, prompts=((50, 50), (60, 60))), E[[0] * TOKENS], CFG, SplitParams()
+    )
+    assert [int(p.mask.sum()) for p in props] == [40000, 10000]  # the 16 px speck is dropped
+    assert [p.points for p in props] == [2, 0]
+    assert props[0].evidence == pytest.approx(0.8) and props[1].evidence == 0.0
+
+
+def test_assign_split_keeps_the_instance_and_rejects_the_look_alike() -> None:
+    true_box, other_box = _box(0, 300, 0, 300), _box(600, 900, 600, 900)
+    tokens = np.tile(E[1], (TOKENS, 1))
+    tokens[_cells(true_box)] = E[0]
+    tokens[_cells(other_box)] = np.array([0.3, 0, 0.95, 0], dtype=np.float32)  # cos 0.3
+    target = TargetEncoding(np.zeros(1), tokens, (FRAME, FRAME), "s", "d")
+    preds = {"A": _pred(true_box | other_box, prompts=((100, 100), (700, 700)))}
+    asg = assign_split(target, preds, {"A": [_reference(E[0])]}, cfg=CFG)
+    assert len(asg.accepted["A"]) == 1 and asg.accepted["A"][0].mask[100, 100]
+    assert len(asg.candidates) == 1 and asg.candidates[0].mask[700, 700]
+    assert asg.candidates[0].label == "A" and asg.candidates[0].similarity < 0.5
