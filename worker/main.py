@@ -3,7 +3,8 @@
 In order: read Settings; configure logging; build the pipeline once (refuse to start without
 weights, naming the paths tried); PING Redis with retry; start the maintenance thread (lease,
 recovery of abandoned jobs, scheduler); run `SimpleWorker` (no fork: CUDA and loaded models stay
-in this process) on the high queue first, then the batch queue.
+in this process; `worker.joblog` logs one line per job) on the high queue first, then the batch
+queue.
 """
 
 from __future__ import annotations
@@ -18,14 +19,15 @@ import uuid
 
 from redis import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from backend.state.jobs import Jobs, connect
+from backend.state.logs import setup_logging
 from backend.state.settings import Settings, get_settings
 from backend.state.store import WORKER_PREFIX, Store
 from gfsam.encoders.weights import WeightsNotFoundError
 from worker import models
+from worker.joblog import JobLoggingWorker
 from worker.labelstudio import LabelStudioAuthError
 from worker.recovery import Maintenance
 
@@ -88,7 +90,7 @@ def run(settings: Settings, *, burst: bool = False) -> int:
     queue_names = [q.name for q in jobs.queues]
     maintenance = Maintenance(settings, name, queue_names)
     maintenance.start()
-    worker = SimpleWorker(jobs.queues, connection=conn, serializer=JSONSerializer, name=name)
+    worker = JobLoggingWorker(jobs.queues, connection=conn, serializer=JSONSerializer, name=name)
     logger.info("worker %s listening on %s", name, ", ".join(queue_names))
     try:
         worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
@@ -105,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s [worker] %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format, "worker")
     if args.check:
         return load_or_explain(settings)
     return run(settings, burst=args.burst)

@@ -15,6 +15,7 @@ from backend.state.store import Store
 from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
 from worker.models import Runtime
 from worker.shots import AnnotationState, PendingShot
+from worker.thumbs import thumbnail_png
 
 
 def encode_pending(
@@ -72,6 +73,7 @@ def store_reference(rt: Runtime, store: Store, image: np.ndarray, mask: np.ndarr
     blob = ref.to_bytes()
     sha = hashlib.sha256(blob).hexdigest()
     store.data.put_blob(sha, blob)
+    store.data.put_thumbnail(sha, thumbnail_png(image, mask))  # for the status page
     store.progress.incr_stat("reference_encode")
     rt.references.put(sha, ref)
     return sha

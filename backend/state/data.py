@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+
 from redis import Redis
 from redis.exceptions import WatchError
 
 from backend.state.keys import key, text
-from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
+from backend.state.schemas import (
+    CandidateGroup,
+    LabelConfigSummary,
+    ReferenceSet,
+    StoredPrediction,
+)
 from backend.state.settings import Settings
 
 
@@ -118,9 +125,30 @@ class ProjectData:
         with self.r.pipeline() as pipe:
             for sha in dropped:
                 pipe.expire(key("ref:{sha}", sha=sha), seconds)
+                pipe.expire(key("thumb:{sha}", sha=sha), seconds)
             for sha in keep:
                 pipe.persist(key("ref:{sha}", sha=sha))
+                pipe.persist(key("thumb:{sha}", sha=sha))
             pipe.execute()
+
+    # --- operator's view (status page) ----------------------------------------------------------
+
+    def put_thumbnail(self, sha: str, png: bytes) -> None:
+        """A shot's thumbnail, under the sha of its reference blob (same lifetime)."""
+        self.r.set(key("thumb:{sha}", sha=sha), png)
+
+    def get_thumbnail(self, sha: str) -> bytes | None:
+        blob = self.r.get(key("thumb:{sha}", sha=sha))
+        return blob if isinstance(blob, bytes) or blob is None else blob.encode()
+
+    def candidate_groups(self, p: int) -> list[CandidateGroup]:
+        """Candidate groups found by discovery; [] until discovery writes `p:{p}:groups` (a JSON
+        list of `CandidateGroup`). The status page shows the section only when this is not
+        empty."""
+        raw = self.r.get(key("p:{p}:groups", p=p))
+        if not raw:
+            return []
+        return [CandidateGroup.model_validate(g) for g in json.loads(raw)]
 
     # --- annotations ----------------------------------------------------------------------------
 

@@ -1,7 +1,8 @@
 """Every Redis key we use, as a template, in one table (docs/architecture.md §2 lists the same).
 
 All keys start with `gfsam:`. Placeholders: `p` project id, `t` task id, `v` model version
-string, `sha` a sha256 hex, `name` a worker name. The RQ keys (`rq:*`) are RQ's own.
+string, `n` a version counter, `sha` a sha256 hex, `name` a worker name. The RQ keys (`rq:*`)
+are RQ's own.
 `tests/test_architecture.py` checks this table against the documentation, both ways.
 """
 
@@ -21,6 +22,8 @@ KEYS: dict[str, str] = {
     "p:{p}:labeled": "tasks with a human annotation",
     "pred:{p}:{t}:{v}": "a computed prediction",
     "p:{p}:last:{t}": "version of the last prediction delivered for a task",
+    "thumb:{sha}": "PNG thumbnail of a shot (image, mask outlined); lives as long as ref:{sha}",
+    "p:{p}:groups": "candidate groups found by discovery (JSON list; absent until it exists)",
     # coordination (backend/state/coordination.py)
     "lock:refit:{p}": "serialises re-fits of a project",
     "lock:deliver:{p}:{t}:{v}": "serialises 'check Label Studio, then POST'",
@@ -33,6 +36,11 @@ KEYS: dict[str, str] = {
     "p:{p}:jobs:running": "predict job ids running",
     "p:{p}:counts": "done / failed / stale counters",
     "p:{p}:failures": "what -> reason of the last permanent failure",
+    "p:{p}:failures:recent": "the last permanent failures, newest first (JSON)",
+    "p:{p}:versions": "version counters n with per-version progress (the last few kept)",
+    "p:{p}:v:{n}:queued": "predict job ids of version n queued",
+    "p:{p}:v:{n}:running": "predict job ids of version n running",
+    "p:{p}:v:{n}:counts": "done / failed / stale and acceptance sum / count of version n",
     "p:{p}:acc:seen": "(annotation, version) pairs already measured",
     "p:{p}:acc:hist": "acceptance IoU: cumulative buckets, sum, count",
     "p:{p}:acc:samples": "the last acceptance samples",

@@ -1,16 +1,36 @@
-"""Progress in Redis: predict jobs per state, failures, acceptance IoU and worker counters."""
+"""Progress in Redis: predict jobs per state (per project and per version), failures,
+acceptance IoU and worker counters."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from redis import Redis
+from redis.client import Pipeline
 
 from backend.state.keys import key, text
-from backend.state.schemas import AcceptanceSample, ProjectCounts
+from backend.state.schemas import AcceptanceSample, FailureRecord, ProjectCounts, VersionProgress
 from backend.state.settings import Settings
+from backend.state.versions import model_version, parse_version
 
 ACCEPTANCE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 ACCEPTANCE_SAMPLES = 200
 FAILURE_REASON_CHARS = 500
+RECENT_FAILURES = 50
+VERSIONS_KEPT = 30  # per-version progress of older versions is deleted (bounded reads)
+_ENDED = ("done", "failed", "stale")
+
+
+def _job_version(job_id: str) -> int | None:
+    """n of a predict job id `predict-{p}-{t}-{n}`; None for any other id."""
+    head, _, n = job_id.rpartition("-")
+    return int(n) if head.startswith("predict-") and n.isdigit() else None
+
+
+def _ints(members: Any) -> list[int]:
+    """Sorted-set members (bytes) as ints."""
+    return [int(m) for m in members]
 
 
 class Progress:
@@ -23,22 +43,60 @@ class Progress:
     # --- predict jobs ---------------------------------------------------------------------------
 
     def job_queued(self, p: int, job_id: str) -> None:
-        self.r.sadd(key("p:{p}:jobs:queued", p=p), job_id)
+        n = _job_version(job_id)
+        with self.r.pipeline() as pipe:
+            pipe.sadd(key("p:{p}:jobs:queued", p=p), job_id)
+            if n is not None:
+                pipe.sadd(key("p:{p}:v:{n}:queued", p=p, n=n), job_id)
+            self._execute_tracked(pipe, p, n)
 
     def job_started(self, p: int, job_id: str) -> None:
+        n = _job_version(job_id)
         with self.r.pipeline() as pipe:
             pipe.srem(key("p:{p}:jobs:queued", p=p), job_id)
             pipe.sadd(key("p:{p}:jobs:running", p=p), job_id)
-            pipe.execute()
+            if n is not None:
+                pipe.srem(key("p:{p}:v:{n}:queued", p=p, n=n), job_id)
+                pipe.sadd(key("p:{p}:v:{n}:running", p=p, n=n), job_id)
+            self._execute_tracked(pipe, p, n)
 
     def job_ended(self, p: int, job_id: str, outcome: str, requeued: bool = False) -> None:
         """Move a job out of running: outcome "done", "failed" or "stale" (or back to queued)."""
+        n = _job_version(job_id)
         with self.r.pipeline() as pipe:
             pipe.srem(key("p:{p}:jobs:running", p=p), job_id)
             if requeued:
                 pipe.sadd(key("p:{p}:jobs:queued", p=p), job_id)
             else:
                 pipe.hincrby(key("p:{p}:counts", p=p), outcome, 1)
+            if n is not None:
+                pipe.srem(key("p:{p}:v:{n}:running", p=p, n=n), job_id)
+                if requeued:
+                    pipe.sadd(key("p:{p}:v:{n}:queued", p=p, n=n), job_id)
+                else:
+                    pipe.hincrby(key("p:{p}:v:{n}:counts", p=p, n=n), outcome, 1)
+            self._execute_tracked(pipe, p, n)
+
+    def _execute_tracked(self, pipe: Pipeline, p: int, n: int | None) -> None:
+        """Execute `pipe`, first indexing version `n` (if any); then drop the per-version keys
+        of versions beyond the last `VERSIONS_KEPT` (an old version written again is the
+        lowest, so it goes at once)."""
+        if n is None:
+            pipe.execute()
+            return
+        pipe.zadd(key("p:{p}:versions", p=p), {str(n): n})
+        pipe.zcard(key("p:{p}:versions", p=p))
+        if pipe.execute()[-1] > VERSIONS_KEPT:
+            self._prune_versions(p)
+
+    def _prune_versions(self, p: int) -> None:
+        index = key("p:{p}:versions", p=p)
+        old = _ints(self.r.zrange(index, 0, -(VERSIONS_KEPT + 1)))
+        with self.r.pipeline() as pipe:
+            for n in old:
+                pipe.zrem(index, str(n))
+                for part in ("queued", "running", "counts"):
+                    pipe.delete(key(f"p:{{p}}:v:{{n}}:{part}", p=p, n=n))
             pipe.execute()
 
     def counts(self, p: int) -> ProjectCounts:
@@ -50,10 +108,45 @@ class Progress:
         ended = {str(text(k)): int(v) for k, v in raw.items()}
         return ProjectCounts(queued=queued, running=running, **ended)
 
+    def version_progress(self, p: int, limit: int = VERSIONS_KEPT) -> list[VersionProgress]:
+        """Per-version job counts and acceptance of the last `limit` versions, newest first
+        (1 + 3 * limit Redis commands in two round trips, whatever the number of tasks)."""
+        ns = _ints(self.r.zrevrange(key("p:{p}:versions", p=p), 0, limit - 1))
+        with self.r.pipeline() as pipe:
+            for n in ns:
+                pipe.scard(key("p:{p}:v:{n}:queued", p=p, n=n))
+                pipe.scard(key("p:{p}:v:{n}:running", p=p, n=n))
+                pipe.hgetall(key("p:{p}:v:{n}:counts", p=p, n=n))
+            replies = pipe.execute()
+        out = []
+        for i, n in enumerate(ns):
+            queued, running, raw = replies[3 * i : 3 * i + 3]
+            fields = {str(text(k)): float(v) for k, v in raw.items()}
+            count = int(fields.get("acc_count", 0))
+            out.append(
+                VersionProgress(
+                    n=n,
+                    version=model_version(p, n),
+                    queued=queued,
+                    running=running,
+                    **{name: int(fields.get(name, 0)) for name in _ENDED},
+                    acceptance_count=count,
+                    acceptance_mean_iou=fields.get("acc_sum", 0.0) / count if count else None,
+                )
+            )
+        return out
+
     # --- failures -------------------------------------------------------------------------------
 
     def record_failure(self, p: int, what: str, reason: str) -> None:
-        self.r.hset(key("p:{p}:failures", p=p), what, reason[:FAILURE_REASON_CHARS])
+        reason = reason[:FAILURE_REASON_CHARS]
+        entry = FailureRecord(what=what, reason=reason, at=time.time()).model_dump_json()
+        recent = key("p:{p}:failures:recent", p=p)
+        with self.r.pipeline() as pipe:
+            pipe.hset(key("p:{p}:failures", p=p), what, reason)
+            pipe.lpush(recent, entry)
+            pipe.ltrim(recent, 0, RECENT_FAILURES - 1)
+            pipe.execute()
 
     def clear_failure(self, p: int, what: str) -> None:
         self.r.hdel(key("p:{p}:failures", p=p), what)
@@ -61,6 +154,21 @@ class Progress:
     def failures(self, p: int) -> dict[str, str]:
         raw = self.r.hgetall(key("p:{p}:failures", p=p))
         return {str(text(k)): str(text(v)) for k, v in raw.items()}
+
+    def recent_failures(self, p: int, limit: int = 20) -> tuple[list[FailureRecord], int]:
+        """The last `limit` failures, newest first, each marked `current` when it is still the
+        standing failure of its task/annotation (not cleared since); and how many stand now.
+        Three Redis commands in one round trip."""
+        with self.r.pipeline() as pipe:
+            pipe.lrange(key("p:{p}:failures:recent", p=p), 0, limit - 1)
+            pipe.hlen(key("p:{p}:failures", p=p))
+            raws, standing = pipe.execute()
+        records = [FailureRecord.model_validate_json(r) for r in raws]
+        if records:
+            now = self.r.hmget(key("p:{p}:failures", p=p), [r.what for r in records])
+            for record, reason in zip(records, now, strict=True):
+                record.current = text(reason) == record.reason
+        return records, int(standing)
 
     # --- acceptance IoU -------------------------------------------------------------------------
 
@@ -70,6 +178,8 @@ class Progress:
         if not self.r.hsetnx(key("p:{p}:acc:seen", p=p), pair, 1):
             return False
         hist, samples = key("p:{p}:acc:hist", p=p), key("p:{p}:acc:samples", p=p)
+        parsed = parse_version(sample.model_version)
+        n = parsed[1] if parsed is not None and parsed[0] == p else None
         with self.r.pipeline() as pipe:
             for iou in sample.iou.values():
                 for le in ACCEPTANCE_BUCKETS:
@@ -77,9 +187,12 @@ class Progress:
                         pipe.hincrby(hist, f"{le}", 1)
                 pipe.hincrbyfloat(hist, "sum", iou)
                 pipe.hincrby(hist, "count", 1)
+                if n is not None:
+                    pipe.hincrbyfloat(key("p:{p}:v:{n}:counts", p=p, n=n), "acc_sum", iou)
+                    pipe.hincrby(key("p:{p}:v:{n}:counts", p=p, n=n), "acc_count", 1)
             pipe.lpush(samples, sample.model_dump_json())
             pipe.ltrim(samples, 0, ACCEPTANCE_SAMPLES - 1)
-            pipe.execute()
+            self._execute_tracked(pipe, p, n)
         return True
 
     def acceptance_samples(self, p: int, limit: int = 20) -> list[AcceptanceSample]:

@@ -82,6 +82,36 @@ class ProjectCounts(BaseModel):
     stale: int = 0
 
 
+# --- operator's view (status page, issue 13) ---------------------------------------------------
+
+
+class VersionProgress(ProjectCounts):
+    """Predict jobs of one model version, and the acceptance IoU measured against it."""
+
+    n: int
+    version: str
+    acceptance_count: int = 0
+    acceptance_mean_iou: float | None = None
+
+
+class FailureRecord(BaseModel):
+    """One permanent failure as it happened (`what`: "task:{t}", "annotation:{a}", "sync"...)."""
+
+    what: str
+    reason: str
+    at: float  # Unix time
+    current: bool = True  # still the standing failure of `what` (not cleared since)
+
+
+class CandidateGroup(BaseModel):
+    """A group of similar unlabeled regions proposed by discovery (written by discovery)."""
+
+    name: str
+    size: int = 0  # regions or tasks in the group
+    tasks: list[int] = []  # a few example task ids
+    thumbs: list[str] = []  # shas of `thumb:{sha}` images to show, if any
+
+
 # --- job payloads (worker/tasks.py) ------------------------------------------------------------
 
 

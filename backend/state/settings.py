@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,6 +87,10 @@ class Settings(BaseSettings):
     reference_cache_items: int = 256  # in-process decoded references
     worker_lease_s: int = Field(15, ge=2)  # a worker without a live lease is dead; its job requeued
     recovery_interval_s: float = 5.0
+
+    # Operator's view (issue 13): log lines as text or JSON (log shippers); status page refresh.
+    log_format: Literal["text", "json"] = "text"
+    status_refresh_s: int = Field(5, ge=1)  # the status pages reload themselves this often
 
     @field_validator("log_level")
     @classmethod
