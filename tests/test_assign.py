@@ -140,3 +140,17 @@ def test_assign_split_keeps_the_instance_and_rejects_the_look_alike() -> None:
     assert len(asg.accepted["A"]) == 1 and asg.accepted["A"][0].mask[100, 100]
     assert len(asg.candidates) == 1 and asg.candidates[0].mask[700, 700]
     assert asg.candidates[0].label == "A" and asg.candidates[0].similarity < 0.5
+
+
+def test_argmax_overlaps_go_to_the_higher_score() -> None:
+    """The worker's former `resolve_overlaps` cases, now through `assign_argmax`."""
+    a = np.zeros((4, 4), bool)
+    a[:, :3] = True
+    b = np.zeros((4, 4), bool)
+    b[:, 1:] = True
+    out = assign_argmax({"A": _pred(a, 0.4), "B": _pred(b, 0.9)}, ["A", "B"]).label_masks()
+    assert out["B"].sum() == 12 and out["A"].sum() == 4 and not (out["A"] & out["B"]).any()
+    tie = assign_argmax({"A": _pred(a, 0.5), "B": _pred(b, 0.5)}, ["A", "B"]).label_masks()
+    assert tie["A"].sum() == 12  # tie: config order
+    swallowed = assign_argmax({"A": _pred(a, 0.9), "B": _pred(a.copy(), 0.1)}, ["A", "B"])
+    assert list(swallowed.label_masks()) == ["A"] and swallowed.accepted["B"] == []

@@ -11,6 +11,7 @@ writes for anti-aliased brush edges.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -21,6 +22,7 @@ __all__ = [
     "annotation_masks",
     "mask_to_rle",
     "masks_to_result",
+    "regions_to_result",
     "rle_to_mask",
 ]
 
@@ -319,14 +321,42 @@ def masks_to_result(
     regions = []
     for label, mask in masks.items():
         mask = np.asarray(mask)
+        if mask.ndim == 2 and mask.any() and label not in scores:
+            raise BrushError(f"no score given for label {label!r}")
+        regions.append((label, mask, float(scores.get(label, 0.0))))
+    return regions_to_result(regions, from_name=from_name, to_name=to_name)
+
+
+def regions_to_result(
+    regions: Sequence[tuple[str, np.ndarray, float]], *, from_name: str, to_name: str
+) -> list[dict[str, Any]]:
+    """One ``brushlabels`` region per non-empty (label, mask, score), in the given order.
+
+    Several regions may carry one label (one per instance); `annotation_masks` reads them back
+    as their union.
+
+    Args:
+        regions: (label, bool [H, W] mask at the image's natural size, score in [0, 1]).
+        from_name: the ``<BrushLabels name>``.
+        to_name: the ``<Image name>``.
+
+    Returns:
+        Result regions (JSON-ready). Ids are deterministic (hash of control, label and RLE), so
+        the same instance gets the same id in every computation; equal masks of one label
+        would share an id, which disjoint instances never are.
+
+    Raises:
+        BrushError: a mask is not 2-D.
+    """
+    out = []
+    for label, mask, score in regions:
+        mask = np.asarray(mask)
         if mask.ndim != 2:
             raise BrushError(f"mask for {label!r} must be 2-D, got shape {mask.shape}")
         if not mask.any():
             continue
-        if label not in scores:
-            raise BrushError(f"no score given for label {label!r}")
         rle = mask_to_rle(mask)
-        regions.append(
+        out.append(
             {
                 "id": _region_id(from_name, label, rle),
                 "from_name": from_name,
@@ -336,10 +366,10 @@ def masks_to_result(
                 "original_height": int(mask.shape[0]),
                 "image_rotation": 0,
                 "value": {"format": "rle", "rle": rle, "brushlabels": [label]},
-                "score": float(scores[label]),
+                "score": float(score),
             }
         )
-    return regions
+    return out
 
 
 def _region_id(from_name: str, label: str, rle: list[int]) -> str:

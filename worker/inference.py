@@ -1,8 +1,10 @@
 """One task at one model version: image -> cached target encoding -> per-label masks -> regions.
 
-Overlaps between labels: a pixel claimed by several labels goes to the label with the highest
-prediction score (ties: the label listed first in the labeling config). Abstaining labels
-contribute no region; a task where every label abstains gets an empty `result` with its score.
+Which label gets which region is `worker.assignment` (`ASSIGN`, default split): one brush region
+per accepted instance, each with its own score; rejected proposals (candidates) are not painted
+and are returned next to the stored prediction (`TaskResult.candidates`) for discovery. Abstaining
+labels contribute no region; a task where nothing is kept gets an empty `result` with the mean
+label score.
 """
 
 from __future__ import annotations
@@ -10,13 +12,16 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
 from backend.state.store import Store
-from worker.brush import masks_to_result
+from gfsam.assign import Instance
+from worker.assignment import assign
+from worker.brush import regions_to_result
 from worker.models import Runtime
 
 logger = logging.getLogger(__name__)
@@ -52,28 +57,20 @@ def load_references(
     return out
 
 
-def resolve_overlaps(
-    masks: dict[str, np.ndarray], scores: dict[str, float], order: list[str]
-) -> dict[str, np.ndarray]:
-    """Give every pixel to at most one label: highest score first, config order on ties.
+@dataclass
+class TaskResult:
+    """What predicting one task gives: the LS prediction and the proposals it left unpainted.
 
-    Args:
-        masks: label -> bool [H, W], all the same shape.
-        scores: label -> score in [0, 1].
-        order: labels in config order (tie-break).
-
-    Returns:
-        label -> bool [H, W], pairwise disjoint; labels left empty are dropped.
+    Attributes:
+        prediction: stored and delivered as is (one region per accepted instance).
+        candidates: rejected proposals (`gfsam.assign.Instance`: ``mask`` bool [H, W] original
+            size, ``label`` the label it matched best, ``score``, ``similarity``,
+            ``consistency``, ``source`` the label whose GF-SAM run proposed it); nothing of
+            them goes to Label Studio. Empty under ``ASSIGN=argmax``.
     """
-    ranked = sorted(masks, key=lambda label: (-scores.get(label, 0.0), order.index(label)))
-    out: dict[str, np.ndarray] = {}
-    claimed: np.ndarray | None = None
-    for label in ranked:
-        mask = masks[label] if claimed is None else masks[label] & ~claimed
-        claimed = mask.copy() if claimed is None else claimed | mask
-        if mask.any():
-            out[label] = mask
-    return out
+
+    prediction: StoredPrediction
+    candidates: list[Instance] = field(default_factory=list)
 
 
 def predict(
@@ -84,25 +81,43 @@ def predict(
     task: int,
     image_bytes: bytes,
 ) -> StoredPrediction:
-    """Predict every label of the config that has references, as one LS prediction.
+    """Predict every label of the config that has references, as one LS prediction."""
+    return predict_task(rt, store, cfg, refs, task, image_bytes).prediction
 
-    The item score is the mean score of the labels that produced a region, or the mean of all
-    label scores when every label abstained (then `result` is empty).
+
+def predict_task(
+    rt: Runtime,
+    store: Store,
+    cfg: LabelConfigSummary,
+    refs: ReferenceSet,
+    task: int,
+    image_bytes: bytes,
+) -> TaskResult:
+    """Predict every label that has references; assign instances; keep the candidates.
+
+    The item score is the mean score of the regions, or the mean of all label scores when no
+    region is kept (then `result` is empty).
     """
     target = target_encoding(rt, store, image_bytes)
     references = load_references(rt, store, refs, cfg.labels)
     preds = rt.model.pipeline.predict_labels(target, references)
     store.progress.incr_stat("predict")
-    scores = {label: float(p.score) for label, p in preds.items()}
-    masks = {label: np.asarray(p.mask, dtype=bool) for label, p in preds.items() if not p.abstained}
-    kept = resolve_overlaps(masks, scores, cfg.labels)
-    result = masks_to_result(
-        kept,
-        from_name=cfg.from_name,
-        to_name=cfg.to_name,
-        scores={label: scores[label] for label in kept},
+    shas = {label: [s.ref for s in refs.shots[label]] for label in references}
+    asg = assign(
+        rt.settings.assign,
+        rt.model.pipeline,
+        target,
+        preds,
+        references,
+        shas,
+        cfg.labels,
+        model_key=rt.model.key,
     )
-    used = [scores[label] for label in kept] or list(scores.values()) or [0.0]
-    return StoredPrediction(
+    regions = [(i.label, i.mask, i.score) for lb in cfg.labels for i in asg.accepted.get(lb, [])]
+    result = regions_to_result(regions, from_name=cfg.from_name, to_name=cfg.to_name)
+    used = [float(r["score"]) for r in result]
+    used = used or [float(p.score) for p in preds.values()] or [0.0]
+    prediction = StoredPrediction(
         task=task, result=result, score=float(np.mean(used)), model_version=refs.version
     )
+    return TaskResult(prediction, asg.candidates)

@@ -1,0 +1,114 @@
+"""Which label gets each region of one task: the worker's side of `gfsam.assign` (issue 10).
+
+`ASSIGN=split` (default): each instance a label's GF-SAM run found is kept only when it looks
+like that label's shots and lies in that label's evidence (`gfsam.assign.assign_split`); the rest
+become candidates (not painted, returned for discovery). `ASSIGN=argmax`: every label keeps its
+whole mask, a pixel claimed by several labels goes to the higher score (`assign_argmax`).
+
+Thresholds depend only on a label's shots, so they are computed once per (model, shot blob shas)
+and kept in this process (`ThresholdCache`); a re-fit that changes a label's shots changes its
+key, a task never recomputes them.
+
+Fallback: split needs token-level data (target tokens, each prediction's `segmentation`, each
+reference's `tokens`/`fg`) and the pipeline's `GFSAMConfig` (`pipeline.config`). A pipeline
+without them (the tests' `FakePipeline`) gets argmax, said once in the log.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from typing import Any
+
+from gfsam.assign import Assignment, SplitParams, assign_argmax, assign_split, calibrate_threshold
+from gfsam.types import GFSAMConfig
+
+logger = logging.getLogger(__name__)
+
+_warned_fallback = False
+
+
+class ThresholdCache:
+    """Per-label split thresholds by (model key, the label's shot blob shas), LRU-bounded."""
+
+    def __init__(self, max_items: int = 256) -> None:
+        self.max_items = max_items
+        self.computed = 0  # calibrations run by this process (tests check "once per shot set")
+        self._items: OrderedDict[tuple[str, ...], float] = OrderedDict()
+
+    def get(self, key: tuple[str, ...], compute: Callable[[], float]) -> float:
+        """The threshold under `key`, computed by `compute` on a miss."""
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = self._items[key] = float(compute())
+        self.computed += 1
+        while len(self._items) > self.max_items:
+            self._items.popitem(last=False)
+        return value
+
+    def clear(self) -> None:
+        self._items.clear()
+        self.computed = 0
+
+
+THRESHOLDS = ThresholdCache()  # one per worker process, like the model holder
+
+
+def supports_split(pipeline: Any, target: Any, predictions: Mapping[str, Any]) -> bool:
+    """True when the pipeline and its outputs carry what `assign_split` reads."""
+    return (
+        isinstance(getattr(pipeline, "config", None), GFSAMConfig)
+        and hasattr(target, "tokens")
+        and all(hasattr(p, "segmentation") for p in predictions.values())
+    )
+
+
+def assign(
+    mode: str,
+    pipeline: Any,
+    target: Any,
+    predictions: Mapping[str, Any],
+    references: Mapping[str, Sequence[Any]],
+    shas: Mapping[str, Sequence[str]],
+    order: Sequence[str],
+    *,
+    model_key: str,
+    cache: ThresholdCache = THRESHOLDS,
+) -> Assignment:
+    """Turn per-label predictions of one target into accepted instances and candidates.
+
+    Args:
+        mode: ``"split"`` or ``"argmax"`` (`Settings.assign`).
+        pipeline: the worker's pipeline (its ``config`` is the `GFSAMConfig` split uses).
+        target: the target encoding the predictions were made on.
+        predictions: label -> prediction, in config order (labels with shots only).
+        references: label -> the decoded shots the prediction used.
+        shas: label -> the blob shas of those shots (the threshold cache key).
+        order: every label of the config, in config order (argmax tie-break).
+        model_key: identifies the weights (`Model.key`).
+        cache: where thresholds are kept.
+
+    Returns:
+        `Assignment`: label -> accepted instances (bool [H, W] original size, pairwise
+        disjoint, each with its score), and the rejected candidates (split only).
+    """
+    global _warned_fallback
+    if mode == "split" and supports_split(pipeline, target, predictions):
+        cfg, params = pipeline.config, SplitParams()
+        thresholds = {
+            label: cache.get(
+                (model_key, *shas[label]),
+                partial(calibrate_threshold, references[label], cfg, params),
+            )
+            for label in predictions
+        }
+        return assign_split(
+            target, predictions, references, cfg=cfg, params=params, thresholds=thresholds
+        )
+    if mode == "split" and not _warned_fallback:
+        _warned_fallback = True
+        logger.info("ASSIGN=split needs token-level predictions; this pipeline has none: argmax")
+    return assign_argmax(predictions, order)
