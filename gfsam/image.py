@@ -24,8 +24,11 @@ MASK_THRESHOLD = 128
 Source = str | Path | bytes
 
 
-def _open(source: Source, what: str) -> Image.Image:
-    """Open and fully decode an image so that corrupt data fails here, as ValueError."""
+def _open(source: Source, what: str, max_pixels: int | None = None) -> Image.Image:
+    """Open and fully decode an image so that corrupt data fails here, as ValueError.
+
+    `max_pixels` is checked from the header, before any pixel is decoded (decompression bombs).
+    """
     if isinstance(source, bytes | bytearray):
         stream: io.BytesIO | str | Path = io.BytesIO(source)
         label = f"{what} bytes ({len(source)} B)"
@@ -33,28 +36,63 @@ def _open(source: Source, what: str) -> Image.Image:
         stream, label = source, f"{what} {str(source)!r}"
     try:
         img = Image.open(stream)
+        if max_pixels is not None and img.width * img.height > max_pixels:
+            raise ValueError(
+                f"{label}: {img.width}x{img.height} pixels is over the cap of {max_pixels}"
+            )
         img.load()
     except FileNotFoundError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"cannot decode {label}: {exc}") from exc
+    except UnidentifiedImageError:
+        raise ValueError(f"cannot decode {label}: not an image format PIL reads") from None
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        reason = str(exc).replace(repr(stream), "data") if isinstance(stream, io.BytesIO) else exc
+        raise ValueError(f"cannot decode {label}: {reason}") from exc
     return img
 
 
-def load_image(source: Source) -> np.ndarray:
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """Scale 16-bit, 32-bit integer and float greyscale to 8 bits (PIL's convert clips them).
+
+    Integer images are scaled by their type's range (16-bit: /257; 32-bit: as 16-bit when the
+    values fit, else by the maximum); float images must hold values in [0, 1] or [0, 255].
+
+    Raises:
+        ValueError: a float image with values outside [0, 255], NaN or infinity.
+    """
+    if img.mode not in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        return img
+    values = np.asarray(img).astype(np.float64)
+    if img.mode == "F":
+        if not np.isfinite(values).all() or values.min() < 0 or values.max() > 255:
+            raise ValueError("float image values must lie in [0, 1] or [0, 255]")
+        scale = 255.0 if values.max() <= 1.0 else 1.0
+    elif img.mode == "I" and values.max() > 65535:
+        scale = 255.0 / values.max()
+    elif img.mode == "I" and values.min() < 0:
+        raise ValueError("32-bit image with negative values")
+    else:
+        scale = 255.0 / 65535.0
+    return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
+
+
+def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file to RGB pixels, EXIF orientation applied.
 
     Args:
-        source: path or encoded bytes (JPEG, PNG, WebP, ... anything PIL reads).
+        source: path or encoded bytes (JPEG, PNG, WebP, ... anything PIL reads). 16-bit and
+            float greyscale are scaled to 8 bits (see `_to_8bit`).
+        max_pixels: refuse images with more pixels, read from the header before decoding.
 
     Returns:
         uint8 [H, W, 3] RGB; (H, W) is the size after EXIF rotation. Grey and palette images
         are expanded to RGB; an alpha channel is dropped.
 
     Raises:
-        FileNotFoundError: missing path. ValueError: corrupt or unsupported data.
+        FileNotFoundError: missing path. ValueError: corrupt or unsupported data, over
+        `max_pixels`.
     """
-    img = ImageOps.exif_transpose(_open(source, "image"))
+    img = _to_8bit(ImageOps.exif_transpose(_open(source, "image", max_pixels)))
     return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
 
 

@@ -6,6 +6,7 @@ import base64
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -98,10 +99,15 @@ def test_predict_before_any_reference_returns_items_without_result(svc: Service)
     assert not any(j.startswith("predict") for j in queued_ids(svc.conn, svc.settings))
 
 
-def test_predict_interactive_is_not_computed(svc: Service) -> None:
+def test_predict_interactive_goes_to_the_interactive_lane(
+    make_service: Callable[..., Service],
+) -> None:
+    """A click waits for the interactive worker (tests/test_interactive.py runs one); with none
+    it is withdrawn at the deadline: 503 naming the missing process, nothing predicted."""
+    svc = make_service(interactive_deadline_s=0.3)
     reply = svc.client.post("/predict", json=body("predict_interactive.json"))
-    assert reply.status_code == 200
-    assert reply.json() == {"results": [{"model_version": "gfsam-p1-v0"}]}
+    assert reply.status_code == 503 and "worker.main --interactive" in reply.json()["detail"]
+    assert svc.jobs.interactive.count == 0 and not svc.ls.posts
 
 
 @pytest.mark.parametrize(
@@ -139,17 +145,20 @@ def test_predict_not_json(svc: Service) -> None:
 )
 def test_webhook_events(svc: Service, name: str, status: str, kinds: list[str]) -> None:
     svc.client.post("/setup", json=body("setup.json"))  # queues sync-1 (new project)
+    svc.run_worker()  # the sync reads the project from LS and registers it
     reply = svc.client.post("/webhook", json=body(name))
     assert reply.status_code == 200
     data = reply.json()
     assert data["status"] == status and "job" not in data  # "job" would make LS record a train job
     if name == "webhook_start_training.json":
-        assert data["queued"] == []  # collapses with the queued sync
+        assert data["queued"] == ["sync-1"]
     else:
         assert [q[: len(k)] for q, k in zip(data["queued"], kinds, strict=True)] == kinds
 
 
 def test_webhook_duplicate_event_queues_one_job(svc: Service) -> None:
+    svc.client.post("/setup", json=body("setup.json"))
+    svc.run_worker()  # project 1 registered once LS confirmed it
     event = body("webhook_annotation_created.json")
     first = svc.client.post("/webhook", json=event).json()["queued"]
     again = svc.client.post("/webhook", json=event).json()["queued"]
@@ -161,7 +170,10 @@ def test_webhook_duplicate_event_queues_one_job(svc: Service) -> None:
 
 
 def test_webhook_first_event_of_unknown_project_registers_config(svc: Service) -> None:
-    svc.client.post("/webhook", json=body("webhook_annotation_created.json"))
+    reply = svc.client.post("/webhook", json=body("webhook_annotation_created.json"))
+    assert reply.is_success and "sync-1" in queued_ids(svc.conn, svc.settings)  # work only
+    assert svc.client.get("/projects/1").status_code == 404
+    svc.run_worker()  # the sync reads the project and its config from LS
     status = svc.client.get("/projects/1").json()
     assert status["config"] == {
         "from_name": "tag",
@@ -220,8 +232,10 @@ def test_basic_auth_on_ls_calls_only(service_settings: Settings, redis_conn: Red
 def test_versions_and_project_status(svc: Service) -> None:
     assert svc.client.get("/versions").json() == {"versions": []}
     assert svc.client.get("/projects/1").status_code == 404
+    svc.ls.configs[2] = body("setup_multilabel.json")["schema"]
     svc.client.post("/setup", json=body("setup.json"))
     svc.client.post("/setup", json=body("setup_multilabel.json"))
+    svc.run_worker()  # the syncs read both projects from LS (registered once LS confirms them)
     assert svc.client.get("/versions").json() == {"versions": ["gfsam-p1-v0", "gfsam-p2-v0"]}
     status = svc.client.get("/projects/2").json()
     assert status["model_version"] == "gfsam-p2-v0" and status["ready"] is False
@@ -232,6 +246,7 @@ def test_versions_and_project_status(svc: Service) -> None:
 
 def test_metrics_text(svc: Service) -> None:
     svc.client.post("/setup", json=body("setup.json"))
+    svc.run_worker()
     svc.client.get("/health")
     reply = svc.client.get("/metrics")
     assert reply.status_code == 200 and reply.headers["content-type"].startswith("text/plain")

@@ -41,6 +41,7 @@ def event(action: str, ann: dict[str, Any], ls: FakeLabelStudio) -> dict[str, An
 
 def setup_project(svc: Service, n: int = 4) -> list[int]:
     assert svc.client.post("/setup", json=fixture("setup.json")).status_code == 200
+    svc.run_worker()  # the sync reads the project from LS and registers it (issue 7)
     return [svc.ls.add_task(1, png_bytes(W, H, seed=i))["id"] for i in range(n)]
 
 
@@ -234,6 +235,7 @@ def test_corrupt_and_missing_images_fail_alone(svc: Service) -> None:
 
 
 def test_multilabel_overlap_goes_to_higher_score(svc: Service) -> None:
+    svc.ls.configs[2] = fixture("setup_multilabel.json")["schema"]  # the config LS holds
     svc.client.post("/setup", json=fixture("setup_multilabel.json"))
     a, b = (svc.ls.add_task(2, png_bytes(W, H, seed=i))["id"] for i in range(2))
     cat, dog = box_mask(H, W, 0, 30, 0, 40), box_mask(H, W, 10, 40, 20, 60)
@@ -261,6 +263,7 @@ def test_multilabel_overlap_goes_to_higher_score(svc: Service) -> None:
 def test_abstaining_prediction_is_empty_result_with_score(svc: Service) -> None:
     setup = fixture("setup.json")
     setup["schema"] = setup["schema"].replace('"Object"', '"Absent"')
+    svc.ls.configs[1] = setup["schema"]  # the config LS holds
     svc.client.post("/setup", json=setup)
     a, b = (svc.ls.add_task(1, png_bytes(W, H, seed=i))["id"] for i in range(2))
     ann = svc.ls.annotate(a, [brush_region(SEED, "Absent")])
@@ -317,7 +320,7 @@ def _race_setup(svc: Service) -> tuple[Jobs, int, str]:
 def test_race_result_before_deadline_is_inline_only(svc: Service) -> None:
     jobs, t, url = _race_setup(svc)
     v = "gfsam-p1-v1"
-    pending = inline.start(jobs.store, jobs, 1, v, [(t, url)])
+    pending = inline.start(jobs.store, jobs, 1, v, [t])
     svc.run_worker()  # stores, sees the waiter, leaves delivery to us
     out: list[Any] = [None]
     inline.wait(jobs.store, jobs, 1, v, pending, out, time.monotonic() + 5)
@@ -330,7 +333,7 @@ def test_race_result_before_deadline_is_inline_only(svc: Service) -> None:
 def test_race_deadline_before_result_goes_through_api(svc: Service) -> None:
     jobs, t, url = _race_setup(svc)
     v = "gfsam-p1-v1"
-    pending = inline.start(jobs.store, jobs, 1, v, [(t, url)])
+    pending = inline.start(jobs.store, jobs, 1, v, [t])
     inline.give_up(jobs.store, jobs, 1, v, pending)  # deadline: nothing computed yet
     svc.run_worker()
     assert [p["task"] for p in svc.ls.posts] == [t]
@@ -344,7 +347,7 @@ def test_race_deadline_before_result_goes_through_api(svc: Service) -> None:
 def test_race_result_lands_while_giving_up(svc: Service) -> None:
     jobs, t, url = _race_setup(svc)
     v = "gfsam-p1-v1"
-    pending = inline.start(jobs.store, jobs, 1, v, [(t, url)])
+    pending = inline.start(jobs.store, jobs, 1, v, [t])
     svc.run_worker()  # stored while the waiter was still registered
     inline.give_up(jobs.store, jobs, 1, v, pending)  # claims "api" and queues a deliver job
     assert svc.ls.posts == []
@@ -373,7 +376,7 @@ def test_inline_reply_is_verified_later(svc: Service) -> None:
     from backend.state.schemas import DeliverJob
 
     v = "gfsam-p1-v1"
-    pending = inline.start(jobs.store, jobs, 1, v, [(t, url)])
+    pending = inline.start(jobs.store, jobs, 1, v, [t])
     svc.run_worker()
     out: list[Any] = [None]
     inline.wait(jobs.store, jobs, 1, v, pending, out, time.monotonic() + 5)
@@ -425,7 +428,7 @@ def test_inline_reply_schedules_a_later_check(make_service: Callable[..., Servic
 
     svc = make_service(inline_verify_delay_s=150)
     jobs, t, url = _race_setup(svc)
-    pending = inline.start(jobs.store, jobs, 1, "gfsam-p1-v1", [(t, url)])
+    pending = inline.start(jobs.store, jobs, 1, "gfsam-p1-v1", [t])
     svc.run_worker()
     out: list[Any] = [None]
     inline.wait(jobs.store, jobs, 1, "gfsam-p1-v1", pending, out, time.monotonic() + 5)
@@ -462,11 +465,13 @@ def test_label_config_change_bumps_version_and_repredicts(svc: Service) -> None:
     assert version(svc) == "gfsam-p1-v1"
     # A cosmetic change (same control, image key and labels) keeps the version, queues nothing.
     body["schema"] = body["schema"].replace('zoom="true"', 'zoom="false"')
+    svc.ls.configs[1] = body["schema"]  # changed in LS; /setup only hints at it
     assert svc.client.post("/setup", json=body).json()["model_version"] == "gfsam-p1-v1"
     svc.run_worker()
     assert svc.client.post("/setup", json=body).json()["model_version"] == "gfsam-p1-v1"
     # Renaming the brush control: the delivered predictions no longer fit the config.
     body["schema"] = body["schema"].replace('name="tag"', 'name="mask"')
+    svc.ls.configs[1] = body["schema"]
     posts_before = len(svc.ls.posts)
     assert svc.client.post("/setup", json=body).json()["model_version"] == "gfsam-p1-v1"
     svc.run_worker()
@@ -478,6 +483,7 @@ def test_label_config_change_bumps_version_and_repredicts(svc: Service) -> None:
     assert all(p["result"][0]["from_name"] == "mask" for p in new)
     # Back to the first config, then to the second again: each change is a new version.
     for schema, expected in ((fixture("setup.json")["schema"], 3), (body["schema"], 4)):
+        svc.ls.configs[1] = schema
         assert svc.client.post("/setup", json={**body, "schema": schema}).is_success
         svc.run_worker()
         assert version(svc) == f"gfsam-p1-v{expected}"

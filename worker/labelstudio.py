@@ -16,15 +16,19 @@ import base64
 import binascii
 import json
 import logging
+import socket
 import threading
 import time
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import requests
 from pydantic import ValidationError
 
-from worker.lsmodels import LSAnnotation, LSPrediction, LSReply, LSTask
+from worker.lsmodels import LSAnnotation, LSPrediction, LSProject, LSReply, LSTask
+
+if TYPE_CHECKING:
+    from worker.media import MediaPolicy
 
 __all__ = [
     "CLOUD_SCHEMES",
@@ -33,7 +37,9 @@ __all__ = [
     "LabelStudioError",
     "LabelStudioNotFound",
     "LabelStudioUnavailable",
+    "MediaDeadline",
     "MediaNotFound",
+    "MediaRefused",
     "MediaTooLarge",
 ]
 
@@ -43,6 +49,7 @@ CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")  # resolved by LS's pres
 _REFRESH_MARGIN_S = 30.0  # refresh the access token this long before its `exp`
 _CHUNK = 1 << 16
 _SAFE_PARAMS = frozenset({"d", "fileuri"})
+_MAX_REDIRECTS = 5
 
 
 class LabelStudioError(Exception):
@@ -71,6 +78,14 @@ class MediaNotFound(LabelStudioNotFound):
 
 class MediaTooLarge(LabelStudioError):
     """The media file is larger than the client's ``max_bytes``."""
+
+
+class MediaRefused(LabelStudioError):
+    """A media URL or address the media policy does not allow (permanent, not retried)."""
+
+
+class MediaDeadline(LabelStudioError):
+    """A media download that did not finish within its total deadline (permanent)."""
 
 
 def _jwt_claims(token: str) -> dict[str, Any] | None:
@@ -145,16 +160,27 @@ class LabelStudioClient:
         api_key: legacy token or Personal Access Token (``LABEL_STUDIO_API_KEY``).
         timeout: connect and read timeout of every request, in seconds.
         max_bytes: largest media file ``download`` accepts.
+        media_policy: hosts and addresses ``download`` may fetch (None: any, no checks).
+        media_deadline_s: total time of one ``download``, redirects included.
     """
 
     def __init__(
-        self, url: str, api_key: str, *, timeout: float = 30.0, max_bytes: int = 256 * 1024**2
+        self,
+        url: str,
+        api_key: str,
+        *,
+        timeout: float = 30.0,
+        max_bytes: int = 256 * 1024**2,
+        media_policy: MediaPolicy | None = None,
+        media_deadline_s: float = 60.0,
     ) -> None:
         if not api_key:
             raise LabelStudioAuthError("no Label Studio API key configured (LABEL_STUDIO_API_KEY)")
         self.url = url.rstrip("/")
         self.timeout = timeout
         self.max_bytes = max_bytes
+        self.media_policy = media_policy
+        self.media_deadline_s = media_deadline_s
         parts = urlsplit(self.url)
         self._origin = f"{parts.scheme}://{parts.netloc}"
         self._netloc = parts.netloc.lower()
@@ -185,7 +211,14 @@ class LabelStudioClient:
         return access, float(claims.get("exp", time.time() + 60))
 
     def _send(
-        self, method: str, path_or_url: str, *, auth: bool = True, media: bool = False, **kw: Any
+        self,
+        method: str,
+        path_or_url: str,
+        *,
+        auth: bool = True,
+        media: bool = False,
+        redirects: bool = True,
+        **kw: Any,
     ) -> requests.Response:
         """One request with timeout and typed errors; ``path_or_url`` may be an API path.
 
@@ -199,7 +232,7 @@ class LabelStudioClient:
                 auth=self._auth if auth else None,
                 timeout=self.timeout,
                 stream=media,
-                allow_redirects=True,
+                allow_redirects=redirects,
                 **kw,
             )
         except requests.Timeout as exc:
@@ -277,26 +310,65 @@ class LabelStudioClient:
         """
         target, with_auth = self.media_url(url, task_id=task_id)
         start = time.monotonic()
-        reply = self._send("GET", target, auth=with_auth, media=True)
+        deadline = start + self.media_deadline_s
+        reply = self._open_media(target, with_auth, deadline)
+        cutoff = _Cutoff(reply, deadline)
         try:
             declared = int(reply.headers.get("Content-Length") or 0)
             if declared > self.max_bytes:
-                raise MediaTooLarge(f"{_safe(target)}: {declared} bytes > {self.max_bytes}")
+                raise MediaTooLarge(f"{_safe(target)}: over {self.max_bytes} bytes")
             data = bytearray()
             for chunk in reply.iter_content(_CHUNK):
                 data += chunk
                 if len(data) > self.max_bytes:
                     raise MediaTooLarge(f"{_safe(target)}: over {self.max_bytes} bytes")
+                if time.monotonic() > deadline:
+                    raise MediaDeadline(f"{_safe(target)}: over {self.media_deadline_s:g}s")
         except requests.RequestException as exc:
+            if cutoff.fired or time.monotonic() > deadline:
+                raise MediaDeadline(f"{_safe(target)}: over {self.media_deadline_s:g}s") from None
+            if isinstance(exc, requests.Timeout):
+                raise MediaDeadline(f"GET {_safe(target)}: read timed out") from None
             raise LabelStudioUnavailable(
                 f"GET {_safe(target)} broke off: {type(exc).__name__}"
             ) from None
         finally:
+            cutoff.cancel()
             reply.close()
         logger.info(
             "downloaded %s (%d bytes, %.2fs)", _safe(target), len(data), time.monotonic() - start
         )
         return bytes(data)
+
+    def _open_media(self, target: str, with_auth: bool, deadline: float) -> requests.Response:
+        """GET the media URL, following redirects by hand so that every hop is checked by the
+        policy and our token only ever goes to Label Studio's own origin."""
+        policy = self.media_policy
+        for _ in range(_MAX_REDIRECTS + 1):
+            host = policy.check_url(target) if policy is not None else ""
+            if time.monotonic() > deadline:
+                raise MediaDeadline(f"{_safe(target)}: over {self.media_deadline_s:g}s")
+            try:
+                reply = self._send("GET", target, auth=with_auth, media=True, redirects=False)
+            except LabelStudioError as exc:
+                if policy is None or policy.trusted(host):
+                    raise
+                raise type(exc)(f"GET {_safe(target)}: {type(exc).__name__}") from None
+            if policy is not None:
+                from worker.media import peer_address
+
+                try:
+                    policy.check_address(host, peer_address(reply.raw))
+                except MediaRefused:
+                    reply.close()
+                    raise
+            if not reply.is_redirect:
+                return reply
+            location = reply.headers.get("Location", "")
+            reply.close()
+            target = requests.compat.urljoin(target, location)
+            with_auth = urlsplit(target).netloc.lower() == self._netloc and with_auth
+        raise MediaRefused(f"{_safe(target)}: more than {_MAX_REDIRECTS} redirects")
 
     # ------------------------------------------------------------------ tasks, annotations
 
@@ -316,6 +388,16 @@ class LabelStudioClient:
             if not batch or len(tasks) >= int(reply.get("total", 0)):
                 return tasks
             page += 1
+
+    def get_task(self, task_id: int) -> LSTask:
+        """One task as LS stores it (data, project); raises LabelStudioNotFound when gone."""
+        path = f"/api/tasks/{int(task_id)}/"
+        return _parse(LSTask, self._json("GET", path), path)
+
+    def get_project(self, project: int) -> LSProject:
+        """A project's id and label config; raises LabelStudioNotFound for an unknown id."""
+        path = f"/api/projects/{int(project)}/"
+        return _parse(LSProject, self._json("GET", path), path)
 
     def get_annotation(self, annotation_id: int) -> LSAnnotation | None:
         """One annotation, or None when it no longer exists."""
@@ -371,6 +453,31 @@ class LabelStudioClient:
             return _parse(LSPrediction, self._json("GET", path), path)
         except LabelStudioNotFound:
             return None
+
+
+class _Cutoff:
+    """Shuts the download's socket down at the deadline: a server that drips bytes slower than
+    the read timeout would otherwise hold the worker indefinitely."""
+
+    def __init__(self, reply: requests.Response, deadline: float) -> None:
+        from worker.media import socket_of
+
+        self.fired = False
+        self._sock = socket_of(reply.raw)
+        self._timer = threading.Timer(max(0.0, deadline - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _fire(self) -> None:
+        self.fired = True
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def cancel(self) -> None:
+        self._timer.cancel()
 
 
 Reply = TypeVar("Reply", bound=LSReply)

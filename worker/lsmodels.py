@@ -20,6 +20,7 @@ class LSTask(LSReply):
     """One row of `GET /api/tasks/`."""
 
     id: int
+    project: int | None = None
     data: dict[str, Any] = {}
     total_annotations: int = 0
     cancelled_annotations: int = 0
@@ -56,3 +57,10 @@ class LSPrediction(LSReply):
     result: list[dict[str, Any]] | None = None
     score: float | None = None
     model_version: str | None = None
+
+
+class LSProject(LSReply):
+    """`GET /api/projects/{id}/`: the label config we predict for comes from here only."""
+
+    id: int
+    label_config: str = ""

@@ -18,6 +18,7 @@ import numpy as np
 from backend.state.settings import Settings
 from worker.cache import ReferenceCache, TargetCache
 from worker.labelstudio import LabelStudioClient
+from worker.media import MediaPolicy
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ def build_model(settings: Settings) -> Model:
     Raises:
         gfsam.encoders.WeightsNotFoundError: a checkpoint is missing (message lists the paths).
     """
+    from functools import partial
+
     import torch
 
     from gfsam.image import load_image
@@ -92,7 +95,7 @@ def build_model(settings: Settings) -> Model:
         pipeline,
         Reference.from_bytes,
         TargetEncoding.from_bytes,
-        load_image,
+        partial(load_image, max_pixels=settings.max_image_pixels),
         hashlib.sha256(key.encode()).hexdigest()[:12],
     )
 
@@ -104,10 +107,17 @@ def client(settings: Settings) -> LabelStudioClient:
         LabelStudioAuthError: LABEL_STUDIO_API_KEY is not set.
     """
     key = settings.label_studio_api_key
+    policy = MediaPolicy(
+        settings.label_studio_url,
+        settings.media_allow_hosts,
+        allow_private=settings.media_allow_private,
+    )
     return LabelStudioClient(
         settings.label_studio_url,
         key.get_secret_value() if key else "",
         timeout=settings.ls_timeout_s,
+        media_policy=policy,
+        media_deadline_s=settings.media_deadline_s,
     )
 
 

@@ -19,10 +19,12 @@ from backend.state.jobs import Jobs
 from backend.state.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
 from backend.state.store import LockTimeout, Store
 from backend.state.versions import project_versions
-from worker import delivery, inference, models
+from worker import delivery, inference, models, scale
 from worker.brush import BrushError
-from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
+from worker.labelstudio import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from worker.lsmodels import LSTask
 from worker.preannotate import preannotate
+from worker.projectconfig import refresh_config
 from worker.refit import apply_changes, bump_version
 from worker.shots import AnnotationState
 
@@ -97,11 +99,28 @@ def _predict(rt: models.Runtime, store: Store, jobs: Jobs, payload: PredictJob) 
         cfg = store.data.config(p)
         if cfg is None:
             raise ValueError(f"project {p} has no label config")
-        image = rt.ls.download(payload.image_url, task_id=t)
+        url = payload.image_url
+        if payload.interactive or url is None:  # queued by /predict: its data is LS's, not theirs
+            url = _task_of(rt, p, t).image_url(cfg.data_key)
+        if url is None:
+            raise ValueError(f"task {t} has no image URL under {cfg.data_key!r} in Label Studio")
+        image = rt.ls.download(url, task_id=t)
         pred = inference.predict(rt, store, cfg, refs, t, image)
         store.data.put_prediction(p, pred)
         store.progress.clear_failure(p, f"task:{t}")
     return delivery.deliver_computed(rt, store, jobs, p, pred)
+
+
+def _task_of(rt: models.Runtime, p: int, t: int) -> LSTask:
+    """Task `t` as Label Studio holds it, which must belong to project `p`.
+
+    Raises:
+        ValueError: the task is in another project. LabelStudioNotFound: no such task.
+    """
+    task = rt.ls.get_task(t)
+    if task.project is not None and task.project != p:
+        raise ValueError(f"task {t} is not in project {p}")
+    return task
 
 
 def deliver_prediction(raw: dict[str, Any]) -> str:
@@ -115,7 +134,8 @@ def deliver_prediction(raw: dict[str, Any]) -> str:
 
 
 def apply_annotation(raw: dict[str, Any]) -> str | None:
-    """Re-fit from one annotation's current state in LS (created or updated event)."""
+    """Re-fit from one annotation's current state in LS (created or updated event); with a
+    debounce window, the state joins the project's next debounced re-fit instead."""
     payload = AnnotationJob.model_validate(raw)
     rt, store, jobs, _ = _context()
     p = payload.project
@@ -123,12 +143,10 @@ def apply_annotation(raw: dict[str, Any]) -> str | None:
         payload.fingerprint
     ):
         return None  # this state was applied already (e.g. by a sync)
+    if rt.settings.refit_debounce_s > 0:  # a burst of corrections: one re-fit (worker.scale)
+        return scale.schedule_refit(rt, store, jobs, p, payload.annotation, payload.fingerprint)
     with _recorded(store, p, f"annotation:{payload.annotation}"):
-        ann = rt.ls.get_annotation(payload.annotation)
-        if ann is None:
-            state = AnnotationState.deleted(payload.annotation)
-        else:
-            state = AnnotationState.from_ls(ann, payload.image_url, payload.task)
+        state = scale.annotation_state(rt, store, p, payload.annotation, payload.task)
         return apply_changes(rt, store, jobs, p, [state])
 
 
@@ -136,9 +154,13 @@ def delete_annotations(raw: dict[str, Any]) -> str | None:
     """ANNOTATIONS_DELETED: the annotations stop being shots (one version bump at most)."""
     payload = DeleteJob.model_validate(raw)
     rt, store, jobs, _ = _context()
-    states = [AnnotationState.deleted(a) for a in payload.annotations]
+    if store.data.config(payload.project) is None:
+        return None  # a project we never registered: nothing to remove (not retried)
     with _recorded(store, payload.project, "delete"):
-        return apply_changes(rt, store, jobs, payload.project, states)
+        # An event only says "look": an annotation LS still has is not deleted.
+        gone = [a for a in payload.annotations if rt.ls.get_annotation(a) is None]
+        states = [AnnotationState.deleted(a) for a in gone]
+        return apply_changes(rt, store, jobs, payload.project, states) if states else None
 
 
 def sync_project(raw: dict[str, Any]) -> str:
@@ -152,9 +174,14 @@ def sync_project(raw: dict[str, Any]) -> str:
 
 
 def _sync(rt: models.Runtime, store: Store, jobs: Jobs, p: int) -> str:
-    cfg = store.data.config(p)
+    try:
+        cfg, changed = refresh_config(rt, store, p)
+    except LabelStudioNotFound:
+        return "unknown-project"  # LS does not confirm it: nothing registered, not retried
     if cfg is None:
         return "no-config"
+    if changed:
+        bump_version(rt, store, jobs, p)
     _version_floor(rt, store, p)
     tasks = rt.ls.list_tasks(p)
     states, present = [], set()
@@ -181,7 +208,11 @@ def apply_config_change(raw: dict[str, Any]) -> str | None:
     """The label config changed: same shots, new version, unlabeled tasks predicted again."""
     payload = SyncJob.model_validate(raw)
     rt, store, jobs, _ = _context()
-    return bump_version(rt, store, jobs, payload.project)
+    try:
+        _, changed = refresh_config(rt, store, payload.project)
+    except LabelStudioNotFound:
+        return None  # not a project of this Label Studio
+    return bump_version(rt, store, jobs, payload.project) if changed else None
 
 
 def _version_floor(rt: models.Runtime, store: Store, p: int) -> None:

@@ -6,13 +6,11 @@ import hmac
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, status
-from fastapi.security import HTTPBasic, HTTPBasicCredentials
 
+from backend.api.guard import basic_auth_ok
 from backend.state.jobs import Jobs
 from backend.state.settings import Settings, get_settings
 from backend.state.store import Store
-
-_basic = HTTPBasic(auto_error=False)
 
 
 def _store(request: Request) -> Store:
@@ -32,14 +30,14 @@ def _equal(given: str, expected: str) -> bool:
     return hmac.compare_digest(given.encode("utf-8"), expected.encode("utf-8"))
 
 
-def require_basic_auth(
-    settings: SettingsDep,
-    credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
-) -> None:
-    """HTTP Basic, only when BASIC_AUTH_USER/PASS are set (LS sends it on the calls it makes)."""
+def require_basic_auth(settings: SettingsDep, request: Request) -> None:
+    """HTTP Basic, only when BASIC_AUTH_USER/PASS are set (LS sends it on the calls it makes).
+
+    `guard.RequestGuard` already checked it before the body was read; this is the second lock.
+    """
     if settings.basic_auth_user is None or settings.basic_auth_pass is None:
         return
-    if not _basic_ok(settings, credentials):
+    if not basic_auth_ok(settings, request.headers.get("authorization")):
         raise HTTPException(
             status.HTTP_401_UNAUTHORIZED,
             "invalid or missing basic auth credentials",
@@ -47,30 +45,19 @@ def require_basic_auth(
         )
 
 
-def _basic_ok(settings: Settings, credentials: HTTPBasicCredentials | None) -> bool:
-    if credentials is None or settings.basic_auth_user is None or settings.basic_auth_pass is None:
-        return False
-    return _equal(credentials.username, settings.basic_auth_user) & _equal(
-        credentials.password, settings.basic_auth_pass.get_secret_value()
-    )
-
-
-async def require_webhook_secret(
-    settings: SettingsDep,
-    request: Request,
-    credentials: Annotated[HTTPBasicCredentials | None, Depends(_basic)],
-) -> None:
+async def require_webhook_secret(settings: SettingsDep, request: Request) -> None:
     """Shared-secret header on /webhook, only when WEBHOOK_SECRET is set (LS sends no auth).
 
     START_TRAINING is sent by LS's ML API client, not by the webhook, so it carries basic auth
     (when configured) instead of the webhook headers; it is accepted with either. When no basic
-    auth is configured it is accepted as is: it only queues a deduplicated sync with LS.
+    auth is configured it is accepted as is: an event only queues work (a deduplicated sync);
+    the config and every other fact are read from LS by the worker.
     """
     if settings.webhook_secret is None:
         return
     given = request.headers.get(settings.webhook_secret_header, "")
-    if _equal(given, settings.webhook_secret.get_secret_value()) or _basic_ok(
-        settings, credentials
+    if _equal(given, settings.webhook_secret.get_secret_value()) or basic_auth_ok(
+        settings, request.headers.get("authorization")
     ):
         return
     if settings.basic_auth_user is None:

@@ -17,10 +17,13 @@ def predict_and_wait(
     jobs: Jobs,
     p: int,
     version: str,
-    tasks: list[tuple[int, str | None]],
+    tasks: list[int],
     deadline: float,
 ) -> list[StoredPrediction | None]:
     """Queue each task on the high queue and wait for the results until `deadline` (monotonic).
+
+    Tasks go by id only: the worker reads their data and project from Label Studio, so a
+    result is always LS's task's image, whatever the caller sent (issue 7).
 
     Returns one entry per task: the result claimed here ("inline"), or None where the reply
     carries no result (left to the worker or a `deliver` job).
@@ -34,18 +37,12 @@ def predict_and_wait(
     return out
 
 
-def start(
-    store: Store, jobs: Jobs, p: int, version: str, tasks: list[tuple[int, str | None]]
-) -> dict[int, int]:
+def start(store: Store, jobs: Jobs, p: int, version: str, tasks: list[int]) -> dict[int, int]:
     """Register as a waiter and queue every task (high queue). Returns task -> reply index."""
-    ids = [t for t, _ in tasks]
-    claims = store.coord.delivery_claims(p, ids, version)
+    claims = store.coord.delivery_claims(p, tasks, version)
     ttl = int(store.settings.predict_deadline_s) + 60
     pending: dict[int, int] = {}
-    for i, ((task, url), claim) in enumerate(zip(tasks, claims, strict=True)):
-        if url is None:
-            store.progress.record_failure(p, f"task:{task}", "task data has no image URL")
-            continue
+    for i, (task, claim) in enumerate(zip(tasks, claims, strict=True)):
         if task in pending:
             continue
         if claim is not None:  # delivered before: make sure LS has it, never send it twice
@@ -57,7 +54,7 @@ def start(
             continue
         store.coord.waiter_enter(p, task, version, ttl)
         pending[task] = i
-        job = PredictJob(project=p, task=task, version=version, image_url=url, interactive=True)
+        job = PredictJob(project=p, task=task, version=version, interactive=True)
         jobs.enqueue_predict(job, high=True)
     return pending
 

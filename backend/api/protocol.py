@@ -7,7 +7,7 @@ Label Studio sends many more fields than we read; unknown fields are ignored
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
@@ -20,12 +20,29 @@ class LSModel(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
 
+# LS ids are positive database integers; anything larger is refused, not stored (issue 7).
+MAX_ID = 2**31 - 1
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+
+
 def project_id_of(project: str | int) -> int:
-    """LS sends `project` as "<id>.<created_at timestamp>" in /setup and /predict (§1.3)."""
-    head = str(project).split(".", 1)[0].strip()
-    if not head.isdigit():
+    """LS sends `project` as "<id>.<created_at timestamp>" in /setup and /predict (§1.3).
+
+    Raises:
+        ValueError: not ASCII digits (optionally followed by '.' and a timestamp), or an id
+            outside 1..MAX_ID.
+    """
+    head, _, tail = str(project).strip().partition(".")
+    ok = head.isascii() and head.isdigit() and len(head) <= 10 and 1 <= int(head) <= MAX_ID
+    if not ok or (tail and not (tail.isascii() and tail.replace(".", "").isdigit())):
         raise ValueError(f"project must look like '<id>.<timestamp>', got {str(project)[:40]!r}")
     return int(head)
+
+
+class ErrorResponse(BaseModel):
+    """Every error reply: 400, 401, 404, 413, 422 and 503 carry one message string."""
+
+    detail: str
 
 
 # --- /health, /setup, /versions ----------------------------------------------------------------
@@ -68,9 +85,9 @@ class VersionsResponse(BaseModel):
 
 
 class PredictTask(LSModel):
-    id: int
-    data: dict[str, Any] = {}
-    project: int | None = None
+    id: Id
+    data: dict[str, Any] = {}  # answered from LS's copy of the task, never from this one
+    project: Id | None = None
 
 
 class PredictParams(LSModel):
@@ -109,23 +126,23 @@ class PredictResponse(BaseModel):
 
 
 class IdRef(LSModel):
-    id: int
+    id: Id
 
 
 class WebhookProject(LSModel):
-    id: int
-    label_config: str | None = None
+    id: Id
+    label_config: str | None = None  # a hint that it changed; the worker reads it from LS
 
 
 class WebhookTask(LSModel):
-    id: int
-    data: dict[str, Any] = {}
+    id: Id
+    data: dict[str, Any] = {}  # unused: the worker reads the task from LS
 
 
 class WebhookAnnotation(LSModel):
-    id: int
-    task: int | None = None
-    project: int | None = None
+    id: Id
+    task: Id | None = None
+    project: Id | None = None
     updated_at: str | None = None
     was_cancelled: bool = False
 
