@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from backend.state.logs import setup_logging
 from backend.state.settings import Settings, get_settings
 
 logger = logging.getLogger(__name__)
@@ -185,9 +186,7 @@ def _too_many(child: Child, window_s: float = 60.0, limit: int = 5) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s [run] %(message)s"
-    )
+    setup_logging(settings.log_level, settings.log_format, "run")
     if settings.random_weights:
         logger.warning(
             "RANDOM WEIGHTS (%s): predictions are noise, wiring checks only", settings.model_class

@@ -21,7 +21,9 @@ from pydantic import ValidationError
 from backend.api.labelconfig import LabelConfigError
 from backend.api.metrics import Metrics
 from backend.api.routes import router
+from backend.api.status import router as status_router
 from backend.state.jobs import Jobs, connect
+from backend.state.logs import setup_logging
 from backend.state.settings import Settings, get_settings
 from backend.state.store import Store, StoreUnavailable
 
@@ -33,7 +35,9 @@ THREADS = 100
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; `settings` overrides `get_settings()` (tests)."""
-    settings = settings or get_settings()
+    if settings is None:  # the production entry (uvicorn --factory): configure logging too
+        settings = get_settings()
+        setup_logging(settings.log_level, settings.log_format, "api")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -57,6 +61,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="GF-SAM Label Studio ML backend", lifespan=lifespan)
     app.dependency_overrides[get_settings] = lambda: settings
     app.include_router(router)
+    app.include_router(status_router)  # the operator's view (issue 13)
     _install_handlers(app)
     return app
 

@@ -156,8 +156,8 @@ class Progress:
         return {str(text(k)): str(text(v)) for k, v in raw.items()}
 
     def recent_failures(self, p: int, limit: int = 20) -> tuple[list[FailureRecord], int]:
-        """The last `limit` failures, newest first, each marked `current` when it is still the
-        standing failure of its task/annotation (not cleared since); and how many stand now.
+        """The last `limit` failures, newest first, the newest of each task/annotation marked
+        `current` when it still stands (not cleared since); and how many stand now.
         Three Redis commands in one round trip."""
         with self.r.pipeline() as pipe:
             pipe.lrange(key("p:{p}:failures:recent", p=p), 0, limit - 1)
@@ -166,8 +166,10 @@ class Progress:
         records = [FailureRecord.model_validate_json(r) for r in raws]
         if records:
             now = self.r.hmget(key("p:{p}:failures", p=p), [r.what for r in records])
+            seen: set[str] = set()
             for record, reason in zip(records, now, strict=True):
-                record.current = text(reason) == record.reason
+                record.current = reason is not None and record.what not in seen  # newest only
+                seen.add(record.what)
         return records, int(standing)
 
     # --- acceptance IoU -------------------------------------------------------------------------
