@@ -334,3 +334,138 @@ def _handler(ls: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
             self._serve("POST")
 
     return Handler
+
+
+# --------------------------------------------------------------------------- oracle pipeline
+
+
+@dataclass
+class OraclePipeline:
+    """The real token-level GF-SAM (PNA, PMC, gates) on oracle encoders (`gfsam.eval.oracle`)
+    behind the worker's `Pipeline` interface, so `ASSIGN=split` runs without weights.
+
+    An image's red channel is its class-id map (0 background): tokens and SAM masks come from
+    it, so a PNG made by `class_png` is a scene with known classes. `params.rho` makes every
+    even class look like the odd class before it (a look-alike of an undefined class).
+    """
+
+    params: Any = None  # gfsam.eval.oracle.OracleParams; default sigma 0.1, rho 0.6
+    calls: dict[str, int] = field(
+        default_factory=lambda: {"target": 0, "reference": 0, "predict": 0}
+    )
+
+    def __post_init__(self) -> None:
+        from gfsam.eval.models import OracleModel
+        from gfsam.eval.oracle import OracleParams
+
+        self.params = self.params or OracleParams(sigma=0.1, rho=0.6)
+        self.oracle = OracleModel(self.params)
+        self.config = self.oracle.config
+
+    def _tokens(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import hashlib
+
+        from gfsam.eval.oracle import frame_labels
+
+        labels = image[..., 0].astype(np.int32)
+        framed = frame_labels(labels)
+        key = hashlib.sha1(labels.tobytes()).hexdigest()
+        return framed, self.oracle.dino.tokens(framed, key)
+
+    def encode_target(self, image: np.ndarray) -> Any:
+        from gfsam.encodings import TargetEncoding
+
+        self.calls["target"] += 1
+        framed, tokens = self._tokens(image)
+        sam, dino = self.oracle.sam, self.oracle.dino
+        return TargetEncoding(sam.embed(framed), tokens, image.shape[:2], sam.name, dino.name)
+
+    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Any:
+        from gfsam.encodings import Reference
+        from gfsam.image import mask_to_frame
+        from gfsam.points import reference_weights
+
+        if mask.shape != image.shape[:2] or not mask.any():
+            raise ValueError(f"bad reference mask {mask.shape} for image {image.shape[:2]}")
+        self.calls["reference"] += 1
+        _, tokens = self._tokens(image)
+        fg, bg = reference_weights(mask_to_frame(mask))
+        size = image.shape[:2]
+        return Reference(tokens, fg.numpy(), bg.numpy(), int(mask.sum()), size, "oracle_dino")
+
+    def predict_labels(self, target: Any, references: dict[str, list[Any]]) -> dict[str, Any]:
+        self.calls["predict"] += 1
+        return {label: self.oracle.predict(target, refs) for label, refs in references.items()}
+
+
+def oracle_model(pipeline: OraclePipeline | None = None) -> Model:
+    """A worker `Model` around an `OraclePipeline` (real gfsam encodings and codecs)."""
+    from gfsam.encodings import Reference, TargetEncoding
+
+    return Model(
+        pipeline or OraclePipeline(),
+        Reference.from_bytes,
+        TargetEncoding.from_bytes,
+        fake_load_image,
+        key="oracle",
+    )
+
+
+def class_png(labels: np.ndarray) -> bytes:
+    """A PNG whose red channel is the class-id map `labels` (int [H, W], ids < 256)."""
+    pixels = np.zeros((*labels.shape, 3), dtype=np.uint8)
+    pixels[..., 0] = labels
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class MediaServer:
+    """A plain HTTP server for media tests (issue 7): `routes[path]` = (status, headers, body);
+    `drip_s` > 0 sends the body one byte at a time with that pause. Counts requests per path."""
+
+    def __init__(self, drip_s: float = 0.0) -> None:
+        self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
+        self.hits: dict[str, int] = {}
+        self.drip_s = drip_s
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), _media_handler(self))
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def url(self, path: str, host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _media_handler(media: MediaServer) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802
+            path = urlsplit(self.path).path
+            media.hits[path] = media.hits.get(path, 0) + 1
+            status, headers, body = media.routes.get(path, (404, {}, b"nf"))
+            self.send_response(status)
+            for name, value in {"Content-Length": str(len(body)), **headers}.items():
+                self.send_header(name, value)
+            self.end_headers()
+            try:
+                if media.drip_s <= 0:
+                    self.wfile.write(body)
+                    return
+                for i in range(len(body)):
+                    self.wfile.write(body[i : i + 1])
+                    self.wfile.flush()
+                    time.sleep(media.drip_s)
+            except OSError:
+                pass
+
+    return Handler

@@ -18,6 +18,7 @@ from worker.brush import (
     annotation_masks,
     mask_to_rle,
     masks_to_result,
+    regions_to_result,
     rle_to_mask,
 )
 
@@ -286,3 +287,40 @@ def test_masks_to_result_shape_and_validation() -> None:
 def test_masks_to_result_requires_scores() -> None:
     with pytest.raises(BrushError, match="score"):
         masks_to_result({"Elephant": np.ones((2, 2), bool)}, from_name="t", to_name="i", scores={})
+
+
+def test_regions_to_result_one_region_per_instance_with_stable_ids() -> None:
+    a, b, c = (np.zeros((48, 64), bool) for _ in range(3))
+    a[2:10, 2:10], b[20:30, 30:40], c[40:46, 2:60] = True, True, True
+    regions = [("Elephant", a, 0.9), ("Elephant", b, 0.6), ("Background-thing", c, 0.5)]
+    result = regions_to_result(regions, from_name="tag", to_name="image")
+    assert [(r["value"]["brushlabels"], r["score"]) for r in result] == [
+        (["Elephant"], 0.9),
+        (["Elephant"], 0.6),
+        (["Background-thing"], 0.5),
+    ]
+    ids = [r["id"] for r in result]
+    assert len(set(ids)) == 3  # two instances of one label: two regions, two ids
+    # Same (control, label, instance mask) -> same id, whatever the score, order or neighbours.
+    again = regions_to_result(regions[::-1], from_name="tag", to_name="image")
+    assert [r["id"] for r in again] == ids[::-1]
+    alone = regions_to_result([("Elephant", b, 0.1)], from_name="tag", to_name="image")
+    assert alone[0]["id"] == ids[1]
+    assert (
+        regions_to_result([("Background-thing", b, 0.6)], from_name="tag", to_name="image")[0]["id"]
+        not in ids
+    )  # another label: another id
+    assert (
+        regions_to_result([("Elephant", b, 0.6)], from_name="other", to_name="image")[0]["id"]
+        != ids[1]
+    )  # another control: another id
+    iface = LabelInterface(CONFIG)
+    assert iface.validate_prediction({"result": result, "score": 0.7}, return_errors=True) == []
+    # the shot logic reads the regions of one label as one mask
+    masks = annotation_masks(result, from_name="tag")
+    np.testing.assert_array_equal(masks["Elephant"], a | b)
+    np.testing.assert_array_equal(masks["Background-thing"], c)
+    empty = regions_to_result(
+        [("Elephant", np.zeros((4, 4), bool), 1.0)], from_name="t", to_name="i"
+    )
+    assert empty == []

@@ -92,6 +92,12 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     status_refresh_s: int = Field(5, ge=1)  # the status pages reload themselves this often
 
+    # Split Matching assignment (issue 10): how the labels of one image share its regions.
+    # split: each instance a label found is kept only when it looks like that label's shots
+    # (threshold calibrated from the shots); the rest stay unpainted (candidates for
+    # discovery). argmax: every label keeps its whole mask, overlaps to the higher score.
+    assign: Literal["split", "argmax"] = "split"
+
     @field_validator("log_level")
     @classmethod
     def _upper_level(cls, value: str) -> str:

@@ -1,0 +1,156 @@
+"""The worker's assignment (issue 10) on oracle encoders: per-instance regions with scores, an
+undefined look-alike left unpainted, thresholds computed once per shot set, candidates returned,
+and an accepted multi-instance prediction read back as one mask per label (not a correction).
+
+The scene (red channel = class id, `tests.fakes.OraclePipeline`): class 1 is "Cat", 3 is "Dog",
+class 2 is not in the project and looks like class 1 (oracle rho 0.6).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.state.schemas import ReferenceSet
+from tests.fakes import OraclePipeline, brush_region, class_png, oracle_model
+from tests.service_fixtures import Service
+from worker import inference, models
+from worker.assignment import THRESHOLDS
+from worker.brush import annotation_masks, rle_to_mask
+
+FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
+H, W = 96, 128
+P = 2  # the multi-label project
+
+
+def scene(*boxes: tuple[int, int, int, int, int]) -> np.ndarray:
+    """int32 [H, W] class map: (class, y0, y1, x0, x1) boxes on background 0."""
+    labels = np.zeros((H, W), dtype=np.int32)
+    for c, y0, y1, x0, x1 in boxes:
+        labels[y0:y1, x0:x1] = c
+    return labels
+
+
+SEED = scene((1, 10, 50, 10, 50), (3, 40, 80, 70, 110))
+CROWD = scene((1, 8, 38, 8, 40), (1, 55, 88, 10, 45), (3, 50, 85, 80, 118), (2, 8, 40, 70, 110))
+NO_CAT = scene((3, 50, 85, 80, 118), (2, 8, 40, 20, 60))
+
+
+def region(mask: np.ndarray, label: str) -> dict[str, Any]:
+    return {**brush_region(mask, label), "id": f"r{label}{int(mask.argmax())}"}
+
+
+def start(make_service: Callable[..., Service], **changes: object) -> tuple[Service, list[int]]:
+    """Project 2 (Cat, Dog) on the oracle pipeline, seeded on SEED; CROWD and NO_CAT predicted."""
+    svc = make_service(**changes)
+    models.install(svc.settings, oracle_model(OraclePipeline()))
+    THRESHOLDS.clear()
+    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
+    svc.ls.configs[P] = setup["schema"]
+    svc.client.post("/setup", json=setup)
+    tasks = [svc.ls.add_task(P, class_png(lab))["id"] for lab in (SEED, CROWD, NO_CAT)]
+    ann = svc.ls.annotate(tasks[0], [region(SEED == 1, "Cat"), region(SEED == 3, "Dog")])
+    webhook(svc, ann, "ANNOTATION_CREATED")
+    svc.run_worker()
+    return svc, tasks
+
+
+def webhook(svc: Service, ann: dict[str, Any], action: str) -> None:
+    body = copy.deepcopy(json.loads((FIXTURES / "webhook_annotation_created.json").read_text()))
+    body["action"] = action
+    body["annotation"].update({k: ann[k] for k in ("id", "task", "result", "updated_at")})
+    body["task"].update(id=ann["task"], data=svc.ls.tasks[ann["task"]]["data"])
+    body["project"].update(id=P, label_config=svc.ls.configs[P])
+    assert svc.client.post("/webhook", json=body).status_code == 200
+
+
+def posted(svc: Service, task: int) -> dict[str, Any]:
+    (pred,) = [p for p in svc.ls.posts if p["task"] == task]
+    return pred
+
+
+def regions_by_label(pred: dict[str, Any]) -> dict[str, list[tuple[np.ndarray, float]]]:
+    out: dict[str, list[tuple[np.ndarray, float]]] = {}
+    for r in pred["result"]:
+        mask = rle_to_mask(r["value"]["rle"], W, H)
+        out.setdefault(r["value"]["brushlabels"][0], []).append((mask, r["score"]))
+    return out
+
+
+def test_split_paints_instances_with_scores_and_leaves_the_look_alike(
+    make_service: Callable[..., Service],
+) -> None:
+    svc, (_, crowd, no_cat) = start(make_service)
+    got = regions_by_label(posted(svc, crowd))
+    assert sorted((label, len(r)) for label, r in got.items()) == [("Cat", 2), ("Dog", 1)]
+    for label, cls in (("Cat", 1), ("Dog", 3)):
+        for mask, score in got[label]:
+            assert 0.5 < score <= 1.0
+            assert (CROWD[mask] == cls).mean() > 0.9  # each region is one instance of its class
+    cats = [m for m, _ in got["Cat"]]
+    assert (
+        not (cats[0] & cats[1]).any() and len({r["id"] for r in posted(svc, crowd)["result"]}) == 3
+    )
+    lone = regions_by_label(posted(svc, no_cat))
+    assert list(lone) == ["Dog"]  # the look-alike (class 2) is nobody's: left unpainted
+    painted = np.logical_or.reduce([m for rs in lone.values() for m, _ in rs])
+    assert not (painted & (NO_CAT == 2)).any()
+    assert THRESHOLDS.computed == 2  # once per label's shot set, not per task
+
+
+def test_argmax_absorbs_the_look_alike(make_service: Callable[..., Service]) -> None:
+    """The same scene under ASSIGN=argmax: the look-alike is painted Cat (what split prevents)."""
+    svc, (_, crowd, no_cat) = start(make_service, assign="argmax")
+    masks = annotation_masks(posted(svc, no_cat)["result"], from_name="tag")
+    assert (NO_CAT[masks["Cat"]] == 2).mean() > 0.9
+    assert [len(r) for r in regions_by_label(posted(svc, crowd)).values()] == [1, 1]
+    assert THRESHOLDS.computed == 0
+
+
+def test_candidates_and_stable_region_ids(make_service: Callable[..., Service]) -> None:
+    svc, (_, crowd, no_cat) = start(make_service)
+    rt, cfg = models.get(), svc.store.data.config(P)
+    refs: ReferenceSet = svc.store.data.reference_set(P)
+    assert cfg is not None
+    image = svc.ls.media[svc.ls.tasks[no_cat]["data"]["image"]]
+    out = inference.predict_task(rt, svc.store, cfg, refs, no_cat, image)
+    (cand,) = [c for c in out.candidates if (NO_CAT[c.mask] == 2).mean() > 0.9]
+    assert cand.label == "Cat" and cand.source == "Cat" and cand.similarity < 0.6
+    assert out.prediction.result == posted(svc, no_cat)["result"]  # same ids, same regions
+    crowd_image = svc.ls.media[svc.ls.tasks[crowd]["data"]["image"]]
+    again = inference.predict(rt, svc.store, cfg, refs, crowd, crowd_image)
+    assert [r["id"] for r in again.result] == [r["id"] for r in posted(svc, crowd)["result"]]
+    assert THRESHOLDS.computed == 2
+
+
+def test_accepted_multi_instance_prediction_is_not_a_correction(
+    make_service: Callable[..., Service],
+) -> None:
+    svc, (seed, crowd, _) = start(make_service)
+    version = svc.store.data.reference_set(P).version
+    pred = posted(svc, crowd)
+    (ls_pred,) = svc.ls.predictions_for(crowd)
+    accepted = svc.ls.annotate(
+        crowd, copy.deepcopy(pred["result"]), parent_prediction=ls_pred["id"]
+    )
+    webhook(svc, accepted, "ANNOTATION_CREATED")
+    svc.run_worker()
+    refs = svc.store.data.reference_set(P)
+    assert refs.version == version  # no new shot: the annotator changed nothing
+    assert {label: [s.annotation for s in shots] for label, shots in refs.shots.items()} == {
+        "Cat": [seed_ann(svc, seed)],
+        "Dog": [seed_ann(svc, seed)],
+    }
+    st = svc.client.get(f"/projects/{P}").json()
+    (sample,) = [s for s in st["acceptance"] if s["annotation"] == accepted["id"]]
+    assert sample["iou"] == {"Cat": 1.0, "Dog": 1.0}  # per label, over the union of its regions
+
+
+def seed_ann(svc: Service, task: int) -> int:
+    (ann,) = [a for a in svc.ls.annotations.values() if a["task"] == task]
+    return int(ann["id"])
