@@ -2,7 +2,7 @@
 
 Two rules, one result type (`Assignment`: per-label accepted `Instance`s + rejected candidates):
 
-- `assign_argmax`: today's worker rule (`worker/inference.py::resolve_overlaps`): every label
+- `assign_argmax`: the worker's ``ASSIGN=argmax`` (its rule before issue 10): every label
   keeps its whole mask, a pixel claimed by several labels goes to the highest label score,
   ties to the label listed first. One instance per label.
 - `assign_split`: decoupled matching after Split Matching (arXiv 2505.05023), training-free:
