@@ -23,6 +23,14 @@ if ! command -v redis-server >/dev/null 2>&1; then
   $SUDO apt-get install -y -qq redis-server >/dev/null
 fi
 
+if ! command -v chromium >/dev/null 2>&1; then
+  echo "setup: installing chromium (apt; the status-page test screenshots it headless)"
+  export DEBIAN_FRONTEND=noninteractive
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq chromium >/dev/null
+fi
+
 if [ ! -x .venv/bin/python ]; then
   echo "setup: creating .venv"
   "$PYTHON" -m venv .venv

@@ -4,7 +4,7 @@
 ended, what it was about and how it went:
 
     job predict-1-7-2 predict_task project=1 task=7 version=gfsam-p1-v2 queue=gfsam-batch
-    duration_s=0.412 outcome=ok result=delivered-api
+    duration_s=0.412 outcome=ok result=posted
 
 `outcome` is `ok` (with the job's return value as `result`), `retry` (failed, scheduled again)
 or `failed` (for good), then with `error` (exception type and message). With LOG_FORMAT=json the
