@@ -48,8 +48,11 @@ def test_project_contract_keys_and_note(tmp_path: Path, capsys: pytest.CaptureFi
     assert "NOT model quality" in res["note"]
     for key in ("seen_miou", "miou", "fbiou", "contamination"):
         assert isinstance(res[key], float)
+    assert res["candidates_per_image"] is not None
     for key in ("candidate_recall", "candidate_precision", "candidates_per_image", "group_nmi"):
-        assert res[key] is None
+        assert res[key] is None or 0.0 <= res[key]
+        assert res["discovery"][key] == res[key]
+    assert res["discovery_baseline"] is None
     assert set(res["by_assign"]) == {"argmax", "split"}
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln]
     assert lines and all("NOT model quality" in ln for ln in lines)

@@ -2,7 +2,7 @@
 
 Contract (other checks call it; keep flags and JSON keys): ``python -m gfsam eval project
 --data DIR --encoders oracle --oracle-noise S --oracle-confuse R --seen 1,3,5 --shots K
---assign split [--discover] --seed N --json OUT``.
+--assign split [--discover] [--discover-baseline] --seed N --json OUT``.
 """
 
 from __future__ import annotations
@@ -113,7 +113,8 @@ def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -
             shots=args.shots,
             seed=args.seed,
             assigns=args.assign,
-            discover=args.discover,
+            discover=args.discover or args.discover_baseline,
+            discover_baseline=args.discover_baseline,
             limit=args.limit,
         )
     from gfsam.eval.replay import run_replay
@@ -156,6 +157,13 @@ def add_eval_parser(sub: Any) -> None:
     proj = psub.add_parser("project", help="multi-label project: seen mIoU, contamination")
     _common(proj)
     proj.add_argument("--assign", type=_assigns, default=["argmax"], metavar="argmax|split")
-    proj.add_argument("--discover", action="store_true", help="discovery metrics (null for now)")
+    proj.add_argument(
+        "--discover", action="store_true", help="discover unlabelled objects (recall, precision)"
+    )
+    proj.add_argument(
+        "--discover-baseline",
+        action="store_true",
+        help="also discover without the 'unannotated only' restriction (implies --discover)",
+    )
     rep = psub.add_parser("replay", help="the correction loop under the backend's shot policy")
     _common(rep)

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from gfsam.core import segment_weighted
+from gfsam.discover import PromptMaskFn, sam_prompt_fn
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.eval.data import Item, load_labels
 from gfsam.eval.oracle import ORACLE_NOTE, OracleDino, OracleParams, OracleSam, frame_labels
@@ -38,6 +39,8 @@ class EvalModel(Protocol):
     def encode_target(self, item: Item) -> TargetEncoding: ...
 
     def predict(self, target: TargetEncoding, references: Sequence[Reference]) -> Prediction: ...
+
+    def prompt_fn(self, target: TargetEncoding) -> PromptMaskFn: ...
 
 
 class _Lru(OrderedDict[str, V]):
@@ -109,6 +112,10 @@ class OracleModel:
             segmentation=seg,
         )
 
+    def prompt_fn(self, target: TargetEncoding) -> PromptMaskFn:
+        """Box + points prompts on the target, answered by the oracle SAM (discovery)."""
+        return sam_prompt_fn(self.sam, target.embedding)
+
 
 class RealModel:
     """`gfsam.pipeline.GFSAM` on dataset items (real or, flagged, random weights)."""
@@ -132,3 +139,7 @@ class RealModel:
 
     def predict(self, target: TargetEncoding, references: Sequence[Reference]) -> Prediction:
         return self.pipe.predict(target, references)
+
+    def prompt_fn(self, target: TargetEncoding) -> PromptMaskFn:
+        """Box + points prompts through the SAM decoder on the cached embedding."""
+        return sam_prompt_fn(self.pipe.sam, target.embedding)

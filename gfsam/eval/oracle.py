@@ -12,7 +12,8 @@ Both sit behind the interfaces `gfsam.pipeline.GFSAM` uses, in the same squashed
   With ``rho > 0`` every even class c looks like c - 1: ``e_c = normalize(e_c + rho e_{c-1})``.
 - `OracleSam.embed` returns the framed map of 8-connected components (ids as float32, exact
   below 2^24) and `decode_points` the component under each prompt pixel: an ideal SAM for
-  semantic regions.
+  semantic regions. `decode_prompts` answers a box + points prompt (discovery) with the
+  component most positive points fall in, scored by how well the prompt agrees with it.
 """
 
 from __future__ import annotations
@@ -184,3 +185,53 @@ class OracleSam:
         xy = np.clip(np.asarray(prompt_xy, dtype=np.int64).reshape(-1, 2), 0, FRAME - 1)
         values = comp[torch.from_numpy(xy[:, 1]), torch.from_numpy(xy[:, 0])]  # (P,)
         return comp[None] == values[:, None, None]  # (P, S, S)
+
+    def decode_prompts(
+        self,
+        embedding: np.ndarray,
+        points_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box_xyxy: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        """One mask from points and a box (as `SamEncoder.decode_prompts`, one call).
+
+        The mask is the component holding most positive points (ties: the lower id); with a
+        box only, the component with most pixels in the box. Score (SAM's predicted IoU stand-in)
+        = share of positive points inside the mask x share of the mask inside the box: low when
+        the points straddle objects or the box cuts the region.
+
+        Args:
+            embedding: float32 [1, S, S] from `embed`.
+            points_xy: float [N, 2] frame pixels (x, y), or None.
+            point_labels: int [N], 1 = positive (None: all positive); negatives are ignored.
+            box_xyxy: float [4] x0, y0, x1, y1 in frame pixels, or None.
+
+        Returns:
+            (mask bool [S, S], score in [0, 1], float32 [256, 256] zeros: no low-res logits).
+
+        Raises:
+            ValueError: no positive point and no box.
+        """
+        comp = embedding[0]  # (S, S)
+        pts = np.zeros((0, 2)) if points_xy is None else np.asarray(points_xy).reshape(-1, 2)
+        if point_labels is not None:
+            pts = pts[np.asarray(point_labels).reshape(-1) == 1]
+        box = None if box_xyxy is None else np.asarray(box_xyxy, dtype=np.float64).reshape(4)
+        if len(pts) == 0 and box is None:
+            raise ValueError("decode_prompts needs a positive point or a box")
+        inside = np.zeros(comp.shape, dtype=bool)
+        if box is not None:
+            x0, y0, x1, y1 = np.clip(np.round(box).astype(np.int64), 0, FRAME)
+            inside[y0:y1, x0:x1] = True
+        if len(pts):
+            xy = np.clip(np.floor(pts).astype(np.int64), 0, FRAME - 1)
+            values, counts = np.unique(comp[xy[:, 1], xy[:, 0]], return_counts=True)
+            chosen, agree = values[np.argmax(counts)], counts.max() / len(xy)
+        elif inside.any():
+            values, counts = np.unique(comp[inside], return_counts=True)
+            chosen, agree = values[np.argmax(counts)], 1.0
+        else:
+            raise ValueError(f"decode_prompts: empty box {box_xyxy!r} and no point")
+        mask = comp == chosen  # (S, S)
+        in_box = float((mask & inside).sum() / mask.sum()) if box is not None else 1.0
+        return mask, float(agree * in_box), np.zeros((256, 256), dtype=np.float32)

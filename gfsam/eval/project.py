@@ -10,10 +10,11 @@ original size, then averaged, %; ``miou`` repeats it), ``fbiou`` (any seen label
 ``contamination`` (share of unseen-class pixels painted as any seen label), and for ``split``
 the reject rates: ``reject_seen`` (share of a label's proposals whose main ground-truth class is
 that label's class that went to the candidates: the price of the reject) and
-``reject_unseen`` (same for unseen-class proposals: what the reject is for). Discovery
-metrics (``candidate_recall``,
-``candidate_precision``, ``candidates_per_image``, ``group_nmi``) are null until discovery
-(Split Matching part 2) exists.
+``reject_unseen`` (same for unseen-class proposals: what the reject is for). With
+``discover``, discovery (`gfsam.discover`, Split Matching part 2) runs after the first
+assignment and fills ``candidate_recall``, ``candidate_precision``, ``candidates_per_image`` and
+``group_nmi`` (`gfsam.eval.discovery`); ``discover_baseline`` adds the same run without the
+"unannotated only" restriction under ``discovery_baseline``. Without ``discover`` they are null.
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ from gfsam.assign import (
 )
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.eval.data import IGNORE, Dataset, Item, load_labels
+from gfsam.eval.discovery import DiscoveryRun
 from gfsam.eval.models import EvalModel
+from gfsam.eval.oracle import frame_labels
 from gfsam.eval.report import IoUMeter, Output, progress
 from gfsam.types import GFSAMConfig
 
@@ -123,6 +126,7 @@ def run_project(
     seed: int,
     assigns: Sequence[str] = ("argmax",),
     discover: bool = False,
+    discover_baseline: bool = False,
     limit: int | None = None,
     cfg: GFSAMConfig | None = None,
 ) -> dict[str, Any]:
@@ -130,8 +134,9 @@ def run_project(
 
     Returns:
         ``protocol``, ``seen``, ``shots``, ``seed``, ``targets``, ``assign``, the numbers of
-        `ProjectScore.numbers` for the first assignment, the discovery keys (null),
-        ``by_assign`` (assignment -> numbers) and ``wall_s``.
+        `ProjectScore.numbers` for the first assignment, the discovery keys (null without
+        `discover`), ``discovery_baseline`` (with `discover_baseline`), ``by_assign``
+        (assignment -> numbers) and ``wall_s``.
     """
     start, cfg = time.perf_counter(), cfg or GFSAMConfig()
     ref_items = choose_references(ds, seen, shots, seed, out)
@@ -144,14 +149,25 @@ def run_project(
     used = {i.key for items in ref_items.values() for i in items}
     targets = [i for i in ds.items if i.key not in used][:limit]
     scores = {mode: ProjectScore(list(ref_items)) for mode in assigns}
+    runs = {
+        name: DiscoveryRun(list(ref_items), cfg, restrict=restrict)
+        for name, restrict, on in (
+            ("restricted", True, discover),
+            ("baseline", False, discover_baseline),
+        )
+        if on
+    }
     for item in progress(targets, f"project {shots}-shot"):
         target = model.encode_target(item)
         preds = {label: model.predict(target, r) for label, r in refs.items()}
         labels = load_labels(item)
-        for mode in assigns:
+        for k, mode in enumerate(assigns):
             asg = _assign(mode, target, preds, refs, thresholds, cfg)
             scores[mode].add(asg, names, labels)
+            for run in runs.values() if k == 0 else ():
+                run.step(item.key, target, asg, model.prompt_fn(target), frame_labels(labels))
     by_assign = {mode: s.numbers() for mode, s in scores.items()}
+    found = {name: run.numbers() for name, run in runs.items()}
     result: dict[str, Any] = {
         "protocol": "project",
         "seen": sorted(ref_items),
@@ -160,16 +176,17 @@ def run_project(
         "targets": len(targets),
         "assign": assigns[0],
         **by_assign[assigns[0]],
-        **{k: None for k in DISCOVERY_KEYS},
-        "discovery": "not implemented yet (Split Matching part 2): discovery keys are null",
+        **{k: found.get("restricted", {}).get(k) for k in DISCOVERY_KEYS},
+        "discovery": found.get("restricted"),
+        "discovery_baseline": found.get("baseline"),
         "by_assign": by_assign,
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    _print(out, result, discover)
+    _print(out, result)
     return result
 
 
-def _print(out: Output, result: dict[str, Any], discover: bool) -> None:
+def _print(out: Output, result: dict[str, Any]) -> None:
     out.line(
         f"project: {len(result['seen'])} labels, {result['shots']}-shot, "
         f"{result['targets']} targets, seed {result['seed']} ({result['wall_s']} s)"
@@ -185,5 +202,22 @@ def _print(out: Output, result: dict[str, Any], discover: bool) -> None:
             f"{mode:8s} {n['seen_miou']:9.2f} {n['fbiou']:7.2f} "
             f"{100 * n['contamination']:7.2f}% {rs:>8s} {ru:>10s}"
         )
-    if discover:
-        out.line("--discover: discovery is not implemented yet; its metrics are null")
+    variants = [
+        (k, result[f"discovery{s}"]) for k, s in (("unannotated", ""), ("baseline", "_baseline"))
+    ]
+    if any(n for _, n in variants):
+        out.line(
+            f"discover ({result['assign']}) {'recall':>7s} {'precision':>9s} {'cand/img':>8s} "
+            f"{'NMI':>6s} {'groups':>6s} {'objects':>7s}"
+        )
+    for name, n in variants:
+        if n:
+            out.line(
+                f"{name:18s} {_fmt(n['candidate_recall']):>7s} "
+                f"{_fmt(n['candidate_precision']):>9s} {_fmt(n['candidates_per_image']):>8s} "
+                f"{_fmt(n['group_nmi']):>6s} {n['groups']:6d} {n['unseen_objects']:7d}"
+            )
+
+
+def _fmt(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3f}"

@@ -1,0 +1,190 @@
+"""Token clusters in the uncovered area: window-seeded multi-scale k-means (`gfsam.discover`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+
+from gfsam.assign import cell_fractions
+from gfsam.discover.params import DiscoverParams
+from gfsam.points import normalize_tokens
+from gfsam.types import GRID, GFSAMConfig
+
+EIGHT = np.ones((3, 3), dtype=bool)
+
+
+@dataclass
+class Region:
+    """One 8-connected piece of a token cluster on the grid.
+
+    Attributes:
+        cells: bool [T] cells of the region.
+        feature: float32 [C] unit-length mean of the region's unit tokens.
+    """
+
+    cells: np.ndarray
+    feature: np.ndarray
+
+
+def unit_tokens(tokens: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
+    """Tokens normalised as the pipeline does, then each to unit length.
+
+    Args:
+        tokens: [T, C] raw tokens of one image.
+
+    Returns:
+        float32 [T, C].
+    """
+    raw = normalize_tokens(torch.from_numpy(np.asarray(tokens, dtype=np.float32)), cfg)
+    return F.normalize(raw, dim=-1).numpy()  # (T, C)
+
+
+def free_cells(covered: np.ndarray, params: DiscoverParams) -> np.ndarray:
+    """Cells mostly outside every accepted label region and human annotation.
+
+    Args:
+        covered: bool [S, S] covered pixels in the 1024 frame.
+
+    Returns:
+        bool [T]: uncovered share >= ``params.min_free``.
+    """
+    return 1.0 - cell_fractions(np.asarray(covered, dtype=bool)[None])[0] >= params.min_free
+
+
+def _starts(window: int) -> list[int]:
+    """Window origins at stride window // 2, the last one flush with the grid's far edge."""
+    starts = list(range(0, GRID - window + 1, max(window // 2, 1)))
+    if starts[-1] != GRID - window:
+        starts.append(GRID - window)
+    return starts
+
+
+def window_seeds(
+    unit: np.ndarray, free: np.ndarray, window: int, params: DiscoverParams
+) -> np.ndarray:
+    """K-means seeds of one scale: mean free token of each square window (stride window // 2).
+
+    Args:
+        unit: [T, C] unit tokens. free: bool [T]. window: side in cells (<= G).
+
+    Returns:
+        float32 [k, C] unit-length seeds, one per window with enough free cells (k may be 0).
+    """
+    grid_free = free.reshape(GRID, GRID)  # (G, G) as [y, x]
+    grid_tok = unit.reshape(GRID, GRID, -1)  # (G, G, C)
+    seeds = []
+    for y in _starts(window):
+        for x in _starts(window):
+            inside = grid_free[y : y + window, x : x + window]  # (w, w)
+            if inside.mean() < params.min_window_free:
+                continue
+            mean = grid_tok[y : y + window, x : x + window][inside].mean(axis=0)  # (C,)
+            seeds.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+    return np.asarray(seeds, dtype=np.float32).reshape(len(seeds), unit.shape[1])
+
+
+def spherical_kmeans(x: np.ndarray, seeds: np.ndarray, iters: int) -> np.ndarray:
+    """Cosine k-means from given seeds (deterministic: ties go to the lower cluster).
+
+    Args:
+        x: [N, C] unit vectors. seeds: [k, C] unit vectors, k >= 1. iters: rounds.
+
+    Returns:
+        int64 [N] cluster of each vector (clusters may end up empty).
+    """
+    centroids = seeds.copy()
+    assign = np.argmax(x @ centroids.T, axis=1)  # (N,)
+    for _ in range(iters):
+        for k in range(len(centroids)):
+            members = x[assign == k]
+            if len(members):
+                mean = members.sum(axis=0)
+                centroids[k] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        new = np.argmax(x @ centroids.T, axis=1)  # (N,)
+        if np.array_equal(new, assign):
+            break
+        assign = new
+    return assign
+
+
+def _merge(clusters: list[np.ndarray], unit: np.ndarray, merge_cos: float) -> list[np.ndarray]:
+    """Union of clusters (bool [T] each) whose centroids are >= merge_cos apart (union-find)."""
+    cents = np.stack([unit[c].mean(axis=0) for c in clusters])  # (L, C)
+    cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+    close = cents @ cents.T >= merge_cos  # (L, L)
+    parent = list(range(len(clusters)))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True):
+        ri, rj = root(int(i)), root(int(j))
+        parent[max(ri, rj)] = min(ri, rj)
+    merged: dict[int, np.ndarray] = {}
+    for i, cells in enumerate(clusters):
+        r = root(i)
+        merged[r] = merged[r] | cells if r in merged else cells.copy()
+    return [merged[r] for r in sorted(merged)]
+
+
+def token_clusters(unit: np.ndarray, free: np.ndarray, params: DiscoverParams) -> list[np.ndarray]:
+    """Multi-scale k-means of the free tokens, near-duplicate clusters merged.
+
+    Args:
+        unit: [T, C] unit tokens. free: bool [T].
+
+    Returns:
+        bool [T] cell sets, one per merged cluster (in order of their first member cluster).
+    """
+    idx = np.flatnonzero(free)  # (N,)
+    clusters: list[np.ndarray] = []
+    for window in params.windows:
+        seeds = window_seeds(unit, free, min(window, GRID), params)  # (k, C)
+        if len(seeds) == 0:
+            continue
+        assign = spherical_kmeans(unit[idx], seeds, params.kmeans_iters)  # (N,)
+        for k in np.unique(assign):
+            cells = np.zeros(len(free), dtype=bool)
+            cells[idx[assign == k]] = True
+            clusters.append(cells)
+    return _merge(clusters, unit, params.merge_cos) if clusters else []
+
+
+def cluster_regions(
+    tokens: np.ndarray,
+    covered: np.ndarray,
+    cfg: GFSAMConfig,
+    params: DiscoverParams,
+    *,
+    restrict: bool = True,
+) -> list[Region]:
+    """Regions to refine: 8-connected grid pieces of the merged token clusters.
+
+    Args:
+        tokens: [T, C] raw target tokens. covered: bool [S, S] covered pixels (1024 frame).
+        cfg: token normalisation. params: `DiscoverParams`.
+        restrict: cluster only free cells (Split Matching); False clusters every cell (the
+            baseline without the "unannotated only" restriction).
+
+    Returns:
+        Regions of at least ``min_cells`` cells, largest first (ties: first found), unique.
+    """
+    unit = unit_tokens(tokens, cfg)  # (T, C)
+    free = free_cells(covered, params) if restrict else np.ones(len(unit), dtype=bool)
+    regions: dict[bytes, Region] = {}
+    for cells in token_clusters(unit, free, params):
+        comp, n = ndimage.label(cells.reshape(GRID, GRID), structure=EIGHT)
+        for k in range(1, n + 1):
+            piece = (comp == k).ravel()  # (T,)
+            if piece.sum() < params.min_cells or piece.tobytes() in regions:
+                continue
+            mean = unit[piece].mean(axis=0)
+            feature = (mean / max(float(np.linalg.norm(mean)), 1e-12)).astype(np.float32)
+            regions[piece.tobytes()] = Region(piece, feature)
+    return sorted(regions.values(), key=lambda r: -int(r.cells.sum()))

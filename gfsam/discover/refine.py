@@ -1,0 +1,195 @@
+"""SAM refinement of token regions, filters, mask NMS and ranking (`gfsam.discover`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+from scipy import ndimage
+
+from gfsam.assign import cell_fractions, pool_features
+from gfsam.discover.clusters import Region, cluster_regions
+from gfsam.discover.params import DiscoverParams
+from gfsam.types import FRAME, GRID, GFSAMConfig
+
+# (points_xy float [N, 2] frame pixels (x, y), box_xyxy float [4] frame pixels) ->
+# (mask bool [S, S], score in [0, 1]): one SAM decoder call with all points and the box.
+PromptMaskFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
+
+
+class PromptDecoder(Protocol):
+    """What `sam_prompt_fn` needs of a SAM encoder (`SamEncoder.decode_prompts`)."""
+
+    def decode_prompts(
+        self,
+        embedding: np.ndarray,
+        points_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box_xyxy: np.ndarray | None = None,
+    ) -> tuple[np.ndarray, float, np.ndarray]: ...
+
+
+def sam_prompt_fn(sam: PromptDecoder, embedding: np.ndarray) -> PromptMaskFn:
+    """A `PromptMaskFn` over a cached SAM embedding [256, 64, 64] (no new encoder pass)."""
+
+    def fn(points_xy: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:
+        mask, iou, _ = sam.decode_prompts(embedding, points_xy, None, box_xyxy)
+        return np.asarray(mask, dtype=bool), float(np.clip(iou, 0.0, 1.0))
+
+    return fn
+
+
+@dataclass
+class Candidate:
+    """One discovered object proposal of one image, in the 1024 frame.
+
+    Attributes:
+        mask: bool [S, S].
+        score: ranking score in [0, 1] (SAM score x token/mask agreement, or the prior of a
+            rejected proposal).
+        origin: ``"cluster"`` (token cluster refined by SAM) or ``"rejected"`` (a proposal the
+            label assignment rejected).
+        feature: float32 [C] unit-length mask-pooled token feature (for grouping).
+    """
+
+    mask: np.ndarray
+    score: float
+    origin: str
+    feature: np.ndarray
+
+
+def region_prompts(cells: np.ndarray, params: DiscoverParams) -> tuple[np.ndarray, np.ndarray]:
+    """SAM prompts of a region: its deepest cells as points and its widened box.
+
+    Args:
+        cells: bool [T] region cells.
+
+    Returns:
+        (points float32 [N, 2] cell centres (x, y) in frame pixels, 1 <= N <= ``points``,
+        deepest first, at least ``point_gap`` cells apart; box float32 [4] x0, y0, x1, y1).
+    """
+    grid = cells.reshape(GRID, GRID)  # (G, G) as [y, x]
+    depth = ndimage.distance_transform_cdt(np.pad(grid, 1), metric="chessboard")[1:-1, 1:-1]
+    order = np.lexsort((np.arange(grid.size), -depth.ravel()))  # deepest, then flat index
+    chosen: list[tuple[int, int]] = []
+    for flat in order[: int(grid.sum())]:
+        y, x = divmod(int(flat), GRID)
+        if all(max(abs(x - cx), abs(y - cy)) >= params.point_gap for cx, cy in chosen):
+            chosen.append((x, y))
+        if len(chosen) == params.points:
+            break
+    cell = FRAME / GRID
+    points = (np.asarray(chosen, dtype=np.float32) + 0.5) * cell  # (N, 2)
+    ys, xs = np.nonzero(grid)
+    lo = (np.array([xs.min(), ys.min()]) - params.box_margin) * cell
+    hi = (np.array([xs.max(), ys.max()]) + 1 + params.box_margin) * cell
+    box = np.clip(np.concatenate([lo, hi]), 0, FRAME).astype(np.float32)  # (4,)
+    return points, box
+
+
+def agreement(cells: np.ndarray, mask: np.ndarray) -> float:
+    """Cell IoU of a token region and its SAM mask (cells at least half covered count)."""
+    mask_cells = cell_fractions(mask[None])[0] >= 0.5  # (T,)
+    union = int((cells | mask_cells).sum())
+    return int((cells & mask_cells).sum()) / union if union else 0.0
+
+
+def refine_regions(
+    regions: Sequence[Region], mask_fn: PromptMaskFn, params: DiscoverParams
+) -> list[tuple[np.ndarray, float]]:
+    """One SAM call per region (at most ``max_prompts``, in the given order).
+
+    Returns:
+        (mask bool [S, S], score = SAM score x `agreement`) per refined region.
+    """
+    out = []
+    for region in regions[: params.max_prompts]:
+        points, box = region_prompts(region.cells, params)
+        mask, sam_score = mask_fn(points, box)
+        mask = np.asarray(mask, dtype=bool)
+        out.append((mask, float(sam_score) * agreement(region.cells, mask)))
+    return out
+
+
+def border_share(mask: np.ndarray) -> float:
+    """Share of the frame's perimeter pixels the mask covers (bool [S, S] -> [0, 1])."""
+    edge = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
+    return float(edge.mean())
+
+
+def keep_mask(
+    mask: np.ndarray, score: float, covered: np.ndarray | None, params: DiscoverParams
+) -> bool:
+    """The filters: size, "stuff" (large or border-hugging), score, covered overlap.
+
+    Args:
+        mask: bool [S, S]. score: its ranking score. covered: bool [S, S] or None (no check).
+    """
+    area = int(mask.sum())
+    if not params.min_area * mask.size <= area <= params.max_area * mask.size:
+        return False
+    if border_share(mask) > params.max_border or score < params.min_score:
+        return False
+    return covered is None or int((mask & covered).sum()) <= params.max_covered * area
+
+
+def mask_nms(masks: Sequence[np.ndarray], iou: float, limit: int) -> list[int]:
+    """Greedy mask NMS over masks already sorted best first.
+
+    Args:
+        masks: bool [S, S] each, best first. iou: suppression threshold. limit: most kept.
+
+    Returns:
+        Indices of the kept masks, in input order.
+    """
+    kept: list[int] = []
+    for i, m in enumerate(masks):
+        if len(kept) == limit:
+            break
+        area = int(m.sum())
+        if all(int((m & masks[k]).sum()) <= iou * int((m | masks[k]).sum()) for k in kept) and area:
+            kept.append(i)
+    return kept
+
+
+def discover_candidates(
+    tokens: np.ndarray,
+    covered: np.ndarray,
+    mask_fn: PromptMaskFn,
+    *,
+    rejected: Sequence[np.ndarray] = (),
+    cfg: GFSAMConfig | None = None,
+    params: DiscoverParams | None = None,
+    restrict: bool = True,
+) -> list[Candidate]:
+    """Discover unlabelled objects on one target (see the package docstring).
+
+    Args:
+        tokens: [T, C] raw DINOv2 tokens of the target (its cached `TargetEncoding.tokens`).
+        covered: bool [S, S] frame pixels under an accepted label region or a human annotation.
+        mask_fn: `PromptMaskFn` over the target's cached SAM embedding.
+        rejected: bool [S, S] frame masks of proposals the assignment rejected (they join the
+            pool with score ``rejected_score``).
+        cfg: token normalisation. params: `DiscoverParams`.
+        restrict: False drops the "unannotated only" restriction (the baseline): every cell is
+            clustered and the covered-overlap filter is off.
+
+    Returns:
+        At most ``max_candidates`` candidates, best first.
+    """
+    cfg, params = cfg or GFSAMConfig(), params or DiscoverParams()
+    covered = np.asarray(covered, dtype=bool)
+    regions = cluster_regions(tokens, covered, cfg, params, restrict=restrict)
+    pool = [(m, s, "cluster") for m, s in refine_regions(regions, mask_fn, params)]
+    pool += [(np.asarray(m, dtype=bool), params.rejected_score, "rejected") for m in rejected]
+    check = covered if restrict else None
+    pool = [p for p in pool if keep_mask(p[0], p[1], check, params)]
+    pool.sort(key=lambda p: -p[1])  # stable: clusters before rejected proposals on ties
+    kept = [pool[i] for i in mask_nms([p[0] for p in pool], params.nms_iou, params.max_candidates)]
+    if not kept:
+        return []
+    weights = cell_fractions(np.stack([m for m, _, _ in kept])) ** params.pool_power  # (N, T)
+    feats = pool_features(tokens, weights, cfg)  # (N, C)
+    return [Candidate(m, s, o, f) for (m, s, o), f in zip(kept, feats, strict=True)]
