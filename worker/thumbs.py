@@ -30,7 +30,9 @@ def thumbnail_png(image: np.ndarray, mask: np.ndarray, size: int = THUMB_PX) -> 
     h, w = mask.shape
     scale = min(1.0, size / max(h, w))
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))
-    small = np.asarray(Image.fromarray(image).convert("RGB").resize((tw, th), Image.Resampling.BILINEAR))
+    small = np.asarray(
+        Image.fromarray(image).convert("RGB").resize((tw, th), Image.Resampling.BILINEAR)
+    )
     inside = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((tw, th))) >= 128
     edge = inside & ~_eroded(inside)
     out = small.astype(np.float32)
