@@ -140,7 +140,7 @@ def plan(settings: Settings) -> tuple[list[Child], dict[str, str]]:
         "backend.app:create_app",
         "--factory",
         "--host",
-        settings.host,
+        settings.bind_host,
         "--port",
         str(settings.port),
         "--log-level",
@@ -199,8 +199,13 @@ def main(argv: list[str] | None = None) -> int:
     children, env = plan(settings)
     logger.info(
         "GF-SAM backend on %s:%s (Redis %s)",
-        settings.host,
+        settings.bind_host,
         settings.port,
+    if not settings.host and settings.basic_auth_user is None:
+        logger.warning(
+            "no BASIC_AUTH_USER/PASS: listening on 127.0.0.1 only; set both (and HOST=0.0.0.0) "
+            "to serve Label Studio on another machine (README, 'Production setup')"
+        )
         "embedded" if not settings.redis_url else "external",
     )
     return supervise(children, env, stop, settings.shutdown_grace_s)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -179,6 +180,10 @@ class FakeLabelStudio:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        # GET /api/projects/{id}/: label config per project (default: the setup.json fixture's);
+        # `projects_known` None = every id exists, else only these.
+        self.configs: dict[int, str] = {}
+        self.projects_known: set[int] | None = None
         )
 
     @property
@@ -277,6 +282,14 @@ class FakeLabelStudio:
         if parts[:2] == ["api", "predictions"]:
             return self._predictions(method, parts, query, body)
         if method == "GET" and parts[:2] == ["api", "projects"] and parts[3:] == ["model-versions"]:
+        if method == "GET" and parts[:2] == ["api", "tasks"] and len(parts) == 3:
+            task = self.tasks.get(int(parts[2]))
+            return (200, self.task_view(task["id"])) if task else (404, {"detail": "Not found."})
+        if method == "GET" and parts[:2] == ["api", "projects"] and len(parts) == 3:
+            p = int(parts[2])
+            if self.projects_known is not None and p not in self.projects_known:
+                return 404, {"detail": "Not found."}
+            return 200, {"id": p, "label_config": self.configs.get(p, default_config())}
             p, counts = int(parts[2]), {}
             for pred in self.predictions.values():
                 if pred["project"] == p:
@@ -345,6 +358,64 @@ class OraclePipeline:
     behind the worker's `Pipeline` interface, so `ASSIGN=split` runs without weights.
 
     An image's red channel is its class-id map (0 background): tokens and SAM masks come from
+def default_config() -> str:
+    """The label config of tests/fixtures/ls_requests/setup.json (the fake LS's default)."""
+    path = Path(__file__).parent / "fixtures" / "ls_requests" / "setup.json"
+    return str(json.loads(path.read_text())["schema"])
+
+
+# --------------------------------------------------------------------------- fake SAM prompts
+
+
+@dataclass
+class FakeSam:
+    """`SamEncoder.decode_prompts` stand-in: a disk of `radius` frame pixels around each positive
+    point, cut by disks around negative points, clipped to the box, OR-ed with a mask prompt.
+    The predicted IoU is 0.9 (multimask) or 0.8. `calls` records each call's arguments."""
+
+    radius: int = 64
+    calls: list[dict[str, Any]] = field(default_factory=list)
+    hold: threading.Event | None = None  # when set by a test: calls wait until it is set
+
+    def decode_prompts(
+        self,
+        embedding: Any,
+        points_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box_xyxy: np.ndarray | None = None,
+        mask_logits: np.ndarray | None = None,
+        *,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        if self.hold is not None:
+            self.hold.wait(30)
+        self.calls.append(
+            {
+                "points": points_xy,
+                "labels": point_labels,
+                "box": box_xyxy,
+                "mask": mask_logits,
+                "multimask": multimask,
+            }
+        )
+        yy, xx = np.mgrid[0:1024, 0:1024]
+        mask = np.zeros((1024, 1024), dtype=bool)
+        pts = [] if points_xy is None else list(np.asarray(points_xy))
+        labels = np.ones(len(pts)) if point_labels is None else np.asarray(point_labels)
+        for (x, y), lab in zip(pts, labels, strict=True):
+            disk = (xx - x) ** 2 + (yy - y) ** 2 <= self.radius**2
+            mask = mask | disk if lab else mask & ~disk
+        if box_xyxy is not None:
+            x0, y0, x1, y1 = np.asarray(box_xyxy)
+            inside = (xx >= x0) & (xx < x1) & (yy >= y0) & (yy < y1)
+            mask = mask & inside if mask.any() else inside
+        if mask_logits is not None:
+            prior = np.repeat(np.repeat(np.asarray(mask_logits) > 0, 4, 0), 4, 1)
+            mask = mask | prior
+        low = mask.reshape(256, 4, 256, 4).mean(axis=(1, 3)).astype(np.float32) * 2 - 1
+        return mask, 0.9 if multimask else 0.8, low
+
+
     it, so a PNG made by `class_png` is a scene with known classes. `params.rho` makes every
     even class look like the odd class before it (a look-alike of an undefined class).
     """

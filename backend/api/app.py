@@ -7,6 +7,7 @@ Run it with `python -m backend.run` (Redis + worker + API) or, API only,
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -18,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from backend.api.guard import RequestGuard
 from backend.api.labelconfig import LabelConfigError
 from backend.api.metrics import Metrics
 from backend.api.routes import router
@@ -53,6 +55,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "RANDOM WEIGHTS (%s): predictions are noise, wiring checks only",
                 settings.model_class,
             )
+        if settings.basic_auth_user is None:
+            logger.warning(
+                "no BASIC_AUTH_USER/PASS: every caller that reaches this port is trusted "
+                "(README, 'Production setup')"
+            )
         try:
             yield
         finally:
@@ -60,6 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="GF-SAM Label Studio ML backend", lifespan=lifespan)
     app.dependency_overrides[get_settings] = lambda: settings
+    # /predict calls waiting at once; the rest answer at once (delivered through the LS API), so
+    # waiting calls never hold more than this many of the THREADS that /health and /setup need.
+    app.state.predict_waiters = threading.BoundedSemaphore(max(settings.predict_max_waiters, 1))
+    app.state.predict_wait_allowed = settings.predict_max_waiters > 0
+    app.add_middleware(RequestGuard, settings=settings)
     app.include_router(router)
     app.include_router(status_router)  # the operator's view (issue 13)
     _install_handlers(app)

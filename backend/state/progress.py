@@ -17,6 +17,7 @@ from backend.state.versions import model_version, parse_version
 ACCEPTANCE_BUCKETS = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.99, 1.0)
 ACCEPTANCE_SAMPLES = 200
 FAILURE_REASON_CHARS = 500
+FAILURES_OVERFLOW = "more"  # failures field: how many were not kept (max_failures reached)
 RECENT_FAILURES = 50
 VERSIONS_KEPT = 30  # per-version progress of older versions is deleted (bounded reads)
 _ENDED = ("done", "failed", "stale")
@@ -139,7 +140,15 @@ class Progress:
     # --- failures -------------------------------------------------------------------------------
 
     def record_failure(self, p: int, what: str, reason: str) -> None:
+        """Keep the reason of `what`; past `max_failures` reasons a project only counts new ones
+        (under FAILURES_OVERFLOW), so failure state stays bounded (issue 7)."""
         reason = reason[:FAILURE_REASON_CHARS]
+        failures = key("p:{p}:failures", p=p)
+        if self.r.hlen(failures) >= self.settings.max_failures and not self.r.hexists(
+            failures, what
+        ):
+            self.r.hincrby(failures, FAILURES_OVERFLOW, 1)
+            return
         entry = FailureRecord(what=what, reason=reason, at=time.time()).model_dump_json()
         recent = key("p:{p}:failures:recent", p=p)
         with self.r.pipeline() as pipe:

@@ -119,7 +119,9 @@ class PredictJob(BaseModel):
     project: int
     task: int
     version: str
-    image_url: str
+    # From LS's task list (pre-annotation); None when queued by /predict: the worker reads the
+    # task from LS (issue 7: never the caller's copy).
+    image_url: str | None = None
     interactive: bool = False  # queued by /predict (high queue) rather than by pre-annotation
 
 
@@ -127,7 +129,7 @@ class AnnotationJob(BaseModel):
     project: int
     annotation: int
     task: int
-    image_url: str | None = None
+    image_url: str | None = None  # unused: the worker reads the task from LS (kept for old jobs)
     fingerprint: str = ""
 
 

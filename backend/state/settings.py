@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     webhook_secret_header: str = "X-Webhook-Secret"
 
     # Process and paths.
-    host: str = "0.0.0.0"
+    # None: 0.0.0.0 with basic auth configured, else 127.0.0.1 (see `bind_host`).
+    host: str | None = None
     port: int = Field(9090, ge=1, le=65535)
     log_level: str = "INFO"
     model_dir: Path = Path("models")
@@ -72,7 +73,7 @@ class Settings(BaseSettings):
     refit_job_timeout_s: int = 1800
     sync_job_timeout_s: int = 3600
     result_ttl_s: int = 3600  # RQ job results (ours live in the store)
-    failure_ttl_s: int = 7 * 86400
+    failure_ttl_s: int = 86400  # failed RQ jobs (reasons live in p:{p}:failures, capped)
     prediction_ttl_s: int = 14 * 86400  # stored prediction blobs and delivery claims
     retry_max: int = 3
     retry_intervals_s: list[int] = [5, 30, 120]
@@ -87,6 +88,18 @@ class Settings(BaseSettings):
     reference_cache_items: int = 256  # in-process decoded references
     worker_lease_s: int = Field(15, ge=2)  # a worker without a live lease is dead; its job requeued
     recovery_interval_s: float = 5.0
+
+    # Hardening (issue 7): trust Label Studio, not the caller; bound every wait, body and image.
+    # Media hosts fetched besides LABEL_STUDIO_URL's (exact host names or *.suffix); `*` any.
+    media_allow_hosts: list[str] = []
+    # Private, loopback and link-local media addresses are refused unless this is set.
+    media_allow_private: bool = False
+    media_deadline_s: float = Field(60.0, gt=0.0)  # total time of one media download
+    max_image_pixels: int = Field(64_000_000, ge=1)  # checked from the header, before decoding
+    max_body_bytes: int = Field(8 * 1024**2, ge=1024)  # request bodies (LS's /predict: ~1 KB/task)
+    predict_max_waiters: int = Field(32, ge=0)  # /predict calls waiting at once; more answer now
+    public_docs: bool = False  # /docs, /redoc, /openapi.json and /metrics without basic auth
+    max_failures: int = Field(1000, ge=1)  # failure reasons kept per project; the rest counted
 
     # Operator's view (issue 13): log lines as text or JSON (log shippers); status page refresh.
     log_format: Literal["text", "json"] = "text"
@@ -129,6 +142,23 @@ class Settings(BaseSettings):
     @property
     def target_cache_dir(self) -> Path:
         return self.data_dir / "cache" / "targets"
+
+    @field_validator("basic_auth_pass")
+    @classmethod
+    def _utf8_pass(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                value.get_secret_value().encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError("BASIC_AUTH_PASS is not valid UTF-8 text") from None
+        return value
+
+    @property
+    def bind_host(self) -> str:
+        """HOST, or loopback when it is unset and no basic auth is configured (secure default)."""
+        if self.host:
+            return self.host
+        return "0.0.0.0" if self.basic_auth_user is not None else "127.0.0.1"
 
 
 @lru_cache
