@@ -1,0 +1,182 @@
+"""Smart-tool prompts of an interactive /predict call: parsed and checked once, plain JSON.
+
+Label Studio forwards the regions an annotator drew with smart controls as `params.context`
+(docs/labelstudio-protocol.md §2 "Interactive flow", §4.5): `keypointlabels` regions are point
+prompts (`is_positive` on the region, or `value.positive` in newer frontends; absent: positive)
+and `rectanglelabels` regions are box prompts (newer frontends send every rectangle of the
+control: the last one is the box, SAM takes one). Coordinates are percentages (0-100) of the
+region's own `original_width` x `original_height`; here they become original pixels, which the
+worker maps to the 1024 frame. Pure Python (no numpy): the API validates before queueing.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from pydantic import BaseModel
+
+from backend.state.schemas import LabelConfigSummary
+
+PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
+
+
+class PromptError(ValueError):
+    """The context cannot be used; the message says why (shown to the LS user as a 422)."""
+
+
+class Prompts(BaseModel):
+    """The prompts of one click, in original pixels of the task image.
+
+    Attributes:
+        label: the clicked region's label (a label of the BrushLabels control).
+        points: [N] (x, y) in original pixels (continuous: 0..W, 0..H).
+        positive: [N] True for a positive point, False for a negative one (Alt-click).
+        box: (x0, y0, x1, y1) in original pixels, or None.
+        width, height: the region's original_width / original_height (the image's natural size).
+    """
+
+    label: str
+    points: list[tuple[float, float]] = []
+    positive: list[bool] = []
+    box: tuple[float, float, float, float] | None = None
+    width: int
+    height: int
+
+    @property
+    def single_click(self) -> bool:
+        """One point and no box: ambiguous, SAM's multimask output is used."""
+        return len(self.points) == 1 and self.box is None
+
+
+class ClickJob(BaseModel):
+    """Payload of `worker.interactive.click` (the interactive lane). The task's image is read
+    from Label Studio by the worker (never the caller's copy of the task data)."""
+
+    project: int
+    task: int
+    version: str  # current at the call: the prediction a click may refine
+    from_name: str  # BrushLabels control of the answer
+    to_name: str  # its Image
+    data_key: str  # task.data key of the image
+    prompts: Prompts
+
+
+class WarmJob(BaseModel):
+    """Payload of `worker.interactive.warm_target`: encode a task image opened in the editor."""
+
+    project: int
+    task: int
+    data_key: str
+
+
+def is_prompt_context(context: dict[str, Any] | None) -> bool:
+    """True for a context with smart-tool regions (anything else keeps the batch path)."""
+    result = (context or {}).get("result")
+    return isinstance(result, list) and any(
+        isinstance(r, dict) and r.get("type") in PROMPT_TYPES for r in result
+    )
+
+
+def parse_context(context: dict[str, Any], cfg: LabelConfigSummary) -> Prompts:
+    """Points and at most one box from `params.context.result`.
+
+    Raises:
+        PromptError: no smart regions, a label the BrushLabels control lacks, coordinates
+            outside 0-100, a zero-area box, missing or disagreeing original sizes, or only
+            negative points and no box.
+    """
+    regions = [r for r in context.get("result") or [] if isinstance(r, dict)]
+    regions = [r for r in regions if r.get("type") in PROMPT_TYPES]
+    if not regions:
+        raise PromptError("context has no keypointlabels or rectanglelabels region")
+    width, height = _size(regions)
+    label = _label(regions[-1])
+    if label not in cfg.labels:
+        raise PromptError(
+            f"label {label!r} is not a label of <BrushLabels name={cfg.from_name!r}> "
+            f"({', '.join(cfg.labels)}): add it there with the same value"
+        )
+    out = Prompts(label=label, width=width, height=height)
+    boxes = [r for r in regions if r["type"] == "rectanglelabels"]
+    for region in regions:
+        if region["type"] == "keypointlabels":
+            x, y = _pct(region, "x"), _pct(region, "y")
+            out.points.append((x * width / 100, y * height / 100))
+            out.positive.append(_positive(region))
+    if boxes:
+        out.box = _box(boxes[-1], width, height)
+    return out
+
+
+def check_usable(prompts: Prompts, refining: bool) -> None:
+    """Only negative points make no object, unless they edit our prediction (removal).
+
+    Raises:
+        PromptError: no positive point, no box, and nothing to refine.
+    """
+    if not refining and prompts.box is None and not any(prompts.positive):
+        raise PromptError("only negative points: add a positive point or a box")
+
+
+def _size(regions: list[dict[str, Any]]) -> tuple[int, int]:
+    sizes = set()
+    for region in regions:
+        w, h = _number(region.get("original_width")), _number(region.get("original_height"))
+        if w is None or h is None or w <= 0 or h <= 0:
+            raise PromptError("a smart region lacks original_width / original_height")
+        sizes.add((int(w), int(h)))
+    if len(sizes) != 1:
+        raise PromptError(f"smart regions disagree on the image size: {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _label(region: dict[str, Any]) -> str:
+    value = region.get("value") or {}
+    labels = value.get(region["type"]) if isinstance(value, dict) else None
+    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
+        raise PromptError(f"the {region['type']} region names no label")
+    return labels[0]
+
+
+def _pct(region: dict[str, Any], name: str) -> float:
+    raw = (region.get("value") or {}).get(name)
+    value = _number(raw)
+    if value is None or not 0 <= value <= 100:
+        raise PromptError(f"{region['type']} {name}={raw!r} is not a percentage in 0-100")
+    return value
+
+
+def _positive(region: dict[str, Any]) -> bool:
+    if "is_positive" in region:
+        return bool(region["is_positive"])
+    return bool((region.get("value") or {}).get("positive", True))
+
+
+def _box(region: dict[str, Any], width: int, height: int) -> tuple[float, float, float, float]:
+    """Axis-aligned bounds of the (possibly rotated about its top-left corner) rectangle."""
+    x, y = _pct(region, "x"), _pct(region, "y")
+    w, h = _pct(region, "width"), _pct(region, "height")
+    if w * width / 100 < 1 or h * height / 100 < 1:
+        raise PromptError("the rectangle has zero area (under one pixel)")
+    if x + w > 100 + 1e-6 or y + h > 100 + 1e-6:
+        raise PromptError("the rectangle extends beyond the image (x + width or y + height > 100)")
+    angle = math.radians(float((region.get("value") or {}).get("rotation") or 0.0))
+    x0, y0, bw, bh = x * width / 100, y * height / 100, w * width / 100, h * height / 100
+    xs, ys = [x0], [y0]
+    for dx, dy in ((bw, 0.0), (0.0, bh), (bw, bh)):
+        xs.append(x0 + dx * math.cos(angle) - dy * math.sin(angle))
+        ys.append(y0 + dx * math.sin(angle) + dy * math.cos(angle))
+    return (
+        max(0.0, min(xs)),
+        max(0.0, min(ys)),
+        min(float(width), max(xs)),
+        min(float(height), max(ys)),
+    )
+
+
+def _number(value: object) -> float | None:
+    """A finite JSON number as float, else None (booleans are not numbers here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
