@@ -20,6 +20,7 @@ import numpy as np
 from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
 from backend.state.store import Store
 from gfsam.assign import Instance
+from worker import decoded
 from worker.assignment import assign
 from worker.brush import regions_to_result
 from worker.models import Runtime
@@ -27,9 +28,14 @@ from worker.models import Runtime
 logger = logging.getLogger(__name__)
 
 
-def target_encoding(rt: Runtime, store: Store, image_bytes: bytes) -> Any:
-    """The target encoding of an image, from the disk cache when the same bytes were seen."""
-    sha = hashlib.sha256(image_bytes).hexdigest()
+def target_encoding(rt: Runtime, store: Store, image_bytes: bytes, sha: str | None = None) -> Any:
+    """The target encoding of an image, from the disk cache when the same bytes were seen.
+
+    Args:
+        rt: the runtime. store: for the counters. image_bytes: the image file.
+        sha: sha256 hex of `image_bytes` when the caller has it already.
+    """
+    sha = sha or hashlib.sha256(image_bytes).hexdigest()
     blob = rt.targets.get(sha)
     if blob is not None:
         store.progress.incr_stat("target_cache_hit")
@@ -98,9 +104,10 @@ def predict_task(
     The item score is the mean score of the regions, or the mean of all label scores when no
     region is kept (then `result` is empty).
     """
-    target = target_encoding(rt, store, image_bytes)
+    sha = hashlib.sha256(image_bytes).hexdigest()
+    target = target_encoding(rt, store, image_bytes, sha)
     references = load_references(rt, store, refs, cfg.labels)
-    preds = rt.model.pipeline.predict_labels(target, references)
+    preds = decoded.predict_labels(rt, store, sha, target, references)  # stored SAM masks reused
     store.progress.incr_stat("predict")
     shas = {label: [s.ref for s in refs.shots[label]] for label in references}
     asg = assign(

@@ -1,0 +1,88 @@
+"""Decoded SAM masks of a target kept next to its encoding, so a re-prediction decodes only new
+prompts (issue 12; `gfsam.decoded.DecodedMasks`, architecture §1).
+
+The blob lives in the target cache under ``{image sha256}.masks`` (file ``{sha}.masks.bin``, in
+the same byte budget and LRU as the encodings). It is loaded before `predict_labels` and written
+back after, only when something new was decoded. A blob that cannot be read is ignored (logged):
+it costs decoding time, never a wrong mask (the store empties itself when its decoder key does
+not match the target). A pipeline whose `predict_labels` takes no ``decoded`` (the tests' fakes)
+runs as before. Counters: ``prompt_cache_hit`` / ``prompt_cache_miss`` in the store's stats.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from backend.state.store import Store
+from gfsam.decoded import DEFAULT_MAX_MASKS, DecodedMasks
+from worker.models import Runtime
+
+logger = logging.getLogger(__name__)
+
+SUFFIX = ".masks"
+
+
+def supports_decoded(pipeline: Any) -> bool:
+    """True when the pipeline's `predict_labels` accepts a ``decoded`` store."""
+    try:
+        return "decoded" in inspect.signature(pipeline.predict_labels).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def capacity(pipeline: Any, labels: int) -> int:
+    """Masks kept per target: every prompt of every label of one prediction, at least the default
+    (as `GFSAM.predict_labels` sizes its own per-call store)."""
+    points = int(getattr(getattr(pipeline, "config", None), "max_points", 0) or 0)
+    return max(DEFAULT_MAX_MASKS, labels * points)
+
+
+def load(rt: Runtime, sha: str, labels: int) -> DecodedMasks:
+    """The target's stored masks (empty store when none or unreadable)."""
+    size = capacity(rt.model.pipeline, labels)
+    blob = rt.targets.get(sha + SUFFIX)
+    if blob is not None:
+        try:
+            return DecodedMasks.from_bytes(blob, max_masks=size)
+        except ValueError as exc:
+            logger.warning("decoded masks of %s unreadable, decoding again: %s", sha[:12], exc)
+    return DecodedMasks(size)
+
+
+def save(rt: Runtime, store: Store, sha: str, decoded: DecodedMasks) -> None:
+    """Count this prediction's prompt hits and misses; store the masks when some are new."""
+    if decoded.hits:
+        store.progress.incr_stat("prompt_cache_hit", decoded.hits)
+    if decoded.misses:
+        store.progress.incr_stat("prompt_cache_miss", decoded.misses)
+        rt.targets.put(sha + SUFFIX, decoded.to_bytes())
+
+
+def predict_labels(
+    rt: Runtime,
+    store: Store,
+    sha: str,
+    target: Any,
+    references: Mapping[str, Sequence[Any]],
+) -> dict[str, Any]:
+    """`pipeline.predict_labels` with the target's stored masks when the pipeline takes them.
+
+    Args:
+        rt: the worker's runtime (pipeline, target cache).
+        store: for the hit / miss counters.
+        sha: sha256 of the image bytes (the target cache key).
+        target: its encoding. references: label -> shots, in config order.
+
+    Returns:
+        label -> prediction, as `predict_labels` returns them.
+    """
+    pipeline: Any = rt.model.pipeline
+    if not supports_decoded(pipeline):
+        return dict(pipeline.predict_labels(target, references))
+    decoded = load(rt, sha, len(references))
+    preds = pipeline.predict_labels(target, references, decoded=decoded)
+    save(rt, store, sha, decoded)
+    return dict(preds)
