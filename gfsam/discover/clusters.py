@@ -112,25 +112,26 @@ def spherical_kmeans(x: np.ndarray, seeds: np.ndarray, iters: int) -> np.ndarray
 
 
 def _merge(clusters: list[np.ndarray], unit: np.ndarray, merge_cos: float) -> list[np.ndarray]:
-    """Union of clusters (bool [T] each) whose centroids are >= merge_cos apart (union-find)."""
+    """Merge near-duplicate clusters (bool [T] each) without chaining.
+
+    Largest first, each cluster joins the first leader whose centroid is at least `merge_cos`
+    close, else leads a merged cluster of its own. Comparing with leaders only, a chain of
+    boundary clusters (graded mixes of an object and its surroundings) cannot glue the object
+    to the background.
+    """
     cents = np.stack([unit[c].mean(axis=0) for c in clusters])  # (L, C)
     cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
-    close = cents @ cents.T >= merge_cos  # (L, L)
-    parent = list(range(len(clusters)))
-
-    def root(i: int) -> int:
-        while parent[i] != i:
-            i = parent[i]
-        return i
-
-    for i, j in zip(*np.nonzero(np.triu(close, 1)), strict=True):
-        ri, rj = root(int(i)), root(int(j))
-        parent[max(ri, rj)] = min(ri, rj)
+    order = sorted(range(len(clusters)), key=lambda i: (-int(clusters[i].sum()), i))
+    leaders: list[int] = []
     merged: dict[int, np.ndarray] = {}
-    for i, cells in enumerate(clusters):
-        r = root(i)
-        merged[r] = merged[r] | cells if r in merged else cells.copy()
-    return [merged[r] for r in sorted(merged)]
+    for i in order:
+        near = [j for j in leaders if float(cents[i] @ cents[j]) >= merge_cos]
+        if near:
+            merged[near[0]] |= clusters[i]
+        else:
+            leaders.append(i)
+            merged[i] = clusters[i].copy()
+    return [merged[j] for j in leaders]
 
 
 def token_clusters(unit: np.ndarray, free: np.ndarray, params: DiscoverParams) -> list[np.ndarray]:
@@ -140,7 +141,7 @@ def token_clusters(unit: np.ndarray, free: np.ndarray, params: DiscoverParams) -
         unit: [T, C] unit tokens. free: bool [T].
 
     Returns:
-        bool [T] cell sets, one per merged cluster (in order of their first member cluster).
+        bool [T] cell sets, one per merged cluster (largest leader first).
     """
     idx = np.flatnonzero(free)  # (N,)
     clusters: list[np.ndarray] = []

@@ -68,13 +68,15 @@ def region_prompts(cells: np.ndarray, params: DiscoverParams) -> tuple[np.ndarra
 
     Returns:
         (points float32 [N, 2] cell centres (x, y) in frame pixels, 1 <= N <= ``points``,
-        deepest first, at least ``point_gap`` cells apart; box float32 [4] x0, y0, x1, y1).
+        deepest first, at least ``point_gap`` cells apart, at least half the largest depth
+        deep; box float32 [4] x0, y0, x1, y1).
     """
     grid = cells.reshape(GRID, GRID)  # (G, G) as [y, x]
     depth = ndimage.distance_transform_cdt(np.pad(grid, 1), metric="chessboard")[1:-1, 1:-1]
     order = np.lexsort((np.arange(grid.size), -depth.ravel()))  # deepest, then flat index
     chosen: list[tuple[int, int]] = []
-    for flat in order[: int(grid.sum())]:
+    floor = (int(depth.max()) + 1) // 2  # points stay in the inner half of the region
+    for flat in order[: int((depth >= floor).sum())]:
         y, x = divmod(int(flat), GRID)
         if all(max(abs(x - cx), abs(y - cy)) >= params.point_gap for cx, cy in chosen):
             chosen.append((x, y))

@@ -1,0 +1,81 @@
+"""Discovery stage 1-2: free cells, window seeds, k-means, merged clusters, regions."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from gfsam.discover import (
+    DiscoverParams,
+    cluster_regions,
+    free_cells,
+    spherical_kmeans,
+    token_clusters,
+    unit_tokens,
+    window_seeds,
+)
+from gfsam.types import FRAME, GRID, TOKENS, GFSAMConfig
+
+C = 8
+
+
+def one_hot_grid(squares: list[tuple[int, int, int, int, int]]) -> np.ndarray:
+    """[T, C] tokens: channel 0 everywhere, channel ch on cells x0..x1-1, y0..y1-1."""
+    grid = np.zeros((GRID, GRID, C), dtype=np.float32)
+    grid[..., 0] = 1.0
+    for x0, y0, x1, y1, ch in squares:
+        grid[y0:y1, x0:x1] = 0.0
+        grid[y0:y1, x0:x1, ch] = 1.0
+    return grid.reshape(TOKENS, C)
+
+
+def cells_of(x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    g = np.zeros((GRID, GRID), dtype=bool)
+    g[y0:y1, x0:x1] = True
+    return g.ravel()
+
+
+def test_free_cells_are_the_mostly_uncovered_ones() -> None:
+    covered = np.zeros((FRAME, FRAME), dtype=bool)
+    covered[:, :512] = True  # left half
+    free = free_cells(covered, DiscoverParams()).reshape(GRID, GRID)
+    assert not free[:, :18].any()
+    assert free[:, 19:].all()
+
+
+def test_window_seeds_one_per_window_with_enough_free_cells() -> None:
+    unit = unit_tokens(one_hot_grid([]), GFSAMConfig())
+    all_free = np.ones(TOKENS, dtype=bool)
+    # side 18, stride 9: origins 0, 9, 18 and the flush 19 -> 4 x 4 windows
+    assert window_seeds(unit, all_free, 18, DiscoverParams()).shape == (16, C)
+    top = cells_of(0, 0, GRID, 9)  # only the top 9 rows free: windows at y = 0 are half free
+    assert window_seeds(unit, top, 18, DiscoverParams()).shape == (4, C)
+    assert window_seeds(unit, np.zeros(TOKENS, dtype=bool), 18, DiscoverParams()).shape == (0, C)
+
+
+def test_spherical_kmeans_separates_two_directions() -> None:
+    x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    seeds = np.array([[0.6, 0.8], [0.8, 0.6]], dtype=np.float32)
+    assert spherical_kmeans(x, seeds, 10).tolist() == [1, 1, 0, 0]
+
+
+def test_clusters_of_all_scales_merge_into_object_and_background() -> None:
+    unit = unit_tokens(one_hot_grid([(10, 10, 20, 20, 1)]), GFSAMConfig())
+    clusters = token_clusters(unit, np.ones(TOKENS, dtype=bool), DiscoverParams())
+    assert len(clusters) == 2
+    assert any(np.array_equal(c, cells_of(10, 10, 20, 20)) for c in clusters)
+
+
+def test_regions_split_a_cluster_into_instances_and_respect_the_covered_area() -> None:
+    tokens = one_hot_grid([(2, 2, 8, 8, 1), (25, 25, 31, 31, 1)])  # two instances, one class
+    covered = np.zeros((FRAME, FRAME), dtype=bool)
+    regions = cluster_regions(tokens, covered, GFSAMConfig(), DiscoverParams())
+    objects = [r for r in regions if r.feature[1] > 0.9]
+    assert sorted(int(r.cells.sum()) for r in objects) == [36, 36]
+    assert len(regions) == 3  # + the background around them
+    covered[: 8 * FRAME // GRID + 28, : 8 * FRAME // GRID + 28] = True  # the first instance
+    kept = cluster_regions(tokens, covered, GFSAMConfig(), DiscoverParams())
+    assert [np.array_equal(r.cells, cells_of(25, 25, 31, 31)) for r in kept].count(True) == 1
+    assert not any(r.cells[cells_of(2, 2, 8, 8)].any() for r in kept)
+    everywhere = cluster_regions(tokens, covered, GFSAMConfig(), DiscoverParams(), restrict=False)
+    assert len(everywhere) == 3
