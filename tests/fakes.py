@@ -171,6 +171,10 @@ class FakeLabelStudio:
         self.predictions: dict[int, dict[str, Any]] = {}
         self.media: dict[str, bytes] = {}
         self.posts: list[dict[str, Any]] = []  # every accepted POST /api/predictions/ body
+        # GET /api/projects/{id}/: label config per project (default: the setup.json fixture's);
+        # `projects_known` None = every id exists, else only these.
+        self.configs: dict[int, str] = {}
+        self.projects_known: set[int] | None = None
         self.down = False  # answer 503 to everything
         self.delays = {"media": 0.0, "post": 0.0}  # seconds to stall before answering
         self.started = {"media": threading.Event(), "post": threading.Event()}
@@ -180,10 +184,6 @@ class FakeLabelStudio:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(
             target=self.server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
-        # GET /api/projects/{id}/: label config per project (default: the setup.json fixture's);
-        # `projects_known` None = every id exists, else only these.
-        self.configs: dict[int, str] = {}
-        self.projects_known: set[int] | None = None
         )
 
     @property
@@ -273,6 +273,14 @@ class FakeLabelStudio:
             ids = sorted(t for t, task in self.tasks.items() if task["project"] == p)
             chunk = ids[(page - 1) * size : page * size]
             return 200, {"tasks": [self.task_view(t) for t in chunk], "total": len(ids)}
+        if method == "GET" and parts[:2] == ["api", "tasks"] and len(parts) == 3:
+            task = self.tasks.get(int(parts[2]))
+            return (200, self.task_view(task["id"])) if task else (404, {"detail": "Not found."})
+        if method == "GET" and parts[:2] == ["api", "projects"] and len(parts) == 3:
+            p = int(parts[2])
+            if self.projects_known is not None and p not in self.projects_known:
+                return 404, {"detail": "Not found."}
+            return 200, {"id": p, "label_config": self.configs.get(p, default_config())}
         if method == "GET" and parts[:2] == ["api", "tasks"] and parts[3:] == ["annotations"]:
             t = int(parts[2])
             return 200, [a for a in self.annotations.values() if a["task"] == t]
@@ -282,14 +290,6 @@ class FakeLabelStudio:
         if parts[:2] == ["api", "predictions"]:
             return self._predictions(method, parts, query, body)
         if method == "GET" and parts[:2] == ["api", "projects"] and parts[3:] == ["model-versions"]:
-        if method == "GET" and parts[:2] == ["api", "tasks"] and len(parts) == 3:
-            task = self.tasks.get(int(parts[2]))
-            return (200, self.task_view(task["id"])) if task else (404, {"detail": "Not found."})
-        if method == "GET" and parts[:2] == ["api", "projects"] and len(parts) == 3:
-            p = int(parts[2])
-            if self.projects_known is not None and p not in self.projects_known:
-                return 404, {"detail": "Not found."}
-            return 200, {"id": p, "label_config": self.configs.get(p, default_config())}
             p, counts = int(parts[2]), {}
             for pred in self.predictions.values():
                 if pred["project"] == p:
@@ -349,15 +349,6 @@ def _handler(ls: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-# --------------------------------------------------------------------------- oracle pipeline
-
-
-@dataclass
-class OraclePipeline:
-    """The real token-level GF-SAM (PNA, PMC, gates) on oracle encoders (`gfsam.eval.oracle`)
-    behind the worker's `Pipeline` interface, so `ASSIGN=split` runs without weights.
-
-    An image's red channel is its class-id map (0 background): tokens and SAM masks come from
 def default_config() -> str:
     """The label config of tests/fixtures/ls_requests/setup.json (the fake LS's default)."""
     path = Path(__file__).parent / "fixtures" / "ls_requests" / "setup.json"
@@ -416,6 +407,15 @@ class FakeSam:
         return mask, 0.9 if multimask else 0.8, low
 
 
+# --------------------------------------------------------------------------- oracle pipeline
+
+
+@dataclass
+class OraclePipeline:
+    """The real token-level GF-SAM (PNA, PMC, gates) on oracle encoders (`gfsam.eval.oracle`)
+    behind the worker's `Pipeline` interface, so `ASSIGN=split` runs without weights.
+
+    An image's red channel is its class-id map (0 background): tokens and SAM masks come from
     it, so a PNG made by `class_png` is a scene with known classes. `params.rho` makes every
     even class look like the odd class before it (a look-alike of an undefined class).
     """
