@@ -2,7 +2,9 @@
 
 Starts, in order: Redis (unless REDIS_URL is set: a private `redis-server` on a free loopback
 port, `--appendonly yes` in DATA_DIR/redis, so a restart keeps versions and shots), WORKERS
-worker processes (`python -m worker.main`) and the API (uvicorn on HOST:PORT, default :9090).
+worker processes (`python -m worker.main`), INTERACTIVE_WORKERS smart-tool workers
+(`python -m worker.main --interactive`, default 1) and the API (uvicorn on HOST:PORT, default
+:9090).
 
 - A worker that exits with a configuration code (2: no weights, 3: no LS key / Redis URL) stops
   everything with that code: the backend refuses to run without what it needs.
@@ -133,6 +135,9 @@ def plan(settings: Settings) -> tuple[list[Child], dict[str, str]]:
     py = sys.executable
     for i in range(settings.workers):
         children.append(Child(f"worker-{i}", [py, "-m", "worker.main"], restart=True))
+    for i in range(settings.interactive_workers):  # the smart-tool lane (issue 9)
+        argv = [py, "-m", "worker.main", "--interactive"]
+        children.append(Child(f"worker-interactive-{i}", argv, restart=True))
     api = [
         py,
         "-m",
@@ -197,15 +202,15 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGINT, handler)
     Path(settings.data_dir).mkdir(parents=True, exist_ok=True)
     children, env = plan(settings)
-    logger.info(
-        "GF-SAM backend on %s:%s (Redis %s)",
-        settings.bind_host,
-        settings.port,
     if not settings.host and settings.basic_auth_user is None:
         logger.warning(
             "no BASIC_AUTH_USER/PASS: listening on 127.0.0.1 only; set both (and HOST=0.0.0.0) "
             "to serve Label Studio on another machine (README, 'Production setup')"
         )
+    logger.info(
+        "GF-SAM backend on %s:%s (Redis %s)",
+        settings.bind_host,
+        settings.port,
         "embedded" if not settings.redis_url else "external",
     )
     return supervise(children, env, stop, settings.shutdown_grace_s)

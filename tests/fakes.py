@@ -34,6 +34,14 @@ class FakeTarget:
     width: int
     mean: float
 
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return (self.height, self.width)
+
+    @property
+    def embedding(self) -> FakeTarget:  # what FakeSam.decode_prompts receives
+        return self
+
     def to_bytes(self) -> bytes:
         return json.dumps([self.height, self.width, self.mean]).encode()
 
@@ -73,6 +81,7 @@ class FakePipeline:
     calls: dict[str, int] = field(
         default_factory=lambda: {"target": 0, "reference": 0, "predict": 0}
     )
+    sam: FakeSam = field(default_factory=lambda: FakeSam())
 
     def encode_target(self, image: np.ndarray) -> FakeTarget:
         self.calls["target"] += 1

@@ -124,6 +124,7 @@ def service_settings(redis_url: str, fake_ls: FakeLabelStudio, tmp_path: Path) -
         retry_intervals_s=[0],
         predict_deadline_s=5.0,
         inline_verify_delay_s=0,
+        refit_debounce_s=0.0,  # each annotation re-fits at once (tests/test_scale.py: windows)
         ls_timeout_s=5.0,
         refit_lock_wait_s=5.0,
         _env_file=None,  # type: ignore[call-arg]
@@ -234,3 +235,15 @@ def store(redis_conn: Redis, tmp_path: Path) -> Store:
         _env_file=None,  # type: ignore[call-arg]
     )
     return Store(redis_conn, settings, owner="test")
+
+
+def tick_scheduler(conn: Redis, settings: Settings) -> None:
+    """What a worker's maintenance thread does every second: move due scheduled jobs (retries,
+    debounced re-fits, later checks) to their queues."""
+    from rq.scheduler import RQScheduler
+
+    names = [settings.queue_high, settings.queue_batch, settings.queue_background]
+    scheduler = RQScheduler(names, connection=conn, serializer=JSONSerializer)
+    scheduler.acquire_locks()
+    scheduler.enqueue_scheduled_jobs()
+    scheduler.release_locks()

@@ -11,9 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
-from redis import Redis
 from rq.job import Job
-from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 
 from backend.api import inline
@@ -24,18 +22,15 @@ from backend.state.schemas import PredictJob
 from backend.state.settings import Settings
 from backend.state.store import Store
 from tests.fakes import brush_region, png_bytes
-from tests.service_fixtures import Service, changed, make_jobs, run_worker, wait_until
+from tests.service_fixtures import (
+    Service,
+    changed,
+    make_jobs,
+    run_worker,
+    tick_scheduler,
+    wait_until,
+)
 from tests.test_jobs import SEED, annotate, event, fixture, setup_project, status, version
-
-
-def tick_scheduler(conn: Redis, settings: Settings) -> None:
-    """What the worker's maintenance thread does every second: move due retries to queues."""
-    scheduler = RQScheduler(
-        [settings.queue_high, settings.queue_batch], connection=conn, serializer=JSONSerializer
-    )
-    scheduler.acquire_locks()
-    scheduler.enqueue_scheduled_jobs()
-    scheduler.release_locks()
 
 
 def run_due_retries(svc: Service, retried: str) -> None:
@@ -59,7 +54,7 @@ def test_ls_down_then_back_delivers_once(make_service: Callable[..., Service]) -
     fresh = svc.ls.add_task(1, png_bytes(64, 48, seed=5))
     svc.ls.down = True  # LS's API unreachable for the worker
     v, jobs = "gfsam-p1-v1", svc.jobs
-    pending = inline.start(svc.store, jobs, 1, v, [(fresh["id"], fresh["data"]["image"])])
+    pending = inline.start(svc.store, jobs, 1, v, [fresh["id"]])
     inline.give_up(svc.store, jobs, 1, v, pending)  # LS's /predict gave up: API path
     svc.run_worker()  # download fails: retry scheduled in 1 s
     job_id = predict_job_id(1, fresh["id"], v)
@@ -94,9 +89,7 @@ def test_ls_down_for_good_fails_after_retries(svc: Service) -> None:
     fresh = svc.ls.add_task(1, png_bytes(64, 48, seed=6))
     svc.ls.down = True
     jobs = make_jobs(svc.conn, svc.settings)
-    pending = inline.start(
-        jobs.store, jobs, 1, "gfsam-p1-v1", [(fresh["id"], fresh["data"]["image"])]
-    )
+    pending = inline.start(jobs.store, jobs, 1, "gfsam-p1-v1", [fresh["id"]])
     inline.give_up(jobs.store, jobs, 1, "gfsam-p1-v1", pending)
     svc.run_worker()  # retry interval 0: all attempts now
     job = Job.fetch(
@@ -147,7 +140,8 @@ def test_refit_lock_of_a_killed_worker_is_broken_at_once(svc: Service) -> None:
 
 
 def test_failed_sync_is_queued_again_by_the_next_setup(svc: Service) -> None:
-    tasks = setup_project(svc, 2)  # queues sync-1
+    assert svc.client.post("/setup", json=fixture("setup.json")).is_success  # queues sync-1
+    tasks = [svc.ls.add_task(1, png_bytes(64, 48, seed=i))["id"] for i in range(2)]
     ann = svc.ls.annotate(tasks[0], [brush_region(SEED, "Object")])  # its webhook was lost
     svc.ls.down = True
     svc.run_worker()  # the sync fails, all retries included

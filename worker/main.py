@@ -35,6 +35,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_NO_WEIGHTS = 2
 EXIT_CONFIG = 3
+REDIS_RECONNECT_ATTEMPTS = 300  # one a second: a Redis restart or failover takes this long at most
 
 
 def wait_for_redis(url: str, attempts: int = 30, delay_s: float = 1.0) -> Redis:
@@ -70,8 +71,9 @@ def load_or_explain(settings: Settings) -> int:
     return 0
 
 
-def run(settings: Settings, *, burst: bool = False) -> int:
-    """Run one worker until SIGTERM/SIGINT (warm shutdown) or, with `burst`, an empty queue."""
+def run(settings: Settings, *, burst: bool = False, interactive: bool = False) -> int:
+    """Run one worker until SIGTERM/SIGINT (warm shutdown) or, with `burst`, an empty queue;
+    `interactive`: the smart-tool lane only (clicks and warm-ups, issue 9)."""
     if not settings.redis_url:
         logger.error("REDIS_URL is not set (python -m backend.run sets it for its worker)")
         return EXIT_CONFIG
@@ -87,13 +89,24 @@ def run(settings: Settings, *, burst: bool = False) -> int:
     conn = wait_for_redis(settings.redis_url)
     jobs = Jobs(conn, settings, Store(conn, settings))
     name = f"{WORKER_PREFIX}{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
-    queue_names = [q.name for q in jobs.queues]
+    queues = [jobs.interactive] if interactive else jobs.queues
+    queue_names = [q.name for q in queues]
     maintenance = Maintenance(settings, name, queue_names)
     maintenance.start()
-    worker = JobLoggingWorker(jobs.queues, connection=conn, serializer=JSONSerializer, name=name)
+    worker = JobLoggingWorker(queues, connection=conn, serializer=JSONSerializer, name=name)
     logger.info("worker %s listening on %s", name, ", ".join(queue_names))
     try:
-        worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+        while True:  # Redis restarted under a job: reconnect rather than exit (issue 7)
+            try:
+                worker.work(burst=burst, logging_level=settings.log_level, with_scheduler=False)
+                break
+            except RedisConnectionError as exc:
+                logger.warning("Redis connection lost (%s): reconnecting", type(exc).__name__)
+                conn = wait_for_redis(settings.redis_url, attempts=REDIS_RECONNECT_ATTEMPTS)
+                jobs = Jobs(conn, settings, Store(conn, settings))
+                queues = [jobs.interactive] if interactive else jobs.queues
+                conn.delete(worker.key)  # RQ refuses a second birth of a name it holds
+                worker = type(worker)(queues, connection=conn, serializer=JSONSerializer, name=name)
     finally:
         maintenance.stop()
     return 0
@@ -105,12 +118,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", action="store_true", help="only build the models (weights present?) and exit"
     )
+    parser.add_argument(
+        "--interactive",
+        action="store_true",
+        help="serve only the interactive lane (smart-tool clicks, editor warm-ups)",
+    )
     args = parser.parse_args(argv)
     settings = get_settings()
     setup_logging(settings.log_level, settings.log_format, "worker")
     if args.check:
         return load_or_explain(settings)
-    return run(settings, burst=args.burst)
+    return run(settings, burst=args.burst, interactive=args.interactive)
 
 
 if __name__ == "__main__":

@@ -16,8 +16,10 @@ logger = logging.getLogger(__name__)
 def preannotate(
     rt: Runtime, store: Store, jobs: Jobs, p: int, version: str, tasks: list[LSTask] | None = None
 ) -> int:
-    """Queue (batch) a prediction at `version` for every task without a human annotation; a
-    prediction claimed for the API but never posted is delivered again. Returns jobs queued."""
+    """Queue a prediction at `version` for every task without a human annotation: the first
+    `lookahead_tasks` in Label Studio's order at once (batch queue), the rest through the
+    background feed (`worker.scale`); a prediction claimed for the API but never posted is
+    delivered again. Returns the number of predictions queued or fed."""
     cfg = store.data.config(p)
     if cfg is None or not store.data.reference_set(p).ready_for(cfg.labels):
         return 0  # no label of the current config has a reference: nothing to predict
@@ -25,7 +27,7 @@ def preannotate(
     ids = [task.id for task in tasks]
     claims = store.coord.delivery_claims(p, ids, version)
     posted = store.coord.posted(p, ids, version)
-    queued = 0
+    queued, later = 0, []
     for task, claim, done in zip(tasks, claims, posted, strict=True):
         t = task.id
         if task.annotated:
@@ -39,6 +41,28 @@ def preannotate(
         if claim is not None or url is None:
             continue
         job = PredictJob(project=p, task=t, version=version, image_url=url)
+        lookahead = rt.settings.lookahead_tasks
+        if lookahead is not None and queued >= lookahead:
+            later.append(job)  # fed from the background queue (worker.scale)
+            continue
         queued += jobs.enqueue_predict(job, high=False) in ("queued", "requeued")
-    logger.info("project %s: queued %d pre-annotations at %s", p, queued, version)
-    return queued
+    start_feed(rt, store, jobs, p, version, later)
+    logger.info(
+        "project %s: queued %d pre-annotations at %s, %d more fed later",
+        p,
+        queued,
+        version,
+        len(later),
+    )
+    return queued + len(later)
+
+
+def start_feed(
+    rt: Runtime, store: Store, jobs: Jobs, p: int, version: str, entries: list[PredictJob]
+) -> None:
+    """Leave `entries` (in Label Studio's order) to the background feed of `version`
+    (`worker.scale.feed_predictions`)."""
+    if not entries:
+        return
+    store.data.put_feed(p, version, [e.model_dump_json() for e in entries])
+    jobs.enqueue_feed(p, version, 0)

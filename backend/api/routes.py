@@ -3,6 +3,11 @@
 Handlers are plain `def` (Redis and RQ are synchronous; FastAPI runs them in its thread pool),
 parse with `schemas.py`, call `jobs.py`/`store.py`, and shape the reply. /health, /setup and
 /webhook touch Redis only: no model work, no media I/O.
+
+Trust (issue 7): a request body never becomes state that is written to Label Studio. A label
+config in /setup, /predict or an event is parsed only to answer the caller; it queues a job that
+reads the project's config from LS. /predict queues tasks by id; the worker reads their data and
+project from LS. Events only queue work.
 """
 
 from __future__ import annotations
@@ -11,15 +16,18 @@ import logging
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Path, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from backend.api import inline
+from backend.api import interactive as clicks
 from backend.api.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookAuth
 from backend.api.labelconfig import LabelConfigError, config_digest, parse_label_config
 from backend.api.protocol import (
+    MAX_ID,
     AnnotationEvent,
     AnnotationsDeletedEvent,
+    ErrorResponse,
     HealthResponse,
     PredictItem,
     PredictRequest,
@@ -36,29 +44,41 @@ from backend.state.schemas import AnnotationJob, DeleteJob
 from backend.state.store import Store
 
 logger = logging.getLogger(__name__)
-router = APIRouter()
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": what}
+    for code, what in (
+        (400, "unusable label config or project"),
+        (401, "missing or wrong credentials"),
+        (404, "unknown project"),
+        (413, "request body over MAX_BODY_BYTES"),
+        (422, "request does not match the schema"),
+        (503, "backend store (Redis) unavailable"),
+    )
+}
+router = APIRouter(responses=_ERRORS)
+MAX_FAILURES_SHOWN = 100  # /projects/{id} lists this many failure reasons, then a count
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 SYNC_ACTIONS = ("START_TRAINING", "TASKS_CREATED", "ANNOTATIONS_CREATED")
 
 
-def register_config(store: Store, jobs: Jobs, p: int, config: str) -> None:
-    """Store a project's label config (parsed only when it changed); until a sync with LS has
-    completed for the project (a new project, or LS was unreachable), queue one. A change of the
-    control names, image key or labels gets a new model version (predictions are made again).
+def register_config(store: Store, jobs: Jobs, p: int, config: str | None) -> None:
+    """A caller's label config is a hint, never state: until a sync with LS has completed for
+    the project (a new project, or LS was unreachable), queue one; a config other than the one
+    stored queues a config check. Both jobs read the project's config from Label Studio (the
+    project is registered once LS confirms it); a material change gets a new model version.
 
     Raises:
         LabelConfigError: no usable BrushLabels/Image pair (-> HTTP 400 with the reason).
     """
-    digest = config_digest(config)
-    if store.data.config_digest(p) != digest:
-        before, summary = store.data.config(p), parse_label_config(config)
-        store.data.put_config(p, summary, digest)
-        if before is not None and before != summary:
-            logger.info("project %s: label config changed, version bump queued", p)
-            jobs.enqueue_config_change(p, digest, store.data.reference_set(p).n)
-    if not store.data.synced(p) and jobs.enqueue_sync(p):
-        logger.info("project %s not synced with Label Studio yet: sync queued", p)
+    digest = config_digest(config) if config else None
+    if digest is not None and store.data.config_digest(p) != digest:
+        parse_label_config(config or "")  # the caller hears why its config is unusable
+    if not store.data.synced(p):
+        if jobs.enqueue_sync(p):
+            logger.info("project %s not synced with Label Studio yet: sync queued", p)
+    elif digest is not None and store.data.config_digest(p) != digest:
+        jobs.enqueue_config_change(p, digest, store.data.reference_set(p).n)
 
 
 @router.get("/health", response_model=HealthResponse, dependencies=[BasicAuth])
@@ -83,21 +103,32 @@ def setup(body: SetupRequest, store: StoreDep, jobs: JobsDep) -> SetupResponse:
     dependencies=[BasicAuth],
 )
 def predict(
-    body: PredictRequest, settings: SettingsDep, store: StoreDep, jobs: JobsDep
+    body: PredictRequest, request: Request, settings: SettingsDep, store: StoreDep, jobs: JobsDep
 ) -> PredictResponse:
     """One item per task, in order; results inline when ready before the deadline."""
     deadline = time.monotonic() + settings.predict_deadline_s
     p = _project(body)
     if body.label_config:
         register_config(store, jobs, p, body.label_config)
+    if clicks.is_click(body):  # smart tools (issue 9): answered on the interactive lane
+        return clicks.answer(body, p, settings, store, jobs)
     refs, cfg = store.data.reference_set(p), store.data.config(p)
     preds: list[Any] = [None] * len(body.tasks)
     interactive = bool(body.params and body.params.context)
     if (
         cfg is not None and refs.ready_for(cfg.labels) and not interactive
     ):  # interactive results are not stored
-        tasks = [(t.id, _url(t.data, cfg.data_key)) for t in body.tasks]
-        preds = inline.predict_and_wait(store, jobs, p, refs.version, tasks, deadline)
+        tasks = [t.id for t in body.tasks]  # their data and project are read from LS
+        waiters = request.app.state.predict_waiters
+        if request.app.state.predict_wait_allowed and waiters.acquire(blocking=False):
+            try:
+                preds = inline.predict_and_wait(store, jobs, p, refs.version, tasks, deadline)
+            finally:
+                waiters.release()
+        else:  # too many waiting: queue, answer now; results are posted through the LS API
+            preds = inline.predict_and_wait(store, jobs, p, refs.version, tasks, time.monotonic())
+    elif not interactive:  # nothing to predict yet: warm the embedding for the first click
+        clicks.warm(store, jobs, p, body)
     version = store.data.current_version(p)
     return PredictResponse(
         results=[
@@ -114,11 +145,6 @@ def _project(body: PredictRequest) -> int:
         return body.resolve_project()
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from None
-
-
-def _url(data: dict[str, Any], key: str) -> str | None:
-    value = data.get(key)
-    return value if isinstance(value, str) and value else None
 
 
 @router.post("/webhook", response_model=WebhookResponse, dependencies=[WebhookAuth])
@@ -140,7 +166,8 @@ def webhook(
 
 
 def _register_from_event(store: Store, jobs: Jobs, event: WebhookEvent) -> None:
-    """Events carry the project's config: use it (a first event may precede any /setup)."""
+    """An event's config says that the config may have changed: queue a sync or a config check
+    (they read it from LS). A first event may precede any /setup."""
     if event.project is not None and event.project.label_config:
         try:
             register_config(store, jobs, event.project.id, event.project.label_config)
@@ -160,17 +187,15 @@ def _annotation_event(store: Store, jobs: Jobs, event: AnnotationEvent) -> list[
     if p is None:
         raise HTTPException(422, f"{event.action} names no project")
     _register_from_event(store, jobs, event)
-    cfg = store.data.config(p)
-    if cfg is None:  # unknown project and no usable config in the event: a sync sorts it out
+    if store.data.config(p) is None:  # unknown project: a sync (LS confirms it) sorts it out
         return [jobs.enqueue_sync(p)]
-    if not event.annotation.was_cancelled:  # a skipped task is still unlabeled
-        store.data.mark_labeled(p, event.task.id)
+    # Only ids and the fingerprint (dedup) come from the event; the worker reads the annotation,
+    # its task and image from LS (and marks the task labeled from LS's answer).
     job = AnnotationJob(
         project=p,
         annotation=event.annotation.id,
         task=event.task.id,
-        image_url=_url(event.task.data, cfg.data_key),
-        fingerprint=event.annotation.updated_at or event.action,
+        fingerprint=(event.annotation.updated_at or event.action)[:64],
     )
     return [jobs.enqueue_annotation(job)]
 
@@ -182,7 +207,9 @@ def versions(store: StoreDep) -> VersionsResponse:
 
 
 @router.get("/projects/{project}", response_model=ProjectStatus, dependencies=[BasicAuth])
-def project_status(project: int, store: StoreDep) -> ProjectStatus:
+def project_status(
+    project: Annotated[int, Path(ge=1, le=MAX_ID)], store: StoreDep
+) -> ProjectStatus:
     """Version, shots per label, job counts, acceptance IoU and failures of one project."""
     if store.data.config(project) is None:
         raise HTTPException(404, f"project {project} is unknown (no /setup or event seen)")
@@ -197,11 +224,15 @@ def project_status(project: int, store: StoreDep) -> ProjectStatus:
         counts=store.progress.counts(project),
         acceptance_mean_iou=hist["sum"] / count if count else None,
         acceptance=store.progress.acceptance_samples(project),
-        failures=store.progress.failures(project),
+        failures=dict(list(store.progress.failures(project).items())[:MAX_FAILURES_SHOWN]),
     )
 
 
-@router.get("/metrics")
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 def metrics(request: Request) -> Response:
     """Prometheus text: per-project progress and versions, acceptance IoU, cache counters."""
     return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

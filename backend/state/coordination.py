@@ -148,3 +148,14 @@ class Coordination:
     def posted(self, p: int, tasks: list[int], v: str) -> list[bool]:
         names = [key("posted:{p}:{t}:{v}", p=p, t=t, v=v) for t in tasks]
         return [r is not None for r in self.r.mget(names)] if tasks else []
+
+    # --- debounced re-fits (issue 12) -----------------------------------------------------------
+
+    def open_refit_window(self, p: int, ttl_s: int) -> bool:
+        """True for the first event of a burst: it schedules the re-fit; later events of the
+        same window only add their state. Expires by itself if the re-fit never runs."""
+        return bool(self.r.set(key("p:{p}:refit:window", p=p), 1, nx=True, ex=ttl_s))
+
+    def close_refit_window(self, p: int) -> None:
+        """The scheduled re-fit starts: the next event opens a new window (and a new re-fit)."""
+        self.r.delete(key("p:{p}:refit:window", p=p))

@@ -185,3 +185,42 @@ class ProjectData:
     def last_delivered_version(self, p: int, t: int) -> str | None:
         """Version of the last prediction delivered for a task (set by a delivery claim)."""
         return text(self.r.get(key("p:{p}:last:{t}", p=p, t=t)))
+
+    # --- debounced re-fits and the pre-annotation feed (issue 12) -------------------------------
+
+    def add_pending(self, p: int, annotation: int, fingerprint: str) -> None:
+        """An annotation state waits for the project's debounced re-fit."""
+        self.r.sadd(key("p:{p}:pending", p=p), f"{annotation}@{fingerprint}")
+
+    def pending(self, p: int) -> list[str]:
+        """Members `annotation@fingerprint` waiting, oldest annotation id first."""
+        members = [str(text(m)) for m in self.r.smembers(key("p:{p}:pending", p=p))]
+        return sorted(members, key=lambda m: (int(m.split("@", 1)[0]), m))
+
+    def drop_pending(self, p: int, members: list[str]) -> None:
+        """Remove exactly these members (a newer state of the same annotation stays)."""
+        if members:
+            self.r.srem(key("p:{p}:pending", p=p), *members)
+
+    def put_feed(self, p: int, v: str, entries: list[str]) -> None:
+        """Replace the feed of version `v` with `entries` (JSON task entries, in order)."""
+        name = key("p:{p}:feed:{v}", p=p, v=v)
+        with self.r.pipeline() as pipe:
+            pipe.delete(name)
+            if entries:
+                pipe.rpush(name, *entries)
+                pipe.expire(name, self.settings.prediction_ttl_s)
+            pipe.execute()
+
+    def take_feed(self, p: int, v: str, n: int) -> tuple[list[str], int]:
+        """Pop the next `n` entries of version `v`'s feed; returns them and how many remain."""
+        name = key("p:{p}:feed:{v}", p=p, v=v)
+        with self.r.pipeline() as pipe:
+            pipe.lrange(name, 0, n - 1)
+            pipe.ltrim(name, n, -1)
+            pipe.llen(name)
+            taken, _, left = pipe.execute()
+        return [str(text(x)) for x in taken], int(left)
+
+    def drop_feed(self, p: int, v: str) -> None:
+        self.r.delete(key("p:{p}:feed:{v}", p=p, v=v))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -18,6 +19,7 @@ from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from backend.state.prompts import ClickJob, WarmJob
 from backend.state.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
 from backend.state.settings import Settings
 from backend.state.store import Store
@@ -35,10 +37,15 @@ JOB_IDS: dict[str, str] = {
     "worker.tasks.sync_project": "sync-{p}",
     "worker.tasks.apply_config_change": "cfg-{p}-{n}-{h}",
     "worker.tasks.deliver_prediction": "deliver-{p}-{t}-{n} | verify-{p}-{t}-{n}",
+    "worker.scale.refit_project": "refit-{p}-{w}",
+    "worker.scale.feed_predictions": "feed-{p}-{n}-{k}",
+    "worker.interactive.click": "click-{p}-{t}-{r}",
+    "worker.interactive.warm_target": "warm-{p}-{t}",
 }
 # A delivery is one LS check and one POST: two LS timeouts with room to spare.
 DELIVER_JOB_TIMEOUT_S = 120
 KEEP_NO_RESULT = 0  # result_ttl of jobs that must not collapse with a finished run
+CLICK_RESULT_TTL_S = 60  # a click's answer is read by its /predict within its deadline
 
 
 def connect(url: str) -> Redis:
@@ -69,11 +76,14 @@ class Jobs:
         self.store = store
         self.high = Queue(settings.queue_high, connection=conn, serializer=JSONSerializer)
         self.batch = Queue(settings.queue_batch, connection=conn, serializer=JSONSerializer)
+        self.background = Queue(
+            settings.queue_background, connection=conn, serializer=JSONSerializer
+        )
 
     @property
     def queues(self) -> list[Queue]:
-        """In listening order: high first."""
-        return [self.high, self.batch]
+        """In listening order: high first, the pre-annotation feed last."""
+        return [self.high, self.batch, self.background]
 
     def _retry(self) -> Retry:
         return Retry(max=self.settings.retry_max, interval=self.settings.retry_intervals_s)
@@ -253,3 +263,98 @@ class Jobs:
         except DuplicateJobError:
             return None
         return job_id
+
+    # --- debounced re-fits and the pre-annotation feed (issue 12) -------------------------------
+
+    def enqueue_refit(self, project: int, *, delay_s: float) -> str:
+        """Re-fit a project from its pending annotation states, `delay_s` from now (the debounce
+        window; 0: at once on the batch queue). Called once per window (see the store's
+        `open_refit_window`), so every id is new."""
+        job_id = f"refit-{project}-{uuid.uuid4().hex[:12]}"
+        payload = SyncJob(project=project).model_dump(mode="json")
+        if delay_s <= 0:
+            self._enqueue(
+                queue=self.batch,
+                func="worker.scale.refit_project",
+                payload=payload,
+                job_id=job_id,
+                timeout_s=self.settings.refit_job_timeout_s,
+            )
+            return job_id
+        job = self.batch.create_job(
+            "worker.scale.refit_project",
+            args=(payload,),
+            job_id=job_id,
+            timeout=self.settings.refit_job_timeout_s,
+            result_ttl=self.settings.result_ttl_s,
+            failure_ttl=self.settings.failure_ttl_s,
+            retry=self._retry(),
+        )
+        self.batch.schedule_job(job, datetime.now(timezone.utc) + timedelta(seconds=delay_s))
+        return job_id
+
+    def enqueue_feed(self, project: int, version: str, chunk: int) -> str | None:
+        """Queue chunk `chunk` of version `version`'s pre-annotation feed (background queue:
+        it runs only when nothing else waits)."""
+        job_id = f"feed-{project}-{version_number(version)}-{chunk}"
+        ok = self._enqueue(
+            queue=self.background,
+            func="worker.scale.feed_predictions",
+            payload={"project": project, "version": version, "chunk": chunk},
+            job_id=job_id,
+            timeout_s=self.settings.sync_job_timeout_s,
+        )
+        return job_id if ok else None
+
+    # --- the interactive lane (issue 9) ---------------------------------------------------------
+
+    @property
+    def interactive(self) -> Queue:
+        """Clicks and editor warm-ups; only `python -m worker.main --interactive` listens."""
+        return Queue(
+            self.settings.queue_interactive, connection=self.conn, serializer=JSONSerializer
+        )
+
+    def enqueue_click(self, payload: ClickJob) -> str:
+        """Queue one click at the front of the interactive queue (ahead of warm-ups). The id
+        carries a random request id `r`: every click is answered once, never collapsed."""
+        job_id = f"click-{payload.project}-{payload.task}-{uuid.uuid4().hex[:12]}"
+        self.interactive.enqueue(
+            "worker.interactive.click",
+            payload.model_dump(mode="json"),
+            job_id=job_id,
+            job_timeout=int(self.settings.interactive_deadline_s) + 30,
+            result_ttl=CLICK_RESULT_TTL_S,
+            failure_ttl=CLICK_RESULT_TTL_S,
+            at_front=True,
+        )
+        return job_id
+
+    def click_outcome(self, job_id: str) -> tuple[str | None, Any]:
+        """(RQ status, return value) of a click job; the value is None until it finished."""
+        try:
+            job = Job.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            return None, None
+        status = job.get_status(refresh=False)
+        value = job.return_value(refresh=False) if status == JobStatus.FINISHED else None
+        return (status.value if status is not None else None), value
+
+    def cancel_click(self, job_id: str) -> None:
+        """Drop a click nobody waits for any more (still queued: never run)."""
+        self.interactive.remove(job_id)
+        self._delete(job_id)
+
+    def enqueue_warm(self, payload: WarmJob) -> str | None:
+        """Encode a task opened in the editor on the interactive lane (once at a time per task;
+        a finished warm-up leaves no job, the worker's cache check makes a repeat cheap)."""
+        job_id = f"warm-{payload.project}-{payload.task}"
+        ok = self._enqueue(
+            queue=self.interactive,
+            func="worker.interactive.warm_target",
+            payload=payload.model_dump(mode="json"),
+            job_id=job_id,
+            timeout_s=self.settings.predict_job_timeout_s,
+            result_ttl_s=KEEP_NO_RESULT,
+        )
+        return job_id if ok else None

@@ -24,6 +24,8 @@ KEYS: dict[str, str] = {
     "p:{p}:last:{t}": "version of the last prediction delivered for a task",
     "thumb:{sha}": "PNG thumbnail of a shot (image, mask outlined); lives as long as ref:{sha}",
     "p:{p}:groups": "candidate groups found by discovery (JSON list; absent until it exists)",
+    "p:{p}:pending": "annotation@fingerprint states waiting for the debounced re-fit",
+    "p:{p}:feed:{v}": "tasks still to pre-annotate at version v, in Label Studio's order",
     # coordination (backend/state/coordination.py)
     "lock:refit:{p}": "serialises re-fits of a project",
     "lock:deliver:{p}:{t}:{v}": "serialises 'check Label Studio, then POST'",
@@ -31,6 +33,7 @@ KEYS: dict[str, str] = {
     "waiters:{p}:{t}:{v}": "/predict calls waiting for a prediction",
     "delivered:{p}:{t}:{v}": "the delivery claim: inline or api",
     "posted:{p}:{t}:{v}": "Label Studio holds the prediction",
+    "p:{p}:refit:window": "set while a debounced re-fit of the project is scheduled",
     # progress (backend/state/progress.py)
     "p:{p}:jobs:queued": "predict job ids queued",
     "p:{p}:jobs:running": "predict job ids running",

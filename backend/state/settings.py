@@ -105,6 +105,22 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     status_refresh_s: int = Field(5, ge=1)  # the status pages reload themselves this often
 
+    # Interactive smart tools (issue 9): clicks run on their own queue and worker process.
+    queue_interactive: str = "gfsam-interactive"
+    interactive_workers: int = Field(1, ge=0, le=8)  # `worker.main --interactive` by backend.run
+    interactive_deadline_s: float = Field(60.0, gt=0.0, lt=100.0)  # /predict waits this long
+    interactive_targets_in_memory: int = Field(8, ge=1)  # decoded target encodings kept
+
+    # Throughput and scale (issue 12): what a correction costs at project scale.
+    # A burst of corrections within this window yields one re-fit and one new version.
+    refit_debounce_s: float = Field(2.0, ge=0.0)
+    # After a re-fit, the next tasks in Label Studio's order are queued at once (batch queue);
+    # the rest are fed `feed_chunk` at a time from the background queue, behind everything
+    # else, and a newer version stops the feed. None: queue every task at once (no feed).
+    lookahead_tasks: int | None = Field(50, ge=0)
+    feed_chunk: int = Field(20, ge=1)
+    queue_background: str = "gfsam-background"
+
     # Split Matching assignment (issue 10): how the labels of one image share its regions.
     # split: each instance a label found is kept only when it looks like that label's shots
     # (threshold calibrated from the shots); the rest stay unpainted (candidates for
@@ -127,22 +143,6 @@ class Settings(BaseSettings):
             raise ValueError("set both BASIC_AUTH_USER and BASIC_AUTH_PASS, or neither")
         return self
 
-    @property
-    def random_weights(self) -> bool:
-        """True when the models are random: only wiring can be checked, masks are meaningless."""
-        return self.gfsam_random_weights or (self.gfsam_preset or "") in RANDOM_PRESETS
-
-    @property
-    def model_class(self) -> str:
-        """Human-readable model name for /health (flags random-weights mode loudly)."""
-        parts = [x for x in (self.gfsam_preset, self.gfsam_sam, self.gfsam_dino) if x]
-        name = f"GFSAM[{'+'.join(parts) or 'default'}]"
-        return f"{name} RANDOM-WEIGHTS (wiring check only)" if self.random_weights else name
-
-    @property
-    def target_cache_dir(self) -> Path:
-        return self.data_dir / "cache" / "targets"
-
     @field_validator("basic_auth_pass")
     @classmethod
     def _utf8_pass(cls, value: SecretStr | None) -> SecretStr | None:
@@ -159,6 +159,22 @@ class Settings(BaseSettings):
         if self.host:
             return self.host
         return "0.0.0.0" if self.basic_auth_user is not None else "127.0.0.1"
+
+    @property
+    def random_weights(self) -> bool:
+        """True when the models are random: only wiring can be checked, masks are meaningless."""
+        return self.gfsam_random_weights or (self.gfsam_preset or "") in RANDOM_PRESETS
+
+    @property
+    def model_class(self) -> str:
+        """Human-readable model name for /health (flags random-weights mode loudly)."""
+        parts = [x for x in (self.gfsam_preset, self.gfsam_sam, self.gfsam_dino) if x]
+        name = f"GFSAM[{'+'.join(parts) or 'default'}]"
+        return f"{name} RANDOM-WEIGHTS (wiring check only)" if self.random_weights else name
+
+    @property
+    def target_cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "targets"
 
 
 @lru_cache

@@ -1,0 +1,149 @@
+"""Orchestration ceiling: how many tasks per second one worker moves when the model costs
+nothing, so that I/O never caps a GPU worker (goal: at least 30 tasks/s).
+
+Real Redis, the fake Label Studio of tests/fakes.py serving the 128 real COCO images of
+../shared/assets/data/coco128_seg over HTTP and accepting predictions, and a null model whose
+"prediction" is the image's own ground-truth class mask (real shapes, so the RLE encoding and
+the JSON posted are realistic). One in-process worker runs the pre-annotation of every task;
+per task that is: download, decode, cache lookup, null model, RLE, store, LS check and POST.
+
+    .venv/bin/python scripts/bench_orchestration.py [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import io
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from fastapi.testclient import TestClient
+from PIL import Image
+from redis import Redis
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from backend.app import create_app  # noqa: E402
+from backend.state.settings import Settings  # noqa: E402
+from tests.fakes import (  # noqa: E402
+    TOKEN,
+    FakeLabelStudio,
+    FakePipeline,
+    FakePrediction,
+    FakeReference,
+    FakeTarget,
+    brush_region,
+    fake_model,
+)
+from tests.service_fixtures import run_worker, start_redis, stop_process  # noqa: E402
+from tests.test_jobs import fixture  # noqa: E402
+from worker import models  # noqa: E402
+from worker import tasks as _jobs  # noqa: E402, F401  (imports torch & co before any timing)
+from worker.brush import mask_to_rle  # noqa: E402
+
+COCO = REPO.parent / "shared" / "assets" / "data" / "coco128_seg"
+
+
+def fingerprint(image: np.ndarray) -> str:
+    return hashlib.sha1(np.ascontiguousarray(image[::7, ::7]).tobytes()).hexdigest()
+
+
+@dataclass
+class GroundTruthPipeline(FakePipeline):
+    """A null model: the "prediction" of a label is the image's largest ground-truth class."""
+
+    masks: dict[str, np.ndarray] | None = None
+
+    def encode_target(self, image: np.ndarray) -> FakeTarget:
+        target = super().encode_target(image)
+        target.key = fingerprint(image)  # type: ignore[attr-defined]
+        return target
+
+    def predict_labels(
+        self, target: FakeTarget, references: dict[str, list[FakeReference]]
+    ) -> dict[str, FakePrediction]:
+        assert self.masks is not None
+        mask = self.masks[getattr(target, "key", "")]
+        return {label: FakePrediction(mask, 0.9, False) for label in references}
+
+
+def load_coco() -> tuple[list[bytes], dict[str, np.ndarray]]:
+    images, masks = [], {}
+    for path in sorted((COCO / "images").glob("*.jpg")):
+        data = path.read_bytes()
+        rgb = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        classes = np.asarray(Image.open(COCO / "masks" / f"{path.stem}.png"))
+        ids, counts = np.unique(classes[(classes > 0) & (classes < 255)], return_counts=True)
+        biggest = ids[np.argmax(counts)] if ids.size else 0
+        images.append(data)
+        masks[fingerprint(rgb)] = classes == biggest
+    return images, masks
+
+
+def run_once(images: list[bytes], masks: dict[str, np.ndarray], url: str, tmp: Path) -> float:
+    conn = Redis.from_url(url)
+    conn.flushdb()
+    ls = FakeLabelStudio().start()
+    settings = Settings(
+        redis_url=url,
+        label_studio_url=ls.url,
+        label_studio_api_key=TOKEN,
+        data_dir=tmp / "data",
+        refit_debounce_s=0.0,
+        lookahead_tasks=None,
+        inline_verify_delay_s=0,
+        _env_file=None,  # type: ignore[call-arg]
+    )
+    models.install(settings, fake_model(GroundTruthPipeline(masks=masks)))
+    tasks = [ls.add_task(1, data, f"{i}.jpg")["id"] for i, data in enumerate(images)]
+    first = fingerprint(np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB")))
+    ls.annotate(tasks[0], [brush_region(masks[first], "Object")])  # the seed
+    with TestClient(create_app(settings)) as client:
+        assert client.post("/setup", json=fixture("setup.json")).status_code == 200
+        run_worker(conn, settings, max_jobs=1)  # the sync: seed applied, 127 tasks queued
+        started = time.perf_counter()
+        run_worker(conn, settings)
+        elapsed = time.perf_counter() - started
+    posted = len(ls.posts)
+    ls.stop()
+    models.reset()
+    if posted != len(tasks) - 1:
+        raise SystemExit(f"expected {len(tasks) - 1} predictions, LS got {posted}")
+    return posted / elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeat", type=int, default=2)
+    args = parser.parse_args()
+    images, masks = load_coco()
+    rle_s = time.perf_counter()
+    for mask in masks.values():
+        mask_to_rle(mask)
+    rle_ms = 1000 * (time.perf_counter() - rle_s) / len(masks)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_redis(Path(tmp) / "redis")
+        try:
+            rates = [run_once(images, masks, url, Path(tmp)) for _ in range(args.repeat)]
+        finally:
+            stop_process(proc)
+    print(
+        f"orchestration ceiling: {len(images) - 1} real COCO tasks per run, null model, "
+        f"one in-process worker, fake LS over HTTP, real Redis"
+    )
+    print(f"RLE encoding alone: {rle_ms:.1f} ms per mask")
+    print(
+        f"tasks per second per worker: {max(rates):.1f} (runs: "
+        f"{', '.join(f'{r:.1f}' for r in rates)}; goal >= 30)"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
