@@ -11,6 +11,7 @@ from gfsam.discover import (
     border_share,
     discover_candidates,
     keep_mask,
+    looks_like_label,
     mask_nms,
     region_prompts,
     sam_prompt_fn,
@@ -114,3 +115,15 @@ def test_rejected_proposals_join_the_pool_and_are_deduplicated() -> None:
         tokens, framed == 1, fn, rejected=[extra], params=DiscoverParams(max_candidates=1)
     )
     assert len(capped) == 1
+
+
+def test_candidates_that_look_like_an_existing_label_are_dropped() -> None:
+    feats = np.array([[1, 0], [0.6, 0.8], [0, 1]], dtype=np.float32)
+    labels = [(np.array([[1, 0]], dtype=np.float32), 0.7)]
+    assert looks_like_label(feats, labels).tolist() == [True, False, False]
+    framed, tokens, sam = oracle_scene()
+    fn = sam_prompt_fn(sam, sam.embed(framed))
+    found = discover_candidates(tokens, framed == 1, fn)
+    protos = np.stack([found[0].feature])  # a label whose shot is exactly this object
+    assert discover_candidates(tokens, framed == 1, fn, labels=[(protos, 0.9)]) == []
+    assert len(discover_candidates(tokens, framed == 1, fn, labels=[(-protos, 0.9)])) == 1

@@ -12,8 +12,10 @@ Per image (`discover_candidates`, 1024 frame, from the target's cached encodings
    own); score = SAM score x agreement of mask and region;
 4. pool: the refined regions plus the proposals the label assignment rejected
    (`gfsam.assign.Assignment.candidates`);
-5. filters (too small, too large or border-hugging "stuff", low score, mostly covered), mask NMS,
-   ranking by score, at most ``max_candidates``; each kept candidate gets a mask-pooled feature.
+5. filters (too small, too large or border-hugging "stuff", low score, mostly covered), a
+   mask-pooled feature each, dropped when as close to an existing label's shot prototypes as
+   that label's threshold (a missed instance, not a new class), then ranking by score, mask
+   NMS and at most ``max_candidates``.
 
 Across the project (`CandidateGroups`): incremental grouping of the candidates' features with
 stable ids, bounded memory and a JSON state; `label_similarity` compares groups with the labels'
@@ -39,6 +41,7 @@ from gfsam.discover.refine import (
     border_share,
     discover_candidates,
     keep_mask,
+    looks_like_label,
     mask_nms,
     refine_regions,
     region_prompts,
@@ -60,6 +63,7 @@ __all__ = [
     "discover_candidates",
     "free_cells",
     "keep_mask",
+    "looks_like_label",
     "mask_nms",
     "refine_regions",
     "region_prompts",

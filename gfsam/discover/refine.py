@@ -162,6 +162,7 @@ def discover_candidates(
     mask_fn: PromptMaskFn,
     *,
     rejected: Sequence[np.ndarray] = (),
+    labels: Sequence[tuple[np.ndarray, float]] = (),
     cfg: GFSAMConfig | None = None,
     params: DiscoverParams | None = None,
     restrict: bool = True,
@@ -174,6 +175,9 @@ def discover_candidates(
         mask_fn: `PromptMaskFn` over the target's cached SAM embedding.
         rejected: bool [S, S] frame masks of proposals the assignment rejected (they join the
             pool with score ``rejected_score``).
+        labels: per existing label, (float [K, C] unit shot prototypes, similarity threshold),
+            as `gfsam.assign` computes them: a candidate as close to a label as the label's
+            own threshold is a missed instance of it, not a new class, and is dropped.
         cfg: token normalisation. params: `DiscoverParams`.
         restrict: False drops the "unannotated only" restriction (the baseline): every cell is
             clustered and the covered-overlap filter is off.
@@ -188,10 +192,29 @@ def discover_candidates(
     pool += [(np.asarray(m, dtype=bool), params.rejected_score, "rejected") for m in rejected]
     check = covered if restrict else None
     pool = [p for p in pool if keep_mask(p[0], p[1], check, params)]
-    pool.sort(key=lambda p: -p[1])  # stable: clusters before rejected proposals on ties
-    kept = [pool[i] for i in mask_nms([p[0] for p in pool], params.nms_iou, params.max_candidates)]
-    if not kept:
+    if not pool:
         return []
-    weights = cell_fractions(np.stack([m for m, _, _ in kept])) ** params.pool_power  # (N, T)
+    weights = cell_fractions(np.stack([m for m, _, _ in pool])) ** params.pool_power  # (N, T)
     feats = pool_features(tokens, weights, cfg)  # (N, C)
-    return [Candidate(m, s, o, f) for (m, s, o), f in zip(kept, feats, strict=True)]
+    new = ~looks_like_label(feats, labels)  # (N,)
+    cands = [Candidate(m, s, o, f) for (m, s, o), f, ok in zip(pool, feats, new, strict=True) if ok]
+    cands.sort(key=lambda c: -c.score)  # stable: clusters before rejected proposals on ties
+    keep = mask_nms([c.mask for c in cands], params.nms_iou, params.max_candidates)
+    return [cands[i] for i in keep]
+
+
+def looks_like_label(
+    features: np.ndarray, labels: Sequence[tuple[np.ndarray, float]]
+) -> np.ndarray:
+    """Which candidates are as close to an existing label as its acceptance threshold.
+
+    Args:
+        features: float32 [N, C] unit. labels: (prototypes [K, C] unit, threshold) per label.
+
+    Returns:
+        bool [N].
+    """
+    out = np.zeros(len(features), dtype=bool)
+    for protos, threshold in labels:
+        out |= (features @ np.asarray(protos).T).max(axis=1) >= threshold
+    return out

@@ -153,9 +153,11 @@ class DiscoveryRun:
         cfg: GFSAMConfig,
         *,
         restrict: bool = True,
+        labels: Sequence[tuple[np.ndarray, float]] = (),
         params: DiscoverParams | None = None,
     ) -> None:
         self.seen, self.cfg, self.restrict = list(seen), cfg, restrict
+        self.labels = list(labels)  # (shot prototypes [K, C], threshold) per project label
         self.params = params or DiscoverParams()
         self.groups = CandidateGroups(GroupParams())
         self.score = DiscoveryScore()
@@ -178,6 +180,7 @@ class DiscoveryRun:
             covered,
             prompt_fn,
             rejected=rejected,
+            labels=self.labels,
             cfg=self.cfg,
             params=self.params,
             restrict=self.restrict,

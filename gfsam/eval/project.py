@@ -31,6 +31,7 @@ from gfsam.assign import (
     assign_argmax,
     assign_split,
     calibrate_threshold,
+    shot_prototypes,
 )
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.eval.data import IGNORE, Dataset, Item, load_labels
@@ -149,8 +150,9 @@ def run_project(
     used = {i.key for items in ref_items.values() for i in items}
     targets = [i for i in ds.items if i.key not in used][:limit]
     scores = {mode: ProjectScore(list(ref_items)) for mode in assigns}
+    protos = [(shot_prototypes(r, cfg, SplitParams()), thresholds[lb]) for lb, r in refs.items()]
     runs = {
-        name: DiscoveryRun(list(ref_items), cfg, restrict=restrict)
+        name: DiscoveryRun(list(ref_items), cfg, restrict=restrict, labels=protos)
         for name, restrict, on in (
             ("restricted", True, discover),
             ("baseline", False, discover_baseline),
