@@ -119,7 +119,9 @@ def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -
         )
     from gfsam.eval.replay import run_replay
 
-    return run_replay(ds, model, out, classes=args.seen, limit=args.limit or 16)
+    return run_replay(
+        ds, model, out, classes=args.seen, limit=args.limit or 16, assign=args.assign[0]
+    )
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -167,3 +169,4 @@ def add_eval_parser(sub: Any) -> None:
     )
     rep = psub.add_parser("replay", help="the correction loop under the backend's shot policy")
     _common(rep)
+    rep.add_argument("--assign", type=_assigns, default=["split"], metavar="argmax|split")

@@ -4,8 +4,10 @@ Images are "annotated" in folder order; before image i is annotated the annotato
 prediction for it (labels with shots only); the ground truth then replaces it, and each class's
 mask on it becomes a shot under the backend's own shot policy (`gfsam.shots`: seed, correction
 unless accepted at ``unchanged_iou``, at most ``max_shots`` with the seed kept), so the first
-image holding a class seeds it. After each step: the mean IoU of the predictions still shown on
-the unannotated images (``curve``, %). At the end: ``effort``, the share of pixels the annotator
+image holding a class seeds it. The labels shown are assigned as the backend assigns them
+(``assign``: ``split``, the worker's default, or ``argmax``). After each step: the mean IoU,
+over the classes that have shots by then, of the predictions still shown on the unannotated
+images (``curve``, %). At the end: ``effort``, the share of pixels the annotator
 had to change (shown label != true label) versus labelling from scratch (every true pixel).
 """
 
@@ -17,21 +19,26 @@ from typing import Any
 
 import numpy as np
 
-from gfsam.assign import assign_argmax
+from gfsam.assign import SplitParams, assign_argmax, assign_split, calibrate_threshold
 from gfsam.encodings import Prediction, Reference
 from gfsam.eval.data import IGNORE, Dataset, Item, load_labels
 from gfsam.eval.models import EvalModel
 from gfsam.eval.report import IoUMeter, Output, progress
 from gfsam.shots import ShotPolicy, becomes_shot, trim_shots
+from gfsam.types import GFSAMConfig
 
 
 class Replay:
     """State of the loop: shots per class and predictions cached per shot-set version."""
 
-    def __init__(self, model: EvalModel, classes: Sequence[int], policy: ShotPolicy) -> None:
-        self.model, self.classes, self.policy = model, list(classes), policy
+    def __init__(
+        self, model: EvalModel, classes: Sequence[int], policy: ShotPolicy, assign: str = "split"
+    ) -> None:
+        self.model, self.classes, self.policy, self.assign = model, list(classes), policy, assign
+        self.cfg = GFSAMConfig()
         self.shots: dict[int, list[Reference]] = {}
         self.version: dict[int, int] = {}
+        self.thresholds: dict[int, float] = {}  # per class, recomputed when its shots change
         self._cache: dict[tuple[str, int], tuple[int, Prediction]] = {}
 
     def shown(self, item: Item) -> dict[int, np.ndarray] | None:
@@ -47,7 +54,14 @@ class Replay:
                 hit = (self.version[c], self.model.predict(target, refs))
                 self._cache[(item.key, c)] = hit
             preds[str(c)] = hit[1]
-        masks = assign_argmax(preds, list(preds)).label_masks()
+        if self.assign == "argmax":
+            masks = assign_argmax(preds, list(preds)).label_masks()
+        else:
+            target = target or self.model.encode_target(item)
+            by_label = {str(c): r for c, r in self.shots.items()}
+            thresholds = {str(c): t for c, t in self.thresholds.items()}
+            asg = assign_split(target, preds, by_label, cfg=self.cfg, thresholds=thresholds)
+            masks = asg.label_masks()
         return {int(k): v for k, v in masks.items()}
 
     def annotate(self, item: Item, labels: np.ndarray, shown: dict[int, np.ndarray] | None) -> None:
@@ -61,6 +75,7 @@ class Replay:
                 ref = self.model.encode_reference(item, mask)
                 self.shots[c] = trim_shots([*self.shots.get(c, []), ref], self.policy.max_shots)
                 self.version[c] = self.version.get(c, 0) + 1
+                self.thresholds[c] = calibrate_threshold(self.shots[c], self.cfg, SplitParams())
 
 
 def _label_map(masks: dict[int, np.ndarray] | None, shape: tuple[int, ...]) -> np.ndarray:
@@ -78,6 +93,7 @@ def run_replay(
     classes: Sequence[int] | None,
     limit: int,
     policy: ShotPolicy | None = None,
+    assign: str = "split",
 ) -> dict[str, Any]:
     """Replay the loop on the first `limit` images.
 
@@ -89,7 +105,7 @@ def run_replay(
     start = time.perf_counter()
     items = ds.items[:limit]
     wanted = sorted(classes) if classes else sorted({c for i in items for c in ds.classes_of(i)})
-    loop = Replay(model, wanted, policy or ShotPolicy())
+    loop = Replay(model, wanted, policy or ShotPolicy(), assign)
     curve: list[float] = []
     changed = scratch = 0
     for step, item in enumerate(progress(items, "replay")):
@@ -106,12 +122,13 @@ def run_replay(
         for rest in items[step + 1 :]:
             rest_labels = load_labels(rest)
             rest_shown = loop.shown(rest) or {}
-            for c in wanted:
+            for c in (c for c in wanted if c in loop.shots):  # what the project can predict
                 pred = rest_shown.get(c, np.zeros(rest_labels.shape, dtype=bool))
                 meter.add(c, pred, rest_labels == c, rest_labels != IGNORE)
         curve.append(round(meter.miou(), 2))
     result: dict[str, Any] = {
         "protocol": "replay",
+        "assign": assign,
         "classes": wanted,
         "images": len(items),
         "curve": curve,
@@ -119,7 +136,10 @@ def run_replay(
         "effort": round(changed / max(scratch, 1), 4),
         "wall_s": round(time.perf_counter() - start, 1),
     }
-    out.line(f"replay: {len(items)} images, {len(wanted)} classes ({result['wall_s']} s)")
+    out.line(
+        f"replay: {len(items)} images, {len(wanted)} classes, assign {assign} "
+        f"({result['wall_s']} s)"
+    )
     out.line("mean IoU on unannotated images after each step: " + " ".join(map(str, curve)))
     out.line(f"pixels changed vs labelling from scratch: {100 * result['effort']:.1f}%")
     return result
