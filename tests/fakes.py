@@ -280,6 +280,10 @@ class FakeLabelStudio:
             p = int(query["project"][0])
             page, size = int(query.get("page", ["1"])[0]), int(query.get("page_size", ["100"])[0])
             ids = sorted(t for t, task in self.tasks.items() if task["project"] == p)
+            if "query" in query:  # LS's data-manager selection: {"selectedItems": {...}}
+                picked = json.loads(query["query"][0]).get("selectedItems", {})
+                if not picked.get("all", True):
+                    ids = [t for t in ids if t in set(picked.get("included", []))]
             chunk = ids[(page - 1) * size : page * size]
             return 200, {"tasks": [self.task_view(t) for t in chunk], "total": len(ids)}
         if method == "GET" and parts[:2] == ["api", "tasks"] and len(parts) == 3:

@@ -80,6 +80,15 @@ class Backend:
         reply.raise_for_status()
         return reply.json()
 
+    def known_project(self, project_id: int) -> dict[str, Any] | None:
+        """GET /projects/{id}, or None while the backend does not know the project yet (it
+        registers a project once its worker has read it from Label Studio)."""
+        reply = requests.get(f"{self.url}/projects/{project_id}", timeout=10)
+        if reply.status_code == 404:
+            return None
+        reply.raise_for_status()
+        return reply.json()
+
 
 def _backend_env(ls: LabelStudio, port: int, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "GFSAM_"))}
@@ -320,7 +329,14 @@ def test_1_connect_registers_webhook(
     assert [h["url"] for h in hooks] == [f"{backend.url}/webhook"], hooks
     assert hooks[0]["send_for_all_actions"] and hooks[0]["is_active"]
     assert ls.get_project(project["id"])["model_version"] == "gfsam"  # the backend's title
-    assert backend.project(project["id"])["ready"] is False
+    known = wait_for(
+        "the worker's sync to register the project (read from Label Studio)",
+        lambda: backend.known_project(project["id"]),
+        ls,
+        backend,
+        180,
+    )
+    assert known["ready"] is False
     state["passed"] += 1
 
 

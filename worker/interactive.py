@@ -53,7 +53,7 @@ def _target(rt: models.Runtime, store: Store, p: int, t: int, data_key: str) -> 
         _memory.move_to_end(memo)
         store.progress.incr_stat("target_memory_hit")
         return _memory[memo], False
-    task = rt.ls.get_task(t)
+    task = rt.ls.get_task(t, p)
     if task.project is not None and task.project != p:
         raise ValueError(f"task {t} is not in project {p}")
     url = task.image_url(data_key)

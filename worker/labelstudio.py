@@ -7,6 +7,7 @@ errors (`worker.lserrors`) and `CLOUD_SCHEMES` are re-exported here: import them
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
@@ -71,10 +72,31 @@ class LabelStudioClient(MediaClient):
                 return tasks
             page += 1
 
-    def get_task(self, task_id: int) -> LSTask:
-        """One task as LS stores it (data, project); raises LabelStudioNotFound when gone."""
-        path = f"/api/tasks/{int(task_id)}/"
-        return parse(LSTask, self._json("GET", path), path)
+    def get_task(self, task_id: int, project: int | None = None) -> LSTask:
+        """One task as LS stores it (data, project).
+
+        With `project`, read through the task list filtered to this one task: LS answers
+        `GET /api/tasks/{id}/` of a task without predictions by first calling our /predict
+        synchronously (it is what opening a task does), which a worker must never wait for.
+        A task of another project is then simply not found.
+
+        Raises:
+            LabelStudioNotFound: no such task (in `project`).
+        """
+        if project is None:
+            path = f"/api/tasks/{int(task_id)}/"
+            return parse(LSTask, self._json("GET", path), path)
+        selected = {"selectedItems": {"all": False, "included": [int(task_id)]}}
+        params = {"project": int(project), "query": json.dumps(selected), "page_size": 1}
+        reply = self._json("GET", "/api/tasks/", params=params)
+        batch = reply.get("tasks") if isinstance(reply, dict) else None
+        found = [t for t in batch or [] if isinstance(t, dict) and t.get("id") == int(task_id)]
+        if not found:
+            raise LabelStudioNotFound(
+                f"task {int(task_id)} is not in project {project} (or is gone)"
+            )
+        task = parse(LSTask, found[0], "/api/tasks/")
+        return task.model_copy(update={"project": task.project or int(project)})
 
     def get_project(self, project: int) -> LSProject:
         """A project's id and label config; raises LabelStudioNotFound for an unknown id."""

@@ -64,7 +64,7 @@ def annotation_state(
     ann = rt.ls.get_annotation(annotation)
     if ann is None:
         return AnnotationState.deleted(annotation)
-    task = rt.ls.get_task(ann.task or task_hint)
+    task = rt.ls.get_task(ann.task or task_hint, p)
     if task.project is not None and task.project != p:
         raise ValueError(f"task {task.id} is not in project {p}")
     cfg = store.data.config(p)

@@ -117,7 +117,7 @@ def _task_of(rt: models.Runtime, p: int, t: int) -> LSTask:
     Raises:
         ValueError: the task is in another project. LabelStudioNotFound: no such task.
     """
-    task = rt.ls.get_task(t)
+    task = rt.ls.get_task(t, p)
     if task.project is not None and task.project != p:
         raise ValueError(f"task {t} is not in project {p}")
     return task
