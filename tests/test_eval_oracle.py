@@ -86,3 +86,10 @@ def test_zero_noise_one_shot_is_high_and_deterministic() -> None:
 def test_noise_degrades_monotonically() -> None:
     scores = [_fss(s, 0.0) for s in (0.0, 3.0, 8.0)]
     assert scores[0] >= scores[1] >= scores[2] and scores[0] > scores[2]
+
+
+@needs_data
+def test_look_alikes_degrade_monotonically() -> None:
+    """Even classes made to resemble the odd class before them pull false positives in."""
+    scores = [_fss(0.0, rho) for rho in (0.0, 0.6, 0.95)]
+    assert scores[0] >= scores[1] >= scores[2] and scores[0] > scores[2]
