@@ -86,6 +86,9 @@ class Soak:
     stop: threading.Event = field(default_factory=threading.Event)
     tasks: list[int] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    worker_lock: threading.Lock = field(default_factory=threading.Lock)
+    unplanned: list[str] = field(default_factory=list)  # workers that died unasked
+    closing: threading.Event = field(default_factory=threading.Event)
 
     def elapsed(self) -> float:
         """Seconds since the soak started."""
@@ -116,8 +119,29 @@ class Soak:
             stderr=log,
         )
 
+    def watch_workers(self) -> None:
+        """Restart a worker that died outside the planned kill (e.g. the OOM killer of a shared
+        machine), as `backend.run` would; log progress every minute."""
+        last_log = time.time()
+        while not self.closing.wait(0.5):
+            with self.worker_lock:
+                proc = self.workers[-1]
+                if proc.poll() is not None:
+                    self.unplanned.append(f"{self.elapsed():.0f}s rc={proc.returncode}")
+                    print(
+                        f"[{self.elapsed():6.1f}s] worker died (rc {proc.returncode}): "
+                        "replacement started",
+                        flush=True,
+                    )
+                    self.start_worker()
+            if time.time() - last_log > 60:
+                last_log = time.time()
+                print(f"[{self.elapsed():6.1f}s] {self.posted()} predictions in LS", flush=True)
+
     def close(self) -> None:
         self.stop.set()
+        self.closing.set()
+        time.sleep(1)  # the watcher sees `closing` before the workers are stopped
         for proc in [*self.workers, self.api]:
             if proc is not None:
                 stop_process(proc, timeout=15)
@@ -277,11 +301,12 @@ def run_faults(s: Soak) -> None:
     s.wait(lambda: s.posted() >= n // 5, f"{n // 5} predictions")
     job = s.wait(s.running_job, "a running predict job")
     count = s.posted()
-    victim = s.workers[-1]
-    victim.send_signal(signal.SIGKILL)
-    victim.wait()
-    killed_at = time.time()
-    s.start_worker()
+    with s.worker_lock:
+        victim = s.workers[-1]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed_at = time.time()
+        s.start_worker()
     task = int(job.split("-")[2])
     print(f"[{s.elapsed():6.1f}s] worker SIGKILLed during {job}; replacement started", flush=True)
     s.recovery["worker kill -> next prediction"] = f"{s.next_post_after(count, 'a post'):.1f} s"
@@ -343,6 +368,7 @@ def report(s: Soak, final: str | None) -> tuple[int, int]:
         total = len(s.ls.predictions)
     print(f"predictions in LS: {total} ({api_posts} posted by the worker, the rest inline)")
     print(f"/predict calls by outcome: {dict(s.predict_calls)}")
+    print(f"workers that died unasked (restarted): {len(s.unplanned)} {s.unplanned}")
     for what, value in s.recovery.items():
         print(f"recovery: {what}: {value}")
     ok = [d * 1000 for _, d, status in s.health if status == 200]
@@ -395,17 +421,19 @@ def main() -> int:
         s.start_redis()
         s.start_api()
         s.start_worker()
+        threading.Thread(target=s.watch_workers, daemon=True).start()
         run_faults(s)
         final = s.version()
     except SoakTimeout as exc:
         print(f"\nSOAK TIMEOUT after {s.elapsed():.0f} s: {exc}", flush=True)
         code = 2
-        try:
-            final = s.version()
-        except Exception:
-            final = None
     finally:
         s.stop.set()
+        if final is None:
+            try:
+                final = s.version()
+            except Exception:
+                final = None
         lost, dup = report(s, final)
         s.close()
     if code == 0 and (lost or dup):
