@@ -42,6 +42,10 @@ class TargetCache:
             return None
         return data
 
+    def contains(self, sha: str) -> bool:
+        """True when `sha` is cached (no read, no LRU touch)."""
+        return self._path(sha).exists()
+
     def put(self, sha: str, blob: bytes) -> None:
         if len(blob) > self.max_bytes:
             return

@@ -15,6 +15,15 @@ logger = logging.getLogger(__name__)
 
 def deliver_computed(rt: Runtime, store: Store, jobs: Jobs, p: int, pred: StoredPrediction) -> str:
     """Steps 1-2 after a result is stored. Returns what happened (for logs and tests)."""
+    outcome = claim_computed(rt, store, jobs, p, pred)
+    return outcome if outcome is not None else post_once(rt, store, p, pred)
+
+
+def claim_computed(
+    rt: Runtime, store: Store, jobs: Jobs, p: int, pred: StoredPrediction
+) -> str | None:
+    """Step 2 up to the claim. Returns what happened, or None when the caller must post
+    (`post_once`; claimed "api" by us now or by an earlier attempt)."""
     t, v = pred.task, pred.model_version
     if store.coord.has_waiter(p, t, v):
         # If that /predict's process dies before replying, nobody else would post: check LS
@@ -28,7 +37,7 @@ def deliver_computed(rt: Runtime, store: Store, jobs: Jobs, p: int, pred: Stored
             return f"claimed-{claim}"
         # "api" already: our own earlier attempt (retry, killed worker) or a /predict hand-over;
         # post_once makes that safe.
-    return post_once(rt, store, p, pred)
+    return None
 
 
 def post_once(rt: Runtime, store: Store, p: int, pred: StoredPrediction) -> str:

@@ -26,7 +26,7 @@ from backend.state.logs import setup_logging
 from backend.state.settings import Settings, get_settings
 from backend.state.store import WORKER_PREFIX, Store
 from gfsam.encoders.weights import WeightsNotFoundError
-from worker import models
+from worker import handoff, models, pipelining
 from worker.joblog import JobLoggingWorker
 from worker.labelstudio import LabelStudioAuthError
 from worker.recovery import Maintenance
@@ -108,6 +108,8 @@ def run(settings: Settings, *, burst: bool = False, interactive: bool = False) -
                 conn.delete(worker.key)  # RQ refuses a second birth of a name it holds
                 worker = type(worker)(queues, connection=conn, serializer=JSONSerializer, name=name)
     finally:
+        handoff.reset()  # pending background POSTs finish before exit
+        pipelining.reset()
         maintenance.stop()
     return 0
 

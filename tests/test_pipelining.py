@@ -1,0 +1,206 @@
+"""The pipelined worker (issue 12): prefetched images, batched target encoding, POSTs on a
+background executor; exactly-once delivery kept (fake pipeline, fake LS, real Redis; one test
+on the tiny RANDOM-weight pipeline)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from concurrent.futures import wait
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from backend.state.keys import key
+from backend.state.settings import Settings
+from tests.fakes import FakePipeline, FakeTarget, fake_model, png_bytes
+from tests.service_fixtures import Service
+from tests.test_jobs import SEED, annotate, setup_project
+from worker import handoff, models, pipelining
+from worker.labelstudio import LabelStudioUnavailable
+
+V1 = "gfsam-p1-v1"
+
+
+@pytest.fixture(autouse=True)
+def _stop_threads() -> Iterator[None]:
+    yield
+    handoff.reset()
+    pipelining.reset()
+
+
+@dataclass
+class BatchPipeline(FakePipeline):
+    """FakePipeline with `encode_targets`, recording the size of every batch."""
+
+    batches: list[int] = field(default_factory=list)
+
+    def encode_targets(self, images: list[np.ndarray], *, batch_size: int) -> list[FakeTarget]:
+        self.batches.append(len(images))
+        return [FakeTarget(i.shape[0], i.shape[1], float(i.mean())) for i in images]
+
+
+def settled_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make `Pipeline.ready` wait for the running prefetches (the fake model is instant)."""
+    ready = pipelining.Pipeline.ready
+
+    def settled(self: pipelining.Pipeline, exclude: str, limit: int) -> list[Any]:
+        with self.lock:
+            futures = list(self.entries.values())
+        wait(futures, timeout=10)
+        return ready(self, exclude, limit)
+
+    monkeypatch.setattr(pipelining.Pipeline, "ready", settled)
+
+
+def stats(svc: Service) -> dict[str, int]:
+    return svc.store.progress.stats()
+
+
+def posted_tasks(svc: Service) -> list[int]:
+    return sorted(p["task"] for p in svc.ls.posts)
+
+
+def test_defaults_keep_the_serial_worker() -> None:
+    s = Settings(_env_file=None)  # type: ignore[call-arg]
+    assert (s.encode_batch, s.deliver_threads) == (1, 0)  # no batching, POSTs by the job
+    assert s.prefetch_jobs == 4 and s.prefetch_bytes == 256 * 1024**2
+
+
+def test_prefetched_images_are_used(make_service: Callable[..., Service]) -> None:
+    svc = make_service(prefetch_jobs=4)
+    tasks = setup_project(svc, 5)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker()
+    assert posted_tasks(svc) == tasks[1:]  # each once
+    st = stats(svc)
+    assert st.get("prefetch_miss") == 1  # the first job: nothing was ahead of it
+    assert st.get("prefetch_hit") == 3
+
+
+def test_prefetch_off_and_over_budget_fall_back(make_service: Callable[..., Service]) -> None:
+    svc = make_service(prefetch_bytes=1)  # every prefetched image is over the budget
+    tasks = setup_project(svc, 4)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker()
+    assert posted_tasks(svc) == tasks[1:]
+    assert stats(svc).get("prefetch_hit", 0) == 0 and stats(svc)["prefetch_miss"] == 3
+
+
+def test_prefetch_is_used_only_for_the_url_the_job_chose(
+    make_service: Callable[..., Service],
+) -> None:
+    svc = make_service()
+    rt = models.get()
+    pipe = pipelining.get(rt)
+    assert pipe is not None
+    image = png_bytes(8, 8)
+    item = pipelining.Prefetched("/data/upload/1/a.png", image, "sha", None)
+    pipe.entries[7] = pipe.pool.submit(lambda: item)
+    assert pipe.take(7, "/data/upload/1/other.png", 5.0) is None  # another URL: not used
+    assert 7 not in pipe.entries
+
+
+def test_prefetch_count_is_bounded(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make_service(prefetch_jobs=2)
+    seen: list[int] = []
+    look_ahead = pipelining.Pipeline.look_ahead
+
+    def recording(self: pipelining.Pipeline, *args: Any) -> None:
+        look_ahead(self, *args)
+        seen.append(len(self.entries))
+
+    monkeypatch.setattr(pipelining.Pipeline, "look_ahead", recording)
+    tasks = setup_project(svc, 7)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker()
+    assert posted_tasks(svc) == tasks[1:]
+    assert seen and max(seen) <= 2
+
+
+def test_batched_encoding_fills_the_target_cache(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make_service(encode_batch=4, prefetch_jobs=4)
+    pipeline = BatchPipeline()
+    models.install(svc.settings, fake_model(pipeline), models.get().ls)
+    settled_ready(monkeypatch)
+    tasks = setup_project(svc, 5)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker()
+    assert posted_tasks(svc) == tasks[1:]
+    assert pipeline.batches == [4]  # the first job's target and the 3 prefetched ones, one call
+    assert pipeline.calls["target"] == 0  # no single encode
+    st = stats(svc)
+    assert st["target_encode"] == 4 and st["target_batch"] == 1
+    assert st["target_cache_hit"] == 3  # the 3 later jobs found their encoding
+
+
+def test_batched_encoding_on_the_tiny_pipeline(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make_service(gfsam_preset="tiny", gfsam_max_points=8, encode_batch=3)
+    models.install(svc.settings, models.build_model(svc.settings), models.get().ls)
+    settled_ready(monkeypatch)
+    tasks = setup_project(svc, 4)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker()
+    assert posted_tasks(svc) == tasks[1:]
+    st = stats(svc)
+    assert st["target_batch"] == 1 and st["target_encode"] == 3 and st["target_cache_hit"] == 2
+
+
+def test_background_post_failure_is_redelivered(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make_service(deliver_threads=2, deliver_queue=1)
+    failed: list[int] = []
+    pending: list[int] = []
+    post = handoff.post
+
+    def flaky(rt: models.Runtime, store: Any, p: int, pred: Any) -> str:
+        executor = handoff._handoff  # not get(rt): rt is the thread's copy (own LS client)
+        pending.append(executor.pending if executor is not None else -1)
+        if pred.task not in failed:  # each task's first POST fails (LS down)
+            failed.append(pred.task)
+            raise LabelStudioUnavailable("LS down")
+        return post(rt, store, p, pred)
+
+    monkeypatch.setattr(handoff, "post", flaky)
+    tasks = setup_project(svc, 4)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker()  # predictions stored and claimed; every POST fails in the background
+    assert handoff.drain(10)
+    assert svc.ls.posts == [] and sorted(failed) == tasks[1:]
+    assert max(pending) <= 1  # deliver_queue bounds the POSTs waiting
+    for t in tasks[1:]:
+        assert svc.store.coord.delivery_claim(1, t, V1) == "api"
+    svc.run_worker()  # the deliver jobs queued by the failures
+    assert handoff.drain(10)
+    assert posted_tasks(svc) == tasks[1:]  # once each
+    assert svc.pipeline.calls["predict"] == 3  # delivered from the stored results
+
+
+def test_process_dying_before_the_post_is_redelivered_by_a_sync(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    svc = make_service(deliver_threads=1)
+    # The process dies with the hand-offs still queued: nothing posts, nothing is re-queued.
+    monkeypatch.setattr(handoff.Handoff, "submit", lambda self, *args: None)
+    tasks = setup_project(svc, 3)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker()
+    assert svc.ls.posts == []
+    for t in tasks[1:]:
+        assert svc.store.coord.delivery_claim(1, t, V1) == "api"
+        assert not svc.conn.exists(key("posted:{p}:{t}:{v}", p=1, t=t, v=V1))
+    monkeypatch.undo()
+    body = {"action": "START_TRAINING", "project": {"id": 1}}
+    assert svc.client.post("/webhook", json=body).is_success  # a sync: claim "api", not posted
+    svc.run_worker()
+    assert handoff.drain(10)
+    assert posted_tasks(svc) == tasks[1:]
+    assert svc.pipeline.calls["predict"] == 2  # not recomputed
