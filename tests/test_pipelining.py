@@ -91,7 +91,7 @@ def test_prefetch_off_and_over_budget_fall_back(make_service: Callable[..., Serv
 def test_prefetch_is_used_only_for_the_url_the_job_chose(
     make_service: Callable[..., Service],
 ) -> None:
-    svc = make_service()
+    make_service()
     rt = models.get()
     pipe = pipelining.get(rt)
     assert pipe is not None
