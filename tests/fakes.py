@@ -294,6 +294,9 @@ class FakeLabelStudio:
             if self.projects_known is not None and p not in self.projects_known:
                 return 404, {"detail": "Not found."}
             return 200, {"id": p, "label_config": self.configs.get(p, default_config())}
+        if method == "PATCH" and parts[:2] == ["api", "projects"] and len(parts) == 3:
+            self.configs[int(parts[2])] = body["label_config"]  # a promotion (issue 11)
+            return 200, {"id": int(parts[2]), "label_config": body["label_config"]}
         if method == "GET" and parts[:2] == ["api", "tasks"] and parts[3:] == ["annotations"]:
             t = int(parts[2])
             return 200, [a for a in self.annotations.values() if a["task"] == t]
@@ -358,6 +361,9 @@ def _handler(ls: FakeLabelStudio) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:  # noqa: N802
             self._serve("POST")
+
+        def do_PATCH(self) -> None:  # noqa: N802
+            self._serve("PATCH")
 
     return Handler
 
@@ -455,6 +461,11 @@ class OraclePipeline:
         framed = frame_labels(labels)
         key = hashlib.sha1(labels.tobytes()).hexdigest()
         return framed, self.oracle.dino.tokens(framed, key)
+
+    @property
+    def sam(self) -> Any:
+        """The oracle SAM (`decode_prompts` on box + points: discovery, issue 11)."""
+        return self.oracle.sam
 
     def encode_target(self, image: np.ndarray) -> Any:
         from gfsam.encodings import TargetEncoding

@@ -101,7 +101,8 @@ def label_masks(
     except BrushError as exc:
         store.progress.record_failure(p, f"annotation:{state.annotation}", f"bad brush: {exc}")
         return {}
-    return {label: m for label, m in masks.items() if label in cfg.labels and m.any()}
+    skip = store.settings.candidate_label  # discovery's display label is never a shot
+    return {lb: m for lb, m in masks.items() if lb in cfg.labels and lb != skip and m.any()}
 
 
 def apply_state(
@@ -133,7 +134,8 @@ def apply_state(
                 todo.append((label, mask, idx))
         else:
             ours = None if predicted is None else predicted[1].get(label, np.zeros_like(mask))
-            if becomes_shot(mask, has_shots=bool(lst), predicted=ours, policy=shot_policy):
+            human = any(not s.provisional for s in lst)  # provisional shots: see below
+            if becomes_shot(mask, has_shots=human, predicted=ours, policy=shot_policy):
                 todo.append((label, mask, None))
     seq = 1 + max((s.seq for lst in shots.values() for s in lst), default=0)
     for label, mask, idx in todo:
@@ -148,7 +150,8 @@ def apply_state(
             mask=mask_digest(mask),
         )
         if idx is None:
-            shots[label].append(shot)
+            # A label's first human shot replaces the provisional ones of a promotion (issue 11).
+            shots[label] = [s for s in shots[label] if not s.provisional] + [shot]
             seq += 1
         else:
             shots[label][idx] = shot

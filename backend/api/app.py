@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from backend.api.candidates import router as candidates_router
 from backend.api.guard import RequestGuard
 from backend.api.labelconfig import LabelConfigError
 from backend.api.metrics import Metrics
@@ -74,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestGuard, settings=settings)
     app.include_router(router)
     app.include_router(status_router)  # the operator's view (issue 13)
+    app.include_router(candidates_router)  # discovery (issue 11)
     _install_handlers(app)
     return app
 

@@ -20,7 +20,14 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from backend.state.prompts import ClickJob, WarmJob
-from backend.state.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
+from backend.state.schemas import (
+    AnnotationJob,
+    DeleteJob,
+    DeliverJob,
+    PredictJob,
+    PromoteJob,
+    SyncJob,
+)
 from backend.state.settings import Settings
 from backend.state.store import Store
 from backend.state.versions import version_number
@@ -41,6 +48,7 @@ JOB_IDS: dict[str, str] = {
     "worker.scale.feed_predictions": "feed-{p}-{n}-{k}",
     "worker.interactive.click": "click-{p}-{t}-{r}",
     "worker.interactive.warm_target": "warm-{p}-{t}",
+    "worker.promote.promote_group": "promote-{p}-{g}-{h}",
 }
 # A delivery is one LS check and one POST: two LS timeouts with room to spare.
 DELIVER_JOB_TIMEOUT_S = 120
@@ -358,3 +366,19 @@ class Jobs:
             result_ttl_s=KEEP_NO_RESULT,
         )
         return job_id if ok else None
+
+    # --- discovery (issue 11) -------------------------------------------------------------------
+
+    def enqueue_promote(self, payload: PromoteJob) -> str:
+        """Turn a candidate group into a new label (`worker.promote`); the same request while
+        one is queued or running collapses on the id (a failed one is replaced)."""
+        job_id = f"promote-{payload.project}-{payload.group}-{_digest(payload.label)}"
+        self._replace_failed(
+            job_id,
+            queue=self.batch,
+            func="worker.promote.promote_group",
+            payload=payload.model_dump(mode="json"),
+            timeout_s=self.settings.sync_job_timeout_s,
+            result_ttl_s=KEEP_NO_RESULT,
+        )
+        return job_id

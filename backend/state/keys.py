@@ -23,7 +23,10 @@ KEYS: dict[str, str] = {
     "pred:{p}:{t}:{v}": "a computed prediction",
     "p:{p}:last:{t}": "version of the last prediction delivered for a task",
     "thumb:{sha}": "PNG thumbnail of a shot (image, mask outlined); lives as long as ref:{sha}",
-    "p:{p}:groups": "candidate groups found by discovery (JSON list; absent until it exists)",
+    "p:{p}:groups": "view of the candidate groups (JSON list of CandidateGroup)",
+    "p:{p}:discover": "discovery's grouping state (gfsam CandidateGroups JSON), compare-and-set",
+    "p:{p}:members": "candidate member -> its JSON (task, bbox, score, small mask)",
+    "p:{p}:crops": "candidate member -> PNG crop with the mask outlined (contact sheets)",
     "p:{p}:pending": "annotation@fingerprint states waiting for the debounced re-fit",
     "p:{p}:feed:{v}": "tasks still to pre-annotate at version v, in Label Studio's order",
     # coordination (backend/state/coordination.py)

@@ -32,6 +32,9 @@ class Shot(BaseModel):
     fingerprint: str  # the annotation's updated_at when it was encoded
     seq: int  # arrival order within the project
     mask: str  # digest of the boolean mask (an unchanged brush is not re-encoded)
+    # Seeded from a promoted candidate group (issue 11), not from an annotation: `annotation`
+    # is negative, and the label's first human shot replaces all its provisional ones.
+    provisional: bool = False
 
 
 class ReferenceSet(BaseModel):
@@ -55,7 +58,11 @@ class ReferenceSet(BaseModel):
         return any(self.shots.get(label) for label in labels)
 
     def shot_ids(self) -> dict[str, list[int]]:
-        return {label: [s.annotation for s in shots] for label, shots in self.shots.items()}
+        """Annotation ids of the human shots per label (provisional shots have none)."""
+        return {
+            label: [s.annotation for s in shots if not s.provisional]
+            for label, shots in self.shots.items()
+        }
 
 
 class StoredPrediction(BaseModel):
@@ -110,6 +117,26 @@ class CandidateGroup(BaseModel):
     size: int = 0  # regions or tasks in the group
     tasks: list[int] = []  # a few example task ids
     thumbs: list[str] = []  # shas of `thumb:{sha}` images to show, if any
+    # Written by `worker.discovery` (issue 11):
+    id: int = -1  # stable group id (`gfsam.discover.CandidateGroups`)
+    members: list[str] = []  # member keys `{task}-{digest}` (`p:{p}:members`), arrival order
+    central: list[str] = []  # the members closest to the group's mean, closest first
+    similarity: dict[str, float] = {}  # label -> cosine of the group's mean to its shots
+
+
+class CandidateMember(BaseModel):
+    """One discovered region of one task (a member of a candidate group)."""
+
+    key: str
+    task: int
+    group: int
+    bbox: list[float]  # x, y, width, height in percent of the image (LS convention)
+    width: int  # original image size in pixels
+    height: int
+    score: float
+    origin: str  # "cluster" (token cluster refined by SAM) or "rejected" (assignment)
+    # The mask at `MASK_SIDE` x `MASK_SIDE` of the 1024 SAM frame: bit-packed, zlib, base64.
+    mask: str
 
 
 # --- job payloads (worker/tasks.py) ------------------------------------------------------------
@@ -140,6 +167,12 @@ class DeleteJob(BaseModel):
 
 class SyncJob(BaseModel):
     project: int
+
+
+class PromoteJob(BaseModel):
+    project: int
+    group: int
+    label: str = Field(min_length=1, max_length=100)
 
 
 class DeliverJob(BaseModel):

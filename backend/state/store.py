@@ -10,6 +10,7 @@ from __future__ import annotations
 from redis import Redis
 from redis.exceptions import RedisError
 
+from backend.state.candidates import Candidates
 from backend.state.coordination import WORKER_PREFIX, Coordination, LockTimeout
 from backend.state.data import ProjectData, VersionConflict
 from backend.state.progress import ACCEPTANCE_BUCKETS, Progress
@@ -43,6 +44,7 @@ class Store:
         self.data = ProjectData(conn, settings)
         self.coord = Coordination(conn, settings, owner)
         self.progress = Progress(conn, settings)
+        self.candidates = Candidates(conn, settings)  # discovery (issue 11)
 
     def ping(self) -> bool:
         return bool(self.r.ping())

@@ -1,0 +1,182 @@
+"""Discovery in the worker and its endpoints (issue 11), on oracle encoders.
+
+The scene (red channel = class id, `tests.fakes.OraclePipeline`): "Cat" (class 1) and "Dog"
+(class 3) are the project's labels; class 5 is in every image but in no label. Predicting the
+tasks must leave a candidate group holding the class-5 objects; the endpoints show it, and a
+promotion adds the label in (fake) Label Studio, seeds it with provisional shots and predicts it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from backend.state.schemas import CandidateMember, PredictJob
+from tests.fakes import OraclePipeline, class_png, oracle_model
+from tests.service_fixtures import Service
+from tests.test_assign_worker import FIXTURES, region, scene, webhook
+from worker import models
+from worker.assignment import THRESHOLDS
+from worker.brush import annotation_masks
+from worker.discovery import unpack_mask
+from worker.promote import PromoteError, add_label
+
+P = 2
+SEED = scene((1, 10, 50, 10, 50), (3, 40, 80, 70, 110))
+OTHERS = [
+    scene((1, 8, 40, 8, 40), (5, 50, 86, 60, 100)),
+    scene((3, 50, 85, 80, 118), (5, 10, 44, 14, 52)),
+    scene((1, 55, 88, 10, 45), (5, 8, 40, 70, 108)),
+]
+
+
+def start(
+    make_service: Callable[..., Service], config: str | None = None, **changes: object
+) -> tuple[Service, list[int]]:
+    """Project 2 (Cat, Dog, or `config`) seeded on SEED; the OTHERS predicted (discovery on)."""
+    svc = make_service(**changes)
+    models.install(svc.settings, oracle_model(OraclePipeline()))
+    THRESHOLDS.clear()
+    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
+    svc.ls.configs[P] = config or setup["schema"]
+    svc.client.post("/setup", json={**setup, "schema": svc.ls.configs[P]})
+    tasks = [svc.ls.add_task(P, class_png(lab))["id"] for lab in (SEED, *OTHERS)]
+    ann = svc.ls.annotate(tasks[0], [region(SEED == 1, "Cat"), region(SEED == 3, "Dog")])
+    webhook(svc, ann, "ANNOTATION_CREATED")
+    svc.run_worker()
+    return svc, tasks
+
+
+def class5_group(svc: Service) -> dict[str, Any]:
+    reply = svc.client.get(f"/projects/{P}/candidates")
+    assert reply.status_code == 200
+    groups = reply.json()["groups"]
+    assert groups, "discovery formed no group"
+    return groups[0]
+
+
+def test_undefined_class_forms_one_candidate_group(make_service: Callable[..., Service]) -> None:
+    svc, tasks = start(make_service)
+    group = class5_group(svc)
+    assert group["size"] == 3 and sorted(group["tasks"]) == sorted(tasks[1:])
+    for m in group["members"]:
+        member = CandidateMember.model_validate(m)
+        labels = OTHERS[tasks.index(member.task) - 1]
+        mask = unpack_mask(member.mask, (member.height, member.width))
+        assert (labels[mask] == 5).mean() > 0.9 and mask.sum() > 0.5 * (labels == 5).sum()
+    assert group["representative"]["key"] in {m["key"] for m in group["members"]}
+    assert set(group["similarity"]) == {"Cat", "Dog"}
+    assert max(group["similarity"].values()) < 0.9
+    sheet = svc.client.get(group["contact_sheet"])
+    assert sheet.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(sheet.content)).size == (300, 100)  # 3 crops in a row
+    assert svc.store.progress.stats().get("discover", 0) >= 3
+    for t in tasks[1:]:  # no candidate region without CANDIDATE_LABEL
+        (pred,) = [p for p in svc.ls.posts if p["task"] == t]
+        assert {r["value"]["brushlabels"][0] for r in pred["result"]} <= {"Cat", "Dog"}
+
+
+def test_discovery_is_deterministic_and_idempotent(make_service: Callable[..., Service]) -> None:
+    svc, _ = start(make_service)
+    first = svc.store.candidates.state(P)
+    svc.conn.delete(*svc.conn.keys("gfsam:pred:*"))  # predict again: same members, no duplicates
+    version = svc.store.data.current_version(P)
+    for t in list(svc.ls.tasks)[1:]:
+        job = PredictJob(project=P, task=t, version=version, interactive=True)
+        svc.jobs.enqueue_predict(job, high=True)
+    svc.run_worker()
+    assert svc.store.candidates.state(P) == first
+
+
+def test_discovery_off(make_service: Callable[..., Service]) -> None:
+    svc, _ = start(make_service, discover=False)
+    assert svc.client.get(f"/projects/{P}/candidates").json()["groups"] == []
+    assert svc.client.get(f"/projects/{P}/candidates/0.png").status_code == 404
+
+
+def test_candidate_label_regions(make_service: Callable[..., Service]) -> None:
+    config = json.loads((FIXTURES / "setup_multilabel.json").read_text())["schema"]
+    config = config.replace(
+        '<Label value="Dog" background="blue"/>', '<Label value="Dog"/><Label value="New?"/>'
+    )
+    svc, tasks = start(make_service, config, candidate_label="New?")
+    gid = class5_group(svc)["id"]
+    for t in tasks[1:]:
+        (pred,) = [p for p in svc.ls.posts if p["task"] == t]
+        cands = [r for r in pred["result"] if r["value"]["brushlabels"] == ["New?"]]
+        assert len(cands) == 1 and cands[0]["meta"]["group"] == gid
+        assert cands[0]["score"] <= 0.05
+        real = [r["score"] for r in pred["result"] if r not in cands]
+        assert pred["score"] == np.mean(real)  # the item score is the real labels'
+        mask = annotation_masks(pred["result"], from_name="tag")["New?"]
+        assert (OTHERS[tasks.index(t) - 1][mask] == 5).mean() > 0.9
+
+
+def test_promote_validation(make_service: Callable[..., Service]) -> None:
+    svc, _ = start(make_service)
+    gid = class5_group(svc)["id"]
+    url = f"/projects/{P}/candidates/{gid}/promote"
+    assert (
+        svc.client.post(f"/projects/{P}/candidates/99/promote", json={"label": "X"}).status_code
+        == 404
+    )
+    assert svc.client.post(url, json={"label": "Cat"}).status_code == 409
+    for bad in ("", " Bird", "a\nb", "x" * 101):
+        assert svc.client.post(url, json={"label": bad}).status_code == 400, bad
+    assert svc.client.post(url, json={}).status_code == 422
+
+
+def test_promote_adds_the_label_and_predicts_it(make_service: Callable[..., Service]) -> None:
+    svc, tasks = start(make_service)
+    gid = class5_group(svc)["id"]
+    reply = svc.client.post(f"/projects/{P}/candidates/{gid}/promote", json={"label": "Bird"})
+    assert reply.status_code == 202 and reply.json()["job_id"].startswith(f"promote-{P}-{gid}-")
+    before = svc.store.data.current_version(P)
+    svc.ls.posts.clear()
+    svc.run_worker()
+    assert '<Label value="Bird"/>' in svc.ls.configs[P]
+    refs = svc.store.data.reference_set(P)
+    assert refs.version != before and refs.shots["Bird"]
+    assert all(s.provisional and s.annotation < 0 for s in refs.shots["Bird"])
+    assert "Bird" in svc.store.data.config(P).labels  # type: ignore[union-attr]
+    assert refs.shot_ids()["Bird"] == []
+    birds = 0
+    for t in tasks[1:]:
+        (pred,) = [p for p in svc.ls.posts if p["task"] == t]
+        assert pred["model_version"] == refs.version
+        masks = annotation_masks(pred["result"], from_name="tag")
+        if "Bird" in masks:
+            birds += 1
+            assert (OTHERS[tasks.index(t) - 1][masks["Bird"]] == 5).mean() > 0.9
+    assert birds >= 2
+    assert all(g["id"] != gid for g in svc.client.get(f"/projects/{P}/candidates").json()["groups"])
+    # A person's first "Bird" replaces the provisional shots.
+    t = tasks[1]
+    ann = svc.ls.annotate(t, [region(OTHERS[0] == 5, "Bird")])
+    webhook(svc, ann, "ANNOTATION_CREATED")
+    svc.run_worker()
+    shots = svc.store.data.reference_set(P).shots["Bird"]
+    assert [(s.annotation, s.provisional) for s in shots] == [(ann["id"], False)]
+
+
+def test_add_label_keeps_the_config() -> None:
+    xml = (
+        '<View><Image name="i" value="$image"/>'
+        '<BrushLabels name="tag" toName="i"><Label value="A"/></BrushLabels></View>'
+    )
+    out = add_label(xml, "tag", 'B "x" & <y>')
+    assert out.startswith(xml[: xml.index("</BrushLabels>")]) and out.endswith(
+        "</BrushLabels></View>"
+    )
+    assert add_label(out, "tag", 'B "x" & <y>') == out
+    for broken, control in ((xml, "other"), ("<View>", "tag")):
+        try:
+            add_label(broken, control, "B")
+        except PromoteError:
+            continue
+        raise AssertionError("expected PromoteError")

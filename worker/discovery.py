@@ -1,0 +1,287 @@
+"""Discovery after each prediction (issue 11): unlabelled objects of a task, grouped per project.
+
+After `inference.predict_task`, on the same cached target encoding (no encoder pass; one SAM
+decoder call per token region, at most `DiscoverParams.max_prompts`): the area no accepted region
+and no human annotation covers is clustered (`gfsam.discover.discover_candidates`), the proposals
+the assignment rejected join the pool, and the kept candidates are added to the project's groups
+(`gfsam.discover.CandidateGroups`) through `Store.candidates.update`, a compare-and-set, so
+concurrent workers never lose an addition. Each member keeps a small record (task, bbox, score,
+a 256 x 256 frame mask) and a PNG crop with its mask outlined, for the API's contact sheets.
+
+With ``CANDIDATE_LABEL`` set and present in the BrushLabels control, the task's candidates are
+also added to its prediction as regions of that label (group id in ``meta``, low score); the
+prediction's score stays that of the real labels. Discovery never fails a prediction: an error
+is logged and the prediction goes out without it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+import zlib
+from functools import partial
+from typing import Any
+
+import numpy as np
+
+from backend.state.candidates import MASK_SIDE, DiscoveryUpdate
+from backend.state.schemas import (
+    CandidateGroup,
+    CandidateMember,
+    LabelConfigSummary,
+    ReferenceSet,
+    StoredPrediction,
+)
+from backend.state.store import Store
+from gfsam.assign import SplitParams, calibrate_threshold, shot_prototypes
+from gfsam.discover import (
+    Candidate,
+    CandidateGroups,
+    GroupParams,
+    discover_candidates,
+    sam_prompt_fn,
+)
+from gfsam.image import mask_from_frame, mask_to_frame
+from gfsam.types import FRAME, GFSAMConfig
+from worker.assignment import THRESHOLDS
+from worker.brush import BrushError, annotation_masks, regions_to_result
+from worker.inference import TaskResult, load_references
+from worker.labelstudio import LabelStudioError
+from worker.models import Runtime
+from worker.thumbs import thumbnail_png
+
+logger = logging.getLogger(__name__)
+
+# Per project: 32 groups x 48 members with a ~5 KiB crop each is at most ~8 MiB in Redis.
+GROUP_PARAMS = GroupParams(max_groups=32, max_members=48)
+CROP_PX = 96  # longest side of a member's crop
+CROP_MARGIN = 0.15  # context around the mask's box, as a share of the box side
+TASKS_SHOWN = 20  # tasks listed per group in the view
+
+
+def supported(rt: Runtime, target: Any) -> bool:
+    """True under ``ASSIGN=split`` when the pipeline has what discovery reads (tokens, SAM
+    embedding and decoder). ``ASSIGN=argmax`` paints every proposal: nothing is left to find."""
+    pipe = rt.model.pipeline
+    sam = getattr(pipe, "sam", None)
+    return (
+        rt.settings.assign == "split"
+        and isinstance(getattr(pipe, "config", None), GFSAMConfig)
+        and hasattr(sam, "decode_prompts")
+        and hasattr(target, "tokens")
+        and hasattr(target, "embedding")
+    )
+
+
+def after_predict(
+    rt: Runtime,
+    store: Store,
+    p: int,
+    cfg: LabelConfigSummary,
+    refs: ReferenceSet,
+    image_bytes: bytes,
+    result: TaskResult,
+) -> StoredPrediction:
+    """Run discovery on a predicted task; returns the prediction to store (with candidate
+    regions when ``CANDIDATE_LABEL`` is in the control)."""
+    pred = result.prediction
+    if not rt.settings.discover or result.target is None or not supported(rt, result.target):
+        return pred
+    started = time.perf_counter()
+    try:
+        found = discover_task(rt, store, p, cfg, refs, image_bytes, result)
+    except (LabelStudioError, BrushError, ValueError, RuntimeError) as exc:
+        logger.warning("discovery p%s t%s skipped: %s", p, pred.task, exc)
+        return pred
+    store.progress.incr_stat("discover")
+    logger.debug(
+        "discovery p%s t%s: %d in %.2fs", p, pred.task, len(found), time.perf_counter() - started
+    )
+    return with_candidate_regions(rt, cfg, pred, found)
+
+
+def discover_task(
+    rt: Runtime,
+    store: Store,
+    p: int,
+    cfg: LabelConfigSummary,
+    refs: ReferenceSet,
+    image_bytes: bytes,
+    result: TaskResult,
+) -> list[tuple[int, np.ndarray, float]]:
+    """Discover on one predicted task and add its candidates to the project's groups.
+
+    Returns:
+        (group id, bool [H, W] original-size mask, score) per candidate kept in a group.
+    """
+    pipe: Any = rt.model.pipeline  # `supported` checked its config and SAM decoder
+    target, task = result.target, result.prediction.task
+    covered = _covered(rt, store, p, cfg, task, result)
+    references = load_references(rt, store, refs, [lb for lb in cfg.labels if lb != _cand(rt)])
+    protos = {lb: shot_prototypes(r, pipe.config, SplitParams()) for lb, r in references.items()}
+    labels = [(protos[lb], _threshold(rt, refs, lb, r)) for lb, r in references.items()]
+    cands = discover_candidates(
+        target.tokens,
+        mask_to_frame(covered).numpy(),
+        sam_prompt_fn(pipe.sam, target.embedding),
+        rejected=[mask_to_frame(c.mask).numpy() for c in result.candidates],
+        labels=labels,
+        cfg=pipe.config,
+    )
+    if not cands:
+        return []
+    image = rt.model.load_image(image_bytes)
+    members = [_member(task, c, target.image_size, image) for c in cands]
+    gids: list[int] = []
+
+    def compute(state_text: str | None) -> DiscoveryUpdate:
+        state = (
+            CandidateGroups.from_json(state_text) if state_text else CandidateGroups(GROUP_PARAMS)
+        )
+        before = _member_keys(state)
+        gids[:] = [state.add(m.key, c.feature) for (m, _, _), c in zip(members, cands, strict=True)]
+        after = _member_keys(state)
+        new = {
+            m.key: (m.model_copy(update={"group": g}), png)
+            for (m, png, _), g in zip(members, gids, strict=True)
+            if m.key in after - before
+        }
+        return DiscoveryUpdate(
+            state=state.to_json(),
+            groups=groups_view(state, protos),
+            members={k: m for k, (m, _) in new.items()},
+            crops={k: png for k, (_, png) in new.items()},
+            dropped=sorted(before - after),
+        )
+
+    store.candidates.update(p, compute)
+    return [(g, mask, c.score) for g, (_, _, mask), c in zip(gids, members, cands, strict=True)]
+
+
+def _cand(rt: Runtime) -> str:
+    return rt.settings.candidate_label
+
+
+def _covered(
+    rt: Runtime, store: Store, p: int, cfg: LabelConfigSummary, task: int, result: TaskResult
+) -> np.ndarray:
+    """bool [H, W]: the accepted regions, plus every human annotation of a labelled task."""
+    h, w = result.target.image_size
+    covered = np.zeros((h, w), dtype=bool)
+    results = [result.prediction.result]
+    if store.data.is_labeled(p, task):
+        results += [a.result or [] for a in rt.ls.list_annotations(task) if not a.was_cancelled]
+    for res in results:
+        for label, mask in annotation_masks(res, from_name=cfg.from_name).items():
+            if label != _cand(rt) and mask.shape == covered.shape:
+                covered |= mask
+    return covered
+
+
+def _threshold(rt: Runtime, refs: ReferenceSet, label: str, references: list[Any]) -> float:
+    """The label's split threshold, from the cache `worker.assignment` filled for this task."""
+    shas = [s.ref for s in refs.shots[label]]
+    config: Any = getattr(rt.model.pipeline, "config", None)
+    compute = partial(calibrate_threshold, references, config, SplitParams())
+    return THRESHOLDS.get((rt.model.key, *shas), compute)
+
+
+def _member_keys(state: CandidateGroups) -> set[str]:
+    return {k for g in state.groups.values() for k in g.members}
+
+
+def _member(
+    task: int, cand: Candidate, size: tuple[int, int], image: np.ndarray
+) -> tuple[CandidateMember, bytes, np.ndarray]:
+    """A candidate's record (group filled in later), its PNG crop and its original-size mask."""
+    mask = mask_from_frame(cand.mask, size)
+    h, w = size
+    packed = pack_mask(cand.mask)
+    digest = hashlib.sha1(packed.encode()).hexdigest()[:10]
+    ys, xs = np.nonzero(mask)
+    if not len(xs):  # squashed away at the original size: keep the frame's box
+        ys, xs = np.nonzero(cand.mask)
+        ys, xs = ys * h // FRAME, xs * w // FRAME
+    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+    bbox = [100 * x0 / w, 100 * y0 / h, 100 * (x1 - x0) / w, 100 * (y1 - y0) / h]
+    member = CandidateMember(
+        key=f"{task}-{digest}",
+        task=task,
+        group=-1,
+        bbox=[round(v, 3) for v in bbox],
+        width=w,
+        height=h,
+        score=round(float(cand.score), 4),
+        origin=cand.origin,
+        mask=packed,
+    )
+    return member, crop_png(image, mask, (x0, y0, x1, y1)), mask
+
+
+def crop_png(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
+    """The mask's box with some context, at most `CROP_PX`, mask tinted and outlined (PNG)."""
+    x0, y0, x1, y1 = box
+    h, w = mask.shape
+    mx, my = int((x1 - x0) * CROP_MARGIN) + 2, int((y1 - y0) * CROP_MARGIN) + 2
+    x0, y0, x1, y1 = max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)
+    return thumbnail_png(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], CROP_PX)
+
+
+def pack_mask(frame_mask: np.ndarray) -> str:
+    """bool [S, S] frame mask -> `MASK_SIDE`-square, bit-packed, zlib, base64 text."""
+    f = FRAME // MASK_SIDE
+    small = np.asarray(frame_mask, dtype=bool).reshape(MASK_SIDE, f, MASK_SIDE, f).mean((1, 3))
+    return base64.b64encode(zlib.compress(np.packbits(small >= 0.5).tobytes(), 9)).decode()
+
+
+def unpack_mask(text: str, size: tuple[int, int]) -> np.ndarray:
+    """Inverse of `pack_mask`, resized to the original (H, W): bool [H, W]."""
+    bits = np.unpackbits(np.frombuffer(zlib.decompress(base64.b64decode(text)), dtype=np.uint8))
+    small = bits[: MASK_SIDE * MASK_SIDE].reshape(MASK_SIDE, MASK_SIDE).astype(bool)
+    f = FRAME // MASK_SIDE
+    return mask_from_frame(np.repeat(np.repeat(small, f, 0), f, 1), size)
+
+
+def groups_view(state: CandidateGroups, protos: dict[str, np.ndarray]) -> list[CandidateGroup]:
+    """The groups as the API and the status page read them, largest first."""
+    sims = state.label_similarity(protos) if protos else {}
+    out = []
+    for gid, g in state.groups.items():
+        tasks = list(dict.fromkeys(int(k.split("-", 1)[0]) for k in g.members))
+        out.append(
+            CandidateGroup(
+                name=f"group {gid}",
+                size=g.count,
+                tasks=tasks[:TASKS_SHOWN],
+                id=gid,
+                members=list(g.members),
+                central=state.central(gid, len(g.reps)),
+                similarity={lb: round(v, 4) for lb, v in sims.get(gid, {}).items()},
+            )
+        )
+    return sorted(out, key=lambda g: (-g.size, g.id))
+
+
+def with_candidate_regions(
+    rt: Runtime,
+    cfg: LabelConfigSummary,
+    pred: StoredPrediction,
+    found: list[tuple[int, np.ndarray, float]],
+) -> StoredPrediction:
+    """`pred` plus one region of ``CANDIDATE_LABEL`` per candidate (group id in ``meta``), when
+    the label is in the control; the item score stays the real labels'."""
+    label = _cand(rt)
+    found = [f for f in found if f[1].any()]
+    if not label or label not in cfg.labels or not found:
+        return pred
+    scale = rt.settings.candidate_score
+    regions = regions_to_result(
+        [(label, mask, scale * score) for _, mask, score in found],
+        from_name=cfg.from_name,
+        to_name=cfg.to_name,
+    )
+    for region, (gid, _, _) in zip(regions, found, strict=True):
+        region["meta"] = {"text": [f"candidate group {gid}"], "group": gid}
+    return pred.model_copy(update={"result": pred.result + regions})
