@@ -20,7 +20,7 @@ import numpy as np
 from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
 from backend.state.store import Store
 from gfsam.assign import Instance
-from worker import decoded
+from worker import decoded, pipelining
 from worker.assignment import assign
 from worker.brush import regions_to_result
 from worker.models import Runtime
@@ -41,7 +41,7 @@ def target_encoding(rt: Runtime, store: Store, image_bytes: bytes, sha: str | No
         store.progress.incr_stat("target_cache_hit")
         return rt.model.target_from_bytes(blob)
     started = time.perf_counter()
-    target = rt.model.pipeline.encode_target(rt.model.load_image(image_bytes))
+    target = pipelining.encode_target(rt, store, image_bytes, sha)  # batched when prefetched
     store.progress.incr_stat("target_encode")
     rt.targets.put(sha, target.to_bytes())
     logger.debug("encoded target %s in %.2fs", sha[:12], time.perf_counter() - started)

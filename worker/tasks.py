@@ -15,11 +15,11 @@ from typing import Any
 
 from rq import get_current_job
 
-from backend.state.jobs import Jobs
+from backend.state.jobs import Jobs, predict_job_id
 from backend.state.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
 from backend.state.store import LockTimeout, Store
 from backend.state.versions import project_versions
-from worker import delivery, discovery, inference, models, scale
+from worker import delivery, discovery, handoff, inference, models, pipelining, scale
 from worker.brush import BrushError
 from worker.labelstudio import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from worker.lsmodels import LSTask
@@ -104,12 +104,12 @@ def _predict(rt: models.Runtime, store: Store, jobs: Jobs, payload: PredictJob) 
             url = _task_of(rt, p, t).image_url(cfg.data_key)
         if url is None:
             raise ValueError(f"task {t} has no image URL under {cfg.data_key!r} in Label Studio")
-        image = rt.ls.download(url, task_id=t)
+        image = pipelining.download(rt, store, jobs, predict_job_id(p, t, v), t, url)
         found = inference.predict_task(rt, store, cfg, refs, t, image)
         pred = discovery.after_predict(rt, store, p, cfg, refs, image, found)  # issue 11
         store.data.put_prediction(p, pred)
         store.progress.clear_failure(p, f"task:{t}")
-    return delivery.deliver_computed(rt, store, jobs, p, pred)
+    return handoff.deliver(rt, store, jobs, p, pred)  # the POST off this thread when enabled
 
 
 def _task_of(rt: models.Runtime, p: int, t: int) -> LSTask:

@@ -127,6 +127,20 @@ class Settings(BaseSettings):
     # discovery). argmax: every label keeps its whole mask, overlaps to the higher score.
     assign: Literal["split", "argmax"] = "split"
 
+    # Pipelined worker (issue 12): the model thread never waits for the network.
+    # The next `prefetch_jobs` queued predict jobs' images are downloaded and decoded by
+    # `prefetch_threads` threads, holding at most `prefetch_bytes` (0 jobs: off).
+    prefetch_jobs: int = Field(4, ge=0, le=64)
+    prefetch_threads: int = Field(2, ge=1, le=16)
+    prefetch_bytes: int = Field(256 * 1024**2, ge=0)
+    # Images per target-encoder call when prefetched images of queued jobs are not cached yet
+    # (1: one at a time, as on CPU; 8 on a GPU).
+    encode_batch: int = Field(1, ge=1, le=64)
+    # LS POSTs of computed predictions on `deliver_threads` background threads, at most
+    # `deliver_queue` waiting (0 threads: posted by the job itself, as before).
+    deliver_threads: int = Field(0, ge=0, le=16)
+    deliver_queue: int = Field(16, ge=1, le=1024)
+
     # Discovery (issue 11): after each prediction, look for recurring unlabelled objects on the
     # target's cached encodings (a few SAM decoder calls) and group them across the project
     # (`worker.discovery`). On by default: measured at a small share of a task's time.
