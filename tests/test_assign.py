@@ -129,6 +129,18 @@ def test_instance_proposals_are_components_with_their_evidence() -> None:
     assert props[0].evidence == pytest.approx(0.8) and props[1].evidence == 0.0
 
 
+def test_a_fragmented_mask_yields_at_most_max_proposals_largest_first() -> None:
+    """Hundreds of specks (random weights, a noisy mask) must not cost hundreds of proposals."""
+    mask = np.zeros((FRAME, FRAME), dtype=bool)
+    for i in range(20):  # 400 separate 12x12 squares, 144 px each (above min_area)
+        for j in range(20):
+            mask[i * 50 : i * 50 + 12, j * 50 : j * 50 + 12] = True
+    mask[0:100, 1000:1020] = True  # and one larger piece
+    params = SplitParams(max_proposals=5)
+    props = instance_proposals("A", _pred(mask), E[[0] * TOKENS], CFG, params)
+    assert len(props) == 5 and int(props[0].mask.sum()) == 2000
+
+
 def test_assign_split_keeps_the_instance_and_rejects_the_look_alike() -> None:
     true_box, other_box = _box(0, 300, 0, 300), _box(600, 900, 600, 900)
     tokens = np.tile(E[1], (TOKENS, 1))

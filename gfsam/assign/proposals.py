@@ -23,6 +23,10 @@ class SplitParams:
 
     # Components smaller than this (1024-frame pixels, ~0.006 % of the frame) are mask noise.
     min_area: int = 64
+    # At most this many proposals per label, largest first: an image holds a few dozen
+    # instances of a class at most, and a fragmented mask (hundreds of specks) must not cost
+    # hundreds of full-frame masks, features and regions.
+    max_proposals: int = 32
     # A proposal must lie mostly inside the label's own gated mask to be that label's instance.
     min_consistency: float = 0.5
     # Per-shot statistic (all K): threshold = mix * (median cosine of the shot's interior cells
@@ -149,10 +153,10 @@ def instance_proposals(
 
     Args:
         label: the label. pred: its `Prediction` on the target. tokens: [T, C] target tokens.
-        cfg: token normalisation. params: ``min_area``.
+        cfg: token normalisation. params: ``min_area``, ``max_proposals``.
 
     Returns:
-        Proposals, largest first; none when the label abstained.
+        At most ``max_proposals`` proposals, largest first; none when the label abstained.
     """
     seg = pred.segmentation
     if pred.abstained or not seg.mask.any():
@@ -160,6 +164,7 @@ def instance_proposals(
     comp, n = ndimage.label(seg.mask, structure=EIGHT)
     areas = np.bincount(comp.ravel(), minlength=n + 1)[1:]  # (n,)
     keep = [k + 1 for k in np.argsort(-areas, kind="stable") if areas[k] >= params.min_area]
+    keep = keep[: params.max_proposals]
     if not keep:
         return []
     masks = np.stack([comp == k for k in keep])  # (N, S, S)
