@@ -101,7 +101,7 @@ def run_once(
         redis_url=url,
         label_studio_url=ls.url,
         label_studio_api_key=TOKEN,
-        data_dir=tmp / "data",
+        data_dir=tmp / f"data-{time.monotonic_ns()}",  # a cold target cache every run
         refit_debounce_s=0.0,
         lookahead_tasks=None,
         inline_verify_delay_s=0,
