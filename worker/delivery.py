@@ -54,6 +54,9 @@ def post_once(rt: Runtime, store: Store, p: int, pred: StoredPrediction) -> str:
     with store.coord.delivery_lock(p, t, v):
         if store.data.current_version(p) != v:  # a re-fit landed while we waited for the lock
             return "stale"
+        # Whoever posts holds a claim (NX: an existing one stays), so a later /predict never
+        # answers this (t, v) inline again: a check after an orphaned waiter posts unclaimed.
+        store.coord.claim_delivery(p, t, v, "api")
         existing = rt.ls.task_predictions(t)
         if any(x.model_version == v for x in existing):
             store.coord.mark_posted(p, t, v)
