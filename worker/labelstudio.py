@@ -103,6 +103,18 @@ class LabelStudioClient(MediaClient):
         path = f"/api/projects/{int(project)}/"
         return parse(LSProject, self._json("GET", path), path)
 
+    def update_label_config(self, project: int, label_config: str) -> LSProject:
+        """Replace a project's label config (`PATCH /api/projects/{id}/`); returns the project
+        as LS stored it. LS refuses (400) a config that existing annotations do not fit.
+
+        Raises:
+            LabelStudioNotFound: unknown project.
+            LabelStudioError: refused, or a reply of the wrong shape.
+        """
+        path = f"/api/projects/{int(project)}/"
+        reply = self._json("PATCH", path, json={"label_config": label_config})
+        return parse(LSProject, reply, path)
+
     def get_annotation(self, annotation_id: int) -> LSAnnotation | None:
         """One annotation, or None when it no longer exists."""
         path = f"/api/annotations/{int(annotation_id)}/"

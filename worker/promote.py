@@ -99,7 +99,7 @@ def promote(rt: models.Runtime, store: Store, jobs: Jobs, payload: PromoteJob) -
     project: LSProject = rt.ls.get_project(p)
     xml = add_label(project.label_config, cfg.from_name, label)
     if xml != project.label_config:
-        rt.ls._json("PATCH", f"/api/projects/{p}/", json={"label_config": xml})
+        rt.ls.update_label_config(p, xml)
         logger.info("project %s: label %r added to %s", p, label, cfg.from_name)
     cfg, _ = refresh_config(rt, store, p)
     if cfg is None or label not in cfg.labels:
