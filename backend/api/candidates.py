@@ -21,11 +21,11 @@ from PIL import Image
 from pydantic import BaseModel, Field
 
 from backend.api.deps import BasicAuth, JobsDep, SettingsDep, StoreDep
-from backend.api.protocol import MAX_ID
+from backend.api.protocol import ERROR_RESPONSES, MAX_ID
 from backend.state.schemas import CandidateGroup, CandidateMember, PromoteJob
 from backend.state.store import Store
 
-router = APIRouter(dependencies=[BasicAuth])
+router = APIRouter(dependencies=[BasicAuth], responses=ERROR_RESPONSES)
 ProjectId = Annotated[int, Path(ge=1, le=MAX_ID)]
 GroupId = Annotated[int, Path(ge=0, le=MAX_ID)]
 

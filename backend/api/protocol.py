@@ -45,6 +45,21 @@ class ErrorResponse(BaseModel):
     detail: str
 
 
+# Error replies every route may give, documented in the OpenAPI schema (one shape: `detail`).
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse, "description": what}
+    for code, what in (
+        (400, "invalid input (label config, project, label)"),
+        (401, "missing or wrong credentials"),
+        (404, "unknown project or object"),
+        (409, "conflicts with the current state (e.g. the label exists)"),
+        (413, "request body over MAX_BODY_BYTES"),
+        (422, "request does not match the schema"),
+        (503, "backend store (Redis) unavailable"),
+    )
+}
+
+
 # --- /health, /setup, /versions ----------------------------------------------------------------
 
 

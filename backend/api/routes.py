@@ -24,10 +24,10 @@ from backend.api import interactive as clicks
 from backend.api.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookAuth
 from backend.api.labelconfig import LabelConfigError, config_digest, parse_label_config
 from backend.api.protocol import (
+    ERROR_RESPONSES,
     MAX_ID,
     AnnotationEvent,
     AnnotationsDeletedEvent,
-    ErrorResponse,
     HealthResponse,
     PredictItem,
     PredictRequest,
@@ -44,18 +44,7 @@ from backend.state.schemas import AnnotationJob, DeleteJob
 from backend.state.store import Store
 
 logger = logging.getLogger(__name__)
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse, "description": what}
-    for code, what in (
-        (400, "unusable label config or project"),
-        (401, "missing or wrong credentials"),
-        (404, "unknown project"),
-        (413, "request body over MAX_BODY_BYTES"),
-        (422, "request does not match the schema"),
-        (503, "backend store (Redis) unavailable"),
-    )
-}
-router = APIRouter(responses=_ERRORS)
+router = APIRouter(responses=ERROR_RESPONSES)
 MAX_FAILURES_SHOWN = 100  # /projects/{id} lists this many failure reasons, then a count
 
 ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
