@@ -172,13 +172,14 @@ def test_background_post_failure_is_redelivered(
     monkeypatch.setattr(handoff, "post", flaky)
     tasks = setup_project(svc, 4)
     annotate(svc, tasks[0], SEED)
-    svc.run_worker()  # predictions stored and claimed; every POST fails in the background
+    svc.run_worker()  # predictions stored and claimed; every first POST fails in the background
     assert handoff.drain(10)
-    assert svc.ls.posts == [] and sorted(failed) == tasks[1:]
+    assert sorted(failed) == tasks[1:]
     assert max(pending) <= 1  # deliver_queue bounds the POSTs waiting
     for t in tasks[1:]:
         assert svc.store.coord.delivery_claim(1, t, V1) == "api"
-    svc.run_worker()  # the deliver jobs queued by the failures
+    # the deliver jobs queued by the failures (some may already have run in the same burst)
+    svc.run_worker()
     assert handoff.drain(10)
     assert posted_tasks(svc) == tasks[1:]  # once each
     assert svc.pipeline.calls["predict"] == 3  # delivered from the stored results
