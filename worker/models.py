@@ -84,12 +84,16 @@ def build_model(settings: Settings) -> Model:
             kwargs[name] = value
     if settings.gfsam_max_points:
         kwargs["config"] = GFSAMConfig(max_points=settings.gfsam_max_points)
+    if settings.gfsam_precision != "fp32":  # fp32 stays the parity mode (and the cache key)
+        kwargs["precision"] = settings.gfsam_precision
     if settings.random_weights:
         # Same random weights in every worker process, so cached encodings stay interchangeable.
         torch.manual_seed(0)
     pipeline = build_pipeline(**kwargs)
     key = "|".join(
-        f"{k}={kwargs[k]}" for k in ("preset", "sam", "dino", "random_weights") if k in kwargs
+        f"{k}={kwargs[k]}"
+        for k in ("preset", "sam", "dino", "random_weights", "precision")
+        if k in kwargs
     )
     return Model(
         pipeline,

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     gfsam_sam: str | None = None  # SAM encoder name (gfsam registry); None: the library default
     gfsam_dino: str | None = None  # DINOv2 encoder name; None: the library default
     gfsam_device: str = "cpu"
+    # Encoder and decoder arithmetic: "bf16" (scoped autocast) on GPUs that support it; "fp32"
+    # is the parity mode. Cached encodings of one precision are never reused by the other.
+    gfsam_precision: Literal["fp32", "bf16"] = "fp32"
     # Cap on SAM prompts per prediction (GF-SAM's official value is 128); lower it to trade
     # recall for speed on CPU. None keeps the library default.
     gfsam_max_points: int | None = Field(None, ge=1)
