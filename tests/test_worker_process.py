@@ -149,6 +149,7 @@ def env(tmp_path: Path) -> Iterator[Env]:
 
 def seed_project(env: Env, client: TestClient, n_targets: int) -> list[int]:
     """Setup, the seed annotation on 1.jpg, and `n_targets` unlabeled tasks; sends the webhook."""
+    env.ls.configs[1] = SETUP["schema"]  # the worker reads the project's config from LS
     assert client.post("/setup", json=SETUP).status_code == 200
     seed = env.ls.add_task(1, image_bytes("1.jpg"), "1.jpg")
     names = ["2.jpg", "3.jpg", "4.jpg", "5.jpg"][:n_targets]
@@ -304,7 +305,8 @@ def test_backend_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
         assert health["random_weights"] is True and "RANDOM-WEIGHTS" in health["model_class"]
         setup = httpx.post(f"{url}/setup", json=SETUP).json()
         assert setup == {"model_version": "gfsam-p1-v0"}
-        assert len(_processes_of(tmp_path / "data")) == 4  # run, redis, worker, api
+        # run, redis, worker, the interactive worker, api
+        assert len(_processes_of(tmp_path / "data")) == 5
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
