@@ -26,6 +26,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -120,19 +121,17 @@ def _stop_backend(process: subprocess.Popen[bytes]) -> None:
         process.wait(timeout=15)
 
 
-@pytest.fixture(scope="module")
-def backend(ls: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
-    if not (REPO / "backend" / "run.py").is_file():
-        pytest.fail("backend/run.py is missing: `python -m backend.run` cannot start")
-    base = tmp_path_factory.mktemp("backend")
-    port = free_port()
+@contextmanager
+def running_backend(env: dict[str, str], port: int, base: Path) -> Iterator[Backend]:
+    """`python -m backend.run` with `env` on `port`, logging to `base`/backend.log; stopped (and
+    its log tail printed) on exit."""
     log_path = base / "backend.log"
     start = time.monotonic()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "backend.run"],
             cwd=REPO,
-            env=_backend_env(ls, port, base / "data"),
+            env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -146,6 +145,16 @@ def backend(ls: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     finally:
         _stop_backend(process)
         print(f"\n--- backend log tail ---\n{server.log_tail(40)}")
+
+
+@pytest.fixture(scope="module")
+def backend(ls: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Backend]:
+    if not (REPO / "backend" / "run.py").is_file():
+        pytest.fail("backend/run.py is missing: `python -m backend.run` cannot start")
+    base = tmp_path_factory.mktemp("backend")
+    port = free_port()
+    with running_backend(_backend_env(ls, port, base / "data"), port, base) as server:
+        yield server
 
 
 def _wait_backend_up(server: Backend, deadline: float) -> None:

@@ -20,8 +20,6 @@ config's labels, the group is gone, and the seed annotation is still there, unch
 from __future__ import annotations
 
 import hashlib
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,18 +38,16 @@ from backend.state.store import Store
 from gfsam.discover import CandidateGroups
 from gfsam.encoders.dinov2 import DINOV2_SPECS
 from gfsam.image import mask_to_frame
-from tests.lsserver import REPO, LabelStudio, free_port
+from tests.lsserver import LabelStudio, free_port
 from tests.service_fixtures import start_redis, stop_process
 from tests.test_e2e import (
-    BACKEND_START_S,
     ELEPHANTS,
     PHASE_S,
     Backend,
     _backend_env,
-    _stop_backend,
-    _wait_backend_up,
     annotation_result,
     natural_size,
+    running_backend,
     version_n,
     wait_for,
 )
@@ -86,26 +82,8 @@ def backend(
     base = tmp_path_factory.mktemp("backend")
     port = free_port()
     env = _backend_env(ls, port, base / "data") | {"REDIS_URL": redis_url}
-    log_path = base / "backend.log"
-    start = time.monotonic()
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "backend.run"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-    server = Backend(f"http://127.0.0.1:{port}", process, log_path)
-    try:
-        _wait_backend_up(server, start + BACKEND_START_S)
-        print(f"backend up in {time.monotonic() - start:.1f}s")
+    with running_backend(env, port, base) as server:
         yield server
-    finally:
-        _stop_backend(process)
-        print(f"\n--- backend log tail ---\n{server.log_tail(40)}")
 
 
 @pytest.fixture(scope="module")
