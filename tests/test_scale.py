@@ -67,7 +67,7 @@ def test_lookahead_first_then_the_feed_in_label_studio_order(
     svc = make_service(lookahead_tasks=2, feed_chunk=2)
     tasks = seeded(svc, 7)
     assert [p["task"] for p in svc.ls.posts] == tasks[1:]  # all six, in LS order
-    assert svc.jobs.background.count == 0 and svc.store.data.take_feed(1, "gfsam-p1-v1", 9) == (
+    assert svc.jobs.background.count == 0 and svc.store.data.peek_feed(1, "gfsam-p1-v1", 9) == (
         [],
         0,
     )
@@ -97,3 +97,32 @@ def test_a_newer_version_stops_the_old_feed(make_service: Callable[..., Service]
     v2 = [p["task"] for p in svc.ls.posts if p["model_version"] == "gfsam-p1-v2"]
     assert v1 == [tasks[1]]  # the v1 feed stopped: nothing more of v1
     assert v2 == tasks[2:]  # every unlabeled task got v2, in order
+
+
+def test_an_annotation_of_another_project_never_blocks_the_refits(
+    make_service: Callable[..., Service],
+) -> None:
+    """A pending state that fails for good is recorded and dropped; the others are applied."""
+    svc = make_service(refit_debounce_s=0.2)
+    tasks = setup_project(svc, 3)
+    svc.run_worker()
+    foreign_task = svc.ls.add_task(2, None)["id"]
+    foreign = svc.ls.annotate(foreign_task, [])
+    svc.store.data.add_pending(1, foreign["id"], foreign["updated_at"])  # a forged event
+    seed = annotate(svc, tasks[0], SEED)
+    svc.run_worker()
+    run_scheduled(svc, "worker.scale.refit_project")
+    assert version(svc) == "gfsam-p1-v1" and status(svc)["shots"] == {"Object": [seed["id"]]}
+    assert "not in project 1" in status(svc)["failures"][f"annotation:{foreign['id']}"]
+    assert svc.store.data.pending(1) == []
+
+
+def test_the_feed_keeps_entries_until_they_are_queued(
+    make_service: Callable[..., Service],
+) -> None:
+    svc = make_service(lookahead_tasks=0, feed_chunk=2)
+    svc.store.data.put_feed(1, "gfsam-p1-v1", ["a", "b", "c"])
+    assert svc.store.data.peek_feed(1, "gfsam-p1-v1", 2) == (["a", "b"], 1)
+    assert svc.store.data.peek_feed(1, "gfsam-p1-v1", 2) == (["a", "b"], 1)  # still there
+    svc.store.data.drop_feed_head(1, "gfsam-p1-v1", 2)
+    assert svc.store.data.peek_feed(1, "gfsam-p1-v1", 2) == (["c"], 0)

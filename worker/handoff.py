@@ -48,7 +48,13 @@ class Handoff:
         self.slots.acquire()  # bounded: the job waits while deliver_queue POSTs are pending
         with self.lock:
             self.pending += 1
-        self.pool.submit(self._post, store, jobs, p, pred)
+        try:
+            self.pool.submit(self._post, store, jobs, p, pred)
+        except RuntimeError:  # the pool was shut down meanwhile: a deliver job posts it instead
+            with self.lock:
+                self.pending -= 1
+            self.slots.release()
+            jobs.enqueue_deliver(DeliverJob(project=p, task=pred.task, version=pred.model_version))
 
     def _post(self, store: Store, jobs: Jobs, p: int, pred: StoredPrediction) -> None:
         t, v = pred.task, pred.model_version

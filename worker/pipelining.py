@@ -101,7 +101,7 @@ class Pipeline:
         url = job.image_url
         ls = self.client()
         if job.interactive or url is None:  # as the job does: LS's task data, not the payload's
-            task = ls.get_task(job.task)
+            task = ls.get_task(job.task, job.project)  # never GET /api/tasks/{id}
             if data_key is None or (task.project is not None and task.project != job.project):
                 return None
             url = task.image_url(data_key)

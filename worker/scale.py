@@ -22,6 +22,7 @@ from backend.state.jobs import Jobs
 from backend.state.schemas import PredictJob, SyncJob
 from backend.state.store import Store
 from worker import models
+from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
 from worker.refit import apply_changes
 from worker.shots import AnnotationState
 
@@ -82,9 +83,19 @@ def refit_project(raw: dict[str, Any]) -> str | None:
     members = store.data.pending(p)
     latest: dict[int, str] = {}
     for member in members:  # several states of one annotation: LS's current one is read once
-        annotation, _, _ = member.partition("@")
-        latest[int(annotation)] = member
-    states = [annotation_state(rt, store, p, a, 0) for a in latest]
+        latest[int(member.partition("@")[0])] = member
+    states = []
+    for annotation in latest:
+        try:
+            states.append(annotation_state(rt, store, p, annotation, 0))
+        except LabelStudioUnavailable:
+            raise  # transient: the whole re-fit is retried
+        except (LabelStudioError, ValueError) as exc:  # permanent: this annotation only
+            store.progress.record_failure(p, f"annotation:{annotation}", f"{exc}")
+            store.data.drop_pending(p, [m for m in members if m.startswith(f"{annotation}@")])
+            logger.warning(
+                "project %s: annotation %s left out of the re-fit: %s", p, annotation, exc
+            )
     version = apply_changes(rt, store, jobs, p, states) if states else None
     store.data.drop_pending(p, members)
     logger.info("project %s: debounced re-fit of %d annotation(s) -> %s", p, len(states), version)
@@ -99,13 +110,16 @@ def feed_predictions(raw: dict[str, Any]) -> str:
     if store.data.current_version(p) != version:
         store.data.drop_feed(p, version)
         return "superseded"
-    taken, left = store.data.take_feed(p, version, rt.settings.feed_chunk)
+    # Entries leave the feed only once queued: a retried job (Redis hiccup) re-queues them
+    # (ids collapse), it never skips them.
+    taken, left = store.data.peek_feed(p, version, rt.settings.feed_chunk)
     queued = 0
     for entry in taken:
         job = PredictJob.model_validate(json.loads(entry))
         if store.data.is_labeled(p, job.task):
             continue
         queued += jobs.enqueue_predict(job, high=False) in ("queued", "requeued")
+    store.data.drop_feed_head(p, version, len(taken))
     if left:
         jobs.enqueue_feed(p, version, chunk + 1)
     return f"queued {queued}, {left} left"

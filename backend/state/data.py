@@ -212,15 +212,18 @@ class ProjectData:
                 pipe.expire(name, self.settings.prediction_ttl_s)
             pipe.execute()
 
-    def take_feed(self, p: int, v: str, n: int) -> tuple[list[str], int]:
-        """Pop the next `n` entries of version `v`'s feed; returns them and how many remain."""
+    def peek_feed(self, p: int, v: str, n: int) -> tuple[list[str], int]:
+        """The next `n` entries of version `v`'s feed (left in place) and how many follow them."""
         name = key("p:{p}:feed:{v}", p=p, v=v)
         with self.r.pipeline() as pipe:
             pipe.lrange(name, 0, n - 1)
-            pipe.ltrim(name, n, -1)
             pipe.llen(name)
-            taken, _, left = pipe.execute()
-        return [str(text(x)) for x in taken], int(left)
+            head, total = pipe.execute()
+        return [str(text(x)) for x in head], max(int(total) - len(head), 0)
+
+    def drop_feed_head(self, p: int, v: str, n: int) -> None:
+        """Remove the first `n` entries of version `v`'s feed (once they are queued)."""
+        self.r.ltrim(key("p:{p}:feed:{v}", p=p, v=v), n, -1)
 
     def drop_feed(self, p: int, v: str) -> None:
         self.r.delete(key("p:{p}:feed:{v}", p=p, v=v))
