@@ -257,3 +257,23 @@ def test_a_refit_that_fails_for_good_is_reported_on_the_project(svc: Service) ->
     failures = status(svc)["failures"]
     assert "LabelStudioUnavailable" in failures[f"annotation:{ann['id']}"]
     assert version(svc) == "gfsam-p1-v0"
+
+
+def test_a_job_dequeued_by_a_worker_that_died_is_requeued(svc: Service) -> None:
+    """Killed between RQ's dequeue and its start registration, a worker leaves the job in the
+    queue's intermediate list: recovery requeues it on its second sighting, once."""
+    from rq.intermediate_queue import IntermediateQueue
+
+    from worker.recovery import recover_abandoned
+
+    job = PredictJob(project=1, task=5, version="gfsam-p1-v1", image_url="/data/upload/1/x.png")
+    svc.jobs.enqueue_predict(job, high=False)
+    job_id = predict_job_id(1, 5, "gfsam-p1-v1")
+    batch = svc.jobs.batch
+    intermediate = IntermediateQueue(batch.key, connection=svc.conn)
+    svc.conn.lmove(batch.key, intermediate.key)  # what a dequeue does; then the worker dies
+    names = [q.name for q in svc.jobs.queues]
+    assert recover_abandoned(svc.conn, svc.store, names) == []  # first sighting: maybe starting
+    assert recover_abandoned(svc.conn, svc.store, names) == [job_id]
+    assert batch.job_ids == [job_id] and intermediate.get_job_ids() == []
+    assert recover_abandoned(svc.conn, svc.store, names) == []

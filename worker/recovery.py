@@ -24,6 +24,7 @@ from redis import Redis
 from rq import Queue
 from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
+from rq.intermediate_queue import IntermediateQueue
 from rq.job import Job
 from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
@@ -55,6 +56,38 @@ def recover_abandoned(conn: Redis, store: Store, queue_names: list[str]) -> list
             )
             logger.warning("requeued job %s abandoned by dead worker %s", job_id, worker)
             recovered.append(job_id)
+        recovered += _recover_dequeued(conn, name)
+    return recovered
+
+
+def _recover_dequeued(conn: Redis, name: str) -> list[str]:
+    """Requeue jobs a worker took from the queue but died before registering as started.
+
+    RQ moves a job to the queue's intermediate list on dequeue and registers it as started a
+    moment later; a worker killed in between leaves it there (RQ's own cleanup would fail it).
+    A job found there, not started, on two scans in a row is requeued at the front; `LREM`
+    decides which scanner wins.
+    """
+    queue = Queue(name, connection=conn, serializer=JSONSerializer)
+    intermediate = IntermediateQueue(queue.key, connection=conn)
+    started = StartedJobRegistry(name, connection=conn, serializer=JSONSerializer)
+    recovered = []
+    for job_id in intermediate.get_job_ids():
+        if job_id in started:
+            conn.delete(intermediate.get_first_seen_key(job_id))  # a later dequeue starts afresh
+            continue
+        if intermediate.set_first_seen(job_id):
+            continue  # first seen now: a live worker may be registering it
+        if not conn.lrem(intermediate.key, 1, job_id):
+            continue  # another scanner took it
+        try:
+            job = Job.fetch(job_id, connection=conn, serializer=JSONSerializer)
+        except NoSuchJobError:
+            continue
+        conn.delete(intermediate.get_first_seen_key(job_id))
+        queue.enqueue_job(job, at_front=True)
+        logger.warning("requeued job %s taken from %s by a worker that died", job_id, name)
+        recovered.append(job_id)
     return recovered
 
 
