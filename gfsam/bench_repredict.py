@@ -15,10 +15,10 @@ import time
 import numpy as np
 import torch
 
+from gfsam.benchmark import random_pipeline
 from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Reference, TargetEncoding
-from gfsam.pipeline import GFSAM, build_pipeline
-from gfsam.types import GFSAMConfig
+from gfsam.pipeline import GFSAM
 
 
 def _images() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray]:
@@ -55,13 +55,7 @@ def _again(
 def run(args: argparse.Namespace) -> list[str]:
     """Measure; returns the report lines, ending with the one ``reprediction speedup`` line."""
     torch.manual_seed(0)  # the same random encoders (so the same prompts) on every run
-    pipe = build_pipeline(
-        sam=args.sam,
-        dino=args.dino,
-        device=args.device,
-        random_weights=True,
-        config=GFSAMConfig(max_points=args.max_points),
-    )
+    pipe = random_pipeline(args)
     (seed_img, seed_mask), (extra_img, extra_mask), target_img = _images()
     seed = pipe.encode_reference(seed_img, seed_mask)
     first, target_blob, masks_blob = _first(pipe, target_img, seed)

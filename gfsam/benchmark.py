@@ -14,11 +14,15 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from gfsam.types import FRAME, GFSAMConfig
+
+if TYPE_CHECKING:
+    from gfsam.pipeline import GFSAM
 
 DEFAULT_GOLDEN = Path(__file__).resolve().parents[1].parent / "shared/golden/gfsam-parity"
 PIPELINE_STAGES = (
@@ -83,17 +87,22 @@ def _synthetic_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return ref, mask, rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
 
 
-def pipeline_stages(args: argparse.Namespace) -> dict[str, float]:
-    """Median seconds per stage of encode_target + predict with random-weight encoders."""
+def random_pipeline(args: argparse.Namespace) -> GFSAM:
+    """The pipeline the benchmark options describe, with RANDOM weights (timing only)."""
     from gfsam.pipeline import build_pipeline
 
-    pipe = build_pipeline(
+    return build_pipeline(
         sam=args.sam,
         dino=args.dino,
         device=args.device,
         random_weights=True,
         config=GFSAMConfig(max_points=args.max_points),
     )
+
+
+def pipeline_stages(args: argparse.Namespace) -> dict[str, float]:
+    """Median seconds per stage of encode_target + predict with random-weight encoders."""
+    pipe = random_pipeline(args)
     ref_img, ref_mask, tgt_img = _synthetic_pair()
     ref = pipe.encode_reference(ref_img, ref_mask)
 
