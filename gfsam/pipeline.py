@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 PRESETS = {"tiny": ("sam_tiny", "dinov2_tiny")}
 # Images per encoder call in `encode_targets` (activation memory grows with it).
 ENCODE_BATCH = 8
+_warned_random = False  # the RANDOM WEIGHTS warning is logged once per process
 
 
 class GFSAM:
@@ -314,14 +315,17 @@ def build_pipeline(
     Raises:
         ValueError: unknown preset/encoder. WeightsNotFoundError: a checkpoint is missing.
     """
+    global _warned_random
     sam, dino = _encoder_names(sam, dino, preset, random_weights)
-    if random_weights:
+    if random_weights and not _warned_random:  # once per process, however many pipelines
+        _warned_random = True
         logger.warning(
             "RANDOM WEIGHTS: %s and %s are randomly initialised; every mask and score "
             "is MEANINGLESS (smoke tests and timing only)",
             sam,
             dino,
         )
+    if random_weights:
         ckpts: list[Path | None] = [None, None]
     else:
         ckpts = [resolve_checkpoint(SPECS[name], model_dir) for name in (sam, dino)]

@@ -1,6 +1,7 @@
 """Shot policy of the correction loop: which human masks become references (pure functions).
 
-The worker applies these rules to Label Studio annotations (`worker/shots.py`); the evaluation
+The worker applies these rules to Label Studio annotations (`worker/correction/shots.py`); the
+evaluation
 harness's replay (`gfsam.eval`) applies the very same functions to ground-truth masks, so what
 it measures is the backend's policy, not a copy of it.
 

@@ -16,12 +16,37 @@ Coordinates are always ``(x, y)``: grid cells in ``[0, G)``, prompt pixels in ``
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
 GRID = 37
 TOKENS = GRID * GRID
 FRAME = 1024
+
+
+@runtime_checkable
+class PromptDecoder(Protocol):
+    """SAM's prompt decoder over a cached image embedding (`SamEncoder.decode_prompts`): the one
+    interface of clicks, discovery and the worker's model contract.
+
+    Args of `decode_prompts`: embedding float32 [256, 64, 64] (or [1, 256, 64, 64]); points_xy
+    float [N, 2] (x, y) in the S frame with point_labels int [N] (1 positive, 0 negative; None:
+    all positive); box_xyxy float [4] frame pixels; mask_logits float32 [256, 256] (SAM's mask
+    prompt); multimask: SAM's three-mask output, best by predicted IoU. Returns (mask bool
+    [S, S], predicted IoU, low-res logits float32 [256, 256]).
+    """
+
+    def decode_prompts(
+        self,
+        embedding: np.ndarray,
+        points_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box_xyxy: np.ndarray | None = None,
+        mask_logits: np.ndarray | None = None,
+        *,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, float, np.ndarray]: ...
 
 
 @dataclass(frozen=True)

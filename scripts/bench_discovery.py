@@ -36,8 +36,8 @@ def main(args: argparse.Namespace) -> None:
     from gfsam.discover.clusters import Region
     from gfsam.image import mask_to_frame
     from gfsam.types import GRID
-    from worker.assignment import ThresholdCache, assign
-    from worker.discovery import _member
+    from worker.discovery.candidates import _member
+    from worker.prediction.assignment import ThresholdCache, assign
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -5,8 +5,9 @@
     .venv/bin/python scripts/bench_interactive.py --ls-url http://localhost:8080 --ls-token T \
         --ml-id 1 --task 3 [--redis-url redis://...  (share of clicks without an encoder run)]
 
-Warm: SAM prompt decoding + back to natural size + brush RLE (`worker.refine.refine` and
-`worker.brush.masks_to_result`, what a click job runs after its target is in memory) for a single
+Warm: SAM prompt decoding + back to natural size + brush RLE (`worker.clicks.edit_rules.refine` and
+`worker.labelstudio.brush_rle.masks_to_result`, what a click job runs after its target is in
+memory) for a single
 point, point + box and 5 points. Cold: the image encoders (SAM embed) plus one click.
 """
 
@@ -46,8 +47,8 @@ def local(args: argparse.Namespace) -> None:
     from backend.state.prompts import Prompts
     from gfsam.encoders.sam import build_sam
     from gfsam.image import frame_to_sam_uint8, to_frame
-    from worker.brush import masks_to_result
-    from worker.refine import refine
+    from worker.clicks.edit_rules import refine
+    from worker.labelstudio.brush_rle import masks_to_result
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

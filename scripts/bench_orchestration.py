@@ -45,7 +45,7 @@ from tests.service_fixtures import run_worker, start_redis, stop_process  # noqa
 from tests.test_jobs import fixture  # noqa: E402
 from worker import handoff, models, pipelining  # noqa: E402
 from worker import tasks as _jobs  # noqa: E402, F401  (imports torch & co before any timing)
-from worker.brush import mask_to_rle  # noqa: E402
+from worker.labelstudio.brush_rle import mask_to_rle  # noqa: E402
 
 COCO = REPO.parent / "shared" / "assets" / "data" / "coco128_seg"
 

@@ -1,4 +1,4 @@
-"""Benchmark worker.brush against label-studio-sdk's pure-Python brush RLE codec.
+"""Benchmark worker.labelstudio.brush_rle against label-studio-sdk's pure-Python brush RLE codec.
 
 Usage: python scripts/bench_rle.py [--width 2000] [--height 1500] [--repeat 3]
 """
@@ -16,7 +16,7 @@ from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from worker.brush import mask_to_rle, rle_to_mask  # noqa: E402
+from worker.labelstudio.brush_rle import mask_to_rle, rle_to_mask  # noqa: E402
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:

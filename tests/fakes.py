@@ -10,6 +10,7 @@ import io
 import json
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -20,59 +21,50 @@ from urllib.parse import parse_qs, urlsplit
 import numpy as np
 from PIL import Image, ImageOps
 
-from worker.brush import mask_to_rle
-from worker.models import Model
+from gfsam.decoded import DecodedMasks
+from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.types import GFSAMConfig, Segmentation
+from worker.contract import SegmentationModel
+from worker.labelstudio.brush_rle import mask_to_rle
+from worker.runtime import Model
 
 TOKEN = "test-token"
 
 # --------------------------------------------------------------------------- fake pipeline
 
-
-@dataclass
-class FakeTarget:
-    height: int
-    width: int
-    mean: float
-
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return (self.height, self.width)
-
-    @property
-    def embedding(self) -> FakeTarget:  # what FakeSam.decode_prompts receives
-        return self
-
-    def to_bytes(self) -> bytes:
-        return json.dumps([self.height, self.width, self.mean]).encode()
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> FakeTarget:
-        h, w, m = json.loads(blob)
-        return cls(h, w, m)
+FAKE_SAM, FAKE_DINO = "fake_sam", "fake_dino"
+# What the fake's encodings carry instead of features (visible in every blob): no tokens, no
+# embedding. The split assignment and discovery have nothing to read there, so the services
+# built on the fake run ASSIGN=argmax and DISCOVER=false (`FAKE_SETTINGS`); the oracle pipeline
+# below runs both for real.
+NO_TOKENS = np.zeros((1, 1), dtype=np.float32)  # [T=1, C=1]
+NO_EMBEDDING = np.zeros((1, 1, 1), dtype=np.float32)
+FAKE_SETTINGS = {"assign": "argmax", "discover": False}
 
 
-@dataclass
-class FakeReference:
-    area: float  # foreground fraction of the reference mask
-
-    def to_bytes(self) -> bytes:
-        return json.dumps([self.area]).encode()
-
-    @classmethod
-    def from_bytes(cls, blob: bytes) -> FakeReference:
-        return cls(*json.loads(blob))
-
-
-@dataclass
-class FakePrediction:
-    mask: np.ndarray
-    score: float
-    abstained: bool
+def no_segmentation() -> Segmentation:
+    """The token-level result of a model that has none: no points, no maps."""
+    none = np.zeros((0,), dtype=np.int64)
+    return Segmentation(
+        mask=np.zeros((0, 0), dtype=bool),
+        points_xy=np.zeros((0, 2), dtype=np.int64),
+        prompt_xy=np.zeros((0, 2), dtype=np.int64),
+        cluster=none,
+        positive=none.astype(bool),
+        consistent=none.astype(bool),
+        state=none,
+        cls_score=none.astype(np.float32),
+        fallback=False,
+        abstained=False,
+    )
 
 
 @dataclass
 class FakePipeline:
-    """Same interface as gfsam.GFSAM at image level; masks depend only on sizes and shots.
+    """The worker's model contract (`worker.contract.SegmentationModel`) met trivially: masks
+    depend only on image sizes and shot areas; the encodings are gfsam's own types carrying no
+    features (`NO_TOKENS`, `NO_EMBEDDING`), `decoded` is accepted and never filled (nothing is
+    decoded), `sam` is `FakeSam` (disks around the clicks).
 
     A label predicts a centred box covering the mean area of its references, shifted right by
     its position among the labels (so two labels overlap); the label "Absent" always abstains.
@@ -82,36 +74,51 @@ class FakePipeline:
         default_factory=lambda: {"target": 0, "reference": 0, "predict": 0}
     )
     sam: FakeSam = field(default_factory=lambda: FakeSam())
+    config: GFSAMConfig = field(default_factory=GFSAMConfig)
 
-    def encode_target(self, image: np.ndarray) -> FakeTarget:
+    def encode_target(self, image: np.ndarray) -> TargetEncoding:
         self.calls["target"] += 1
-        return FakeTarget(image.shape[0], image.shape[1], float(image.mean()))
+        size = (int(image.shape[0]), int(image.shape[1]))
+        return TargetEncoding(NO_EMBEDDING, NO_TOKENS, size, FAKE_SAM, FAKE_DINO)
 
-    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> FakeReference:
+    def encode_targets(
+        self, images: Sequence[np.ndarray], *, batch_size: int = 8
+    ) -> list[TargetEncoding]:
+        return [self.encode_target(image) for image in images]
+
+    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Reference:
         if mask.shape != image.shape[:2]:
             raise ValueError(f"mask {mask.shape} does not match image {image.shape[:2]}")
         if not mask.any():
             raise ValueError("empty reference mask")
         self.calls["reference"] += 1
-        return FakeReference(float(mask.mean()))
+        size = (int(image.shape[0]), int(image.shape[1]))
+        one = np.ones(1, dtype=np.float32)
+        return Reference(NO_TOKENS, one, one * 0, int(mask.sum()), size, FAKE_DINO)
 
     def predict_labels(
-        self, target: FakeTarget, references: dict[str, list[FakeReference]]
-    ) -> dict[str, FakePrediction]:
+        self,
+        target: TargetEncoding,
+        references: Mapping[str, Sequence[Reference]],
+        *,
+        decoded: DecodedMasks | None = None,
+    ) -> dict[str, Prediction]:
         self.calls["predict"] += 1
+        height, width = target.image_size
         out = {}
         for i, (label, refs) in enumerate(references.items()):
-            mask = np.zeros((target.height, target.width), dtype=bool)
+            mask = np.zeros((height, width), dtype=bool)
             if label == "Absent":
-                out[label] = FakePrediction(mask, 0.1, True)
+                out[label] = Prediction(mask, 0.1, True, False, no_segmentation())
                 continue
-            area = float(np.mean([r.area for r in refs]))
+            area = float(np.mean([r.mask_area / (r.image_size[0] * r.image_size[1]) for r in refs]))
             side = np.sqrt(area)
-            h, w = max(1, int(target.height * side)), max(1, int(target.width * side))
-            y0 = (target.height - h) // 2
-            x0 = min(target.width - w, (target.width - w) // 2 + i * w // 4)
+            h, w = max(1, int(height * side)), max(1, int(width * side))
+            y0 = (height - h) // 2
+            x0 = min(width - w, (width - w) // 2 + i * w // 4)
             mask[y0 : y0 + h, x0 : x0 + w] = True
-            out[label] = FakePrediction(mask, round(0.5 + 0.1 * len(refs) - 0.05 * i, 4), False)
+            score = round(0.5 + 0.1 * len(refs) - 0.05 * i, 4)
+            out[label] = Prediction(mask, score, False, False, no_segmentation())
         return out
 
 
@@ -123,14 +130,8 @@ def fake_load_image(data: bytes) -> np.ndarray:
         raise ValueError(f"cannot decode image bytes ({len(data)} B): {exc}") from exc
 
 
-def fake_model(pipeline: FakePipeline | None = None) -> Model:
-    return Model(
-        pipeline or FakePipeline(),
-        FakeReference.from_bytes,
-        FakeTarget.from_bytes,
-        fake_load_image,
-        key="fake",
-    )
+def fake_model(pipeline: SegmentationModel | None = None) -> Model:
+    return Model(pipeline or FakePipeline(), fake_load_image, key="fake")
 
 
 def png_bytes(width: int, height: int, seed: int = 0) -> bytes:
@@ -432,7 +433,7 @@ class FakeSam:
 @dataclass
 class OraclePipeline:
     """The real token-level GF-SAM (PNA, PMC, gates) on oracle encoders (`gfsam.eval.oracle`)
-    behind the worker's `Pipeline` interface, so `ASSIGN=split` runs without weights.
+    behind the worker's model contract, so `ASSIGN=split` and discovery run without weights.
 
     An image's red channel is its class-id map (0 background): tokens and SAM masks come from
     it, so a PNG made by `class_png` is a scene with known classes. `params.rho` makes every
@@ -467,16 +468,13 @@ class OraclePipeline:
         """The oracle SAM (`decode_prompts` on box + points: discovery, issue 11)."""
         return self.oracle.sam
 
-    def encode_target(self, image: np.ndarray) -> Any:
-        from gfsam.encodings import TargetEncoding
-
+    def encode_target(self, image: np.ndarray) -> TargetEncoding:
         self.calls["target"] += 1
         framed, tokens = self._tokens(image)
         sam, dino = self.oracle.sam, self.oracle.dino
         return TargetEncoding(sam.embed(framed), tokens, image.shape[:2], sam.name, dino.name)
 
-    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Any:
-        from gfsam.encodings import Reference
+    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Reference:
         from gfsam.image import mask_to_frame
         from gfsam.points import reference_weights
 
@@ -488,22 +486,26 @@ class OraclePipeline:
         size = image.shape[:2]
         return Reference(tokens, fg.numpy(), bg.numpy(), int(mask.sum()), size, "oracle_dino")
 
-    def predict_labels(self, target: Any, references: dict[str, list[Any]]) -> dict[str, Any]:
+    def encode_targets(
+        self, images: Sequence[np.ndarray], *, batch_size: int = 8
+    ) -> list[TargetEncoding]:
+        return [self.encode_target(image) for image in images]
+
+    def predict_labels(
+        self,
+        target: TargetEncoding,
+        references: Mapping[str, Sequence[Reference]],
+        *,
+        decoded: DecodedMasks | None = None,
+    ) -> dict[str, Prediction]:
+        """Every label on the oracle; `decoded` is not used (an oracle decode costs nothing)."""
         self.calls["predict"] += 1
         return {label: self.oracle.predict(target, refs) for label, refs in references.items()}
 
 
 def oracle_model(pipeline: OraclePipeline | None = None) -> Model:
     """A worker `Model` around an `OraclePipeline` (real gfsam encodings and codecs)."""
-    from gfsam.encodings import Reference, TargetEncoding
-
-    return Model(
-        pipeline or OraclePipeline(),
-        Reference.from_bytes,
-        TargetEncoding.from_bytes,
-        fake_load_image,
-        key="oracle",
-    )
+    return Model(pipeline or OraclePipeline(), fake_load_image, key="oracle")
 
 
 def class_png(labels: np.ndarray) -> bytes:

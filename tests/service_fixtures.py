@@ -27,8 +27,17 @@ from backend.app import create_app
 from backend.state.jobs import Jobs
 from backend.state.settings import Settings
 from backend.state.store import Store
-from tests.fakes import TOKEN, FakeLabelStudio, FakePipeline, fake_model
-from worker import models
+from tests.fakes import (
+    FAKE_SETTINGS,
+    TOKEN,
+    FakeLabelStudio,
+    FakePipeline,
+    OraclePipeline,
+    fake_model,
+    oracle_model,
+)
+from worker import runtime
+from worker.contract import SegmentationModel
 
 
 def free_port() -> int:
@@ -141,9 +150,9 @@ def service_client(service_settings: Settings, redis_conn: Redis) -> Iterator[Te
 def fake_pipeline(service_settings: Settings) -> Iterator[FakePipeline]:
     """Installs a FakePipeline as this process's worker model (with the fake LS client)."""
     pipeline = FakePipeline()
-    models.install(service_settings, fake_model(pipeline))
+    runtime.install(changed(service_settings, **FAKE_SETTINGS), fake_model(pipeline))
     yield pipeline
-    models.reset()
+    runtime.reset()
 
 
 def make_jobs(conn: Redis, settings: Settings) -> Jobs:
@@ -168,7 +177,7 @@ class Service:
     conn: Redis
     settings: Settings
     ls: FakeLabelStudio
-    pipeline: FakePipeline
+    pipeline: SegmentationModel  # FakePipeline, OraclePipeline or the tiny GFSAM (`model=`)
     store: Store
     jobs: Jobs
 
@@ -181,13 +190,34 @@ class Service:
 def make_service(
     service_settings: Settings, redis_conn: Redis, fake_ls: FakeLabelStudio
 ) -> Iterator[Callable[..., Service]]:
-    """A factory: `make_service(**setting_changes)` starts the service with changed settings."""
+    """A factory: `make_service(model=..., **setting_changes)` starts the service with changed
+    settings and installs the worker's model:
+
+    - ``"fake"`` (default): `FakePipeline`, with `FAKE_SETTINGS` (argmax, no discovery: its
+      encodings carry no features) under the changes;
+    - ``"oracle"``: `OraclePipeline` (split and discovery for real), production defaults;
+    - ``"tiny"``: the real GFSAM with tiny random encoders (``GFSAM_PRESET=tiny``).
+    """
     clients: list[TestClient] = []
 
-    def make(**changes: object) -> Service:
-        settings = changed(service_settings, **changes) if changes else service_settings
-        pipeline = FakePipeline()
-        models.install(settings, fake_model(pipeline))
+    def make(model: str = "fake", **changes: object) -> Service:
+        if model == "fake":
+            changes = {**FAKE_SETTINGS, **changes}
+        elif model == "tiny":
+            changes = {"gfsam_preset": "tiny", **changes}
+        settings = changed(service_settings, **changes)
+        pipeline: SegmentationModel
+        if model == "fake":
+            pipeline = FakePipeline()
+            runtime.install(settings, fake_model(pipeline))
+        elif model == "oracle":
+            pipeline = OraclePipeline()
+            runtime.install(settings, oracle_model(pipeline))
+        elif model == "tiny":
+            rt = runtime.install(settings, runtime.build_model(settings))
+            pipeline = rt.model.pipeline
+        else:
+            raise ValueError(f"unknown test model {model!r}")
         client = TestClient(create_app(settings))
         client.__enter__()
         clients.append(client)
@@ -197,7 +227,7 @@ def make_service(
     yield make
     for client in clients:
         client.__exit__(None, None, None)
-    models.reset()
+    runtime.reset()
 
 
 @pytest.fixture

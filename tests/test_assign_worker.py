@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 
 from backend.state.schemas import ReferenceSet
-from tests.fakes import OraclePipeline, brush_region, class_png, oracle_model
+from tests.fakes import brush_region, class_png
 from tests.service_fixtures import Service
-from worker import inference, models
-from worker.assignment import THRESHOLDS
-from worker.brush import annotation_masks, rle_to_mask
+from worker import runtime
+from worker.labelstudio.brush_rle import annotation_masks, rle_to_mask
+from worker.prediction import inference
+from worker.prediction.assignment import THRESHOLDS
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
 H, W = 96, 128
@@ -47,8 +48,7 @@ def region(mask: np.ndarray, label: str) -> dict[str, Any]:
 
 def start(make_service: Callable[..., Service], **changes: object) -> tuple[Service, list[int]]:
     """Project 2 (Cat, Dog) on the oracle pipeline, seeded on SEED; CROWD and NO_CAT predicted."""
-    svc = make_service(**changes)
-    models.install(svc.settings, oracle_model(OraclePipeline()))
+    svc = make_service(model="oracle", **changes)
     THRESHOLDS.clear()
     setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
     svc.ls.configs[P] = setup["schema"]
@@ -114,7 +114,7 @@ def test_argmax_absorbs_the_look_alike(make_service: Callable[..., Service]) -> 
 
 def test_candidates_and_stable_region_ids(make_service: Callable[..., Service]) -> None:
     svc, (_, crowd, no_cat) = start(make_service)
-    rt, cfg = models.get(), svc.store.data.config(P)
+    rt, cfg = runtime.get(), svc.store.data.config(P)
     refs: ReferenceSet = svc.store.data.reference_set(P)
     assert cfg is not None
     image = svc.ls.media[svc.ls.tasks[no_cat]["data"]["image"]]

@@ -1,4 +1,5 @@
-"""worker.brush: byte-for-byte parity with the SDK brush codec, on real and synthetic masks."""
+"""worker.labelstudio.brush_rle: byte-for-byte parity with the SDK brush codec, on real and
+synthetic masks."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from label_studio_sdk.converter.brush import decode_rle, encode_rle, mask2rle
 from label_studio_sdk.label_interface import LabelInterface
 from PIL import Image
 
-from worker.brush import (
+from worker.labelstudio.brush_rle import (
     BrushError,
     _decode,
     _encode_values,

@@ -14,7 +14,8 @@ from typing import Any
 from gfsam.decoded import DecodedMasks
 from tests.fakes import box_mask, brush_region, png_bytes
 from tests.service_fixtures import Service
-from worker import decoded, inference, models
+from worker import runtime
+from worker.prediction import decoded_masks, inference
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
 H, W = 48, 64
@@ -37,9 +38,8 @@ def prompt_stats(svc: Service) -> tuple[int, int]:
 def test_repredict_after_refit_decodes_only_new_prompts(
     make_service: Callable[..., Service],
 ) -> None:
-    svc = make_service(gfsam_preset="tiny", gfsam_max_points=12)
-    rt = models.install(svc.settings, models.build_model(svc.settings))
-    assert decoded.supports_decoded(rt.model.pipeline)
+    svc = make_service(model="tiny", gfsam_max_points=12)
+    rt = runtime.get()
     setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
     svc.ls.configs[P] = setup["schema"]
     svc.client.post("/setup", json=setup)
@@ -50,7 +50,7 @@ def test_repredict_after_refit_decodes_only_new_prompts(
     hit1, miss1 = prompt_stats(svc)
     assert miss1 > 0
     sha = hashlib.sha256(images[2]).hexdigest()
-    assert (rt.targets.dir / f"{sha}{decoded.SUFFIX}.bin").exists()  # next to the encoding
+    assert (rt.targets.dir / f"{sha}{decoded_masks.SUFFIX}.bin").exists()  # next to the encoding
     assert (rt.targets.dir / f"{sha}.bin").exists()
 
     webhook(svc, svc.ls.annotate(b, [brush_region(box_mask(H, W, 20, 45, 30, 60), "Dog")]))
@@ -65,9 +65,9 @@ def test_repredict_after_refit_decodes_only_new_prompts(
     cfg = svc.store.data.config(P)
     assert cfg is not None
     target = inference.target_encoding(rt, svc.store, images[2])
-    cold = DecodedMasks(decoded.capacity(rt.model.pipeline, 2))
+    cold = DecodedMasks(decoded_masks.capacity(rt.model.pipeline.config, 2))
     refs_by_label = inference.load_references(rt, svc.store, refs, cfg.labels)
-    rt.model.pipeline.predict_labels(target, refs_by_label, decoded=cold)  # type: ignore[call-arg]
+    rt.model.pipeline.predict_labels(target, refs_by_label, decoded=cold)
     assert warm_hits + warm_misses == cold.hits + cold.misses  # the same prompts were asked for
     assert warm_misses < cold.misses  # Cat's prompts of v1 came from the stored masks
     assert warm_hits > cold.hits

@@ -17,14 +17,13 @@ import numpy as np
 from PIL import Image
 
 from backend.state.schemas import CandidateMember, PredictJob
-from tests.fakes import OraclePipeline, class_png, oracle_model
+from tests.fakes import class_png
 from tests.service_fixtures import Service
 from tests.test_assign_worker import FIXTURES, region, scene, webhook
-from worker import models
-from worker.assignment import THRESHOLDS
-from worker.brush import annotation_masks
-from worker.discovery import unpack_mask
-from worker.promote import PromoteError, add_label
+from worker.discovery.candidates import unpack_mask
+from worker.discovery.promote import PromoteError, add_label
+from worker.labelstudio.brush_rle import annotation_masks
+from worker.prediction.assignment import THRESHOLDS
 
 P = 2
 SEED = scene((1, 10, 50, 10, 50), (3, 40, 80, 70, 110))
@@ -39,8 +38,7 @@ def start(
     make_service: Callable[..., Service], config: str | None = None, **changes: object
 ) -> tuple[Service, list[int]]:
     """Project 2 (Cat, Dog, or `config`) seeded on SEED; the OTHERS predicted (discovery on)."""
-    svc = make_service(**changes)
-    models.install(svc.settings, oracle_model(OraclePipeline()))
+    svc = make_service(model="oracle", **changes)
     THRESHOLDS.clear()
     setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
     svc.ls.configs[P] = config or setup["schema"]

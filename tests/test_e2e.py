@@ -37,7 +37,7 @@ import requests
 from PIL import Image, ImageOps
 
 from tests.lsserver import REPO, LabelStudio, free_port
-from worker.brush import mask_to_rle, masks_to_result, rle_to_mask
+from worker.labelstudio.brush_rle import mask_to_rle, masks_to_result, rle_to_mask
 
 pytestmark = pytest.mark.e2e
 

@@ -51,8 +51,8 @@ from tests.test_e2e import (
     version_n,
     wait_for,
 )
-from worker.brush import annotation_masks, rle_to_mask
-from worker.discovery import GROUP_PARAMS, crop_png, groups_view, pack_mask
+from worker.discovery.candidates import GROUP_PARAMS, crop_png, groups_view, pack_mask
+from worker.labelstudio.brush_rle import annotation_masks, rle_to_mask
 
 pytestmark = pytest.mark.e2e
 

@@ -26,7 +26,7 @@ from tests.test_e2e import (  # noqa: F401  (the `backend` fixture is used by na
     natural_size,
     wait_for,
 )
-from worker.brush import rle_to_mask
+from worker.labelstudio.brush_rle import rle_to_mask
 
 pytestmark = pytest.mark.e2e
 

@@ -1,5 +1,5 @@
 """The interactive lane end to end in one process: /predict with params.context -> click job on
-the interactive queue -> `worker.interactive` (FakePipeline + FakeSam) -> one brushlabels region.
+the interactive queue -> `worker.clicks.click` (FakePipeline + FakeSam) -> one brushlabels region.
 Also: bad input never reaches a worker, nothing is stored, warm-ups, cache counters, and a click
 answered while a batch job is held."""
 
@@ -21,8 +21,8 @@ from backend.api.labelconfig import config_digest, parse_label_config
 from backend.state.schemas import StoredPrediction
 from tests.fakes import png_bytes
 from tests.service_fixtures import Service, wait_until
-from worker import interactive
-from worker.brush import masks_to_result, rle_to_mask
+from worker.clicks import click as click_lane
+from worker.labelstudio.brush_rle import masks_to_result, rle_to_mask
 
 P = 1
 W, H = 64, 48
@@ -39,7 +39,7 @@ CONFIG = (
 @pytest.fixture(autouse=True)
 def _fresh_memory() -> None:
     """Each test is a fresh interactive worker (its in-process target memory is empty)."""
-    interactive._memory.clear()
+    click_lane._memory.clear()
 
 
 def setup_project(svc: Service) -> int:
@@ -114,7 +114,7 @@ def test_pre_annotated_embedding_is_a_cache_hit(svc: Service) -> None:
     svc.client.post("/predict", json=body(task, []) | {"params": None})  # editor open: warm-up
     assert svc.jobs.interactive.count == 1
     interactive_worker(svc).work(burst=True, logging_level="WARNING")
-    interactive._memory.clear()  # a restarted interactive worker: the disk cache serves it
+    click_lane._memory.clear()  # a restarted interactive worker: the disk cache serves it
     region_mask(click(svc, task, [kp(50, 50)]))
     stats = svc.store.progress.stats()
     assert stats["target_encode"] == 1 and stats["target_cache_hit"] == 1

@@ -19,7 +19,7 @@ from backend.state.schemas import PredictJob
 from backend.state.store import Store
 from tests.fakes import FakeLabelStudio, box_mask, brush_region, png_bytes
 from tests.service_fixtures import Service, make_jobs
-from worker.brush import annotation_masks, rle_to_mask
+from worker.labelstudio.brush_rle import annotation_masks, rle_to_mask
 
 FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
 H, W = 48, 64
@@ -521,10 +521,10 @@ def test_sync_of_an_annotated_project_encodes_only_the_shots_it_keeps(svc: Servi
 def test_an_older_snapshot_never_undoes_a_later_change(svc: Service) -> None:
     """A sync on one worker read annotation 2 before another worker applied its deletion: the
     stale snapshot must not bring the shot back (nor bump the version)."""
-    from worker import models
-    from worker.lsmodels import LSAnnotation
-    from worker.refit import apply_changes
-    from worker.shots import AnnotationState
+    from worker import runtime
+    from worker.correction.refit import apply_changes
+    from worker.correction.shots import AnnotationState
+    from worker.labelstudio.replies import LSAnnotation
 
     tasks = setup_project(svc, 3)
     annotate(svc, tasks[0], SEED)
@@ -535,7 +535,7 @@ def test_an_older_snapshot_never_undoes_a_later_change(svc: Service) -> None:
     raw = LSAnnotation.model_validate(svc.ls.annotations[ann2["id"]])
     snapshot = AnnotationState.from_ls(raw, url, tasks[1])
     svc.ls.delete_annotation(ann2["id"])
-    rt = models.get()
+    rt = runtime.get()
     assert apply_changes(rt, store, jobs, 1, [AnnotationState.deleted(ann2["id"])])
     after_delete = store.data.current_version(1)
     assert ann2["id"] not in status(svc)["shots"]["Object"]

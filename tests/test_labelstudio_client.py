@@ -1,4 +1,5 @@
-"""worker.labelstudio.LabelStudioClient: against a stub server, then against a real Label Studio."""
+"""worker.labelstudio.client.LabelStudioClient: against a stub server, then against a real Label
+Studio."""
 
 from __future__ import annotations
 
@@ -18,10 +19,10 @@ import pytest
 from PIL import Image
 
 from tests.lsserver import LabelStudio, free_port
-from worker.brush import annotation_masks, masks_to_result
-from worker.labelstudio import (
+from worker.labelstudio.brush_rle import annotation_masks, masks_to_result
+from worker.labelstudio.client import LabelStudioClient
+from worker.labelstudio.errors import (
     LabelStudioAuthError,
-    LabelStudioClient,
     LabelStudioError,
     LabelStudioUnavailable,
     MediaNotFound,
@@ -220,7 +221,7 @@ def test_rejected_pat_is_an_auth_error(stub: Any) -> None:
 
 
 def test_tokens_never_logged(stub: Any, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.DEBUG, logger="worker.labelstudio")
+    caplog.set_level(logging.DEBUG, logger="worker.labelstudio.client")
     messages = []
     for token in ("legacy-secret-xyz", stub.pat):
         client = _client(stub, token=token)

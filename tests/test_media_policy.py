@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.fakes import MediaServer, png_bytes
-from worker.labelstudio import LabelStudioClient, MediaDeadline, MediaRefused
-from worker.media import MediaPolicy
+from worker.labelstudio.client import LabelStudioClient
+from worker.labelstudio.errors import MediaDeadline, MediaRefused
+from worker.labelstudio.media_policy import MediaPolicy
 from worker.tasks import PERMANENT, TRANSIENT
 
 LS_URL = "http://ls.invalid:8080"  # never contacted: media tests use other hosts

@@ -4,7 +4,7 @@ on the tiny RANDOM-weight pipeline)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import wait
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,11 +14,13 @@ import pytest
 
 from backend.state.keys import key
 from backend.state.settings import Settings
-from tests.fakes import FakePipeline, FakeTarget, fake_model, png_bytes
+from gfsam.encodings import TargetEncoding
+from tests.fakes import FakePipeline, fake_model, png_bytes
 from tests.service_fixtures import Service
 from tests.test_jobs import SEED, annotate, setup_project
-from worker import handoff, models, pipelining
-from worker.labelstudio import LabelStudioUnavailable
+from worker import runtime
+from worker.labelstudio.errors import LabelStudioUnavailable
+from worker.prediction import delivery, prefetch
 
 V1 = "gfsam-p1-v1"
 
@@ -26,8 +28,8 @@ V1 = "gfsam-p1-v1"
 @pytest.fixture(autouse=True)
 def _stop_threads() -> Iterator[None]:
     yield
-    handoff.reset()
-    pipelining.reset()
+    delivery.reset()
+    prefetch.reset()
 
 
 @dataclass
@@ -36,22 +38,27 @@ class BatchPipeline(FakePipeline):
 
     batches: list[int] = field(default_factory=list)
 
-    def encode_targets(self, images: list[np.ndarray], *, batch_size: int) -> list[FakeTarget]:
+    def encode_targets(
+        self, images: Sequence[np.ndarray], *, batch_size: int = 8
+    ) -> list[TargetEncoding]:
         self.batches.append(len(images))
-        return [FakeTarget(i.shape[0], i.shape[1], float(i.mean())) for i in images]
+        calls = self.calls["target"]
+        encoded = [self.encode_target(image) for image in images]
+        self.calls["target"] = calls  # counted as one batch, not as single encodes
+        return encoded
 
 
 def settled_ready(monkeypatch: pytest.MonkeyPatch) -> None:
     """Make `Pipeline.ready` wait for the running prefetches (the fake model is instant)."""
-    ready = pipelining.Pipeline.ready
+    ready = prefetch.Prefetcher.ready
 
-    def settled(self: pipelining.Pipeline, exclude: str, limit: int) -> list[Any]:
+    def settled(self: prefetch.Prefetcher, exclude: str, limit: int) -> list[Any]:
         with self.lock:
             futures = list(self.entries.values())
         wait(futures, timeout=10)
         return ready(self, exclude, limit)
 
-    monkeypatch.setattr(pipelining.Pipeline, "ready", settled)
+    monkeypatch.setattr(prefetch.Prefetcher, "ready", settled)
 
 
 def stats(svc: Service) -> dict[str, int]:
@@ -92,11 +99,11 @@ def test_prefetch_is_used_only_for_the_url_the_job_chose(
     make_service: Callable[..., Service],
 ) -> None:
     make_service()
-    rt = models.get()
-    pipe = pipelining.get(rt)
+    rt = runtime.get()
+    pipe = prefetch.get(rt)
     assert pipe is not None
     image = png_bytes(8, 8)
-    item = pipelining.Prefetched("/data/upload/1/a.png", image, "sha", None)
+    item = prefetch.Prefetched("/data/upload/1/a.png", image, "sha", None)
     pipe.entries[7] = pipe.pool.submit(lambda: item)
     assert pipe.take(7, "/data/upload/1/other.png", 5.0) is None  # another URL: not used
     assert 7 not in pipe.entries
@@ -107,13 +114,13 @@ def test_prefetch_count_is_bounded(
 ) -> None:
     svc = make_service(prefetch_jobs=2)
     seen: list[int] = []
-    look_ahead = pipelining.Pipeline.look_ahead
+    look_ahead = prefetch.Prefetcher.look_ahead
 
-    def recording(self: pipelining.Pipeline, *args: Any) -> None:
+    def recording(self: prefetch.Prefetcher, *args: Any) -> None:
         look_ahead(self, *args)
         seen.append(len(self.entries))
 
-    monkeypatch.setattr(pipelining.Pipeline, "look_ahead", recording)
+    monkeypatch.setattr(prefetch.Prefetcher, "look_ahead", recording)
     tasks = setup_project(svc, 7)
     annotate(svc, tasks[0], SEED)
     svc.run_worker()
@@ -126,7 +133,7 @@ def test_batched_encoding_fills_the_target_cache(
 ) -> None:
     svc = make_service(encode_batch=4, prefetch_jobs=4)
     pipeline = BatchPipeline()
-    models.install(svc.settings, fake_model(pipeline), models.get().ls)
+    runtime.install(svc.settings, fake_model(pipeline), runtime.get().ls)
     settled_ready(monkeypatch)
     tasks = setup_project(svc, 5)
     annotate(svc, tasks[0], SEED)
@@ -142,8 +149,7 @@ def test_batched_encoding_fills_the_target_cache(
 def test_batched_encoding_on_the_tiny_pipeline(
     make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    svc = make_service(gfsam_preset="tiny", gfsam_max_points=8, encode_batch=3)
-    models.install(svc.settings, models.build_model(svc.settings), models.get().ls)
+    svc = make_service(model="tiny", gfsam_max_points=8, encode_batch=3)
     settled_ready(monkeypatch)
     tasks = setup_project(svc, 4)
     annotate(svc, tasks[0], SEED)
@@ -159,28 +165,28 @@ def test_background_post_failure_is_redelivered(
     svc = make_service(deliver_threads=2, deliver_queue=1)
     failed: list[int] = []
     pending: list[int] = []
-    post = handoff.post
+    post = delivery.background_post
 
-    def flaky(rt: models.Runtime, store: Any, p: int, pred: Any) -> str:
-        executor = handoff._handoff  # not get(rt): rt is the thread's copy (own LS client)
+    def flaky(rt: runtime.Runtime, store: Any, p: int, pred: Any) -> str:
+        executor = delivery._handoff  # not get(rt): rt is the thread's copy (own LS client)
         pending.append(executor.pending if executor is not None else -1)
         if pred.task not in failed:  # each task's first POST fails (LS down)
             failed.append(pred.task)
             raise LabelStudioUnavailable("LS down")
         return post(rt, store, p, pred)
 
-    monkeypatch.setattr(handoff, "post", flaky)
+    monkeypatch.setattr(delivery, "background_post", flaky)
     tasks = setup_project(svc, 4)
     annotate(svc, tasks[0], SEED)
     svc.run_worker()  # predictions stored and claimed; every first POST fails in the background
-    assert handoff.drain(10)
+    assert delivery.drain(10)
     assert sorted(failed) == tasks[1:]
     assert max(pending) <= 1  # deliver_queue bounds the POSTs waiting
     for t in tasks[1:]:
         assert svc.store.coord.delivery_claim(1, t, V1) == "api"
     # the deliver jobs queued by the failures (some may already have run in the same burst)
     svc.run_worker()
-    assert handoff.drain(10)
+    assert delivery.drain(10)
     assert posted_tasks(svc) == tasks[1:]  # once each
     assert svc.pipeline.calls["predict"] == 3  # delivered from the stored results
 
@@ -190,7 +196,7 @@ def test_process_dying_before_the_post_is_redelivered_by_a_sync(
 ) -> None:
     svc = make_service(deliver_threads=1)
     # The process dies with the hand-offs still queued: nothing posts, nothing is re-queued.
-    monkeypatch.setattr(handoff.Handoff, "submit", lambda self, *args: None)
+    monkeypatch.setattr(delivery.Handoff, "submit", lambda self, *args: None)
     tasks = setup_project(svc, 3)
     annotate(svc, tasks[0], SEED)
     svc.run_worker()
@@ -202,6 +208,6 @@ def test_process_dying_before_the_post_is_redelivered_by_a_sync(
     body = {"action": "START_TRAINING", "project": {"id": 1}}
     assert svc.client.post("/webhook", json=body).is_success  # a sync: claim "api", not posted
     svc.run_worker()
-    assert handoff.drain(10)
+    assert delivery.drain(10)
     assert posted_tasks(svc) == tasks[1:]
     assert svc.pipeline.calls["predict"] == 2  # not recomputed

@@ -1,4 +1,5 @@
-"""worker/refine.py: frame mapping, mask prompt, and the refinement rules (with FakeSam)."""
+"""worker/clicks/edit_rules.py: frame mapping, mask prompt, and the refinement rules (with
+FakeSam)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from backend.state.prompts import PromptError, Prompts
 from tests.fakes import FakeSam
-from worker.refine import frame_box, frame_points, mask_prompt, refine
+from worker.clicks.edit_rules import frame_box, frame_points, mask_prompt, refine
 
 H, W = 100, 200  # natural size: the squash to 1024 scales x by 5.12 and y by 10.24
 

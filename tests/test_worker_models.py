@@ -1,4 +1,4 @@
-"""worker.models: the pipeline the settings describe, and the cache key that keeps encodings of
+"""worker.runtime: the pipeline the settings describe, and the cache key that keeps encodings of
 different models or precisions apart."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from backend.state.settings import Settings
-from worker import models
+from worker import runtime
 
 
 def _settings(tmp_path: Path, **changes: object) -> Settings:
@@ -21,8 +21,8 @@ def _settings(tmp_path: Path, **changes: object) -> Settings:
 
 
 def test_precision_reaches_the_pipeline_and_the_cache_key(tmp_path: Path) -> None:
-    fp32 = models.build_model(_settings(tmp_path))
-    bf16 = models.build_model(_settings(tmp_path, gfsam_precision="bf16"))
+    fp32 = runtime.build_model(_settings(tmp_path))
+    bf16 = runtime.build_model(_settings(tmp_path, gfsam_precision="bf16"))
     assert fp32.pipeline.precision == "fp32" and bf16.pipeline.precision == "bf16"  # type: ignore[attr-defined]
     assert fp32.key != bf16.key  # a bf16 worker never reads fp32 encodings, nor the reverse
-    assert models.build_model(_settings(tmp_path)).key == fp32.key  # same model, same key
+    assert runtime.build_model(_settings(tmp_path)).key == fp32.key  # same model, same key

@@ -29,7 +29,7 @@ from backend.state.settings import Settings
 from backend.state.store import Store
 from tests.fakes import TOKEN, FakeLabelStudio, brush_region
 from tests.service_fixtures import free_port, make_jobs, start_redis, stop_process, wait_until
-from worker.brush import rle_to_mask
+from worker.labelstudio.brush_rle import rle_to_mask
 
 pytestmark = pytest.mark.slow
 

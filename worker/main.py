@@ -26,9 +26,10 @@ from backend.state.logs import setup_logging
 from backend.state.settings import Settings, get_settings
 from backend.state.store import WORKER_PREFIX, Store
 from gfsam.encoders.weights import WeightsNotFoundError
-from worker import handoff, models, pipelining
+from worker import runtime
 from worker.joblog import JobLoggingWorker
-from worker.labelstudio import LabelStudioAuthError
+from worker.labelstudio.errors import LabelStudioAuthError
+from worker.prediction import delivery, prefetch
 from worker.recovery import Maintenance
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,7 @@ def wait_for_redis(url: str, attempts: int = 30, delay_s: float = 1.0) -> Redis:
 def load_or_explain(settings: Settings) -> int:
     """Load the models; on a missing key or missing weights say what to do. Returns 0 or a code."""
     try:
-        models.load(settings)
+        runtime.load(settings)
     except LabelStudioAuthError as exc:
         logger.error("%s: the worker needs it to download images and post predictions", exc)
         return EXIT_CONFIG
@@ -77,12 +78,6 @@ def run(settings: Settings, *, burst: bool = False, interactive: bool = False) -
     if not settings.redis_url:
         logger.error("REDIS_URL is not set (python -m backend.run sets it for its worker)")
         return EXIT_CONFIG
-    if settings.random_weights:
-        logger.warning("=" * 72)
-        logger.warning(
-            "RANDOM WEIGHTS: %s. Predictions are noise; wiring checks only.", settings.model_class
-        )
-        logger.warning("=" * 72)
     code = load_or_explain(settings)
     if code:
         return code
@@ -108,8 +103,8 @@ def run(settings: Settings, *, burst: bool = False, interactive: bool = False) -
                 conn.delete(worker.key)  # RQ refuses a second birth of a name it holds
                 worker = type(worker)(queues, connection=conn, serializer=JSONSerializer, name=name)
     finally:
-        handoff.reset()  # pending background POSTs finish before exit
-        pipelining.reset()
+        delivery.reset()  # pending background POSTs finish before exit
+        prefetch.reset()
         maintenance.stop()
     return 0
 

@@ -19,14 +19,17 @@ from backend.state.jobs import Jobs, predict_job_id
 from backend.state.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
 from backend.state.store import LockTimeout, Store
 from backend.state.versions import project_versions
-from worker import delivery, discovery, handoff, inference, models, pipelining, scale
-from worker.brush import BrushError
-from worker.labelstudio import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
-from worker.lsmodels import LSTask
-from worker.preannotate import preannotate
-from worker.projectconfig import refresh_config
-from worker.refit import apply_changes, bump_version
-from worker.shots import AnnotationState
+from worker import runtime
+from worker.correction import debounce
+from worker.correction.preannotate import preannotate
+from worker.correction.refit import apply_changes, bump_version
+from worker.correction.shots import AnnotationState
+from worker.discovery import candidates
+from worker.labelstudio.brush_rle import BrushError
+from worker.labelstudio.errors import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
+from worker.labelstudio.project_config import refresh_config
+from worker.labelstudio.replies import LSTask
+from worker.prediction import delivery, inference, prefetch
 
 logger = logging.getLogger(__name__)
 
@@ -34,8 +37,8 @@ TRANSIENT = (LabelStudioUnavailable, LockTimeout, ConnectionError, TimeoutError)
 PERMANENT = (LabelStudioError, BrushError, ValueError, KeyError)
 
 
-def _context() -> tuple[models.Runtime, Store, Jobs, str]:
-    rt = models.get()
+def _context() -> tuple[runtime.Runtime, Store, Jobs, str]:
+    rt = runtime.get()
     job = get_current_job()
     if job is None:
         raise RuntimeError("worker.tasks functions run inside an RQ job")
@@ -68,7 +71,8 @@ def _failed(store: Store, p: int, job_id: str, what: str, exc: Exception) -> Non
 
 
 def predict_task(raw: dict[str, Any]) -> str:
-    """Predict one task at one version, store the result, deliver it (see `worker.delivery`)."""
+    """Predict one task at one version, store the result, deliver it (see
+    `worker.prediction.delivery`)."""
     payload = PredictJob.model_validate(raw)
     rt, store, jobs, job_id = _context()
     p, t, v = payload.project, payload.task, payload.version
@@ -83,7 +87,7 @@ def predict_task(raw: dict[str, Any]) -> str:
     return outcome
 
 
-def _predict(rt: models.Runtime, store: Store, jobs: Jobs, payload: PredictJob) -> str:
+def _predict(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: PredictJob) -> str:
     p, t, v = payload.project, payload.task, payload.version
     refs = store.data.reference_set(p)
     if refs.version != v:
@@ -104,15 +108,15 @@ def _predict(rt: models.Runtime, store: Store, jobs: Jobs, payload: PredictJob) 
             url = _task_of(rt, p, t).image_url(cfg.data_key)
         if url is None:
             raise ValueError(f"task {t} has no image URL under {cfg.data_key!r} in Label Studio")
-        image = pipelining.download(rt, store, jobs, predict_job_id(p, t, v), t, url)
+        image = prefetch.download(rt, store, jobs, predict_job_id(p, t, v), t, url)
         found = inference.predict_task(rt, store, cfg, refs, t, image)
-        pred = discovery.after_predict(rt, store, p, cfg, refs, image, found)  # issue 11
+        pred = candidates.after_predict(rt, store, p, cfg, refs, image, found)  # issue 11
         store.data.put_prediction(p, pred)
         store.progress.clear_failure(p, f"task:{t}")
-    return handoff.deliver(rt, store, jobs, p, pred)  # the POST off this thread when enabled
+    return delivery.deliver(rt, store, jobs, p, pred)  # the POST off this thread when enabled
 
 
-def _task_of(rt: models.Runtime, p: int, t: int) -> LSTask:
+def _task_of(rt: runtime.Runtime, p: int, t: int) -> LSTask:
     """Task `t` as Label Studio holds it, which must belong to project `p`.
 
     Raises:
@@ -144,10 +148,10 @@ def apply_annotation(raw: dict[str, Any]) -> str | None:
         payload.fingerprint
     ):
         return None  # this state was applied already (e.g. by a sync)
-    if rt.settings.refit_debounce_s > 0:  # a burst of corrections: one re-fit (worker.scale)
-        return scale.schedule_refit(rt, store, jobs, p, payload.annotation, payload.fingerprint)
+    if rt.settings.refit_debounce_s > 0:  # a burst of corrections: one re-fit (debounce)
+        return debounce.schedule_refit(rt, store, jobs, p, payload.annotation, payload.fingerprint)
     with _recorded(store, p, f"annotation:{payload.annotation}"):
-        state = scale.annotation_state(rt, store, p, payload.annotation, payload.task)
+        state = debounce.annotation_state(rt, store, p, payload.annotation, payload.task)
         return apply_changes(rt, store, jobs, p, [state])
 
 
@@ -174,9 +178,9 @@ def sync_project(raw: dict[str, Any]) -> str:
         return _sync(rt, store, jobs, p)
 
 
-def _sync(rt: models.Runtime, store: Store, jobs: Jobs, p: int) -> str:
+def _sync(rt: runtime.Runtime, store: Store, jobs: Jobs, p: int) -> str:
     try:
-        cfg, changed = refresh_config(rt, store, p)
+        cfg, changed = refresh_config(rt.ls, store, p)
     except LabelStudioNotFound:
         return "unknown-project"  # LS does not confirm it: nothing registered, not retried
     if cfg is None:
@@ -210,13 +214,13 @@ def apply_config_change(raw: dict[str, Any]) -> str | None:
     payload = SyncJob.model_validate(raw)
     rt, store, jobs, _ = _context()
     try:
-        _, changed = refresh_config(rt, store, payload.project)
+        _, changed = refresh_config(rt.ls, store, payload.project)
     except LabelStudioNotFound:
         return None  # not a project of this Label Studio
     return bump_version(rt, store, jobs, payload.project) if changed else None
 
 
-def _version_floor(rt: models.Runtime, store: Store, p: int) -> None:
+def _version_floor(rt: runtime.Runtime, store: Store, p: int) -> None:
     """Never reuse a version LS already holds (this Redis was wiped or replaced): the counter
     moves past every `gfsam-p{p}-v{n}` in LS before any change is applied."""
     seen = project_versions(p, list(rt.ls.model_versions(p)))

@@ -1,6 +1,7 @@
 """Shot thumbnails for the status page: the image, shrunk, with the mask's outline drawn on it.
 
-Written next to the reference blob when a shot is encoded (`worker.references`), so the API
+Written next to the reference blob when a shot is encoded (`worker.correction.references`), so the
+API
 serves a few KiB of PNG without any image or array code of its own.
 """
 

@@ -5,7 +5,7 @@
 - `GET /projects/{id}/candidates/{group}.png`: a contact sheet of member crops (mask outlined),
   pasted together with Pillow from the workers' PNG crops (no numpy here).
 - `POST /projects/{id}/candidates/{group}/promote` `{"label": "Bicycle"}`: validated here, done
-  by `worker.promote.promote_group` (202 with the job id).
+  by `worker.discovery.promote.promote_group` (202 with the job id).
 
 Same basic auth as `/projects`.
 """
@@ -32,7 +32,7 @@ GroupId = Annotated[int, Path(ge=0, le=MAX_ID)]
 MEMBERS_SHOWN = 24  # members listed per group in the JSON (the group's `size` counts all)
 SHEET_COLUMNS = 6
 SHEET_MAX = 24  # crops on one contact sheet
-CELL_PX = 100  # crops are at most 96 px (worker.discovery.CROP_PX) plus a margin
+CELL_PX = 100  # crops are at most 96 px (worker.discovery.candidates.CROP_PX) plus a margin
 MAX_LABEL_CHARS = 100
 
 
@@ -152,7 +152,8 @@ def promote(
     jobs: JobsDep,
     settings: SettingsDep,
 ) -> PromoteResponse:
-    """Queue turning the group into a new label (`worker.promote`); 202 with the job id."""
+    """Queue turning the group into a new label (`worker.discovery.promote`); 202 with the job
+    id."""
     _group(store, project, group)
     cfg = store.data.config(project)
     label = valid_label(body.label, cfg.labels if cfg else [], settings.candidate_label)

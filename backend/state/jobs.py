@@ -44,11 +44,11 @@ JOB_IDS: dict[str, str] = {
     "worker.tasks.sync_project": "sync-{p}",
     "worker.tasks.apply_config_change": "cfg-{p}-{n}-{h}",
     "worker.tasks.deliver_prediction": "deliver-{p}-{t}-{n} | verify-{p}-{t}-{n}",
-    "worker.scale.refit_project": "refit-{p}-{w}",
-    "worker.scale.feed_predictions": "feed-{p}-{n}-{k}",
-    "worker.interactive.click": "click-{p}-{t}-{r}",
-    "worker.interactive.warm_target": "warm-{p}-{t}",
-    "worker.promote.promote_group": "promote-{p}-{g}-{h}",
+    "worker.correction.debounce.refit_project": "refit-{p}-{w}",
+    "worker.correction.debounce.feed_predictions": "feed-{p}-{n}-{k}",
+    "worker.clicks.click.click": "click-{p}-{t}-{r}",
+    "worker.clicks.click.warm_target": "warm-{p}-{t}",
+    "worker.discovery.promote.promote_group": "promote-{p}-{g}-{h}",
 }
 # A delivery is one LS check and one POST: two LS timeouts with room to spare.
 DELIVER_JOB_TIMEOUT_S = 120
@@ -283,14 +283,14 @@ class Jobs:
         if delay_s <= 0:
             self._enqueue(
                 queue=self.batch,
-                func="worker.scale.refit_project",
+                func="worker.correction.debounce.refit_project",
                 payload=payload,
                 job_id=job_id,
                 timeout_s=self.settings.refit_job_timeout_s,
             )
             return job_id
         job = self.batch.create_job(
-            "worker.scale.refit_project",
+            "worker.correction.debounce.refit_project",
             args=(payload,),
             job_id=job_id,
             timeout=self.settings.refit_job_timeout_s,
@@ -307,7 +307,7 @@ class Jobs:
         job_id = f"feed-{project}-{version_number(version)}-{chunk}"
         ok = self._enqueue(
             queue=self.background,
-            func="worker.scale.feed_predictions",
+            func="worker.correction.debounce.feed_predictions",
             payload={"project": project, "version": version, "chunk": chunk},
             job_id=job_id,
             timeout_s=self.settings.sync_job_timeout_s,
@@ -328,7 +328,7 @@ class Jobs:
         carries a random request id `r`: every click is answered once, never collapsed."""
         job_id = f"click-{payload.project}-{payload.task}-{uuid.uuid4().hex[:12]}"
         self.interactive.enqueue(
-            "worker.interactive.click",
+            "worker.clicks.click.click",
             payload.model_dump(mode="json"),
             job_id=job_id,
             job_timeout=int(self.settings.interactive_deadline_s) + 30,
@@ -359,7 +359,7 @@ class Jobs:
         job_id = f"warm-{payload.project}-{payload.task}"
         ok = self._enqueue(
             queue=self.interactive,
-            func="worker.interactive.warm_target",
+            func="worker.clicks.click.warm_target",
             payload=payload.model_dump(mode="json"),
             job_id=job_id,
             timeout_s=self.settings.predict_job_timeout_s,
@@ -370,13 +370,14 @@ class Jobs:
     # --- discovery (issue 11) -------------------------------------------------------------------
 
     def enqueue_promote(self, payload: PromoteJob) -> str:
-        """Turn a candidate group into a new label (`worker.promote`); the same request while
+        """Turn a candidate group into a new label (`worker.discovery.promote`); the same request
+        while
         one is queued or running collapses on the id (a failed one is replaced)."""
         job_id = f"promote-{payload.project}-{payload.group}-{_digest(payload.label)}"
         self._replace_failed(
             job_id,
             queue=self.batch,
-            func="worker.promote.promote_group",
+            func="worker.discovery.promote.promote_group",
             payload=payload.model_dump(mode="json"),
             timeout_s=self.settings.sync_job_timeout_s,
             result_ttl_s=KEEP_NO_RESULT,

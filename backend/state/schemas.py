@@ -117,7 +117,7 @@ class CandidateGroup(BaseModel):
     size: int = 0  # regions or tasks in the group
     tasks: list[int] = []  # a few example task ids
     thumbs: list[str] = []  # shas of `thumb:{sha}` images to show, if any
-    # Written by `worker.discovery` (issue 11):
+    # Written by `worker.discovery.candidates` (issue 11):
     id: int = -1  # stable group id (`gfsam.discover.CandidateGroups`)
     members: list[str] = []  # member keys `{task}-{digest}` (`p:{p}:members`), arrival order
     central: list[str] = []  # the members closest to the group's mean, closest first

@@ -146,7 +146,7 @@ class Settings(BaseSettings):
 
     # Discovery (issue 11): after each prediction, look for recurring unlabelled objects on the
     # target's cached encodings (a few SAM decoder calls) and group them across the project
-    # (`worker.discovery`). On by default: measured at a small share of a task's time.
+    # (`worker.discovery.candidates`). On by default: measured at a small share of a task's time.
     discover: bool = True
     # A BrushLabels label that shows candidates as regions in predictions ("" = off); it never
     # becomes a shot and never takes a real label's pixels.

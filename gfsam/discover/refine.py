@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -12,23 +11,11 @@ from scipy import ndimage
 from gfsam.assign import cell_fractions, pool_features
 from gfsam.discover.clusters import Region, cluster_regions
 from gfsam.discover.params import DiscoverParams
-from gfsam.types import FRAME, GRID, GFSAMConfig
+from gfsam.types import FRAME, GRID, GFSAMConfig, PromptDecoder
 
 # (points_xy float [N, 2] frame pixels (x, y), box_xyxy float [4] frame pixels) ->
 # (mask bool [S, S], score in [0, 1]): one SAM decoder call with all points and the box.
 PromptMaskFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
-
-
-class PromptDecoder(Protocol):
-    """What `sam_prompt_fn` needs of a SAM encoder (`SamEncoder.decode_prompts`)."""
-
-    def decode_prompts(
-        self,
-        embedding: np.ndarray,
-        points_xy: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box_xyxy: np.ndarray | None = None,
-    ) -> tuple[np.ndarray, float, np.ndarray]: ...
 
 
 def sam_prompt_fn(sam: PromptDecoder, embedding: np.ndarray) -> PromptMaskFn:

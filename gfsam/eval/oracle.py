@@ -192,8 +192,12 @@ class OracleSam:
         points_xy: np.ndarray | None = None,
         point_labels: np.ndarray | None = None,
         box_xyxy: np.ndarray | None = None,
+        mask_logits: np.ndarray | None = None,
+        *,
+        multimask: bool = False,
     ) -> tuple[np.ndarray, float, np.ndarray]:
-        """One mask from points and a box (as `SamEncoder.decode_prompts`, one call).
+        """One mask from points and a box (as `SamEncoder.decode_prompts`, one call). The oracle
+        ignores `mask_logits` and `multimask`: the component under the prompts is its only answer.
 
         The mask is the component holding most positive points (ties: the lower id); with a
         box only, the component with most pixels in the box. Score (SAM's predicted IoU stand-in)

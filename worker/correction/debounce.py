@@ -21,25 +21,25 @@ from rq import get_current_job
 from backend.state.jobs import Jobs
 from backend.state.schemas import PredictJob, SyncJob
 from backend.state.store import Store
-from worker import models
-from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
-from worker.refit import apply_changes
-from worker.shots import AnnotationState
+from worker import runtime
+from worker.correction.refit import apply_changes
+from worker.correction.shots import AnnotationState
+from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
 
 logger = logging.getLogger(__name__)
 
 
-def _context() -> tuple[models.Runtime, Store, Jobs]:
-    rt = models.get()
+def _context() -> tuple[runtime.Runtime, Store, Jobs]:
+    rt = runtime.get()
     job = get_current_job()
     if job is None:
-        raise RuntimeError("worker.scale functions run inside an RQ job")
+        raise RuntimeError("worker.correction.debounce functions run inside an RQ job")
     store = Store(job.connection, rt.settings, owner=job.worker_name or "worker")
     return rt, store, Jobs(job.connection, rt.settings, store)
 
 
 def schedule_refit(
-    rt: models.Runtime, store: Store, jobs: Jobs, p: int, annotation: int, fingerprint: str
+    rt: runtime.Runtime, store: Store, jobs: Jobs, p: int, annotation: int, fingerprint: str
 ) -> str:
     """Add one annotation state to the project's pending set; the first state of a window
     schedules the re-fit. Returns "scheduled" or "pending"."""
@@ -53,7 +53,7 @@ def schedule_refit(
 
 
 def annotation_state(
-    rt: models.Runtime, store: Store, p: int, annotation: int, task_hint: int
+    rt: runtime.Runtime, store: Store, p: int, annotation: int, task_hint: int
 ) -> AnnotationState:
     """What Label Studio says an annotation is now: its result, task and image come from LS,
     never from the event (a deleted annotation is a tombstone).

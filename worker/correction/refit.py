@@ -1,8 +1,10 @@
 """Re-fit: turn annotation changes into a project's new reference set and model version.
 
-Under the project's lock: apply each state with the shot rules (`worker.shots`), cap each
-label's shots (`gfsam.shots.trim_shots`), encode the surviving new shots (`worker.references`),
-then one atomic swap of set + version; pre-annotation follows (`worker.preannotate`). The rules
+Under the project's lock: apply each state with the shot rules (`worker.correction.shots`), cap each
+label's shots (`gfsam.shots.trim_shots`), encode the surviving new shots
+(`worker.correction.references`),
+then one atomic swap of set + version; pre-annotation follows (`worker.correction.preannotate`).
+The rules
 and the ordering are in docs/architecture.md §2.
 """
 
@@ -14,12 +16,19 @@ from backend.state.jobs import Jobs
 from backend.state.schemas import ReferenceSet
 from backend.state.store import Store
 from gfsam.shots import trim_shots
-from worker.acceptance import record_acceptance, replaced_prediction
-from worker.lsmodels import LSTask
-from worker.models import Runtime
-from worker.preannotate import preannotate
-from worker.references import encode_pending
-from worker.shots import AnnotationState, PendingShot, apply_state, label_masks, policy, superseded
+from worker.correction.acceptance import record_acceptance, replaced_prediction
+from worker.correction.preannotate import preannotate
+from worker.correction.references import encode_pending
+from worker.correction.shots import (
+    AnnotationState,
+    PendingShot,
+    apply_state,
+    label_masks,
+    policy,
+    superseded,
+)
+from worker.labelstudio.replies import LSTask
+from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import numpy as np
 
 from backend.state.schemas import Shot
 from backend.state.store import Store
-from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
-from worker.models import Runtime
-from worker.shots import AnnotationState, PendingShot
+from worker.correction.shots import AnnotationState, PendingShot
+from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
+from worker.runtime import Runtime
 from worker.thumbs import thumbnail_png
 
 

@@ -1,8 +1,9 @@
 """Label Studio REST client for the workers: tasks, projects, annotations and predictions.
 
-`LabelStudioClient` = the transport (`worker.lstransport`: authentication, timeouts, typed
-errors), media downloads (`worker.mediafetch`) and the REST calls below, one per noun. The
-errors (`worker.lserrors`) and `CLOUD_SCHEMES` are re-exported here: import them from this module.
+`LabelStudioClient` = the transport (`worker.labelstudio.transport`: authentication, timeouts, typed
+errors), media downloads (`worker.labelstudio.media_download`) and the REST calls below, one per
+noun. Errors
+live in `worker.labelstudio.errors`.
 """
 
 from __future__ import annotations
@@ -11,32 +12,13 @@ import json
 import logging
 from typing import Any
 
-from worker.lserrors import (
-    LabelStudioAuthError,
+from worker.labelstudio.errors import (
     LabelStudioError,
     LabelStudioNotFound,
-    LabelStudioUnavailable,
-    MediaDeadline,
-    MediaNotFound,
-    MediaRefused,
-    MediaTooLarge,
 )
-from worker.lsmodels import LSAnnotation, LSPrediction, LSProject, LSTask
-from worker.lstransport import parse, parse_list
-from worker.mediafetch import CLOUD_SCHEMES, MediaClient
-
-__all__ = [
-    "CLOUD_SCHEMES",
-    "LabelStudioAuthError",
-    "LabelStudioClient",
-    "LabelStudioError",
-    "LabelStudioNotFound",
-    "LabelStudioUnavailable",
-    "MediaDeadline",
-    "MediaNotFound",
-    "MediaRefused",
-    "MediaTooLarge",
-]
+from worker.labelstudio.media_download import MediaClient
+from worker.labelstudio.replies import LSAnnotation, LSPrediction, LSProject, LSTask
+from worker.labelstudio.transport import parse, parse_list
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +129,7 @@ class LabelStudioClient(MediaClient):
 
         Args:
             task_id: LS task id.
-            result: result regions, e.g. from ``worker.brush.masks_to_result``.
+            result: result regions, e.g. from ``worker.labelstudio.brush_rle.masks_to_result``.
             score: prediction-level score.
             model_version: must equal the version ``/setup`` currently returns, or LS hides it.
         """

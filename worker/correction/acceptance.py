@@ -2,7 +2,7 @@
 
 The IoU per label between that prediction and the annotation is the project's acceptance
 (`/projects/{id}`, `/metrics`); the same prediction decides whether the annotation is a
-correction (`worker.shots`).
+correction (`worker.correction.shots`).
 """
 
 from __future__ import annotations
@@ -13,9 +13,10 @@ from backend.state.schemas import AcceptanceSample, LabelConfigSummary
 from backend.state.store import Store
 from backend.state.versions import parse_version
 from gfsam.shots import mask_iou
-from worker.brush import BrushError, annotation_masks
-from worker.labelstudio import LabelStudioClient, LabelStudioError, LabelStudioUnavailable
-from worker.shots import AnnotationState, Predicted
+from worker.correction.shots import AnnotationState, Predicted
+from worker.labelstudio.brush_rle import BrushError, annotation_masks
+from worker.labelstudio.client import LabelStudioClient
+from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
 
 
 def replaced_prediction(

@@ -14,7 +14,7 @@ import ipaddress
 import socket
 from urllib.parse import urlsplit
 
-from worker.lserrors import MediaRefused
+from worker.labelstudio.errors import MediaRefused
 
 __all__ = ["MediaPolicy", "peer_address", "socket_of"]
 

@@ -9,9 +9,9 @@ Thresholds depend only on a label's shots, so they are computed once per (model,
 and kept in this process (`ThresholdCache`); a re-fit that changes a label's shots changes its
 key, a task never recomputes them.
 
-Fallback: split needs token-level data (target tokens, each prediction's `segmentation`, each
-reference's `tokens`/`fg`) and the pipeline's `GFSAMConfig` (`pipeline.config`). A pipeline
-without them (the tests' `FakePipeline`) gets argmax, said once in the log.
+Split reads token-level data (target tokens, each prediction's `segmentation`, each reference's
+`tokens`/`fg`) and the model's `GFSAMConfig`; the model contract (`worker.contract`) guarantees
+them, so the mode a user set is the mode that runs.
 """
 
 from __future__ import annotations
@@ -20,14 +20,12 @@ import logging
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from typing import Any
 
 from gfsam.assign import Assignment, SplitParams, assign_argmax, assign_split, calibrate_threshold
+from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.types import GFSAMConfig
 
 logger = logging.getLogger(__name__)
-
-_warned_fallback = False
 
 
 class ThresholdCache:
@@ -57,21 +55,12 @@ class ThresholdCache:
 THRESHOLDS = ThresholdCache()  # one per worker process, like the model holder
 
 
-def supports_split(pipeline: Any, target: Any, predictions: Mapping[str, Any]) -> bool:
-    """True when the pipeline and its outputs carry what `assign_split` reads."""
-    return (
-        isinstance(getattr(pipeline, "config", None), GFSAMConfig)
-        and hasattr(target, "tokens")
-        and all(hasattr(p, "segmentation") for p in predictions.values())
-    )
-
-
 def assign(
     mode: str,
-    pipeline: Any,
-    target: Any,
-    predictions: Mapping[str, Any],
-    references: Mapping[str, Sequence[Any]],
+    config: GFSAMConfig,
+    target: TargetEncoding,
+    predictions: Mapping[str, Prediction],
+    references: Mapping[str, Sequence[Reference]],
     shas: Mapping[str, Sequence[str]],
     order: Sequence[str],
     *,
@@ -82,7 +71,7 @@ def assign(
 
     Args:
         mode: ``"split"`` or ``"argmax"`` (`Settings.assign`).
-        pipeline: the worker's pipeline (its ``config`` is the `GFSAMConfig` split uses).
+        config: the model's `GFSAMConfig` (split pools features and prompts as it does).
         target: the target encoding the predictions were made on.
         predictions: label -> prediction, in config order (labels with shots only).
         references: label -> the decoded shots the prediction used.
@@ -95,20 +84,16 @@ def assign(
         `Assignment`: label -> accepted instances (bool [H, W] original size, pairwise
         disjoint, each with its score), and the rejected candidates (split only).
     """
-    global _warned_fallback
-    if mode == "split" and supports_split(pipeline, target, predictions):
-        cfg, params = pipeline.config, SplitParams()
+    if mode == "split":
+        params = SplitParams()
         thresholds = {
             label: cache.get(
                 (model_key, *shas[label]),
-                partial(calibrate_threshold, references[label], cfg, params),
+                partial(calibrate_threshold, references[label], config, params),
             )
             for label in predictions
         }
         return assign_split(
-            target, predictions, references, cfg=cfg, params=params, thresholds=thresholds
+            target, predictions, references, cfg=config, params=params, thresholds=thresholds
         )
-    if mode == "split" and not _warned_fallback:
-        _warned_fallback = True
-        logger.info("ASSIGN=split needs token-level predictions; this pipeline has none: argmax")
     return assign_argmax(predictions, order)

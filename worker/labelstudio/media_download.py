@@ -2,7 +2,8 @@
 
 `MediaClient.download` fetches a task's image (``/data/upload``, local files, http(s), cloud URIs
 presigned by LS) within ``max_bytes`` and a total deadline, following redirects by hand so that
-every hop is checked by the media policy (`worker.media`) and our token only goes to Label
+every hop is checked by the media policy (`worker.labelstudio.media_policy`) and our token only
+goes to Label
 Studio's own origin.
 """
 
@@ -17,19 +18,19 @@ from urllib.parse import urlsplit
 
 import requests
 
-from worker.lserrors import (
+from worker.labelstudio.errors import (
     LabelStudioError,
     LabelStudioUnavailable,
     MediaDeadline,
     MediaRefused,
     MediaTooLarge,
 )
-from worker.lstransport import Transport, safe_url
-from worker.media import MediaPolicy, peer_address, socket_of
+from worker.labelstudio.media_policy import MediaPolicy, peer_address, socket_of
+from worker.labelstudio.transport import Transport, safe_url
 
 __all__ = ["CLOUD_SCHEMES", "MediaClient"]
 
-logger = logging.getLogger("worker.labelstudio")  # the client's one logger
+logger = logging.getLogger("worker.labelstudio.client")  # the client's one logger
 
 CLOUD_SCHEMES = ("s3", "gs", "azure-blob", "azure-spi")  # resolved by LS's presign endpoint
 _CHUNK = 1 << 16

@@ -5,44 +5,34 @@ The blob lives in the target cache under ``{image sha256}.masks`` (file ``{sha}.
 the same byte budget and LRU as the encodings). It is loaded before `predict_labels` and written
 back after, only when something new was decoded. A blob that cannot be read is ignored (logged):
 it costs decoding time, never a wrong mask (the store empties itself when its decoder key does
-not match the target). A pipeline whose `predict_labels` takes no ``decoded`` (the tests' fakes)
-runs as before. Counters: ``prompt_cache_hit`` / ``prompt_cache_miss`` in the store's stats.
+not match the target). Counters: ``prompt_cache_hit`` / ``prompt_cache_miss`` in the store's stats.
 """
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 from backend.state.store import Store
 from gfsam.decoded import DEFAULT_MAX_MASKS, DecodedMasks
-from worker.models import Runtime
+from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.types import GFSAMConfig
+from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 SUFFIX = ".masks"
 
 
-def supports_decoded(pipeline: Any) -> bool:
-    """True when the pipeline's `predict_labels` accepts a ``decoded`` store."""
-    try:
-        return "decoded" in inspect.signature(pipeline.predict_labels).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def capacity(pipeline: Any, labels: int) -> int:
+def capacity(config: GFSAMConfig, labels: int) -> int:
     """Masks kept per target: every prompt of every label of one prediction, at least the default
     (as `GFSAM.predict_labels` sizes its own per-call store)."""
-    points = int(getattr(getattr(pipeline, "config", None), "max_points", 0) or 0)
-    return max(DEFAULT_MAX_MASKS, labels * points)
+    return max(DEFAULT_MAX_MASKS, labels * config.max_points)
 
 
 def load(rt: Runtime, sha: str, labels: int) -> DecodedMasks:
     """The target's stored masks (empty store when none or unreadable)."""
-    size = capacity(rt.model.pipeline, labels)
+    size = capacity(rt.model.pipeline.config, labels)
     blob = rt.targets.get(sha + SUFFIX)
     if blob is not None:
         try:
@@ -65,10 +55,10 @@ def predict_labels(
     rt: Runtime,
     store: Store,
     sha: str,
-    target: Any,
-    references: Mapping[str, Sequence[Any]],
-) -> dict[str, Any]:
-    """`pipeline.predict_labels` with the target's stored masks when the pipeline takes them.
+    target: TargetEncoding,
+    references: Mapping[str, Sequence[Reference]],
+) -> dict[str, Prediction]:
+    """`predict_labels` with the target's stored masks.
 
     Args:
         rt: the worker's runtime (pipeline, target cache).
@@ -79,10 +69,7 @@ def predict_labels(
     Returns:
         label -> prediction, as `predict_labels` returns them.
     """
-    pipeline: Any = rt.model.pipeline
-    if not supports_decoded(pipeline):
-        return dict(pipeline.predict_labels(target, references))
     decoded = load(rt, sha, len(references))
-    preds = pipeline.predict_labels(target, references, decoded=decoded)
+    preds = rt.model.pipeline.predict_labels(target, references, decoded=decoded)
     save(rt, store, sha, decoded)
     return dict(preds)

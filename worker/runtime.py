@@ -1,8 +1,10 @@
-"""The per-process holder of everything a job needs: models, caches, the LS client.
+"""The per-process holder of everything a job needs: the model, caches, the LS client.
 
 `load(settings)` builds the GF-SAM pipeline once (worker start); `get()` returns the holder and
-raises until `load` (or `install`, used by tests with a fake pipeline) has run. One holder per
-process; the pipeline is not thread-safe and the worker runs one job at a time (SimpleWorker).
+raises until `load` (or `install`, used by tests with a test double) has run. `install` checks
+the model against the worker's contract (`worker.contract`) and refuses one that does not meet
+it, so no job ever finds a member missing. One holder per process; the model is not
+thread-safe and the worker runs one job at a time (SimpleWorker).
 """
 
 from __future__ import annotations
@@ -11,37 +13,43 @@ import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from backend.state.settings import Settings
 from worker.cache import ReferenceCache, TargetCache
-from worker.labelstudio import LabelStudioClient
-from worker.media import MediaPolicy
+from worker.contract import SegmentationModel, check_model
+from worker.labelstudio.client import LabelStudioClient
+from worker.labelstudio.media_policy import MediaPolicy
+
+if TYPE_CHECKING:
+    from gfsam.encodings import Reference, TargetEncoding
 
 logger = logging.getLogger(__name__)
 
 
-class Pipeline(Protocol):
-    """The image-level GF-SAM interface the worker uses (architecture §1)."""
-
-    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Any: ...
-
-    def encode_target(self, image: np.ndarray) -> Any: ...
-
-    def predict_labels(self, target: Any, references: dict[str, list[Any]]) -> dict[str, Any]: ...
-
-
 @dataclass
 class Model:
-    """A pipeline plus the codecs of its cacheable encodings."""
+    """A model that meets the contract, how images are decoded for it, and its cache key."""
 
-    pipeline: Pipeline
-    reference_from_bytes: Callable[[bytes], Any]
-    target_from_bytes: Callable[[bytes], Any]
+    pipeline: SegmentationModel
     load_image: Callable[[bytes], np.ndarray]  # uint8 [H, W, 3] RGB, EXIF orientation applied
     key: str  # identifies the weights: cache entries of another model are never reused
+
+    @staticmethod
+    def reference_from_bytes(blob: bytes) -> Reference:
+        """A cached reference encoding (`Reference.to_bytes`)."""
+        from gfsam.encodings import Reference
+
+        return Reference.from_bytes(blob)
+
+    @staticmethod
+    def target_from_bytes(blob: bytes) -> TargetEncoding:
+        """A cached target encoding (`TargetEncoding.to_bytes`)."""
+        from gfsam.encodings import TargetEncoding
+
+        return TargetEncoding.from_bytes(blob)
 
 
 @dataclass
@@ -67,7 +75,7 @@ def build_model(settings: Settings) -> Model:
     import torch
 
     from gfsam.image import load_image
-    from gfsam.pipeline import Reference, TargetEncoding, build_pipeline
+    from gfsam.pipeline import build_pipeline
     from gfsam.types import GFSAMConfig
 
     kwargs: dict[str, Any] = {
@@ -97,8 +105,6 @@ def build_model(settings: Settings) -> Model:
     )
     return Model(
         pipeline,
-        Reference.from_bytes,
-        TargetEncoding.from_bytes,
         partial(load_image, max_pixels=settings.max_image_pixels),
         hashlib.sha256(key.encode()).hexdigest()[:12],
     )
@@ -126,8 +132,13 @@ def client(settings: Settings) -> LabelStudioClient:
 
 
 def install(settings: Settings, model: Model, ls: LabelStudioClient | None = None) -> Runtime:
-    """Make `model` this process's model (tests pass a fake pipeline here)."""
+    """Make `model` this process's model (tests pass a test double here).
+
+    Raises:
+        worker.contract.ContractError: the model lacks a member of the contract (named).
+    """
     global _runtime
+    check_model(model.pipeline)
     _runtime = Runtime(
         settings=settings,
         model=model,
@@ -140,11 +151,7 @@ def install(settings: Settings, model: Model, ls: LabelStudioClient | None = Non
 
 def load(settings: Settings) -> Runtime:
     """Check the LS key, build the real pipeline once, and install it."""
-    ls = client(settings)
-    if settings.random_weights:
-        logger.warning(
-            "RANDOM WEIGHTS (%s): masks are meaningless, wiring checks only", settings.model_class
-        )
+    ls = client(settings)  # RANDOM WEIGHTS is logged once, by gfsam's build_pipeline
     return install(settings, build_model(settings), ls)
 
 
@@ -152,10 +159,10 @@ def get() -> Runtime:
     """The holder installed by `load`/`install`.
 
     Raises:
-        RuntimeError: nothing loaded yet (run `worker.models.load(settings)` at worker start).
+        RuntimeError: nothing loaded yet (run `worker.runtime.load(settings)` at worker start).
     """
     if _runtime is None:
-        raise RuntimeError("no model loaded in this process: call worker.models.load(settings)")
+        raise RuntimeError("no model loaded in this process: call worker.runtime.load(settings)")
     return _runtime
 
 

@@ -44,12 +44,12 @@ from gfsam.discover import (
     sam_prompt_fn,
 )
 from gfsam.image import mask_from_frame, mask_to_frame
-from gfsam.types import FRAME, GFSAMConfig
-from worker.assignment import THRESHOLDS
-from worker.brush import BrushError, annotation_masks, regions_to_result
-from worker.inference import TaskResult, load_references
-from worker.labelstudio import LabelStudioError
-from worker.models import Runtime
+from gfsam.types import FRAME
+from worker.labelstudio.brush_rle import BrushError, annotation_masks, regions_to_result
+from worker.labelstudio.errors import LabelStudioError
+from worker.prediction.assignment import THRESHOLDS
+from worker.prediction.inference import TaskResult, load_references
+from worker.runtime import Runtime
 from worker.thumbs import thumbnail_png
 
 logger = logging.getLogger(__name__)
@@ -59,20 +59,6 @@ GROUP_PARAMS = GroupParams(max_groups=32, max_members=48)
 CROP_PX = 96  # longest side of a member's crop
 CROP_MARGIN = 0.15  # context around the mask's box, as a share of the box side
 TASKS_SHOWN = 20  # tasks listed per group in the view
-
-
-def supported(rt: Runtime, target: Any) -> bool:
-    """True under ``ASSIGN=split`` when the pipeline has what discovery reads (tokens, SAM
-    embedding and decoder). ``ASSIGN=argmax`` paints every proposal: nothing is left to find."""
-    pipe = rt.model.pipeline
-    sam = getattr(pipe, "sam", None)
-    return (
-        rt.settings.assign == "split"
-        and isinstance(getattr(pipe, "config", None), GFSAMConfig)
-        and hasattr(sam, "decode_prompts")
-        and hasattr(target, "tokens")
-        and hasattr(target, "embedding")
-    )
 
 
 def after_predict(
@@ -87,7 +73,8 @@ def after_predict(
     """Run discovery on a predicted task; returns the prediction to store (with candidate
     regions when ``CANDIDATE_LABEL`` is in the control)."""
     pred = result.prediction
-    if not rt.settings.discover or result.target is None or not supported(rt, result.target):
+    # ASSIGN=argmax paints every proposal: nothing is left to find.
+    if not rt.settings.discover or rt.settings.assign != "split":
         return pred
     started = time.perf_counter()
     try:
@@ -116,7 +103,7 @@ def discover_task(
     Returns:
         (group id, bool [H, W] original-size mask, score) per candidate kept in a group.
     """
-    pipe: Any = rt.model.pipeline  # `supported` checked its config and SAM decoder
+    pipe = rt.model.pipeline
     target, task = result.target, result.prediction.task
     covered = _covered(rt, store, p, cfg, task, result)
     references = load_references(rt, store, refs, [lb for lb in cfg.labels if lb != _cand(rt)])
@@ -181,10 +168,10 @@ def _covered(
 
 
 def _threshold(rt: Runtime, refs: ReferenceSet, label: str, references: list[Any]) -> float:
-    """The label's split threshold, from the cache `worker.assignment` filled for this task."""
+    """The label's split threshold, from the cache `worker.prediction.assignment` filled for this
+    task."""
     shas = [s.ref for s in refs.shots[label]]
-    config: Any = getattr(rt.model.pipeline, "config", None)
-    compute = partial(calibrate_threshold, references, config, SplitParams())
+    compute = partial(calibrate_threshold, references, rt.model.pipeline.config, SplitParams())
     return THRESHOLDS.get((rt.model.key, *shas), compute)
 
 

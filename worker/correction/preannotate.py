@@ -7,8 +7,8 @@ import logging
 from backend.state.jobs import Jobs
 from backend.state.schemas import DeliverJob, PredictJob
 from backend.state.store import Store
-from worker.lsmodels import LSTask
-from worker.models import Runtime
+from worker.labelstudio.replies import LSTask
+from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
@@ -18,7 +18,8 @@ def preannotate(
 ) -> int:
     """Queue a prediction at `version` for every task without a human annotation: the first
     `lookahead_tasks` in Label Studio's order at once (batch queue), the rest through the
-    background feed (`worker.scale`); a prediction claimed for the API but never posted is
+    background feed (`worker.correction.debounce`); a prediction claimed for the API but never
+    posted is
     delivered again. Returns the number of predictions queued or fed."""
     cfg = store.data.config(p)
     if cfg is None or not store.data.reference_set(p).ready_for(cfg.labels):
@@ -43,7 +44,7 @@ def preannotate(
         job = PredictJob(project=p, task=t, version=version, image_url=url)
         lookahead = rt.settings.lookahead_tasks
         if lookahead is not None and queued >= lookahead:
-            later.append(job)  # fed from the background queue (worker.scale)
+            later.append(job)  # fed from the background queue (worker.correction.debounce)
             continue
         queued += jobs.enqueue_predict(job, high=False) in ("queued", "requeued")
     start_feed(rt, store, jobs, p, version, later)
@@ -61,7 +62,7 @@ def start_feed(
     rt: Runtime, store: Store, jobs: Jobs, p: int, version: str, entries: list[PredictJob]
 ) -> None:
     """Leave `entries` (in Label Studio's order) to the background feed of `version`
-    (`worker.scale.feed_predictions`)."""
+    (`worker.correction.debounce.feed_predictions`)."""
     if not entries:
         return
     store.data.put_feed(p, version, [e.model_dump_json() for e in entries])

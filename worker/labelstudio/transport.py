@@ -5,7 +5,8 @@ PAT is a JWT *refresh* token: it is exchanged at ``POST /api/token/refresh/`` fo
 access token sent as ``Authorization: Bearer ...``, refreshed shortly before it expires
 (``docs/labelstudio-protocol.md`` §5). Plain ``requests`` is used rather than the SDK client so
 that every call has a timeout and nothing retries behind the job system's back. Tokens and query
-strings never reach logs or exception messages. Replies are validated into `worker.lsmodels`
+strings never reach logs or exception messages. Replies are validated into
+`worker.labelstudio.replies`
 models here (`parse`); a reply of the wrong shape is a `LabelStudioError`.
 """
 
@@ -23,18 +24,18 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 import requests
 from pydantic import ValidationError
 
-from worker.lserrors import (
+from worker.labelstudio.errors import (
     LabelStudioAuthError,
     LabelStudioError,
     LabelStudioNotFound,
     LabelStudioUnavailable,
     MediaNotFound,
 )
-from worker.lsmodels import LSReply
+from worker.labelstudio.replies import LSReply
 
 __all__ = ["Transport", "parse", "parse_list", "safe_url"]
 
-logger = logging.getLogger("worker.labelstudio")  # one logger for the whole client
+logger = logging.getLogger("worker.labelstudio.client")  # one logger for the whole client
 
 _REFRESH_MARGIN_S = 30.0  # refresh the access token this long before its `exp`
 _SAFE_PARAMS = frozenset({"d", "fileuri"})

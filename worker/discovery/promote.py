@@ -4,7 +4,7 @@ The job, in order: add ``<Label value=.../>`` to the project's BrushLabels contr
 Studio (`PATCH /api/projects/{id}/`; only a label is added, so every existing annotation stays
 valid); re-read the config; encode the group's most central members (`Settings.promote_shots`)
 as **provisional** shots of the label (negative annotation ids, replaced by the label's first
-human shot, `worker.shots.apply_state`); one atomic swap of set + version n + 1 under the
+human shot, `worker.correction.shots.apply_state`); one atomic swap of set + version n + 1 under the
 project's lock; drop the group from discovery; pre-annotate at the new version.
 """
 
@@ -24,14 +24,14 @@ from backend.state.schemas import CandidateMember, PromoteJob, ReferenceSet, Sho
 from backend.state.store import Store
 from gfsam.assign import SplitParams, shot_prototypes
 from gfsam.discover import CandidateGroups
-from worker import models
-from worker.discovery import groups_view, unpack_mask
-from worker.inference import load_references
-from worker.lsmodels import LSProject
-from worker.preannotate import preannotate
-from worker.projectconfig import refresh_config
-from worker.references import store_reference
-from worker.shots import mask_digest
+from worker import runtime
+from worker.correction.preannotate import preannotate
+from worker.correction.references import store_reference
+from worker.correction.shots import mask_digest
+from worker.discovery.candidates import groups_view, unpack_mask
+from worker.labelstudio.project_config import refresh_config
+from worker.labelstudio.replies import LSProject
+from worker.prediction.inference import load_references
 
 logger = logging.getLogger(__name__)
 
@@ -81,15 +81,15 @@ def _labels_of(xml: str, control: str) -> list[str]:
 def promote_group(raw: dict[str, Any]) -> str:
     """The job (see the module docstring). Returns the new version or why nothing happened."""
     payload = PromoteJob.model_validate(raw)
-    rt = models.get()
+    rt = runtime.get()
     job = get_current_job()
     if job is None:
-        raise RuntimeError("worker.promote functions run inside an RQ job")
+        raise RuntimeError("worker.discovery.promote functions run inside an RQ job")
     store = Store(job.connection, rt.settings, owner=job.worker_name or "worker")
     return promote(rt, store, Jobs(job.connection, rt.settings, store), payload)
 
 
-def promote(rt: models.Runtime, store: Store, jobs: Jobs, payload: PromoteJob) -> str:
+def promote(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: PromoteJob) -> str:
     """Promote group `payload.group` of `payload.project` to label `payload.label`."""
     p, gid, label = payload.project, payload.group, payload.label
     group = store.candidates.group(p, gid)
@@ -101,7 +101,7 @@ def promote(rt: models.Runtime, store: Store, jobs: Jobs, payload: PromoteJob) -
     if xml != project.label_config:
         rt.ls.update_label_config(p, xml)
         logger.info("project %s: label %r added to %s", p, label, cfg.from_name)
-    cfg, _ = refresh_config(rt, store, p)
+    cfg, _ = refresh_config(rt.ls, store, p)
     if cfg is None or label not in cfg.labels:
         raise PromoteError(f"Label Studio's config of project {p} lacks {label!r} after the change")
     keys = (group.central or group.members)[: rt.settings.promote_shots]
@@ -142,7 +142,7 @@ def promote(rt: models.Runtime, store: Store, jobs: Jobs, payload: PromoteJob) -
 
 
 def _seed(
-    rt: models.Runtime, store: Store, p: int, data_key: str, m: CandidateMember
+    rt: runtime.Runtime, store: Store, p: int, data_key: str, m: CandidateMember
 ) -> tuple[str, str]:
     """Encode one member as a reference; returns (blob sha, mask digest)."""
     url = rt.ls.get_task(m.task, p).image_url(data_key)  # via the task list (never GET /tasks/{id})
@@ -153,17 +153,13 @@ def _seed(
     return store_reference(rt, store, image, mask), mask_digest(mask)
 
 
-def _drop_group(rt: models.Runtime, store: Store, p: int, gid: int, refs: ReferenceSet) -> None:
+def _drop_group(rt: runtime.Runtime, store: Store, p: int, gid: int, refs: ReferenceSet) -> None:
     """Remove the promoted group (and its members' data) from discovery's state."""
     cfg = store.data.config(p)
     labels = [lb for lb in (cfg.labels if cfg else []) if lb != rt.settings.candidate_label]
     references = load_references(rt, store, refs, labels)
-    config = getattr(rt.model.pipeline, "config", None)
-    protos = (
-        {lb: shot_prototypes(r, config, SplitParams()) for lb, r in references.items()}
-        if config is not None
-        else {}
-    )
+    config = rt.model.pipeline.config
+    protos = {lb: shot_prototypes(r, config, SplitParams()) for lb, r in references.items()}
 
     def compute(text: str | None) -> DiscoveryUpdate | None:
         state = CandidateGroups.from_json(text) if text else None

@@ -3,7 +3,7 @@
 The decisions themselves (seed, correction or accepted; the cap) are `gfsam.shots`, shared with
 the evaluation harness's replay; this module applies them to Label Studio annotations: it reads
 an annotation's brush per label, finds the prediction the annotator started from, and turns the
-outcome into placeholder shots that `worker.references` encodes.
+outcome into placeholder shots that `worker.correction.references` encodes.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from backend.state.schemas import LabelConfigSummary, Shot
 from backend.state.settings import Settings
 from backend.state.store import Store
 from gfsam.shots import ShotPolicy, becomes_shot
-from worker.brush import BrushError, annotation_masks
-from worker.lsmodels import LSAnnotation
+from worker.labelstudio.brush_rle import BrushError, annotation_masks
+from worker.labelstudio.replies import LSAnnotation
 
 DELETED = "deleted"  # fingerprint of a deleted annotation (a tombstone; LS never reuses ids)
 

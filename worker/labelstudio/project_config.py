@@ -12,12 +12,14 @@ import logging
 from backend.state.labelconfig import LabelConfigError, config_digest, parse_label_config
 from backend.state.schemas import LabelConfigSummary
 from backend.state.store import Store
-from worker.models import Runtime
+from worker.labelstudio.client import LabelStudioClient
 
 logger = logging.getLogger(__name__)
 
 
-def refresh_config(rt: Runtime, store: Store, p: int) -> tuple[LabelConfigSummary | None, bool]:
+def refresh_config(
+    ls: LabelStudioClient, store: Store, p: int
+) -> tuple[LabelConfigSummary | None, bool]:
     """Store the project's config as Label Studio holds it.
 
     Returns:
@@ -27,7 +29,7 @@ def refresh_config(rt: Runtime, store: Store, p: int) -> tuple[LabelConfigSummar
     Raises:
         LabelStudioNotFound: LS has no such project (nothing is stored).
     """
-    project = rt.ls.get_project(p)
+    project = ls.get_project(p)
     digest = config_digest(project.label_config)
     before = store.data.config(p)
     if before is not None and store.data.config_digest(p) == digest:

@@ -1,6 +1,7 @@
 """One task at one model version: image -> cached target encoding -> per-label masks -> regions.
 
-Which label gets which region is `worker.assignment` (`ASSIGN`, default split): one brush region
+Which label gets which region is `worker.prediction.assignment` (`ASSIGN`, default split): one
+brush region
 per accepted instance, each with its own score; rejected proposals (candidates) are not painted
 and are returned next to the stored prediction (`TaskResult.candidates`) for discovery. Abstaining
 labels contribute no region; a task where nothing is kept gets an empty `result` with the mean
@@ -13,22 +14,24 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
 from backend.state.store import Store
 from gfsam.assign import Instance
-from worker import decoded, pipelining
-from worker.assignment import assign
-from worker.brush import regions_to_result
-from worker.models import Runtime
+from gfsam.encodings import Reference, TargetEncoding
+from worker.labelstudio.brush_rle import regions_to_result
+from worker.prediction import decoded_masks, prefetch
+from worker.prediction.assignment import assign
+from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
 
 
-def target_encoding(rt: Runtime, store: Store, image_bytes: bytes, sha: str | None = None) -> Any:
+def target_encoding(
+    rt: Runtime, store: Store, image_bytes: bytes, sha: str | None = None
+) -> TargetEncoding:
     """The target encoding of an image, from the disk cache when the same bytes were seen.
 
     Args:
@@ -41,7 +44,7 @@ def target_encoding(rt: Runtime, store: Store, image_bytes: bytes, sha: str | No
         store.progress.incr_stat("target_cache_hit")
         return rt.model.target_from_bytes(blob)
     started = time.perf_counter()
-    target = pipelining.encode_target(rt, store, image_bytes, sha)  # batched when prefetched
+    target = prefetch.encode_target(rt, store, image_bytes, sha)  # batched when prefetched
     store.progress.incr_stat("target_encode")
     rt.targets.put(sha, target.to_bytes())
     logger.debug("encoded target %s in %.2fs", sha[:12], time.perf_counter() - started)
@@ -50,9 +53,9 @@ def target_encoding(rt: Runtime, store: Store, image_bytes: bytes, sha: str | No
 
 def load_references(
     rt: Runtime, store: Store, refs: ReferenceSet, labels: list[str]
-) -> dict[str, list[Any]]:
+) -> dict[str, list[Reference]]:
     """Decoded references per label (labels of the config that have at least one shot)."""
-    out: dict[str, list[Any]] = {}
+    out: dict[str, list[Reference]] = {}
     for label in labels:
         shots = refs.shots.get(label) or []
         if shots:
@@ -76,8 +79,8 @@ class TaskResult:
     """
 
     prediction: StoredPrediction
+    target: TargetEncoding  # the target encoding it was predicted on (discovery reuses it)
     candidates: list[Instance] = field(default_factory=list)
-    target: Any = None  # the target encoding it was predicted on (discovery reuses it)
 
 
 def predict(
@@ -108,12 +111,14 @@ def predict_task(
     sha = hashlib.sha256(image_bytes).hexdigest()
     target = target_encoding(rt, store, image_bytes, sha)
     references = load_references(rt, store, refs, cfg.labels)
-    preds = decoded.predict_labels(rt, store, sha, target, references)  # stored SAM masks reused
+    preds = decoded_masks.predict_labels(
+        rt, store, sha, target, references
+    )  # stored SAM masks reused
     store.progress.incr_stat("predict")
     shas = {label: [s.ref for s in refs.shots[label]] for label in references}
     asg = assign(
         rt.settings.assign,
-        rt.model.pipeline,
+        rt.model.pipeline.config,
         target,
         preds,
         references,
@@ -128,4 +133,4 @@ def predict_task(
     prediction = StoredPrediction(
         task=task, result=result, score=float(np.mean(used)), model_version=refs.version
     )
-    return TaskResult(prediction, asg.candidates, target)
+    return TaskResult(prediction, target, asg.candidates)

@@ -1,5 +1,5 @@
-"""The pipelined worker (issue 12; docs/architecture.md §3, "Pipeline"): the thread that feeds
-the model never waits for the network.
+"""Images ahead of their jobs (issue 12; docs/architecture.md §3, "Prefetch and background
+delivery"): the thread that feeds the model never waits for the network.
 
 - Prefetch: when a predict job starts, the images of the next `prefetch_jobs` queued predict
   jobs are downloaded and decoded by a small thread pool (at most `prefetch_bytes` held). The
@@ -9,7 +9,8 @@ the model never waits for the network.
 - Batched encoding: when a target must be encoded and prefetched images of queued jobs are not
   in the target cache, they are encoded with it (`encode_targets`, `encode_batch` per call)
   and cached, so those jobs hit the cache.
-- Background delivery (`worker.handoff`): LS POSTs after the result is stored and claimed.
+- Background delivery is `worker.prediction.delivery`'s (LS POSTs after the result is stored
+  and claimed).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from pydantic import ValidationError
@@ -30,8 +30,9 @@ from rq.serializers import JSONSerializer
 from backend.state.jobs import Jobs
 from backend.state.schemas import PredictJob
 from backend.state.store import Store
-from worker import models
-from worker.labelstudio import LabelStudioClient
+from gfsam.encodings import TargetEncoding
+from worker import runtime
+from worker.labelstudio.client import LabelStudioClient
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +59,10 @@ class Prefetched:
         return len(self.data) + (self.image.nbytes if self.image is not None else 0)
 
 
-class Pipeline:
+class Prefetcher:
     """Per-process prefetch state for one runtime (entries keyed by task id, in queue order)."""
 
-    def __init__(self, rt: models.Runtime) -> None:
+    def __init__(self, rt: runtime.Runtime) -> None:
         self.rt = rt
         self.settings = rt.settings
         self.pool = ThreadPoolExecutor(
@@ -76,7 +77,7 @@ class Pipeline:
         """This thread's LS client (the job's client is not shared across threads)."""
         ls = getattr(self._local, "ls", None)
         if ls is None:
-            ls = self._local.ls = models.client(self.settings)
+            ls = self._local.ls = runtime.client(self.settings)
         return ls
 
     def look_ahead(self, store: Store, jobs: Jobs, running: str, task: int) -> None:
@@ -177,30 +178,30 @@ class Pipeline:
         self.pool.shutdown(wait=False, cancel_futures=True)
 
 
-_pipeline: Pipeline | None = None
+_prefetcher: Prefetcher | None = None
 _guard = threading.Lock()
 
 
-def get(rt: models.Runtime) -> Pipeline | None:
+def get(rt: runtime.Runtime) -> Prefetcher | None:
     """This process's prefetch state for `rt` (None when prefetching is off)."""
-    global _pipeline
+    global _prefetcher
     if rt.settings.prefetch_jobs == 0:
         return None
     with _guard:
-        if _pipeline is None or _pipeline.rt is not rt:  # a new runtime (tests install several)
-            if _pipeline is not None:
-                _pipeline.close()
-            _pipeline = Pipeline(rt)
-        return _pipeline
+        if _prefetcher is None or _prefetcher.rt is not rt:  # a new runtime (tests install several)
+            if _prefetcher is not None:
+                _prefetcher.close()
+            _prefetcher = Prefetcher(rt)
+        return _prefetcher
 
 
 def reset() -> None:
     """Stop the prefetch threads and forget the state (worker exit, tests)."""
-    global _pipeline
+    global _prefetcher
     with _guard:
-        if _pipeline is not None:
-            _pipeline.close()
-        _pipeline = None
+        if _prefetcher is not None:
+            _prefetcher.close()
+        _prefetcher = None
 
 
 def upcoming(jobs: Jobs, running: str, n: int) -> list[PredictJob]:
@@ -222,49 +223,54 @@ def upcoming(jobs: Jobs, running: str, n: int) -> list[PredictJob]:
     return out
 
 
-def download(rt: models.Runtime, store: Store, jobs: Jobs, running: str, t: int, url: str) -> bytes:
+def download(
+    rt: runtime.Runtime, store: Store, jobs: Jobs, running: str, t: int, url: str
+) -> bytes:
     """The job's image: prefetched when it came from `url`, else downloaded now (same errors as
     `LabelStudioClient.download`). Starts prefetching the jobs behind this one first."""
-    pipe = get(rt)
-    if pipe is None:
+    ahead = get(rt)
+    if ahead is None:
         return rt.ls.download(url, task_id=t)
-    pipe.current = None
+    ahead.current = None
     try:
-        pipe.look_ahead(store, jobs, running, t)
+        ahead.look_ahead(store, jobs, running, t)
     except Exception as exc:  # prefetching is an optimisation: never fail the job for it
         logger.warning("prefetch look-ahead failed: %s: %s", type(exc).__name__, exc)
     timeout = rt.settings.media_deadline_s + rt.settings.ls_timeout_s
-    item = pipe.take(t, url, timeout)
+    item = ahead.take(t, url, timeout)
     store.progress.incr_stat("prefetch_hit" if item is not None else "prefetch_miss")
     if item is None:
         return rt.ls.download(url, task_id=t)
-    pipe.current = item
+    ahead.current = item
     return item.data
 
 
-def encode_target(rt: models.Runtime, store: Store, image_bytes: bytes, sha: str) -> Any:
+def encode_target(
+    rt: runtime.Runtime, store: Store, image_bytes: bytes, sha: str
+) -> TargetEncoding:
     """Encode one target (a cache miss), with the prefetched images of the queued jobs that are
     not cached yet when `encode_batch` > 1; those go to the target cache (`target_encode` each).
 
     Returns:
         The target encoding of `image_bytes`.
     """
-    pipeline: Any = rt.model.pipeline
-    pipe = get(rt)
-    current = pipe.current if pipe is not None else None
+    pipeline = rt.model.pipeline
+    ahead = get(rt)
+    current = ahead.current if ahead is not None else None
     image = current.image if current is not None and current.sha == sha else None
     if image is None:
         image = rt.model.load_image(image_bytes)
     batch = rt.settings.encode_batch
-    others: list[Prefetched] = []
-    if pipe is not None and batch > 1 and hasattr(pipeline, "encode_targets"):
-        others = pipe.ready(sha, batch - 1)
-    if not others:
+    others: list[tuple[Prefetched, np.ndarray]] = []
+    if ahead is not None and batch > 1:
+        others = [(o, o.image) for o in ahead.ready(sha, batch - 1) if o.image is not None]
+    if ahead is None or not others:
         return pipeline.encode_target(image)
-    encoded = pipeline.encode_targets([image] + [o.image for o in others], batch_size=batch)
-    for item, target in zip(others, encoded[1:], strict=True):
+    images = [image, *(img for _, img in others)]
+    encoded = pipeline.encode_targets(images, batch_size=batch)
+    for (item, _), target in zip(others, encoded[1:], strict=True):
         rt.targets.put(item.sha, target.to_bytes())
-        pipe.release_image(item)  # type: ignore[union-attr]
+        ahead.release_image(item)
     store.progress.incr_stat("target_encode", len(others))
     store.progress.incr_stat("target_batch")
     logger.debug("encoded %d targets in one batch", 1 + len(others))

@@ -1,4 +1,4 @@
-"""Typed Label Studio client errors (`worker.labelstudio` re-exports them).
+"""Typed Label Studio client errors (`worker.labelstudio.client` re-exports them).
 
 `LabelStudioUnavailable` (connection errors, timeouts, 5xx, 408, 429) is the only retryable one;
 the media errors are permanent. Messages never carry tokens or query strings.

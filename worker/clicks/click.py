@@ -21,10 +21,10 @@ from rq import get_current_job
 
 from backend.state.prompts import ClickJob, PromptError, Prompts, WarmJob, check_usable
 from backend.state.store import Store
-from worker import models
-from worker.brush import BrushError, mask_to_rle, masks_to_result, rle_to_mask
-from worker.labelstudio import LabelStudioError, LabelStudioUnavailable
-from worker.refine import PromptDecoder, refine
+from worker import runtime
+from worker.clicks.edit_rules import refine
+from worker.labelstudio.brush_rle import BrushError, mask_to_rle, masks_to_result, rle_to_mask
+from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
 
 logger = logging.getLogger(__name__)
 
@@ -33,15 +33,15 @@ logger = logging.getLogger(__name__)
 _memory: OrderedDict[tuple[int, int], Any] = OrderedDict()
 
 
-def _store() -> tuple[models.Runtime, Store]:
-    rt = models.get()
+def _store() -> tuple[runtime.Runtime, Store]:
+    rt = runtime.get()
     job = get_current_job()
     if job is None:
-        raise RuntimeError("worker.interactive functions run inside an RQ job")
+        raise RuntimeError("worker.clicks.click functions run inside an RQ job")
     return rt, Store(job.connection, rt.settings, owner=job.worker_name or "worker")
 
 
-def _target(rt: models.Runtime, store: Store, p: int, t: int, data_key: str) -> tuple[Any, bool]:
+def _target(rt: runtime.Runtime, store: Store, p: int, t: int, data_key: str) -> tuple[Any, bool]:
     """The task's target encoding and whether this call ran the image encoders.
 
     Raises:
@@ -117,7 +117,7 @@ def click(raw: dict[str, Any]) -> dict[str, Any]:
     prior, prior_score = _prior(store, p, t, payload.version, prompts.label, size)
     try:
         check_usable(prompts, prior is not None)
-        outcome = refine(_decoder(rt), target.embedding, prompts, size, prior, prior_score)
+        outcome = refine(rt.model.pipeline.sam, target.embedding, prompts, size, prior, prior_score)
         result = _region(
             payload.from_name, payload.to_name, prompts.label, outcome.mask, outcome.score
         )
@@ -146,13 +146,6 @@ def warm_target(raw: dict[str, Any]) -> str:
     rt, store = _store()
     _, encoded = _target(rt, store, payload.project, payload.task, payload.data_key)
     return "encoded" if encoded else "cached"
-
-
-def _decoder(rt: models.Runtime) -> PromptDecoder:
-    decoder = getattr(rt.model.pipeline, "sam", None)
-    if decoder is None or not hasattr(decoder, "decode_prompts"):
-        raise RuntimeError("this pipeline has no SAM prompt decoder (pipeline.sam.decode_prompts)")
-    return decoder
 
 
 def _region(

@@ -1,0 +1,1 @@
+"""clicks room (docs/architecture.md §0)."""

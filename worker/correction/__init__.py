@@ -1,0 +1,1 @@
+"""correction room (docs/architecture.md §0)."""

@@ -1,0 +1,1 @@
+"""labelstudio room (docs/architecture.md §0)."""

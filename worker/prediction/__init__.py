@@ -1,0 +1,1 @@
+"""prediction room (docs/architecture.md §0)."""
