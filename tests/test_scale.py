@@ -33,7 +33,7 @@ def test_a_burst_of_corrections_yields_one_version(make_service: Callable[..., S
     assert version(svc) == "gfsam-p1-v0"
     scheduled = svc.jobs.batch.scheduled_job_registry.get_job_ids()
     assert len(scheduled) == 1 and scheduled[0].startswith("refit-1-")
-    run_scheduled(svc, "worker.correction.debounce.refit_project")
+    run_scheduled(svc, "worker.tasks.refit_project")
     assert version(svc) == "gfsam-p1-v1"  # one version for the burst, not three
     assert status(svc)["shots"] == {"Object": [seed["id"], *[f["id"] for f in fixes]]}
     assert [p["task"] for p in svc.ls.posts] == [tasks[3]]  # the only unlabeled task
@@ -112,7 +112,7 @@ def test_an_annotation_of_another_project_never_blocks_the_refits(
     svc.store.data.add_pending(1, foreign["id"], foreign["updated_at"])  # a forged event
     seed = annotate(svc, tasks[0], SEED)
     svc.run_worker()
-    run_scheduled(svc, "worker.correction.debounce.refit_project")
+    run_scheduled(svc, "worker.tasks.refit_project")
     assert version(svc) == "gfsam-p1-v1" and status(svc)["shots"] == {"Object": [seed["id"]]}
     assert "not in project 1" in status(svc)["failures"][f"annotation:{foreign['id']}"]
     assert svc.store.data.pending(1) == []

@@ -1,4 +1,8 @@
-"""RQ jobs, enqueued by dotted path from `backend/jobs.py` with JSON payloads.
+"""Every RQ entry point of the worker, enqueued by dotted path (`backend.state.jobspecs` declares
+each job once) with a JSON payload validated here; one job context (`JobContext`) for all.
+
+The entry points orchestrate; the work is done in the rooms (`worker.prediction`,
+`worker.correction`, `worker.discovery`, `worker.clicks`; docs/architecture.md §0).
 
 Failures: a transient error (LS down, Redis hiccup, a busy lock) propagates and RQ retries the
 job (`Retry(max, interval)`). A permanent one (missing or corrupt image, bad brush, LS refusing
@@ -11,20 +15,31 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from rq import get_current_job
 
 from backend.state.jobs import Jobs, predict_job_id
-from backend.state.schemas import AnnotationJob, DeleteJob, DeliverJob, PredictJob, SyncJob
+from backend.state.prompts import ClickJob, WarmJob
+from backend.state.schemas import (
+    AnnotationJob,
+    DeleteJob,
+    DeliverJob,
+    FeedJob,
+    PredictJob,
+    PromoteJob,
+    SyncJob,
+)
 from backend.state.store import LockTimeout, Store
 from backend.state.versions import project_versions
 from worker import runtime
+from worker.clicks import click as clicks
 from worker.correction import debounce
 from worker.correction.preannotate import preannotate
 from worker.correction.refit import apply_changes, bump_version
 from worker.correction.shots import AnnotationState
-from worker.discovery import candidates
+from worker.discovery import candidates, promote
 from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.errors import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from worker.labelstudio.project_config import refresh_config
@@ -37,13 +52,24 @@ TRANSIENT = (LabelStudioUnavailable, LockTimeout, ConnectionError, TimeoutError)
 PERMANENT = (LabelStudioError, BrushError, ValueError, KeyError)
 
 
-def _context() -> tuple[runtime.Runtime, Store, Jobs, str]:
+@dataclass
+class JobContext:
+    """What every job runs with: this process's runtime, the store and the enqueue API on the
+    job's Redis connection (the store's locks owned by the worker), and the job's id."""
+
+    rt: runtime.Runtime
+    store: Store
+    jobs: Jobs
+    job_id: str
+
+
+def _context() -> JobContext:
     rt = runtime.get()
     job = get_current_job()
     if job is None:
         raise RuntimeError("worker.tasks functions run inside an RQ job")
     store = Store(job.connection, rt.settings, owner=job.worker_name or "worker")
-    return rt, store, Jobs(job.connection, rt.settings, store), job.id
+    return JobContext(rt, store, Jobs(job.connection, rt.settings, store), job.id)
 
 
 @contextmanager
@@ -74,7 +100,8 @@ def predict_task(raw: dict[str, Any]) -> str:
     """Predict one task at one version, store the result, deliver it (see
     `worker.prediction.delivery`)."""
     payload = PredictJob.model_validate(raw)
-    rt, store, jobs, job_id = _context()
+    ctx = _context()
+    rt, store, jobs, job_id = ctx.rt, ctx.store, ctx.jobs, ctx.job_id
     p, t, v = payload.project, payload.task, payload.version
     store.progress.job_started(p, job_id)
     try:
@@ -131,7 +158,8 @@ def _task_of(rt: runtime.Runtime, p: int, t: int) -> LSTask:
 def deliver_prediction(raw: dict[str, Any]) -> str:
     """Post a stored prediction through the API unless LS already has it (deliver / verify)."""
     payload = DeliverJob.model_validate(raw)
-    rt, store, _, _ = _context()
+    ctx = _context()
+    rt, store = ctx.rt, ctx.store
     pred = store.data.get_prediction(payload.project, payload.task, payload.version)
     if pred is None:
         return "missing"
@@ -142,7 +170,8 @@ def apply_annotation(raw: dict[str, Any]) -> str | None:
     """Re-fit from one annotation's current state in LS (created or updated event); with a
     debounce window, the state joins the project's next debounced re-fit instead."""
     payload = AnnotationJob.model_validate(raw)
-    rt, store, jobs, _ = _context()
+    ctx = _context()
+    rt, store, jobs = ctx.rt, ctx.store, ctx.jobs
     p = payload.project
     if payload.fingerprint and store.data.annotation_fingerprint(p, payload.annotation) == (
         payload.fingerprint
@@ -158,7 +187,8 @@ def apply_annotation(raw: dict[str, Any]) -> str | None:
 def delete_annotations(raw: dict[str, Any]) -> str | None:
     """ANNOTATIONS_DELETED: the annotations stop being shots (one version bump at most)."""
     payload = DeleteJob.model_validate(raw)
-    rt, store, jobs, _ = _context()
+    ctx = _context()
+    rt, store, jobs = ctx.rt, ctx.store, ctx.jobs
     if store.data.config(payload.project) is None:
         return None  # a project we never registered: nothing to remove (not retried)
     with _recorded(store, payload.project, "delete"):
@@ -172,7 +202,8 @@ def sync_project(raw: dict[str, Any]) -> str:
     """Reconcile with LS: apply annotations not seen (missed webhooks, a backend connected to an
     annotated project), drop shots whose annotation is gone, pre-annotate what is missing."""
     payload = SyncJob.model_validate(raw)
-    rt, store, jobs, _ = _context()
+    ctx = _context()
+    rt, store, jobs = ctx.rt, ctx.store, ctx.jobs
     p = payload.project
     with _recorded(store, p, "sync"):
         return _sync(rt, store, jobs, p)
@@ -212,7 +243,8 @@ def _sync(rt: runtime.Runtime, store: Store, jobs: Jobs, p: int) -> str:
 def apply_config_change(raw: dict[str, Any]) -> str | None:
     """The label config changed: same shots, new version, unlabeled tasks predicted again."""
     payload = SyncJob.model_validate(raw)
-    rt, store, jobs, _ = _context()
+    ctx = _context()
+    rt, store, jobs = ctx.rt, ctx.store, ctx.jobs
     try:
         _, changed = refresh_config(rt.ls, store, payload.project)
     except LabelStudioNotFound:
@@ -228,3 +260,47 @@ def _version_floor(rt: runtime.Runtime, store: Store, p: int) -> None:
         logger.warning(
             "project %s: Label Studio holds versions up to v%d; continuing after them", p, max(seen)
         )
+
+
+# --------------------------------------------------------------------------- scale (issue 12)
+
+
+def refit_project(raw: dict[str, Any]) -> str | None:
+    """The debounced re-fit of a project (`worker.correction.debounce`)."""
+    payload = SyncJob.model_validate(raw)
+    ctx = _context()
+    return debounce.refit_project(ctx.rt, ctx.store, ctx.jobs, payload.project)
+
+
+def feed_predictions(raw: dict[str, Any]) -> str:
+    """One chunk of a version's pre-annotation feed (`worker.correction.debounce`)."""
+    payload = FeedJob.model_validate(raw)
+    ctx = _context()
+    return debounce.feed_predictions(ctx.rt, ctx.store, ctx.jobs, payload)
+
+
+# --------------------------------------------------------------------------- clicks (issue 9)
+
+
+def click(raw: dict[str, Any]) -> dict[str, Any]:
+    """One smart-tool click (`worker.clicks.click`); the answer is the job's return value."""
+    payload = ClickJob.model_validate(raw)
+    ctx = _context()
+    return clicks.click(ctx.rt, ctx.store, payload)
+
+
+def warm_target(raw: dict[str, Any]) -> str:
+    """Encode a task opened in the editor so that its first click is fast."""
+    payload = WarmJob.model_validate(raw)
+    ctx = _context()
+    return clicks.warm_target(ctx.rt, ctx.store, payload)
+
+
+# --------------------------------------------------------------------------- discovery (issue 11)
+
+
+def promote_group(raw: dict[str, Any]) -> str:
+    """Turn a candidate group into a new label (`worker.discovery.promote`)."""
+    payload = PromoteJob.model_validate(raw)
+    ctx = _context()
+    return promote.promote(ctx.rt, ctx.store, ctx.jobs, payload)

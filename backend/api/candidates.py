@@ -5,7 +5,7 @@
 - `GET /projects/{id}/candidates/{group}.png`: a contact sheet of member crops (mask outlined),
   pasted together with Pillow from the workers' PNG crops (no numpy here).
 - `POST /projects/{id}/candidates/{group}/promote` `{"label": "Bicycle"}`: validated here, done
-  by `worker.discovery.promote.promote_group` (202 with the job id).
+  by `worker.tasks.promote_group` (202 with the job id).
 
 Same basic auth as `/projects`.
 """

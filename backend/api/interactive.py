@@ -2,7 +2,7 @@
 
 Label Studio sends one task with `params.context` (docs/labelstudio-protocol.md §2, §4.5). The
 prompts are checked here (bad input: HTTP 422 with the reason, which LS hands to the browser as
-`{"errors": [...]}`), queued on the interactive lane (`worker.clicks.click.click`, front of the
+`{"errors": [...]}`), queued on the interactive lane (`worker.tasks.click`, front of the
 queue) and awaited up to `interactive_deadline_s` (LS gives up at 100 s). The answer is one
 `brushlabels` region of the clicked label with the current model version; LS shows it as a
 suggestion and stores no prediction. A task opened in the editor without references to predict

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from redis import Redis
 from redis.exceptions import WatchError
@@ -15,6 +16,25 @@ from backend.state.schemas import (
     StoredPrediction,
 )
 from backend.state.settings import Settings
+
+
+@dataclass(frozen=True, order=True)
+class PendingState:
+    """An annotation state waiting for the project's debounced re-fit; stored in
+    `p:{p}:pending` as the member ``{annotation}@{fingerprint}`` (this class alone writes and
+    reads that form)."""
+
+    annotation: int
+    fingerprint: str
+
+    @property
+    def member(self) -> str:
+        return f"{self.annotation}@{self.fingerprint}"
+
+    @classmethod
+    def parse(cls, member: str) -> PendingState:
+        annotation, _, fingerprint = member.partition("@")
+        return cls(int(annotation), fingerprint)
 
 
 class VersionConflict(RuntimeError):
@@ -190,17 +210,17 @@ class ProjectData:
 
     def add_pending(self, p: int, annotation: int, fingerprint: str) -> None:
         """An annotation state waits for the project's debounced re-fit."""
-        self.r.sadd(key("p:{p}:pending", p=p), f"{annotation}@{fingerprint}")
+        self.r.sadd(key("p:{p}:pending", p=p), PendingState(annotation, fingerprint).member)
 
-    def pending(self, p: int) -> list[str]:
-        """Members `annotation@fingerprint` waiting, oldest annotation id first."""
-        members = [str(text(m)) for m in self.r.smembers(key("p:{p}:pending", p=p))]
-        return sorted(members, key=lambda m: (int(m.split("@", 1)[0]), m))
+    def pending(self, p: int) -> list[PendingState]:
+        """The states waiting, oldest annotation id first."""
+        members = self.r.smembers(key("p:{p}:pending", p=p))
+        return sorted(PendingState.parse(str(text(m))) for m in members)
 
-    def drop_pending(self, p: int, members: list[str]) -> None:
-        """Remove exactly these members (a newer state of the same annotation stays)."""
-        if members:
-            self.r.srem(key("p:{p}:pending", p=p), *members)
+    def drop_pending(self, p: int, states: list[PendingState]) -> None:
+        """Remove exactly these states (a newer state of the same annotation stays)."""
+        if states:
+            self.r.srem(key("p:{p}:pending", p=p), *(s.member for s in states))
 
     def put_feed(self, p: int, v: str, entries: list[str]) -> None:
         """Replace the feed of version `v` with `entries` (JSON task entries, in order)."""

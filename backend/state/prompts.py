@@ -50,7 +50,7 @@ class Prompts(BaseModel):
 
 
 class ClickJob(BaseModel):
-    """Payload of `worker.clicks.click.click` (the interactive lane). The task's image is read
+    """Payload of `worker.tasks.click` (the interactive lane). The task's image is read
     from Label Studio by the worker (never the caller's copy of the task data)."""
 
     project: int
@@ -63,7 +63,7 @@ class ClickJob(BaseModel):
 
 
 class WarmJob(BaseModel):
-    """Payload of `worker.clicks.click.warm_target`: encode a task image opened in the editor."""
+    """Payload of `worker.tasks.warm_target`: encode a task image opened in the editor."""
 
     project: int
     task: int

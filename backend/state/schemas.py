@@ -169,6 +169,14 @@ class SyncJob(BaseModel):
     project: int
 
 
+class FeedJob(BaseModel):
+    """One chunk of a version's pre-annotation feed (`p:{p}:feed:{v}`)."""
+
+    project: int
+    version: str
+    chunk: int = Field(ge=0)
+
+
 class PromoteJob(BaseModel):
     project: int
     group: int

@@ -195,6 +195,11 @@ class Settings(BaseSettings):
         return self.gfsam_random_weights or (self.gfsam_preset or "") in RANDOM_PRESETS
 
     @property
+    def interactive_job_timeout_s(self) -> int:
+        """A click job's timeout: the /predict deadline plus room to finish a started decode."""
+        return int(self.interactive_deadline_s) + 30
+
+    @property
     def model_class(self) -> str:
         """Human-readable model name for /health (flags random-weights mode loudly)."""
         parts = [x for x in (self.gfsam_preset, self.gfsam_sam, self.gfsam_dino) if x]

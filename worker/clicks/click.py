@@ -17,7 +17,6 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from rq import get_current_job
 
 from backend.state.prompts import ClickJob, PromptError, Prompts, WarmJob, check_usable
 from backend.state.store import Store
@@ -31,14 +30,6 @@ logger = logging.getLogger(__name__)
 # (project, task) -> target encoding; this process only (one interactive worker
 # holds its annotators' open tasks). Bounded by settings.interactive_targets_in_memory.
 _memory: OrderedDict[tuple[int, int], Any] = OrderedDict()
-
-
-def _store() -> tuple[runtime.Runtime, Store]:
-    rt = runtime.get()
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("worker.clicks.click functions run inside an RQ job")
-    return rt, Store(job.connection, rt.settings, owner=job.worker_name or "worker")
 
 
 def _target(rt: runtime.Runtime, store: Store, p: int, t: int, data_key: str) -> tuple[Any, bool]:
@@ -97,10 +88,8 @@ def _prior(
     return (mask if mask.any() else None), score
 
 
-def click(raw: dict[str, Any]) -> dict[str, Any]:
+def click(rt: runtime.Runtime, store: Store, payload: ClickJob) -> dict[str, Any]:
     """Answer one click: {"result", "score", "model_version", "rule"} or {"error": reason}."""
-    payload = ClickJob.model_validate(raw)
-    rt, store = _store()
     p, t, prompts = payload.project, payload.task, payload.prompts
     started = time.perf_counter()
     store.progress.incr_stat("click")
@@ -140,10 +129,8 @@ def click(raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def warm_target(raw: dict[str, Any]) -> str:
+def warm_target(rt: runtime.Runtime, store: Store, payload: WarmJob) -> str:
     """Encode a task's image (if the cache lacks it) so that its first click is fast."""
-    payload = WarmJob.model_validate(raw)
-    rt, store = _store()
     _, encoded = _target(rt, store, payload.project, payload.task, payload.data_key)
     return "encoded" if encoded else "cached"
 

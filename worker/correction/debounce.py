@@ -14,12 +14,9 @@ from __future__ import annotations
 
 import json
 import logging
-from typing import Any
-
-from rq import get_current_job
 
 from backend.state.jobs import Jobs
-from backend.state.schemas import PredictJob, SyncJob
+from backend.state.schemas import FeedJob, PredictJob
 from backend.state.store import Store
 from worker import runtime
 from worker.correction.refit import apply_changes
@@ -27,15 +24,6 @@ from worker.correction.shots import AnnotationState
 from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
 
 logger = logging.getLogger(__name__)
-
-
-def _context() -> tuple[runtime.Runtime, Store, Jobs]:
-    rt = runtime.get()
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("worker.correction.debounce functions run inside an RQ job")
-    store = Store(job.connection, rt.settings, owner=job.worker_name or "worker")
-    return rt, store, Jobs(job.connection, rt.settings, store)
 
 
 def schedule_refit(
@@ -75,15 +63,11 @@ def annotation_state(
     return AnnotationState.from_ls(ann, url, task.id)
 
 
-def refit_project(raw: dict[str, Any]) -> str | None:
+def refit_project(rt: runtime.Runtime, store: Store, jobs: Jobs, p: int) -> str | None:
     """The debounced re-fit: every pending annotation state of the project, one new version."""
-    p = SyncJob.model_validate(raw).project
-    rt, store, jobs = _context()
     store.coord.close_refit_window(p)  # events from now on open the next window
     members = store.data.pending(p)
-    latest: dict[int, str] = {}
-    for member in members:  # several states of one annotation: LS's current one is read once
-        latest[int(member.partition("@")[0])] = member
+    latest = sorted({m.annotation for m in members})  # LS's current state of each, read once
     states = []
     for annotation in latest:
         try:
@@ -92,7 +76,7 @@ def refit_project(raw: dict[str, Any]) -> str | None:
             raise  # transient: the whole re-fit is retried
         except (LabelStudioError, ValueError) as exc:  # permanent: this annotation only
             store.progress.record_failure(p, f"annotation:{annotation}", f"{exc}")
-            store.data.drop_pending(p, [m for m in members if m.startswith(f"{annotation}@")])
+            store.data.drop_pending(p, [m for m in members if m.annotation == annotation])
             logger.warning(
                 "project %s: annotation %s left out of the re-fit: %s", p, annotation, exc
             )
@@ -102,11 +86,10 @@ def refit_project(raw: dict[str, Any]) -> str | None:
     return version
 
 
-def feed_predictions(raw: dict[str, Any]) -> str:
+def feed_predictions(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: FeedJob) -> str:
     """Queue the next chunk of a version's feed on the batch queue, then queue itself again
     behind it (background queue); stop, dropping the feed, once a newer version exists."""
-    p, version, chunk = int(raw["project"]), str(raw["version"]), int(raw["chunk"])
-    rt, store, jobs = _context()
+    p, version, chunk = payload.project, payload.version, payload.chunk
     if store.data.current_version(p) != version:
         store.data.drop_feed(p, version)
         return "superseded"
@@ -121,5 +104,5 @@ def feed_predictions(raw: dict[str, Any]) -> str:
         queued += jobs.enqueue_predict(job, high=False) in ("queued", "requeued")
     store.data.drop_feed_head(p, version, len(taken))
     if left:
-        jobs.enqueue_feed(p, version, chunk + 1)
+        jobs.enqueue_feed(FeedJob(project=p, version=version, chunk=chunk + 1))
     return f"queued {queued}, {left} left"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from backend.state.jobs import Jobs
-from backend.state.schemas import DeliverJob, PredictJob
+from backend.state.schemas import DeliverJob, FeedJob, PredictJob
 from backend.state.store import Store
 from worker.labelstudio.replies import LSTask
 from worker.runtime import Runtime
@@ -62,8 +62,8 @@ def start_feed(
     rt: Runtime, store: Store, jobs: Jobs, p: int, version: str, entries: list[PredictJob]
 ) -> None:
     """Leave `entries` (in Label Studio's order) to the background feed of `version`
-    (`worker.correction.debounce.feed_predictions`)."""
+    (`worker.tasks.feed_predictions`)."""
     if not entries:
         return
     store.data.put_feed(p, version, [e.model_dump_json() for e in entries])
-    jobs.enqueue_feed(p, version, 0)
+    jobs.enqueue_feed(FeedJob(project=p, version=version, chunk=0))

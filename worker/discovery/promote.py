@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
 from xml.etree import ElementTree
 from xml.sax.saxutils import quoteattr
-
-from rq import get_current_job
 
 from backend.state.candidates import DiscoveryUpdate
 from backend.state.jobs import Jobs
@@ -76,17 +73,6 @@ def _labels_of(xml: str, control: str) -> list[str]:
         if el.get("name") == control:
             return [str(lb.get("value")) for lb in el.iter("Label")]
     raise PromoteError(f"no <BrushLabels name={control!r}>")
-
-
-def promote_group(raw: dict[str, Any]) -> str:
-    """The job (see the module docstring). Returns the new version or why nothing happened."""
-    payload = PromoteJob.model_validate(raw)
-    rt = runtime.get()
-    job = get_current_job()
-    if job is None:
-        raise RuntimeError("worker.discovery.promote functions run inside an RQ job")
-    store = Store(job.connection, rt.settings, owner=job.worker_name or "worker")
-    return promote(rt, store, Jobs(job.connection, rt.settings, store), payload)
 
 
 def promote(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: PromoteJob) -> str:
