@@ -197,7 +197,7 @@ def _weights_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _benchmark_parser(sub: argparse._SubParsersAction) -> None:
-    from gfsam.benchmark import add_arguments, run
+    from gfsam.bench.speed import add_arguments, run
 
     p = sub.add_parser("benchmark", help="per-stage timings (random weights) and golden cases")
     _add_models(p, "sam_tiny", "dinov2_tiny")

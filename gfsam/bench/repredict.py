@@ -15,7 +15,7 @@ import time
 import numpy as np
 import torch
 
-from gfsam.benchmark import random_pipeline
+from gfsam.bench.synthetic import random_pipeline, synthetic_pair
 from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Reference, TargetEncoding
 from gfsam.pipeline import GFSAM
@@ -23,9 +23,8 @@ from gfsam.pipeline import GFSAM
 
 def _images() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], np.ndarray]:
     """Seed shot, correction shot (another view of the object) and target; uint8 RGB + bool."""
-    from gfsam.benchmark import _synthetic_pair
 
-    ref, mask, target = _synthetic_pair()
+    ref, mask, target = synthetic_pair()
     rng = np.random.default_rng(1)
     shifted = np.roll(ref, (31, -47), axis=(0, 1))  # the object seen elsewhere, new background
     shifted[: ref.shape[0] // 8] = rng.integers(0, 256, shifted[: ref.shape[0] // 8].shape)

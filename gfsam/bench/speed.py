@@ -10,19 +10,17 @@ from __future__ import annotations
 
 import argparse
 import csv
-import statistics
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
+from gfsam.bench.synthetic import median_timings, random_pipeline, synthetic_pair
 from gfsam.types import FRAME, GFSAMConfig
 
 if TYPE_CHECKING:
-    from gfsam.pipeline import GFSAM
+    pass
 
 DEFAULT_GOLDEN = Path(__file__).resolve().parents[1].parent / "shared/golden/gfsam-parity"
 PIPELINE_STAGES = (
@@ -35,7 +33,6 @@ PIPELINE_STAGES = (
     "merge",
 )
 TOKEN_STAGES = PIPELINE_STAGES[2:]
-SYNTHETIC_HW = (480, 640)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -62,54 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--encode-batch", type=int, default=8, help="--gpu: images per encoder call")
 
 
-def _median_timings(
-    fn: Callable[[dict[str, float]], None], repeat: int, warmup: int
-) -> dict[str, float]:
-    for _ in range(warmup):
-        fn({})
-    runs = []
-    for _ in range(max(repeat, 1)):
-        timings: dict[str, float] = {}
-        start = time.perf_counter()
-        fn(timings)
-        timings["total"] = time.perf_counter() - start
-        runs.append(timings)
-    keys = {k for run in runs for k in run}
-    return {k: statistics.median(run.get(k, 0.0) for run in runs) for k in keys}
-
-
-def _synthetic_pair() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    rng = np.random.default_rng(0)
-    h, w = SYNTHETIC_HW
-    ref = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    mask = np.zeros((h, w), dtype=bool)
-    mask[h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = True
-    return ref, mask, rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def random_pipeline(args: argparse.Namespace) -> GFSAM:
-    """The pipeline the benchmark options describe, with RANDOM weights (timing only)."""
-    from gfsam.pipeline import build_pipeline
-
-    return build_pipeline(
-        sam=args.sam,
-        dino=args.dino,
-        device=args.device,
-        random_weights=True,
-        config=GFSAMConfig(max_points=args.max_points),
-    )
-
-
 def pipeline_stages(args: argparse.Namespace) -> dict[str, float]:
     """Median seconds per stage of encode_target + predict with random-weight encoders."""
     pipe = random_pipeline(args)
-    ref_img, ref_mask, tgt_img = _synthetic_pair()
+    ref_img, ref_mask, tgt_img = synthetic_pair()
     ref = pipe.encode_reference(ref_img, ref_mask)
 
     def once(timings: dict[str, float]) -> None:
         pipe.predict(pipe.encode_target(tgt_img, timings=timings), [ref], timings=timings)
 
-    return _median_timings(once, args.repeat, args.warmup)
+    return median_timings(once, args.repeat, args.warmup)
 
 
 def _official_times(golden: Path) -> dict[str, float]:
@@ -139,7 +98,7 @@ def golden_case(path: Path, args: argparse.Namespace) -> dict[str, float]:
             case["ref_tokens"], case["ref_masks"], case["tgt_tokens"], mask_fn, cfg, timings=timings
         )
 
-    stats = _median_timings(once, args.repeat, args.warmup)
+    stats = median_timings(once, args.repeat, args.warmup)
     seg, expected = result["seg"], np.unpackbits(case["mask"], axis=-1, count=FRAME).astype(bool)
     union = np.logical_or(seg.mask, expected).sum()
     iou = 1.0 if union == 0 else np.logical_and(seg.mask, expected).sum() / union
@@ -193,7 +152,7 @@ def _golden_paths(args: argparse.Namespace) -> list[Path]:
 def run(args: argparse.Namespace) -> int:
     """Print the two benchmark tables; returns the exit code."""
     if args.gpu:
-        from gfsam.bench_gpu import run as run_gpu
+        from gfsam.bench.gpu import run as run_gpu
 
         print("\n".join(run_gpu(args)))
         return 0
@@ -201,7 +160,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     with torch.inference_mode():
         if args.repredict:
-            from gfsam.bench_repredict import run as run_repredict
+            from gfsam.bench.repredict import run as run_repredict
 
             print("\n".join(run_repredict(args)))
             return 0

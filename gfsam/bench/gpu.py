@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from gfsam.bench.synthetic import synthetic_pair
 from gfsam.encodings import Reference
 from gfsam.pipeline import GFSAM, build_pipeline
 from gfsam.types import GFSAMConfig
@@ -26,9 +27,8 @@ WARMUP_IMAGES = 2
 
 def _images(n: int) -> list[np.ndarray]:
     """n synthetic 480x640 targets: the benchmark pair's target, shifted (uint8 RGB)."""
-    from gfsam.benchmark import _synthetic_pair
 
-    _, _, target = _synthetic_pair()
+    _, _, target = synthetic_pair()
     return [np.roll(target, 17 * i, axis=1) for i in range(n)]
 
 
@@ -55,9 +55,8 @@ def _pass(
 
 
 def _measure(pipe: GFSAM, images: list[np.ndarray], args: argparse.Namespace) -> dict[str, Any]:
-    from gfsam.benchmark import _synthetic_pair
 
-    ref_img, ref_mask, _ = _synthetic_pair()
+    ref_img, ref_mask, _ = synthetic_pair()
     ref = pipe.encode_reference(ref_img, ref_mask)
     _pass(pipe, ref, images[:WARMUP_IMAGES], args.encode_batch)  # cuDNN autotune, allocator
     torch.cuda.reset_peak_memory_stats(pipe.device)
