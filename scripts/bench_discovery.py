@@ -15,15 +15,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from bootstrap import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # run as a file from the repository root
-DATA = ROOT.parent / "shared" / "assets" / "data" / "coco128_seg"
+DATA = REPO.parent / "shared" / "assets" / "data" / "coco128_seg"
 logger = logging.getLogger("bench_discovery")
 
 

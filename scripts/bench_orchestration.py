@@ -18,36 +18,35 @@ import io
 import sys
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from bootstrap import COCO
 from fastapi.testclient import TestClient
 from PIL import Image
 from redis import Redis
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from backend.app import create_app  # noqa: E402
-from backend.state.settings import Settings  # noqa: E402
-from tests.fakes import (  # noqa: E402
+from backend.app import create_app
+from backend.state.settings import Settings
+from gfsam.decoded import DecodedMasks
+from gfsam.encodings import Prediction, Reference, TargetEncoding
+from tests.fakes import (
+    FAKE_SETTINGS,
     TOKEN,
     FakeLabelStudio,
     FakePipeline,
-    FakePrediction,
-    FakeReference,
-    FakeTarget,
     brush_region,
     fake_model,
+    no_segmentation,
 )
-from tests.service_fixtures import run_worker, start_redis, stop_process  # noqa: E402
-from tests.test_jobs import fixture  # noqa: E402
-from worker import handoff, models, pipelining  # noqa: E402
-from worker import tasks as _jobs  # noqa: E402, F401  (imports torch & co before any timing)
-from worker.labelstudio.brush_rle import mask_to_rle  # noqa: E402
-
-COCO = REPO.parent / "shared" / "assets" / "data" / "coco128_seg"
+from tests.project_helpers import fixture
+from tests.service_fixtures import run_worker, start_redis, stop_process
+from worker import runtime
+from worker import tasks as _jobs  # noqa: F401  (imports torch & co before any timing)
+from worker.labelstudio.brush_rle import mask_to_rle
+from worker.prediction import delivery, prefetch
 
 
 def fingerprint(image: np.ndarray) -> str:
@@ -56,26 +55,33 @@ def fingerprint(image: np.ndarray) -> str:
 
 @dataclass
 class GroundTruthPipeline(FakePipeline):
-    """A null model: the "prediction" of a label is the image's largest ground-truth class."""
+    """A null model: the "prediction" of a label is the image's largest ground-truth class.
+    The fake's encodings carry no features; this one writes the image's index among the
+    masks into its one token, so a target read back from the cache finds its mask."""
 
     masks: dict[str, np.ndarray] | None = None
-    keys: dict[tuple[int, int, float], str] = field(default_factory=dict)
+    index: dict[str, int] = field(default_factory=dict)
 
-    def encode_target(self, image: np.ndarray) -> FakeTarget:
+    def encode_target(self, image: np.ndarray) -> TargetEncoding:
         target = super().encode_target(image)
-        # by value: a target read back from the target cache is the same key
-        self.keys[(target.height, target.width, target.mean)] = fingerprint(image)
-        return target
-
-    def encode_targets(self, images: list[np.ndarray], *, batch_size: int) -> list[FakeTarget]:
-        return [self.encode_target(image) for image in images]
+        key = fingerprint(image)
+        number = self.index.setdefault(key, len(self.index))
+        tokens = np.full((1, 1), number, dtype=np.float32)
+        return TargetEncoding(target.embedding, tokens, target.image_size, "gt_sam", "gt_dino")
 
     def predict_labels(
-        self, target: FakeTarget, references: dict[str, list[FakeReference]]
-    ) -> dict[str, FakePrediction]:
+        self,
+        target: TargetEncoding,
+        references: Mapping[str, Sequence[Reference]],
+        *,
+        decoded: DecodedMasks | None = None,
+    ) -> dict[str, Prediction]:
         assert self.masks is not None
-        mask = self.masks[self.keys[(target.height, target.width, target.mean)]]
-        return {label: FakePrediction(mask, 0.9, False) for label in references}
+        keys = {number: key for key, number in self.index.items()}
+        mask = self.masks[keys[int(target.tokens[0, 0])]]
+        return {
+            label: Prediction(mask, 0.9, False, False, no_segmentation()) for label in references
+        }
 
 
 def load_coco() -> tuple[list[bytes], dict[str, np.ndarray]]:
@@ -108,9 +114,10 @@ def run_once(
         prefetch_jobs=4 if pipelined else 0,
         deliver_threads=2 if pipelined else 0,
         encode_batch=8 if pipelined else 1,
+        **FAKE_SETTINGS,  # type: ignore[arg-type]
         _env_file=None,  # type: ignore[call-arg]
     )
-    models.install(settings, fake_model(GroundTruthPipeline(masks=masks)))
+    runtime.install(settings, fake_model(GroundTruthPipeline(masks=masks)))
     tasks = [ls.add_task(1, data, f"{i}.jpg")["id"] for i, data in enumerate(images)]
     first = fingerprint(np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB")))
     ls.annotate(tasks[0], [brush_region(masks[first], "Object")])  # the seed
@@ -119,13 +126,13 @@ def run_once(
         run_worker(conn, settings, max_jobs=1)  # the sync: seed applied, 127 tasks queued
         started = time.perf_counter()
         run_worker(conn, settings)
-        handoff.drain()  # the background POSTs count
+        delivery.drain()  # the background POSTs count
         elapsed = time.perf_counter() - started
     posted = len(ls.posts)
     ls.stop()
-    handoff.reset()
-    pipelining.reset()
-    models.reset()
+    delivery.reset()
+    prefetch.reset()
+    runtime.reset()
     if posted != len(tasks) - 1:
         raise SystemExit(f"expected {len(tasks) - 1} predictions, LS got {posted}")
     return posted / elapsed

@@ -6,17 +6,14 @@ Usage: python scripts/bench_rle.py [--width 2000] [--height 1500] [--repeat 3]
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+import bootstrap  # noqa: F401  (the repository root on sys.path)
 import numpy as np
 from label_studio_sdk.converter.brush import decode_rle, mask2rle
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from worker.labelstudio.brush_rle import mask_to_rle, rle_to_mask  # noqa: E402
+from worker.labelstudio.brush_rle import mask_to_rle, rle_to_mask
 
 
 def best_of(fn: Callable[[], object], repeat: int) -> float:

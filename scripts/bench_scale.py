@@ -24,24 +24,22 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import bootstrap  # noqa: F401  (the repository root on sys.path)
 from fastapi.testclient import TestClient
 from redis import Redis
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from backend.app import create_app  # noqa: E402
-from backend.state.settings import Settings  # noqa: E402
-from tests.fakes import TOKEN, FakeLabelStudio, box_mask, brush_region, fake_model  # noqa: E402
-from tests.service_fixtures import (  # noqa: E402
+from backend.app import create_app
+from backend.state.settings import Settings
+from tests.fakes import FAKE_SETTINGS, TOKEN, FakeLabelStudio, box_mask, brush_region, fake_model
+from tests.project_helpers import event, fixture, png_bytes
+from tests.service_fixtures import (
     make_jobs,
     run_worker,
     start_redis,
     stop_process,
 )
-from tests.test_jobs import event, fixture, png_bytes  # noqa: E402
-from worker import models  # noqa: E402
-from worker import tasks as _jobs  # noqa: E402, F401  (imports torch & co before any timing)
+from worker import runtime
+from worker import tasks as _jobs  # noqa: F401  (imports torch & co before any timing)
 
 H, W = 48, 64
 NEXT = 50
@@ -98,9 +96,10 @@ def simulate(n_tasks: int, lookahead: int | None, redis_url: str, tmp: Path) -> 
         refit_debounce_s=0.0,  # each correction its own version: the worst case for the queue
         lookahead_tasks=lookahead,
         inline_verify_delay_s=0,
+        **FAKE_SETTINGS,  # type: ignore[arg-type]
         _env_file=None,  # type: ignore[call-arg]
     )
-    models.install(settings, fake_model())
+    runtime.install(settings, fake_model())
     image = png_bytes(W, H, seed=1)
     tasks = [ls.add_task(1, image)["id"] for _ in range(n_tasks)]
     ls.annotate(tasks[0], [brush_region(box_mask(H, W, 10, 30, 20, 50), "Object")])
@@ -123,7 +122,7 @@ def simulate(n_tasks: int, lookahead: int | None, redis_url: str, tmp: Path) -> 
         jobs = make_jobs(conn, settings)
         out["jobs_waiting"] = sum(q.count for q in jobs.queues)
     ls.stop()
-    models.reset()
+    runtime.reset()
     return out
 
 

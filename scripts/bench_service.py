@@ -28,18 +28,16 @@ from typing import Any
 
 import httpx
 import numpy as np
+from bootstrap import REPO
 from PIL import Image
 from redis import Redis
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from backend.state.settings import Settings  # noqa: E402
-from backend.state.store import Store  # noqa: E402
-from tests.fakes import TOKEN, FakeLabelStudio, box_mask, brush_region  # noqa: E402
-from tests.service_fixtures import free_port, start_redis, stop_process  # noqa: E402
+from backend.state.settings import Settings
+from backend.state.store import Store
+from tests.fakes import TOKEN, FakeLabelStudio, box_mask, brush_region
+from tests.service_fixtures import free_port, start_redis, stop_process
 
 COCO = REPO.parent / "shared" / "assets" / "data" / "coco128_seg" / "images"
 CONFIG = (

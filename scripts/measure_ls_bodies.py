@@ -26,13 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from bootstrap import REPO
 from PIL import Image
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.fakes import brush_region  # noqa: E402
-from tests.lsserver import LabelStudio, free_port, start_label_studio  # noqa: E402
+from tests.fakes import brush_region
+from tests.lsserver import LabelStudio, free_port, start_label_studio
 
 COCO = REPO.parent / "shared" / "assets" / "data" / "coco128_seg" / "images"
 CONFIG = (

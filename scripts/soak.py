@@ -41,16 +41,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from bootstrap import REPO
 from redis import Redis
 from rq import Queue
 from rq.registry import ScheduledJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from tests.fakes import TOKEN, FakeLabelStudio, box_mask, brush_region, png_bytes  # noqa: E402
-from tests.service_fixtures import free_port, start_redis, stop_process  # noqa: E402
+from tests.fakes import TOKEN, FakeLabelStudio, box_mask, brush_region, png_bytes
+from tests.service_fixtures import free_port, start_redis, stop_process
 
 P = 1
 CONFIG = (

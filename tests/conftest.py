@@ -10,8 +10,9 @@ import pytest
 
 from tests.lsserver import LabelStudio, start_label_studio
 
-# Service fixtures (real redis-server, settings, TestClient, fake LS) for every test module.
-pytest_plugins = ["tests.service_fixtures"]
+# Service fixtures (real redis-server, settings, TestClient, fake LS) and the end-to-end
+# `backend` fixture (started only on request) for every test module.
+pytest_plugins = ["tests.service_fixtures", "tests.e2e_helpers"]
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("GFSAM_SHARED_DIR", REPO_ROOT.parent / "shared"))

@@ -8,8 +8,8 @@ from __future__ import annotations
 from backend.state.keys import key
 from backend.state.schemas import DeliverJob, PredictJob
 from tests.fakes import png_bytes
+from tests.project_helpers import SEED, H, W, annotate, setup_project
 from tests.service_fixtures import Service
-from tests.test_jobs import SEED, H, W, annotate, setup_project
 
 
 def test_a_post_after_an_orphaned_waiter_is_never_answered_inline_again(svc: Service) -> None:

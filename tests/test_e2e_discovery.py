@@ -38,9 +38,7 @@ from backend.state.store import Store
 from gfsam.discover import CandidateGroups
 from gfsam.encoders.dinov2 import DINOV2_SPECS
 from gfsam.image import mask_to_frame
-from tests.lsserver import LabelStudio, free_port
-from tests.service_fixtures import start_redis, stop_process
-from tests.test_e2e import (
+from tests.e2e_helpers import (
     ELEPHANTS,
     PHASE_S,
     Backend,
@@ -51,6 +49,8 @@ from tests.test_e2e import (
     version_n,
     wait_for,
 )
+from tests.lsserver import LabelStudio, free_port
+from tests.service_fixtures import start_redis, stop_process
 from worker.discovery.candidates import GROUP_PARAMS, crop_png, groups_view, pack_mask
 from worker.labelstudio.brush_rle import annotation_masks, rle_to_mask
 

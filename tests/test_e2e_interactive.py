@@ -16,16 +16,15 @@ import numpy as np
 import pytest
 import requests
 
-from tests.lsserver import LabelStudio
-from tests.test_e2e import (  # noqa: F401  (the `backend` fixture is used by name)
+from tests.e2e_helpers import (
     ELEPHANTS,
     PHASE_S,
     Backend,
     annotation_result,
-    backend,
     natural_size,
     wait_for,
 )
+from tests.lsserver import LabelStudio
 from worker.labelstudio.brush_rle import rle_to_mask
 
 pytestmark = pytest.mark.e2e
@@ -102,7 +101,7 @@ def answer_mask(reply: dict, size: tuple[int, int], version: str) -> np.ndarray:
     return rle_to_mask(region["value"]["rle"], *size)  # raises unless W*H*4 values
 
 
-def test_interactive_smart_tools(ls: LabelStudio, backend: Backend) -> None:  # noqa: F811
+def test_interactive_smart_tools(ls: LabelStudio, backend: Backend) -> None:
     images = sorted(ELEPHANTS.glob("*.jpg"))[:3]
     project = ls.create_project(CONFIG, title="gfsam-interactive")["id"]
     ls.import_images(project, images)

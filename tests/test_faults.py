@@ -22,6 +22,7 @@ from backend.state.schemas import PredictJob
 from backend.state.settings import Settings
 from backend.state.store import Store
 from tests.fakes import brush_region, png_bytes
+from tests.project_helpers import SEED, annotate, event, fixture, setup_project, status, version
 from tests.service_fixtures import (
     Service,
     changed,
@@ -30,7 +31,6 @@ from tests.service_fixtures import (
     tick_scheduler,
     wait_until,
 )
-from tests.test_jobs import SEED, annotate, event, fixture, setup_project, status, version
 
 
 def run_due_retries(svc: Service, retried: str) -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from backend.state.settings import Settings
 from tests.fakes import MediaServer, brush_region, png_bytes
+from tests.project_helpers import SEED, H, W, annotate, event, fixture, setup_project, status
 from tests.service_fixtures import Service, wait_until
-from tests.test_jobs import SEED, H, W, annotate, event, fixture, setup_project, status
 
 
 def basic(user: str, password: str) -> dict[str, str]:

@@ -3,12 +3,9 @@ pipeline and a fake LS, then assert on versions, shots, deliveries and counts (r
 
 from __future__ import annotations
 
-import copy
-import json
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -17,62 +14,21 @@ from backend.api import inline
 from backend.state.jobs import Jobs, predict_job_id
 from backend.state.schemas import PredictJob
 from backend.state.store import Store
-from tests.fakes import FakeLabelStudio, box_mask, brush_region, png_bytes
+from tests.fakes import box_mask, brush_region, png_bytes
+from tests.project_helpers import (
+    SEED,
+    H,
+    W,
+    annotate,
+    event,
+    fixture,
+    seeded,
+    setup_project,
+    status,
+    version,
+)
 from tests.service_fixtures import Service, make_jobs
 from worker.labelstudio.brush_rle import annotation_masks, rle_to_mask
-
-FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
-H, W = 48, 64
-SEED = box_mask(H, W, 10, 30, 20, 50)
-
-
-def fixture(name: str) -> dict[str, Any]:
-    return json.loads((FIXTURES / name).read_text())
-
-
-def event(action: str, ann: dict[str, Any], ls: FakeLabelStudio) -> dict[str, Any]:
-    """An ANNOTATION_* webhook body like LS's, for an annotation of the fake LS."""
-    body = copy.deepcopy(fixture("webhook_annotation_created.json"))
-    body["action"] = action
-    body["annotation"].update({k: ann[k] for k in ("id", "task", "result", "updated_at")})
-    body["task"].update(id=ann["task"], data=ls.tasks[ann["task"]]["data"])
-    return body
-
-
-def setup_project(svc: Service, n: int = 4) -> list[int]:
-    assert svc.client.post("/setup", json=fixture("setup.json")).status_code == 200
-    svc.run_worker()  # the sync reads the project from LS and registers it (issue 7)
-    return [svc.ls.add_task(1, png_bytes(W, H, seed=i))["id"] for i in range(n)]
-
-
-def annotate(
-    svc: Service,
-    task: int,
-    mask: np.ndarray | None,
-    annotation: int | None = None,
-    label: str = "Object",
-) -> dict[str, Any]:
-    result = [] if mask is None else [brush_region(mask, label)]
-    ann = svc.ls.annotate(task, result, annotation)
-    action = "ANNOTATION_UPDATED" if annotation else "ANNOTATION_CREATED"
-    assert svc.client.post("/webhook", json=event(action, ann, svc.ls)).status_code == 200
-    return ann
-
-
-def version(svc: Service) -> str:
-    return svc.client.post("/setup", json=fixture("setup.json")).json()["model_version"]
-
-
-def status(svc: Service, project: int = 1) -> dict[str, Any]:
-    return svc.client.get(f"/projects/{project}").json()
-
-
-def seeded(svc: Service, n: int = 4) -> list[int]:
-    """Project 1 with n tasks, the first annotated (seed), pre-annotations delivered."""
-    tasks = setup_project(svc, n)
-    annotate(svc, tasks[0], SEED)
-    svc.run_worker()
-    return tasks
 
 
 def test_seed_then_preannotation_through_the_api(svc: Service) -> None:

@@ -16,8 +16,8 @@ from backend.state.keys import key
 from backend.state.settings import Settings
 from gfsam.encodings import TargetEncoding
 from tests.fakes import FakePipeline, fake_model, png_bytes
+from tests.project_helpers import SEED, annotate, setup_project
 from tests.service_fixtures import Service
-from tests.test_jobs import SEED, annotate, setup_project
 from worker import runtime
 from worker.labelstudio.errors import LabelStudioUnavailable
 from worker.prediction import delivery, prefetch

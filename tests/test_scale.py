@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tests.fakes import box_mask
+from tests.project_helpers import SEED, H, W, annotate, seeded, setup_project, status, version
 from tests.service_fixtures import Service, tick_scheduler, wait_until
-from tests.test_jobs import SEED, H, W, annotate, seeded, setup_project, status, version
 
 
 def run_scheduled(svc: Service, func: str) -> None:

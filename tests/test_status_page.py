@@ -23,8 +23,8 @@ from backend.state.keys import key
 from backend.state.schemas import LabelConfigSummary
 from backend.state.store import Store
 from tests.fakes import box_mask
+from tests.project_helpers import SEED, annotate, setup_project
 from tests.service_fixtures import Service, free_port, wait_until
-from tests.test_jobs import SEED, annotate, setup_project
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [
