@@ -7,8 +7,9 @@ Token level: `segment_tokens` / `segment_weighted` (the parity contract). Image 
 from gfsam.core import segment_tokens, segment_weighted
 from gfsam.decoded import DecodedMasks
 from gfsam.encoders import ENCODERS, build_encoder
+from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.image import load_image, load_mask
-from gfsam.pipeline import GFSAM, Prediction, Reference, TargetEncoding, build_pipeline
+from gfsam.pipeline import GFSAM, build_pipeline
 from gfsam.points import reference_weights
 from gfsam.types import FRAME, GRID, TOKENS, GFSAMConfig, Segmentation
 

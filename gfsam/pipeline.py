@@ -333,13 +333,3 @@ def build_pipeline(
     dino_enc = build_encoder(dino, checkpoint=ckpts[1], device=device)
     assert isinstance(sam_enc, SamEncoder) and isinstance(dino_enc, Dinov2Encoder)
     return GFSAM(sam_enc, dino_enc, config, device=device, precision=precision)
-
-
-__all__ = [
-    "GFSAM",
-    "DecodedMasks",
-    "Prediction",
-    "Reference",
-    "TargetEncoding",
-    "build_pipeline",
-]

@@ -17,7 +17,7 @@ import pytest
 from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
-from backend.api.labelconfig import config_digest, parse_label_config
+from backend.state.labelconfig import config_digest, parse_label_config
 from backend.state.schemas import StoredPrediction
 from tests.fakes import png_bytes
 from tests.service_fixtures import Service, wait_until

@@ -1,10 +1,10 @@
-"""backend.api.labelconfig: finding the BrushLabels/Image pair of a labeling config."""
+"""backend.state.labelconfig: finding the BrushLabels/Image pair of a labeling config."""
 
 from __future__ import annotations
 
 import pytest
 
-from backend.api.labelconfig import LabelConfigError, parse_label_config
+from backend.state.labelconfig import LabelConfigError, parse_label_config
 from backend.state.schemas import LabelConfigSummary
 
 

@@ -13,8 +13,9 @@ import pytest
 import torch
 
 from gfsam.encoders import WeightsNotFoundError
+from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.image import load_image, load_mask, mask_from_frame
-from gfsam.pipeline import GFSAM, Prediction, Reference, TargetEncoding, build_pipeline
+from gfsam.pipeline import GFSAM, build_pipeline
 from gfsam.types import FRAME, TOKENS, GFSAMConfig
 from tests.conftest import ASSETS
 

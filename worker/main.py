@@ -27,6 +27,7 @@ from backend.state.settings import Settings, get_settings
 from backend.state.store import WORKER_PREFIX, Store
 from gfsam.encoders.weights import WeightsNotFoundError
 from worker import runtime
+from worker.contract import ContractError
 from worker.joblog import JobLoggingWorker
 from worker.labelstudio.errors import LabelStudioAuthError
 from worker.prediction import delivery, prefetch
@@ -36,6 +37,7 @@ logger = logging.getLogger(__name__)
 
 EXIT_NO_WEIGHTS = 2
 EXIT_CONFIG = 3
+EXIT_MODEL = 4  # the model does not meet worker.contract (a member is missing)
 REDIS_RECONNECT_ATTEMPTS = 300  # one a second: a Redis restart or failover takes this long at most
 
 
@@ -54,7 +56,8 @@ def wait_for_redis(url: str, attempts: int = 30, delay_s: float = 1.0) -> Redis:
 
 
 def load_or_explain(settings: Settings) -> int:
-    """Load the models; on a missing key or missing weights say what to do. Returns 0 or a code."""
+    """Load the models; on a missing key, missing weights or a model that does not meet the
+    worker's contract say what is wrong. Returns 0 or an exit code."""
     try:
         runtime.load(settings)
     except LabelStudioAuthError as exc:
@@ -69,6 +72,9 @@ def load_or_explain(settings: Settings) -> int:
             settings.model_dir,
         )
         return EXIT_NO_WEIGHTS
+    except ContractError as exc:
+        logger.error("worker not started: %s", exc)
+        return EXIT_MODEL
     return 0
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -129,6 +130,20 @@ def client(settings: Settings) -> LabelStudioClient:
         media_policy=policy,
         media_deadline_s=settings.media_deadline_s,
     )
+
+
+class ThreadClient(threading.local):
+    """One LS client per thread (a client is not shared across threads), built on first use in
+    each thread: the prefetch and background-POST threads use it."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._ls: LabelStudioClient | None = None
+
+    def get(self) -> LabelStudioClient:
+        if self._ls is None:
+            self._ls = client(self._settings)
+        return self._ls
 
 
 def install(settings: Settings, model: Model, ls: LabelStudioClient | None = None) -> Runtime:

@@ -21,11 +21,11 @@ from pydantic import ValidationError
 
 from backend.api.candidates import router as candidates_router
 from backend.api.guard import RequestGuard
-from backend.api.labelconfig import LabelConfigError
 from backend.api.metrics import Metrics
 from backend.api.routes import router
 from backend.api.status import router as status_router
 from backend.state.jobs import Jobs, connect
+from backend.state.labelconfig import LabelConfigError
 from backend.state.logs import setup_logging
 from backend.state.settings import Settings, get_settings
 from backend.state.store import Store, StoreUnavailable

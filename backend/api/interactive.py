@@ -17,9 +17,9 @@ from typing import Any
 
 from fastapi import HTTPException
 
-from backend.api.labelconfig import LabelConfigError, parse_label_config
 from backend.api.protocol import PredictItem, PredictRequest, PredictResponse
 from backend.state.jobs import Jobs
+from backend.state.labelconfig import LabelConfigError, parse_label_config
 from backend.state.prompts import (
     ClickJob,
     PromptError,

@@ -22,7 +22,6 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from backend.api import inline
 from backend.api import interactive as clicks
 from backend.api.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookAuth
-from backend.api.labelconfig import LabelConfigError, config_digest, parse_label_config
 from backend.api.protocol import (
     ERROR_RESPONSES,
     MAX_ID,
@@ -40,6 +39,7 @@ from backend.api.protocol import (
     WebhookResponse,
 )
 from backend.state.jobs import Jobs
+from backend.state.labelconfig import LabelConfigError, config_digest, parse_label_config
 from backend.state.schemas import AnnotationJob, DeleteJob
 from backend.state.store import Store
 

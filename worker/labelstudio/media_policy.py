@@ -89,24 +89,27 @@ class MediaPolicy:
             raise MediaRefused(f"media host {host} refused: private or local address")
 
 
+def _private(obj: object, *path: str) -> object:
+    """`obj.a.b...` along `path`, None where an attribute is missing."""
+    for name in path:
+        # urllib3 and http.client expose no public accessor to a response's socket: their
+        # private attributes, read with a default since they may change between releases.
+        obj = getattr(obj, name, None)
+    return obj
+
+
+def socket_of(raw: object) -> socket.socket | None:
+    """The socket under a streamed urllib3 response (its peer address, and cutting a download at
+    its deadline), or None when it cannot be told: urllib3 2's connection socket, else the one
+    behind http.client's buffered reader."""
+    sock = _private(raw, "_connection", "sock") or _private(raw, "_fp", "fp", "raw", "_sock")
+    return sock if isinstance(sock, socket.socket) else None
+
+
 def peer_address(raw: object) -> str | None:
     """The remote IP of a streamed urllib3 response, or None when it cannot be told."""
-    conn = getattr(raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        fp = getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None)
-        sock = getattr(fp, "_sock", None)
+    sock = socket_of(raw)
     try:
         return str(sock.getpeername()[0]) if sock is not None else None
     except OSError:
         return None
-
-
-def socket_of(raw: object) -> socket.socket | None:
-    """The socket under a streamed urllib3 response (to cut a download at its deadline)."""
-    conn = getattr(raw, "_connection", None)
-    sock = getattr(conn, "sock", None)
-    if sock is None:
-        fp = getattr(getattr(getattr(raw, "_fp", None), "fp", None), "raw", None)
-        sock = getattr(fp, "_sock", None)
-    return sock if isinstance(sock, socket.socket) else None

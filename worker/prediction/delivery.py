@@ -21,8 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from backend.state.jobs import Jobs
 from backend.state.schemas import DeliverJob, StoredPrediction
 from backend.state.store import Store
-from worker.labelstudio.client import LabelStudioClient
-from worker.runtime import Runtime, client
+from worker.runtime import Runtime, ThreadClient
 
 logger = logging.getLogger(__name__)
 
@@ -94,14 +93,11 @@ class Handoff:
         self.slots = threading.BoundedSemaphore(rt.settings.deliver_queue)
         self.pending = 0
         self.lock = threading.Lock()
-        self._local = threading.local()
+        self._clients = ThreadClient(rt.settings)
 
     def _runtime(self) -> Runtime:
         """The runtime with this thread's own LS client (a client is not shared by threads)."""
-        ls: LabelStudioClient | None = getattr(self._local, "ls", None)
-        if ls is None:
-            ls = self._local.ls = client(self.rt.settings)
-        return dataclasses.replace(self.rt, ls=ls)
+        return dataclasses.replace(self.rt, ls=self._clients.get())
 
     def submit(self, store: Store, jobs: Jobs, p: int, pred: StoredPrediction) -> None:
         """Post `pred` (stored and claimed "api" already) in the background."""

@@ -71,14 +71,11 @@ class Prefetcher:
         self.entries: OrderedDict[int, Future[Prefetched | None]] = OrderedDict()
         self.lock = threading.Lock()
         self.current: Prefetched | None = None  # the running job's image, for its encoding
-        self._local = threading.local()
+        self._clients = runtime.ThreadClient(self.settings)
 
     def client(self) -> LabelStudioClient:
         """This thread's LS client (the job's client is not shared across threads)."""
-        ls = getattr(self._local, "ls", None)
-        if ls is None:
-            ls = self._local.ls = runtime.client(self.settings)
-        return ls
+        return self._clients.get()
 
     def look_ahead(self, store: Store, jobs: Jobs, running: str, task: int) -> None:
         """Start prefetching the next queued predict jobs behind the running one (`task`);
