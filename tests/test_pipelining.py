@@ -168,7 +168,7 @@ def test_background_post_failure_is_redelivered(
     post = delivery.background_post
 
     def flaky(rt: runtime.Runtime, store: Any, p: int, pred: Any) -> str:
-        executor = delivery._handoff  # not get(rt): rt is the thread's copy (own LS client)
+        executor = delivery._poster  # not get(rt): rt is the thread's copy (own LS client)
         pending.append(executor.pending if executor is not None else -1)
         if pred.task not in failed:  # each task's first POST fails (LS down)
             failed.append(pred.task)
@@ -196,7 +196,7 @@ def test_process_dying_before_the_post_is_redelivered_by_a_sync(
 ) -> None:
     svc = make_service(deliver_threads=1)
     # The process dies with the hand-offs still queued: nothing posts, nothing is re-queued.
-    monkeypatch.setattr(delivery.Handoff, "submit", lambda self, *args: None)
+    monkeypatch.setattr(delivery.BackgroundPoster, "submit", lambda self, *args: None)
     tasks = setup_project(svc, 3)
     annotate(svc, tasks[0], SEED)
     svc.run_worker()

@@ -84,7 +84,7 @@ def post_once(rt: Runtime, store: Store, p: int, pred: StoredPrediction) -> str:
 # --------------------------------------------------------------------------- background POSTs
 
 
-class Handoff:
+class BackgroundPoster:
     """A bounded background executor of LS POSTs for one runtime."""
 
     def __init__(self, rt: Runtime) -> None:
@@ -154,21 +154,21 @@ def background_post(rt: Runtime, store: Store, p: int, pred: StoredPrediction) -
     return post_once(rt, store, p, pred)
 
 
-_handoff: Handoff | None = None
+_poster: BackgroundPoster | None = None
 _guard = threading.Lock()
 
 
-def executor_for(rt: Runtime) -> Handoff | None:
+def executor_for(rt: Runtime) -> BackgroundPoster | None:
     """This process's executor for `rt` (None when `deliver_threads` is 0)."""
-    global _handoff
+    global _poster
     if rt.settings.deliver_threads == 0:
         return None
     with _guard:
-        if _handoff is None or _handoff.rt is not rt:
-            if _handoff is not None:
-                _handoff.close()
-            _handoff = Handoff(rt)
-        return _handoff
+        if _poster is None or _poster.rt is not rt:
+            if _poster is not None:
+                _poster.close()
+            _poster = BackgroundPoster(rt)
+        return _poster
 
 
 def deliver(rt: Runtime, store: Store, jobs: Jobs, p: int, pred: StoredPrediction) -> str:
@@ -186,14 +186,14 @@ def deliver(rt: Runtime, store: Store, jobs: Jobs, p: int, pred: StoredPredictio
 
 def drain(timeout_s: float = 60.0) -> bool:
     """Wait for the pending background POSTs (worker exit, tests)."""
-    executor = _handoff
+    executor = _poster
     return executor.drain(timeout_s) if executor is not None else True
 
 
 def reset() -> None:
     """Finish pending POSTs and stop the threads (worker exit, tests)."""
-    global _handoff
+    global _poster
     with _guard:
-        if _handoff is not None:
-            _handoff.close()
-        _handoff = None
+        if _poster is not None:
+            _poster.close()
+        _poster = None
