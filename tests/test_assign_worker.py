@@ -123,7 +123,7 @@ def test_candidates_and_stable_region_ids(make_service: Callable[..., Service]) 
     assert cand.label == "Cat" and cand.source == "Cat" and cand.similarity < 0.6
     assert out.prediction.result == posted(svc, no_cat)["result"]  # same ids, same regions
     crowd_image = svc.ls.media[svc.ls.tasks[crowd]["data"]["image"]]
-    again = inference.predict(rt, svc.store, cfg, refs, crowd, crowd_image)
+    again = inference.predict_task(rt, svc.store, cfg, refs, crowd, crowd_image).prediction
     assert [r["id"] for r in again.result] == [r["id"] for r in posted(svc, crowd)["result"]]
     assert THRESHOLDS.computed == 2
 

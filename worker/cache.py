@@ -13,7 +13,10 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gfsam.encodings import Reference
 
 logger = logging.getLogger(__name__)
 
@@ -87,11 +90,14 @@ class ReferenceCache:
 
     def __init__(self, max_items: int) -> None:
         self.max_items = max_items
-        self._items: OrderedDict[str, Any] = OrderedDict()
+        self._items: OrderedDict[str, Reference] = OrderedDict()
 
     def get(
-        self, sha: str, fetch: Callable[[str], bytes | None], decode: Callable[[bytes], Any]
-    ) -> Any:
+        self,
+        sha: str,
+        fetch: Callable[[str], bytes | None],
+        decode: Callable[[bytes], Reference],
+    ) -> Reference:
         """The decoded reference `sha`, from memory or else fetched and decoded.
 
         Raises:
@@ -109,7 +115,7 @@ class ReferenceCache:
             self._items.popitem(last=False)
         return value
 
-    def put(self, sha: str, value: Any) -> None:
+    def put(self, sha: str, value: Reference) -> None:
         self._items[sha] = value
         self._items.move_to_end(sha)
         while len(self._items) > self.max_items:

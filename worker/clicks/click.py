@@ -20,6 +20,7 @@ import numpy as np
 
 from backend.state.prompts import ClickJob, PromptError, Prompts, WarmJob, check_usable
 from backend.state.store import Store
+from gfsam.encodings import TargetEncoding
 from worker import runtime
 from worker.clicks.edit_rules import refine
 from worker.labelstudio.brush_rle import BrushError, mask_to_rle, masks_to_result, rle_to_mask
@@ -29,10 +30,12 @@ logger = logging.getLogger(__name__)
 
 # (project, task) -> target encoding; this process only (one interactive worker
 # holds its annotators' open tasks). Bounded by settings.interactive_targets_in_memory.
-_memory: OrderedDict[tuple[int, int], Any] = OrderedDict()
+_memory: OrderedDict[tuple[int, int], TargetEncoding] = OrderedDict()
 
 
-def _target(rt: runtime.Runtime, store: Store, p: int, t: int, data_key: str) -> tuple[Any, bool]:
+def _target(
+    rt: runtime.Runtime, store: Store, p: int, t: int, data_key: str
+) -> tuple[TargetEncoding, bool]:
     """The task's target encoding and whether this call ran the image encoders.
 
     Raises:

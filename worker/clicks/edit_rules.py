@@ -22,34 +22,18 @@ point, no box, no mask prompt) uses the multimask output, best by predicted IoU.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
 
 import numpy as np
 from scipy import ndimage
 
 from backend.state.prompts import PromptError, Prompts
 from gfsam.image import mask_from_frame, mask_to_frame
-from gfsam.types import FRAME
+from gfsam.types import FRAME, PromptDecoder
 
 LOW_RES = FRAME // 4  # 256: side of SAM's low-res logits and of its mask prompt
 # Logit magnitude of a mask prompt rebuilt from a stored binary mask: SAM's own low-res logits
 # of confident masks sit around this size, and the sign is all a binary mask can tell.
 PROMPT_LOGIT = 8.0
-
-
-class PromptDecoder(Protocol):
-    """`gfsam.encoders.sam.SamEncoder.decode_prompts` (or the tests' fake)."""
-
-    def decode_prompts(
-        self,
-        embedding: Any,
-        points_xy: np.ndarray | None = None,
-        point_labels: np.ndarray | None = None,
-        box_xyxy: np.ndarray | None = None,
-        mask_logits: np.ndarray | None = None,
-        *,
-        multimask: bool = False,
-    ) -> tuple[np.ndarray, float, np.ndarray]: ...
 
 
 @dataclass
@@ -102,7 +86,7 @@ def _pixel(point: tuple[float, float], size: tuple[int, int]) -> tuple[int, int]
 
 def refine(
     decoder: PromptDecoder,
-    embedding: Any,
+    embedding: np.ndarray,
     prompts: Prompts,
     size: tuple[int, int],
     prior: np.ndarray | None = None,

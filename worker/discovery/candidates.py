@@ -22,7 +22,6 @@ import logging
 import time
 import zlib
 from functools import partial
-from typing import Any
 
 import numpy as np
 
@@ -43,6 +42,7 @@ from gfsam.discover import (
     discover_candidates,
     sam_prompt_fn,
 )
+from gfsam.encodings import Reference
 from gfsam.image import mask_from_frame, mask_to_frame
 from gfsam.types import FRAME
 from worker.labelstudio.brush_rle import BrushError, annotation_masks, regions_to_result
@@ -167,7 +167,7 @@ def _covered(
     return covered
 
 
-def _threshold(rt: Runtime, refs: ReferenceSet, label: str, references: list[Any]) -> float:
+def _threshold(rt: Runtime, refs: ReferenceSet, label: str, references: list[Reference]) -> float:
     """The label's split threshold, from the cache `worker.prediction.assignment` filled for this
     task."""
     shas = [s.ref for s in refs.shots[label]]

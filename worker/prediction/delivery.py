@@ -1,6 +1,6 @@
 """The worker's side of the exactly-once delivery protocol: inline /predict reply or LS API,
 never both (docs/architecture.md §3, "Delivery", steps 2, 4 and 6), and the background POSTs of
-the pipelined worker (§3, "Pipeline").
+the worker (§3, "Prefetch and background delivery").
 
 Background POSTs: with `deliver_threads` > 0 the job stores the result and claims it ("api") on
 its own thread (`claim_computed`) before handing the POST (`post_once`: lock + LS check) to a

@@ -83,18 +83,6 @@ class TaskResult:
     candidates: list[Instance] = field(default_factory=list)
 
 
-def predict(
-    rt: Runtime,
-    store: Store,
-    cfg: LabelConfigSummary,
-    refs: ReferenceSet,
-    task: int,
-    image_bytes: bytes,
-) -> StoredPrediction:
-    """Predict every label of the config that has references, as one LS prediction."""
-    return predict_task(rt, store, cfg, refs, task, image_bytes).prediction
-
-
 def predict_task(
     rt: Runtime,
     store: Store,
