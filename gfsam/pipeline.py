@@ -271,6 +271,33 @@ class GFSAM:
             )
 
 
+def reference_from_target(target: TargetEncoding, mask: np.ndarray) -> Reference:
+    """A reference shot of an object in an image already encoded as a target, with no encoder
+    pass: the target's DINOv2 tokens and the mask's cell weights ("find all like this": the
+    clicked object becomes a temporary shot of its own image).
+
+    Args:
+        target: the image's `TargetEncoding`.
+        mask: bool [H, W] at the target's `image_size`.
+
+    Raises:
+        ValueError: the mask is empty or full after resizing to the frame, or of another size.
+    """
+    binary = as_mask(mask, target.image_size)
+    framed = mask_to_frame(binary)  # (S, S) bool
+    if not framed.any() or framed.all():
+        raise ValueError("reference mask is empty or full after resizing to 1024x1024")
+    fg, bg = reference_weights(framed)  # (T,), (T,)
+    return Reference(
+        tokens=target.tokens,
+        fg=fg.numpy(),
+        bg=bg.numpy(),
+        mask_area=int(binary.sum()),
+        image_size=target.image_size,
+        encoder=target.dino_encoder,
+    )
+
+
 def _encoder_names(
     sam: str, dino: str, preset: str | None, random_weights: bool
 ) -> tuple[str, str]:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from backend.state.settings import Settings
+from gfsam.geometry import GeometryParams
 from worker.cache import ReferenceCache, TargetCache
 from worker.contract import SegmentationModel, check_model
 from worker.labelstudio.client import LabelStudioClient
@@ -129,6 +130,22 @@ def client(settings: Settings) -> LabelStudioClient:
         timeout=settings.ls_timeout_s,
         media_policy=policy,
         media_deadline_s=settings.media_deadline_s,
+    )
+
+
+def geometry_params(settings: Settings) -> GeometryParams:
+    """What `gfsam.geometry` counts as a defect, and the polygon output rules (GEOMETRY_*,
+    POLYGON_*)."""
+    return GeometryParams(
+        min_area_frac=settings.geometry_min_area_frac,
+        min_area_px=settings.geometry_min_area_px,
+        fill_holes_frac=settings.geometry_fill_holes_frac,
+        fill_holes_px=settings.geometry_fill_holes_px,
+        sliver_px=settings.geometry_sliver_px,
+        nested_share=settings.geometry_nested_share,
+        smooth_px=settings.geometry_smooth_px,
+        polygon_tolerance_px=settings.polygon_tolerance_px,
+        polygon_max_points=settings.polygon_max_points,
     )
 
 

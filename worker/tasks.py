@@ -21,7 +21,7 @@ from typing import Any
 from rq import get_current_job
 
 from backend.state.jobs import Jobs, predict_job_id
-from backend.state.prompts import ClickJob, WarmJob
+from backend.state.prompts import ClickJob, TeachJob, WarmJob
 from backend.state.schemas import (
     AnnotationJob,
     DeleteJob,
@@ -35,6 +35,7 @@ from backend.state.store import LockTimeout, Store
 from backend.state.versions import project_versions
 from worker import runtime
 from worker.clicks import click as clicks
+from worker.clicks import teach
 from worker.correction import debounce
 from worker.correction.preannotate import preannotate
 from worker.correction.refit import apply_changes, bump_version
@@ -286,7 +287,7 @@ def click(raw: dict[str, Any]) -> dict[str, Any]:
     """One smart-tool click (`worker.clicks.click`); the answer is the job's return value."""
     payload = ClickJob.model_validate(raw)
     ctx = _context()
-    return clicks.click(ctx.rt, ctx.store, payload)
+    return clicks.click(ctx.rt, ctx.store, ctx.jobs, payload)
 
 
 def warm_target(raw: dict[str, Any]) -> str:
@@ -304,3 +305,11 @@ def promote_group(raw: dict[str, Any]) -> str:
     payload = PromoteJob.model_validate(raw)
     ctx = _context()
     return promote.promote(ctx.rt, ctx.store, ctx.jobs, payload)
+
+
+def teach_shot(raw: dict[str, Any]) -> str | None:
+    """The object a "teach" gesture clicked becomes a reference of its label (`worker.clicks
+    .teach`): a new version, and the project is pre-annotated again."""
+    payload = TeachJob.model_validate(raw)
+    ctx = _context()
+    return teach.teach(ctx.rt, ctx.store, ctx.jobs, payload)

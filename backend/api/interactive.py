@@ -39,7 +39,7 @@ UNPROCESSABLE = 422
 def answer(
     body: PredictRequest, p: int, settings: Settings, store: Store, jobs: Jobs
 ) -> PredictResponse:
-    """Answer one click (one task) with one brushlabels region.
+    """Answer one click (one task) with the clicked label's regions in its own control.
 
     Raises:
         HTTPException: 422 for unusable prompts, config or task image; 503 when no interactive
@@ -52,8 +52,15 @@ def answer(
     context = body.params.context if body.params else None
     version = store.data.current_version(p)
     try:
-        prompts = parse_context(context or {}, cfg)
-        check_usable(prompts, _has_prediction(store, p, task, version, prompts.label))
+        prompts = parse_context(
+            context or {},
+            cfg,
+            find_all_suffix=settings.find_all_suffix,
+            teach_suffix=settings.teach_suffix,
+        )
+        has = _has_prediction(store, cfg, p, task, version, prompts.label)
+        refining = prompts.gesture == "click" and has
+        check_usable(prompts, refining or prompts.gesture != "click")
     except PromptError as exc:
         raise HTTPException(UNPROCESSABLE, str(exc)) from None
     job = ClickJob(
@@ -102,10 +109,13 @@ def _config(body: PredictRequest, p: int, store: Store) -> LabelConfigSummary:
         raise HTTPException(UNPROCESSABLE, str(exc)) from None
 
 
-def _has_prediction(store: Store, p: int, task: int, version: str, label: str) -> bool:
+def _has_prediction(
+    store: Store, cfg: LabelConfigSummary, p: int, task: int, version: str, label: str
+) -> bool:
     pred = store.data.get_prediction(p, task, version)
+    kind = cfg.control_of(label).result_type
     return pred is not None and any(
-        label in ((r.get("value") or {}).get("brushlabels") or []) for r in pred.result
+        label in ((r.get("value") or {}).get(kind) or []) for r in pred.result
     )
 
 

@@ -21,7 +21,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from backend.state.jobspecs import JOB_IDS, JOBS, JobSpec
-from backend.state.prompts import ClickJob, WarmJob
+from backend.state.prompts import ClickJob, TeachJob, WarmJob
 from backend.state.schemas import (
     AnnotationJob,
     DeleteJob,
@@ -280,6 +280,13 @@ class Jobs:
         a finished warm-up leaves no job, the worker's cache check makes a repeat cheap)."""
         job_id = f"warm-{payload.project}-{payload.task}"
         return job_id if self._enqueue("warm", job_id, payload) else None
+
+    def enqueue_teach(self, payload: TeachJob) -> str | None:
+        """Add the object a "teach" gesture clicked to its label's references (batch queue;
+        the same gesture twice collapses on the id)."""
+        h = _digest(payload.prompts.model_dump_json())
+        job_id = f"teach-{payload.project}-{payload.task}-{h}"
+        return job_id if self._enqueue("teach", job_id, payload) else None
 
     # --- discovery (issue 11) -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from backend.state.prompts import ClickJob, WarmJob
+from backend.state.prompts import ClickJob, TeachJob, WarmJob
 from backend.state.schemas import (
     AnnotationJob,
     DeleteJob,
@@ -125,6 +125,7 @@ JOBS: dict[str, JobSpec] = {
         WarmJob,
         result_ttl=KEEP_NO_RESULT,
     ),
+    "teach": _spec("teach_shot", "teach-{p}-{t}-{h}", "batch", "refit_job_timeout_s", TeachJob),
     "promote": _spec(
         "promote_group",
         "promote-{p}-{g}-{h}",

@@ -1,8 +1,6 @@
-"""Find the BrushLabels/Image pair of a Label Studio labeling config (label-studio-sdk parser).
-
-The first `<BrushLabels>` whose `toName` is an `<Image>` wins; further pairs are ignored (we
-predict one brush layer per project). Other controls (smart KeyPointLabels, Choices...) may
-coexist and are left alone.
+"""Find the Image and the output controls of a Label Studio labeling config (label-studio-sdk
+parser): BrushLabels, PolygonLabels and RectangleLabels on the first Image that has one. Other
+controls (smart KeyPointLabels, Choices...) may coexist and are left alone.
 """
 
 from __future__ import annotations
@@ -12,7 +10,7 @@ import logging
 
 from label_studio_sdk.label_interface import LabelInterface
 
-from backend.state.schemas import LabelConfigSummary
+from backend.state.schemas import CONTROL_TAGS, LabelConfigSummary, OutputControl
 
 logger = logging.getLogger(__name__)
 
@@ -22,46 +20,76 @@ class LabelConfigError(ValueError):
 
 
 def parse_label_config(config: str) -> LabelConfigSummary:
-    """Summarise a labeling config for brush prediction.
+    """Summarise a labeling config: the Image we predict for and its output controls.
+
+    Output controls are the BrushLabels, PolygonLabels and RectangleLabels on the first Image
+    that has any; a RectangleLabels with ``smart="true"`` (or ``smartOnly``) is a prompt tool
+    when a brush or polygon control is there too. Each label belongs to the first control that
+    lists it (a label predicted into one control only).
 
     Args:
         config: the `<View>...</View>` XML LS sends as /setup `schema` or /predict `label_config`.
 
     Returns:
-        from_name (BrushLabels name), to_name (Image name), data_key (task.data key of the image,
-        `$image` -> "image") and the label values in config order.
+        from_name (the first control's name), to_name (Image name), data_key (task.data key of
+        the image, `$image` -> "image"), every label in config order and the controls.
 
     Raises:
-        LabelConfigError: unparsable XML, no BrushLabels on an Image, no labels, or an Image whose
-            value is not a `$variable`.
+        LabelConfigError: unparsable XML, no served control on an Image, a control without
+            labels, or an Image whose value is not a `$variable`.
     """
     try:
         interface = LabelInterface(config)
     except Exception as exc:  # the SDK raises several unrelated types for bad XML
         raise LabelConfigError(f"cannot parse the labeling config: {exc}") from None
     images = {obj.name: obj for obj in interface.objects if obj.tag == "Image"}
+    found: dict[str, list[OutputControl]] = {}
+    smart_boxes: dict[str, list[OutputControl]] = {}
     for control in interface.controls:
-        if control.tag != "BrushLabels":
-            continue
+        kind = CONTROL_TAGS.get(control.tag)
         targets = [name for name in control.to_name if name in images]
-        if not targets:
+        if kind is None or not targets:
             continue
-        image = images[targets[0]]
+        labels = list(dict.fromkeys(control.labels or []))
+        if not labels:
+            raise LabelConfigError(f"<{control.tag} name={control.name!r}> has no <Label> values")
+        out = OutputControl(name=control.name, kind=kind, labels=labels)
+        attrs = {k.lower(): str(v).lower() for k, v in (control.attr or {}).items()}
+        smart = attrs.get("smart") == "true" or attrs.get("smartonly") == "true"
+        (smart_boxes if kind == "rectangle" and smart else found).setdefault(targets[0], []).append(
+            out
+        )
+    for name in images:
+        controls = found.get(name) or smart_boxes.get(name)
+        if not controls:
+            continue
+        image = images[name]
         value = str(image.value or "")
         if not value.startswith("$") or len(value) < 2:
             raise LabelConfigError(
                 f'<Image name={image.name!r}> needs value="$<key>", got {value!r}'
             )
-        labels = list(dict.fromkeys(control.labels or []))
-        if not labels:
-            raise LabelConfigError(f"<BrushLabels name={control.name!r}> has no <Label> values")
+        owned: list[str] = []
+        served: list[OutputControl] = []
+        for control in controls:  # a label belongs to the first control listing it
+            mine = [lb for lb in control.labels if lb not in owned]
+            if mine:
+                served.append(control.model_copy(update={"labels": mine}))
+                owned += mine
+        controls = served
+        prompts = smart_boxes.get(name, []) if found.get(name) else []
         return LabelConfigSummary(
-            from_name=control.name, to_name=image.name, data_key=value[1:], labels=labels
+            from_name=controls[0].name,
+            to_name=image.name,
+            data_key=value[1:],
+            labels=owned,
+            controls=controls,
+            box_prompts=prompts,
         )
     raise LabelConfigError(
-        "GF-SAM backend needs a <BrushLabels> control on an <Image> object, e.g. "
-        '<Image name="image" value="$image"/><BrushLabels name="tag" toName="image">'
-        '<Label value="Object"/></BrushLabels>'
+        "GF-SAM backend needs a <BrushLabels>, <PolygonLabels> or <RectangleLabels> control on "
+        'an <Image> object, e.g. <Image name="image" value="$image"/>'
+        '<BrushLabels name="tag" toName="image"><Label value="Object"/></BrushLabels>'
     )
 
 

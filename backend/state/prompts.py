@@ -12,13 +12,18 @@ worker maps to the 1024 frame. Pure Python (no numpy): the API validates before 
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
 from backend.state.schemas import LabelConfigSummary
 
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
+# Gestures (issue 20), chosen by the smart control's label value: "Cat" edits or adds one object;
+# "Cat (all)" finds every object like the clicked one in the image; "Cat (teach)" does the same
+# and adds the clicked object to the project's references (Settings.find_all_suffix,
+# teach_suffix: the README's "Interactive smart tools").
+Gesture = Literal["click", "find_all", "teach"]
 
 
 class PromptError(ValueError):
@@ -29,11 +34,14 @@ class Prompts(BaseModel):
     """The prompts of one click, in original pixels of the task image.
 
     Attributes:
-        label: the clicked region's label (a label of the BrushLabels control).
+        label: the clicked region's label (an output label of the config), its gesture suffix
+            removed.
         points: [N] (x, y) in original pixels (continuous: 0..W, 0..H).
         positive: [N] True for a positive point, False for a negative one (Alt-click).
         box: (x0, y0, x1, y1) in original pixels, or None.
         width, height: the region's original_width / original_height (the image's natural size).
+        gesture: ``click`` (edit or add one object), ``find_all`` (every object like it in the
+            image), ``teach`` (find_all, and the object becomes a reference of the project).
     """
 
     label: str
@@ -42,6 +50,7 @@ class Prompts(BaseModel):
     box: tuple[float, float, float, float] | None = None
     width: int
     height: int
+    gesture: Gesture = "click"
 
     @property
     def single_click(self) -> bool:
@@ -62,6 +71,16 @@ class ClickJob(BaseModel):
     prompts: Prompts
 
 
+class TeachJob(BaseModel):
+    """Payload of `worker.tasks.teach_shot`: the object a "teach" gesture clicked becomes a
+    reference of its label (the worker decodes it again from the same prompts on LS's image)."""
+
+    project: int
+    task: int
+    data_key: str
+    prompts: Prompts
+
+
 class WarmJob(BaseModel):
     """Payload of `worker.tasks.warm_target`: encode a task image opened in the editor."""
 
@@ -78,8 +97,15 @@ def is_prompt_context(context: dict[str, Any] | None) -> bool:
     )
 
 
-def parse_context(context: dict[str, Any], cfg: LabelConfigSummary) -> Prompts:
-    """Points and at most one box from `params.context.result`.
+def parse_context(
+    context: dict[str, Any],
+    cfg: LabelConfigSummary,
+    *,
+    find_all_suffix: str = " (all)",
+    teach_suffix: str = " (teach)",
+) -> Prompts:
+    """Points and at most one box from `params.context.result`, and the gesture the label's
+    suffix names (`find_all_suffix`, `teach_suffix`; "" turns a gesture off).
 
     Raises:
         PromptError: no smart regions, a label the BrushLabels control lacks, coordinates
@@ -91,13 +117,17 @@ def parse_context(context: dict[str, Any], cfg: LabelConfigSummary) -> Prompts:
     if not regions:
         raise PromptError("context has no keypointlabels or rectanglelabels region")
     width, height = _size(regions)
-    label = _label(regions[-1])
+    label, gesture = _gesture(_label(regions[-1]), find_all_suffix, teach_suffix)
     if label not in cfg.labels:
         raise PromptError(
-            f"label {label!r} is not a label of <BrushLabels name={cfg.from_name!r}> "
-            f"({', '.join(cfg.labels)}): add it there with the same value"
+            f"label {label!r} is not an output label of the config "
+            f"({', '.join(cfg.labels)}): add it to the brush, polygon or rectangle control"
         )
-    out = Prompts(label=label, width=width, height=height)
+    points = [r for r in regions if r["type"] == "keypointlabels"]
+    has_box = any(r["type"] == "rectanglelabels" for r in regions)
+    if gesture != "click" and not has_box and not any(_positive(r) for r in points):
+        raise PromptError("find all needs a positive point or a box on one object")
+    out = Prompts(label=label, width=width, height=height, gesture=gesture)
     boxes = [r for r in regions if r["type"] == "rectanglelabels"]
     for region in regions:
         if region["type"] == "keypointlabels":
@@ -107,6 +137,15 @@ def parse_context(context: dict[str, Any], cfg: LabelConfigSummary) -> Prompts:
     if boxes:
         out.box = _box(boxes[-1], width, height)
     return out
+
+
+def _gesture(label: str, find_all_suffix: str, teach_suffix: str) -> tuple[str, Gesture]:
+    """The output label and the gesture its smart label's suffix names."""
+    if teach_suffix and label.endswith(teach_suffix) and len(label) > len(teach_suffix):
+        return label[: -len(teach_suffix)], "teach"
+    if find_all_suffix and label.endswith(find_all_suffix) and len(label) > len(find_all_suffix):
+        return label[: -len(find_all_suffix)], "find_all"
+    return label, "click"
 
 
 def check_usable(prompts: Prompts, refining: bool) -> None:

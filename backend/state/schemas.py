@@ -6,20 +6,76 @@ Job payloads are plain JSON (ids and URLs, never pixels); stored models are what
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from backend.state.versions import model_version
 
+ControlKind = Literal["brush", "polygon", "rectangle"]
+CONTROL_TAGS: dict[str, ControlKind] = {
+    "BrushLabels": "brush",
+    "PolygonLabels": "polygon",
+    "RectangleLabels": "rectangle",
+}
+RESULT_TYPES: dict[ControlKind, str] = {
+    "brush": "brushlabels",
+    "polygon": "polygonlabels",
+    "rectangle": "rectanglelabels",
+}
+
+
+class OutputControl(BaseModel):
+    """One labeling control we read shots from and predict into."""
+
+    name: str  # the control's name (a result region's `from_name`)
+    kind: ControlKind
+    labels: list[str] = Field(min_length=1)
+
+    @property
+    def result_type(self) -> str:
+        """The `type` of its result regions (`brushlabels`, `polygonlabels`...)."""
+        return RESULT_TYPES[self.kind]
+
 
 class LabelConfigSummary(BaseModel):
-    """The BrushLabels/Image pair we predict for, found in a project's label config."""
+    """The controls on one Image we predict for, found in a project's label config.
+
+    `controls`: every BrushLabels, PolygonLabels and RectangleLabels control on the Image (a
+    smart RectangleLabels beside a brush or polygon control is a prompt tool, not an output).
+    `labels`: every label, in config order; a label in several controls belongs to the first.
+    `from_name`: the first control's name (kept for summaries stored before `controls`).
+    `box_prompts`: smart RectangleLabels controls (prompt tools) on the same Image.
+    """
 
     from_name: str
     to_name: str
     data_key: str  # task.data key of the image (the `$image` of <Image value="$image">)
     labels: list[str] = Field(min_length=1)
+    controls: list[OutputControl] = []
+    # Smart RectangleLabels beside an output control: prompt tools; a rectangle of theirs in an
+    # annotation seeds its label (a SAM box prompt) when the label has no other region there.
+    box_prompts: list[OutputControl] = []
+
+    @model_validator(mode="after")
+    def _one_brush_control_by_default(self) -> LabelConfigSummary:
+        if not self.controls:  # a summary stored by an earlier version: one brush control
+            self.controls = [OutputControl(name=self.from_name, kind="brush", labels=self.labels)]
+        return self
+
+    def control_of(self, label: str) -> OutputControl:
+        """The control a label is read from and predicted into.
+
+        Raises:
+            KeyError: the label is in no control.
+        """
+        for control in self.controls:
+            if label in control.labels:
+                return control
+        raise KeyError(label)
+
+    def control_named(self, name: str) -> OutputControl | None:
+        return next((c for c in self.controls if c.name == name), None)
 
 
 class Shot(BaseModel):
@@ -35,6 +91,11 @@ class Shot(BaseModel):
     # Seeded from a promoted candidate group (issue 11), not from an annotation: `annotation`
     # is negative, and the label's first human shot replaces all its provisional ones.
     provisional: bool = False
+    # Drawn as rectangles (issue 20): the shot is SAM's mask for each box on its image.
+    box_derived: bool = False
+    # Taught by a smart-tool "teach" gesture (issue 20), not an annotation: `annotation` is
+    # negative; it counts as a person's shot (a correction) but no LS annotation backs it.
+    clicked: bool = False
 
 
 class ReferenceSet(BaseModel):
@@ -58,9 +119,10 @@ class ReferenceSet(BaseModel):
         return any(self.shots.get(label) for label in labels)
 
     def shot_ids(self) -> dict[str, list[int]]:
-        """Annotation ids of the human shots per label (provisional shots have none)."""
+        """Annotation ids of the shots backed by LS annotations, per label (provisional and
+        clicked shots have none)."""
         return {
-            label: [s.annotation for s in shots if not s.provisional]
+            label: [s.annotation for s in shots if not (s.provisional or s.clicked)]
             for label, shots in self.shots.items()
         }
 

@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     interactive_workers: int = Field(1, ge=0, le=8)  # `worker.main --interactive` by backend.run
     interactive_deadline_s: float = Field(60.0, gt=0.0, lt=100.0)  # /predict waits this long
     interactive_targets_in_memory: int = Field(8, ge=1)  # decoded target encodings kept
+    # Gestures (issue 20): a smart label "<label><suffix>" finds every object like the clicked
+    # one in the image; the teach suffix also adds it to the project's references ("" = off).
+    find_all_suffix: str = " (all)"
+    teach_suffix: str = " (teach)"
 
     # Throughput and scale (issue 12): what a correction costs at project scale.
     # A burst of corrections within this window yields one re-fit and one new version.
@@ -155,6 +159,20 @@ class Settings(BaseSettings):
     candidate_score: float = Field(0.05, ge=0.0, le=1.0)
     # Members of a group seeding a promoted label as provisional shots (the most central ones).
     promote_shots: int = Field(3, ge=1, le=10)
+
+    # Clean geometry (issue 20): what is posted (predictions and clicks) has no specks, slivers,
+    # small holes or nested duplicates (`gfsam.geometry.GeometryParams` says what each means).
+    geometry_clean: bool = True
+    geometry_min_area_frac: float = Field(0.0002, ge=0.0, le=0.5)  # specks: share of the image
+    geometry_min_area_px: int = Field(16, ge=0)
+    geometry_fill_holes_frac: float = Field(0.001, ge=0.0, le=0.5)  # holes filled below this
+    geometry_fill_holes_px: int = Field(16, ge=0)
+    geometry_sliver_px: float = Field(2.0, ge=0.0)  # pieces no thicker than this are dropped
+    geometry_nested_share: float = Field(0.9, gt=0.0, le=1.0)  # a region this much inside joins
+    geometry_smooth_px: int = Field(0, ge=0, le=16)  # opening + closing radius (0: off)
+    # PolygonLabels output: simplification tolerance (px) and vertices per polygon at most.
+    polygon_tolerance_px: float = Field(1.0, ge=0.0)
+    polygon_max_points: int = Field(256, ge=3, le=10_000)
 
     @field_validator("log_level")
     @classmethod

@@ -18,13 +18,26 @@ from typing import Any
 
 import numpy as np
 
-from backend.state.prompts import ClickJob, PromptError, Prompts, WarmJob, check_usable
+from backend.state.jobs import Jobs
+from backend.state.prompts import (
+    ClickJob,
+    PromptError,
+    Prompts,
+    TeachJob,
+    WarmJob,
+    check_usable,
+)
+from backend.state.schemas import LabelConfigSummary
 from backend.state.store import Store
 from gfsam.encodings import TargetEncoding
+from gfsam.pipeline import reference_from_target
 from worker import runtime
-from worker.clicks.edit_rules import refine
-from worker.labelstudio.brush_rle import BrushError, mask_to_rle, masks_to_result, rle_to_mask
+from worker.clicks.edit_rules import instances, refine
+from worker.labelstudio.brush_rle import BrushError, mask_to_rle
 from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
+from worker.labelstudio.shapes import annotation_masks, shapes_to_result
+from worker.prediction.inference import clean_geometry
+from worker.runtime import geometry_params
 
 logger = logging.getLogger(__name__)
 
@@ -72,27 +85,54 @@ def _target(
 
 
 def _prior(
-    store: Store, p: int, t: int, version: str, label: str, size: tuple[int, int]
+    store: Store,
+    cfg: LabelConfigSummary,
+    p: int,
+    t: int,
+    version: str,
+    label: str,
+    size: tuple[int, int],
 ) -> tuple[np.ndarray | None, float]:
-    """Our stored prediction of `label` for the task at `version`: bool [H, W] and its score."""
+    """Our stored prediction of `label` for the task at `version`, read from the label's control:
+    bool [H, W] and its score."""
     pred = store.data.get_prediction(p, t, version)
     if pred is None:
         return None, 0.0
     h, w = size
-    mask, score = np.zeros((h, w), dtype=bool), 0.0
-    for region in pred.result:
-        value = region.get("value") or {}
-        if region.get("type") != "brushlabels" or label not in (value.get("brushlabels") or []):
-            continue
-        if (region.get("original_width"), region.get("original_height")) != (w, h):
-            continue  # made for another size (image replaced): not ours to edit
-        mask |= rle_to_mask(value["rle"], w, h)
-        score = max(score, float(region.get("score") or pred.score))
-    return (mask if mask.any() else None), score
+    kind = cfg.control_of(label).result_type
+    mine = [
+        r
+        for r in pred.result
+        if r.get("type") == kind
+        and label in ((r.get("value") or {}).get(kind) or [])
+        and (r.get("original_width"), r.get("original_height")) == (w, h)  # else: not ours
+    ]
+    mask = annotation_masks(mine, cfg).get(label)
+    if mask is None or not mask.any():
+        return None, 0.0
+    return mask, max(float(r.get("score") or pred.score) for r in mine)
 
 
-def click(rt: runtime.Runtime, store: Store, payload: ClickJob) -> dict[str, Any]:
-    """Answer one click: {"result", "score", "model_version", "rule"} or {"error": reason}."""
+def _config(store: Store, payload: ClickJob, label: str) -> LabelConfigSummary:
+    """The project's stored config; before its first sync, a brush control named by the call."""
+    cfg = store.data.config(payload.project)
+    if cfg is not None and label in cfg.labels:
+        return cfg
+    return LabelConfigSummary(
+        from_name=payload.from_name,
+        to_name=payload.to_name,
+        data_key=payload.data_key,
+        labels=[label],
+    )
+
+
+def click(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: ClickJob) -> dict[str, Any]:
+    """Answer one click: {"result", "score", "model_version", "rule"} or {"error": reason}.
+
+    ``click``: the rules of `edit_rules.refine` on our prediction of the label. ``find_all``
+    and ``teach``: the clicked object, then every object like it in the image (`find_all`),
+    one region per instance; ``teach`` also queues the object as a reference of the label.
+    """
     p, t, prompts = payload.project, payload.task, payload.prompts
     started = time.perf_counter()
     store.progress.incr_stat("click")
@@ -106,30 +146,57 @@ def click(rt: runtime.Runtime, store: Store, payload: ClickJob) -> dict[str, Any
         store.progress.incr_stat("click_encoded")
     size = (int(target.image_size[0]), int(target.image_size[1]))
     prompts = _in_image_pixels(prompts, size)
-    prior, prior_score = _prior(store, p, t, payload.version, prompts.label, size)
+    cfg = _config(store, payload, prompts.label)
+    sam = rt.model.pipeline.sam
     try:
-        check_usable(prompts, prior is not None)
-        outcome = refine(rt.model.pipeline.sam, target.embedding, prompts, size, prior, prior_score)
-        result = _region(
-            payload.from_name, payload.to_name, prompts.label, outcome.mask, outcome.score
-        )
-    except (PromptError, BrushError) as exc:
+        if prompts.gesture == "click":
+            prior, prior_score = _prior(store, cfg, p, t, payload.version, prompts.label, size)
+            check_usable(prompts, prior is not None)
+            outcome = refine(sam, target.embedding, prompts, size, prior, prior_score)
+            masks, score, rule = [outcome.mask], outcome.score, outcome.rule
+        else:
+            clicked = refine(sam, target.embedding, prompts, size)
+            masks, score = find_all(rt, target, prompts.label, clicked.mask), clicked.score
+            rule = prompts.gesture
+        result = _regions(rt, cfg, payload.to_name, prompts.label, masks, score)
+    except (PromptError, BrushError, ValueError) as exc:
         return {"error": str(exc)}
+    if prompts.gesture == "teach":
+        jobs.enqueue_teach(TeachJob(project=p, task=t, data_key=payload.data_key, prompts=prompts))
     logger.info(
         "click p%s t%s %s: %s in %.0f ms%s",
         p,
         t,
         prompts.label,
-        outcome.rule,
+        rule,
         1000 * (time.perf_counter() - started),
         " (encoded)" if encoded else "",
     )
     return {
         "result": result,
-        "score": outcome.score,
+        "score": score,
         "model_version": store.data.current_version(p),
-        "rule": outcome.rule,
+        "rule": rule,
     }
+
+
+def find_all(
+    rt: runtime.Runtime, target: TargetEncoding, label: str, clicked: np.ndarray
+) -> list[np.ndarray]:
+    """Every object of the image like the clicked one: GF-SAM with the clicked object as a
+    one-shot reference of its own image (no encoder pass: `reference_from_target`), cut into
+    instances (8-connected pieces); the clicked object is always one of them.
+
+    Returns:
+        bool [H, W] instance masks, the clicked object's first.
+    """
+    if not clicked.any():
+        raise PromptError("the click found no object to look for")
+    shot = reference_from_target(target, clicked)
+    found = rt.model.pipeline.predict_labels(target, {label: [shot]})[label].mask
+    others = instances(found & ~clicked)
+    pieces = [others == k for k in range(1, int(others.max()) + 1)]
+    return [clicked] + [m for m in pieces if (m & clicked).sum() < 0.5 * m.sum()]
 
 
 def warm_target(rt: runtime.Runtime, store: Store, payload: WarmJob) -> str:
@@ -138,26 +205,36 @@ def warm_target(rt: runtime.Runtime, store: Store, payload: WarmJob) -> str:
     return "encoded" if encoded else "cached"
 
 
-def _region(
-    from_name: str, to_name: str, label: str, mask: np.ndarray, score: float
+def _regions(
+    rt: runtime.Runtime,
+    cfg: LabelConfigSummary,
+    to_name: str,
+    label: str,
+    masks: list[np.ndarray],
+    score: float,
 ) -> list[dict[str, Any]]:
-    """One brushlabels region of natural size, also for an empty mask (all instances removed)."""
-    regions = masks_to_result(
-        {label: mask}, from_name=from_name, to_name=to_name, scores={label: score}
-    )
-    if regions:
-        return regions
-    h, w = mask.shape
+    """The answer's regions in the label's control, geometry cleaned as predictions are; a
+    brush answer with nothing left is one empty region (every instance removed)."""
+    regions = clean_geometry([(label, m, score) for m in masks], rt.settings)
+    result = shapes_to_result(regions, cfg, geometry_params(rt.settings), to_name=to_name)
+    control = cfg.control_of(label)
+    if result or control.kind != "brush":
+        return result
+    h, w = masks[0].shape
     return [
         {
             "id": f"empty-{label}",
-            "from_name": from_name,
+            "from_name": control.name,
             "to_name": to_name,
             "type": "brushlabels",
             "original_width": int(w),
             "original_height": int(h),
             "image_rotation": 0,
-            "value": {"format": "rle", "rle": mask_to_rle(mask), "brushlabels": [label]},
+            "value": {
+                "format": "rle",
+                "rle": mask_to_rle(np.zeros((h, w), dtype=bool)),
+                "brushlabels": [label],
+            },
             "score": float(score),
         }
     ]

@@ -13,7 +13,10 @@ clicked label at the current version; its instances are the 8-connected componen
    the result replaces the instance;
 3. positive points only outside the prediction (or just a box) add the clicked object: one
    decoder call without a mask prompt, OR-ed with the prediction;
-4. instances no point touches are kept unchanged.
+4. instances no point touches are kept unchanged;
+5. positive points only (no box), every one on an instance, two or more instances hit: those
+   fragments are one object: they are joined into one connected region (`join`), no decoder
+   call ("merge").
 
 Without such a prediction the answer is SAM's mask for the prompts alone. A single click (one
 point, no box, no mask prompt) uses the multimask output, best by predicted IoU.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -42,7 +46,7 @@ class Outcome:
 
     mask: np.ndarray
     score: float
-    rule: str  # "new", "add", "reshape", "remove"
+    rule: str  # "new", "add", "reshape", "remove", "merge"
     decoded: int
 
 
@@ -77,6 +81,32 @@ def instances(mask: np.ndarray) -> np.ndarray:
     """8-connected components: int32 [H, W], 0 background, 1..n instances."""
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
     return np.asarray(labels, dtype=np.int32)
+
+
+def join(fragments: np.ndarray) -> np.ndarray:
+    """Fragments of one object as one connected region: closed with a growing disk, within
+    their convex hull, until they touch (the hull itself past a tenth of the image side).
+
+    Args:
+        fragments: bool [H, W], two or more 8-connected pieces.
+
+    Returns:
+        bool [H, W] containing `fragments`, one 8-connected piece.
+    """
+    h, w = fragments.shape
+    ys, xs = np.nonzero(fragments)
+    hull = np.zeros((h, w), dtype=np.uint8)
+    points = cv2.convexHull(np.stack([xs, ys], axis=1).astype(np.int32))
+    cv2.fillPoly(hull, [points], 1)
+    radius = 1
+    while radius <= max(h, w) // 10:
+        disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
+        closed = cv2.morphologyEx(fragments.astype(np.uint8), cv2.MORPH_CLOSE, disk)
+        joined = fragments | (closed.astype(bool) & hull.astype(bool))
+        if int(instances(joined).max()) == 1:
+            return joined
+        radius *= 2
+    return fragments | hull.astype(bool)
 
 
 def _pixel(point: tuple[float, float], size: tuple[int, int]) -> tuple[int, int]:
@@ -126,6 +156,9 @@ def refine(
     grow = {c for c, pos in zip(hit, prompts.positive, strict=True) if c and pos}
     drop = {c for c, pos in zip(hit, prompts.positive, strict=True) if c and not pos} - grow
     keep = prior & ~np.isin(comps, list(grow | drop))
+    if len(grow) >= 2 and prompts.box is None and all(prompts.positive) and all(hit):
+        # positive points only, on two or more fragments: they are one object (issue 20)
+        return Outcome(keep | join(np.isin(comps, list(grow))), prior_score, "merge", 0)
     if grow:
         mask, score = decode(mask_prompt(np.isin(comps, list(grow))))
         return Outcome(keep | mask, score, "reshape", 1)

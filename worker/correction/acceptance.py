@@ -14,9 +14,10 @@ from backend.state.store import Store
 from backend.state.versions import parse_version
 from gfsam.shots import mask_iou
 from worker.correction.shots import AnnotationState, Predicted
-from worker.labelstudio.brush_rle import BrushError, annotation_masks
+from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.client import LabelStudioClient
 from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
+from worker.labelstudio.shapes import annotation_masks
 
 
 def replaced_prediction(
@@ -48,7 +49,7 @@ def replaced_prediction(
             return None
         result = stored.result
     try:
-        return str(version), annotation_masks(result, from_name=cfg.from_name)
+        return str(version), annotation_masks(result, cfg)
     except BrushError:
         return None
 

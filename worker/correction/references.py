@@ -12,8 +12,12 @@ import numpy as np
 
 from backend.state.schemas import Shot
 from backend.state.store import Store
+from gfsam.geometry import box_to_mask
+from gfsam.image import mask_from_frame
+from gfsam.types import FRAME
 from worker.correction.shots import AnnotationState, PendingShot
 from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
+from worker.labelstudio.shapes import Box
 from worker.runtime import Runtime
 from worker.thumbs import thumbnail_png
 
@@ -40,7 +44,9 @@ def encode_pending(
             try:
                 if image is None:
                     raise ValueError(error)
-                sha = store_reference(rt, store, image, pending[(annotation, label)].mask)
+                todo = pending[(annotation, label)]
+                mask = box_prompt_mask(rt, image, todo.boxes) if todo.boxes else todo.mask
+                sha = store_reference(rt, store, image, mask)
                 shots[label][i] = shots[label][i].model_copy(update={"ref": sha})
             except ValueError as exc:
                 store.progress.record_failure(p, f"annotation:{annotation}", f"{label}: {exc}")
@@ -65,6 +71,27 @@ def _download(rt: Runtime, state: AnnotationState) -> tuple[np.ndarray | None, s
         raise
     except (LabelStudioError, ValueError) as exc:
         return None, f"image: {exc}"
+
+
+def box_prompt_mask(rt: Runtime, image: np.ndarray, boxes: list[Box]) -> np.ndarray:
+    """A rectangle shot's mask: SAM's mask for each box (a box prompt on the image's own
+    embedding), clipped to its box and OR-ed. bool [H, W].
+
+    Raises:
+        ValueError: SAM finds nothing in any box (no object to learn from).
+    """
+    height, width = image.shape[:2]
+    target = rt.model.pipeline.encode_target(image)
+    scale = np.array([FRAME / width, FRAME / height, FRAME / width, FRAME / height])
+    mask = np.zeros((height, width), dtype=bool)
+    for box in boxes:
+        framed, _, _ = rt.model.pipeline.sam.decode_prompts(
+            target.embedding, box_xyxy=np.asarray(box, dtype=np.float64) * scale
+        )
+        mask |= mask_from_frame(framed, (height, width)) & box_to_mask(box, height, width)
+    if not mask.any():
+        raise ValueError("SAM found no object in the rectangle(s)")
+    return mask
 
 
 def store_reference(rt: Runtime, store: Store, image: np.ndarray, mask: np.ndarray) -> str:

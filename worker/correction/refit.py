@@ -56,11 +56,12 @@ def apply_changes(
                 store.data.annotation_fingerprint(p, state.annotation), state.fingerprint
             ):
                 continue
-            masks = label_masks(store, cfg, p, state)
+            shapes = label_masks(store, cfg, p, state)
             predicted = replaced_prediction(rt.ls, store, cfg, p, state)
-            if predicted is not None and masks is not None:
+            if predicted is not None and shapes is not None:
+                masks = {label: shape.mask for label, shape in shapes.items()}
                 record_acceptance(store, cfg, p, state, masks, predicted)
-            apply_state(state, masks, predicted, shots, pending, cfg, shot_policy)
+            apply_state(state, shapes, predicted, shots, pending, cfg, shot_policy)
             applied.append(state)
         shots = {label: trim_shots(lst, shot_policy.max_shots) for label, lst in shots.items()}
         encode_pending(rt, store, p, shots, pending)  # only the shots that survived the cap

@@ -9,7 +9,7 @@ outcome into placeholder shots that `worker.correction.references` encodes.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -18,8 +18,9 @@ from backend.state.schemas import LabelConfigSummary, Shot
 from backend.state.settings import Settings
 from backend.state.store import Store
 from gfsam.shots import ShotPolicy, becomes_shot
-from worker.labelstudio.brush_rle import BrushError, annotation_masks
+from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.replies import LSAnnotation
+from worker.labelstudio.shapes import Box, LabelShape, annotation_shapes
 
 DELETED = "deleted"  # fingerprint of a deleted annotation (a tombstone; LS never reuses ids)
 
@@ -55,11 +56,13 @@ class AnnotationState:
 
 @dataclass
 class PendingShot:
-    """A shot waiting for its encoding: the annotation state, its mask, the shot it replaces."""
+    """A shot waiting for its encoding: the annotation state, its mask, the shot it replaces,
+    and the boxes it was drawn as (a rectangle control: the mask to encode is SAM's for them)."""
 
     state: AnnotationState
     mask: np.ndarray
     previous: Shot | None
+    boxes: list[Box] = field(default_factory=list)
 
 
 Predicted = tuple[str, dict[str, np.ndarray]]  # (model version, label -> bool [H, W])
@@ -90,24 +93,29 @@ def superseded(applied: str | None, incoming: str) -> bool:
 
 def label_masks(
     store: Store, cfg: LabelConfigSummary, p: int, state: AnnotationState
-) -> dict[str, np.ndarray] | None:
-    """The annotation's non-empty brush per label of the config (None when it is deleted; {}
-    when its brush is unreadable, which is recorded as a failure). Marks the task labeled."""
+) -> dict[str, LabelShape] | None:
+    """The annotation's non-empty shape per label of the config, read from each label's control
+    (brush, polygon or rectangle; None when it is deleted; {} when a region is unreadable,
+    which is recorded as a failure). Marks the task labeled."""
     if state.result is None:
         return None
     store.data.mark_labeled(p, state.task)
     try:
-        masks = annotation_masks(state.result, from_name=cfg.from_name)
+        shapes = annotation_shapes(state.result, cfg)
     except BrushError as exc:
-        store.progress.record_failure(p, f"annotation:{state.annotation}", f"bad brush: {exc}")
+        store.progress.record_failure(p, f"annotation:{state.annotation}", f"bad region: {exc}")
         return {}
     skip = store.settings.candidate_label  # discovery's display label is never a shot
-    return {lb: m for lb, m in masks.items() if lb in cfg.labels and lb != skip and m.any()}
+    return {
+        lb: shape
+        for lb, shape in shapes.items()
+        if lb in cfg.labels and lb != skip and shape.mask.any()
+    }
 
 
 def apply_state(
     state: AnnotationState,
-    masks: dict[str, np.ndarray] | None,
+    shapes: dict[str, LabelShape] | None,
     predicted: Predicted | None,
     shots: dict[str, list[Shot]],
     pending: dict[tuple[int, str], PendingShot],
@@ -125,7 +133,8 @@ def apply_state(
     for label in cfg.labels:
         lst = shots.setdefault(label, [])
         idx = next((i for i, s in enumerate(lst) if s.annotation == state.annotation), None)
-        mask = (masks or {}).get(label)
+        shape = (shapes or {}).get(label)
+        mask = None if shape is None else shape.mask
         if mask is None:
             if idx is not None:
                 del lst[idx]
@@ -140,6 +149,7 @@ def apply_state(
     seq = 1 + max((s.seq for lst in shots.values() for s in lst), default=0)
     for label, mask, idx in todo:
         previous = None if idx is None else shots[label][idx]
+        boxes = (shapes or {})[label].boxes
         shot = Shot(
             annotation=state.annotation,
             task=state.task,
@@ -148,6 +158,7 @@ def apply_state(
             fingerprint=state.fingerprint,
             seq=seq if previous is None else previous.seq,
             mask=mask_digest(mask),
+            box_derived=bool(boxes),
         )
         if idx is None:
             # A label's first human shot replaces the provisional ones of a promotion (issue 11).
@@ -155,4 +166,4 @@ def apply_state(
             seq += 1
         else:
             shots[label][idx] = shot
-        pending[(state.annotation, label)] = PendingShot(state, mask, previous)
+        pending[(state.annotation, label)] = PendingShot(state, mask, previous, boxes)

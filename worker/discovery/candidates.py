@@ -45,11 +45,12 @@ from gfsam.discover import (
 from gfsam.encodings import Reference
 from gfsam.image import mask_from_frame, mask_to_frame
 from gfsam.types import FRAME
-from worker.labelstudio.brush_rle import BrushError, annotation_masks, regions_to_result
+from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.errors import LabelStudioError
+from worker.labelstudio.shapes import annotation_masks, shapes_to_result
 from worker.prediction.assignment import THRESHOLDS
 from worker.prediction.inference import TaskResult, load_references
-from worker.runtime import Runtime
+from worker.runtime import Runtime, geometry_params
 from worker.thumbs import thumbnail_png
 
 logger = logging.getLogger(__name__)
@@ -161,7 +162,7 @@ def _covered(
     if store.data.is_labeled(p, task):
         results += [a.result or [] for a in rt.ls.list_annotations(task) if not a.was_cancelled]
     for res in results:
-        for label, mask in annotation_masks(res, from_name=cfg.from_name).items():
+        for label, mask in annotation_masks(res, cfg).items():
             if label != _cand(rt) and mask.shape == covered.shape:
                 covered |= mask
     return covered
@@ -263,12 +264,10 @@ def with_candidate_regions(
     found = [f for f in found if f[1].any()]
     if not label or label not in cfg.labels or not found:
         return pred
-    scale = rt.settings.candidate_score
-    regions = regions_to_result(
-        [(label, mask, scale * score) for _, mask, score in found],
-        from_name=cfg.from_name,
-        to_name=cfg.to_name,
-    )
-    for region, (gid, _, _) in zip(regions, found, strict=True):
-        region["meta"] = {"text": [f"candidate group {gid}"], "group": gid}
+    scale, params = rt.settings.candidate_score, geometry_params(rt.settings)
+    regions = []
+    for gid, mask, score in found:  # in the label's own control (a polygon per piece...)
+        for region in shapes_to_result([(label, mask, scale * score)], cfg, params):
+            region["meta"] = {"text": [f"candidate group {gid}"], "group": gid}
+            regions.append(region)
     return pred.model_copy(update={"result": pred.result + regions})

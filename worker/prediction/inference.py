@@ -18,13 +18,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
+from backend.state.settings import Settings
 from backend.state.store import Store
 from gfsam.assign import Instance
 from gfsam.encodings import Reference, TargetEncoding
-from worker.labelstudio.brush_rle import regions_to_result
+from gfsam.geometry import clean_regions
+from worker.labelstudio.shapes import shapes_to_result
 from worker.prediction import decoded_masks, prefetch
 from worker.prediction.assignment import assign
-from worker.runtime import Runtime
+from worker.runtime import Runtime, geometry_params
 
 logger = logging.getLogger(__name__)
 
@@ -99,9 +101,8 @@ def predict_task(
     sha = hashlib.sha256(image_bytes).hexdigest()
     target = target_encoding(rt, store, image_bytes, sha)
     references = load_references(rt, store, refs, cfg.labels)
-    preds = decoded_masks.predict_labels(
-        rt, store, sha, target, references
-    )  # stored SAM masks reused
+    # stored SAM masks reused
+    preds = decoded_masks.predict_labels(rt, store, sha, target, references)
     store.progress.incr_stat("predict")
     shas = {label: [s.ref for s in refs.shots[label]] for label in references}
     asg = assign(
@@ -114,11 +115,31 @@ def predict_task(
         cfg.labels,
         model_key=rt.model.key,
     )
-    regions = [(i.label, i.mask, i.score) for lb in cfg.labels for i in asg.accepted.get(lb, [])]
-    result = regions_to_result(regions, from_name=cfg.from_name, to_name=cfg.to_name)
+    regions = clean_geometry(
+        [(i.label, i.mask, i.score) for lb in cfg.labels for i in asg.accepted.get(lb, [])],
+        rt.settings,
+    )
+    result = shapes_to_result(regions, cfg, geometry_params(rt.settings))
     used = [float(r["score"]) for r in result]
     used = used or [float(p.score) for p in preds.values()] or [0.0]
     prediction = StoredPrediction(
         task=task, result=result, score=float(np.mean(used)), model_version=refs.version
     )
     return TaskResult(prediction, target, asg.candidates)
+
+
+def clean_geometry(
+    regions: list[tuple[str, np.ndarray, float]], settings: Settings
+) -> list[tuple[str, np.ndarray, float]]:
+    """(label, bool [H, W], score) regions without specks, slivers, small holes or nested
+    duplicates (`gfsam.geometry.clean_regions`, per label; a region that absorbs a duplicate
+    keeps its own score). Off with ``GEOMETRY_CLEAN=false``."""
+    if not settings.geometry_clean:
+        return regions
+    params = geometry_params(settings)
+    out: list[tuple[str, np.ndarray, float]] = []
+    for label in dict.fromkeys(lb for lb, _, _ in regions):
+        mine = [(m, s) for lb, m, s in regions if lb == label]
+        masks = [m.copy() for m, _ in mine]
+        out += [(label, masks[i], mine[i][1]) for i in clean_regions(masks, params)]
+    return out
