@@ -143,7 +143,7 @@ def test_refines_our_prediction(svc: Service) -> None:
 @pytest.mark.parametrize(
     ("regions", "reason"),
     [
-        ([kp(50, 50, label="Bird")], "not a label of <BrushLabels"),
+        ([kp(50, 50, label="Bird")], "not an output label"),
         ([kp(150, 50)], "percentage"),
         ([kp(50, 50, positive=False)], "only negative"),
         ([kp(50, 50) | {"original_height": None}], "original_width"),

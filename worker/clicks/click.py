@@ -158,7 +158,7 @@ def click(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: ClickJob) -> d
             clicked = refine(sam, target.embedding, prompts, size)
             masks, score = find_all(rt, target, prompts.label, clicked.mask), clicked.score
             rule = prompts.gesture
-        result = _regions(rt, cfg, payload.to_name, prompts.label, masks, score)
+        result = _regions(rt, cfg, payload.to_name, prompts, masks, score)
     except (PromptError, BrushError, ValueError) as exc:
         return {"error": str(exc)}
     if prompts.gesture == "teach":
@@ -185,7 +185,8 @@ def find_all(
 ) -> list[np.ndarray]:
     """Every object of the image like the clicked one: GF-SAM with the clicked object as a
     one-shot reference of its own image (no encoder pass: `reference_from_target`), cut into
-    instances (8-connected pieces); the clicked object is always one of them.
+    instances (8-connected pieces); the clicked object is the first, as SAM decoded it (pieces
+    of GF-SAM's mask that overlap it are that object too).
 
     Returns:
         bool [H, W] instance masks, the clicked object's first.
@@ -194,9 +195,10 @@ def find_all(
         raise PromptError("the click found no object to look for")
     shot = reference_from_target(target, clicked)
     found = rt.model.pipeline.predict_labels(target, {label: [shot]})[label].mask
-    others = instances(found & ~clicked)
-    pieces = [others == k for k in range(1, int(others.max()) + 1)]
-    return [clicked] + [m for m in pieces if (m & clicked).sum() < 0.5 * m.sum()]
+    pieces = instances(found)
+    same = set(np.unique(pieces[clicked]).tolist()) - {0}  # GF-SAM's view of the clicked one
+    others = [pieces == k for k in range(1, int(pieces.max()) + 1) if k not in same]
+    return [clicked] + [m & ~clicked for m in others]
 
 
 def warm_target(rt: runtime.Runtime, store: Store, payload: WarmJob) -> str:
@@ -209,18 +211,36 @@ def _regions(
     rt: runtime.Runtime,
     cfg: LabelConfigSummary,
     to_name: str,
-    label: str,
+    prompts: Prompts,
     masks: list[np.ndarray],
     score: float,
 ) -> list[dict[str, Any]]:
-    """The answer's regions in the label's control, geometry cleaned as predictions are; a
-    brush answer with nothing left is one empty region (every instance removed)."""
-    regions = clean_geometry([(label, m, score) for m in masks], rt.settings)
+    """The answer's regions in the label's control, geometry cleaned as predictions are, except
+    that a piece holding a positive click is never dropped (a small object clicked on purpose):
+    one region for a click (a polygon per piece), one per instance for find all; a brush answer
+    with nothing left is one empty region (every instance removed)."""
+    label = prompts.label
+    kept = [m for _, m, _ in clean_geometry([(label, m, score) for m in masks], rt.settings)]
+    h, w = masks[0].shape
+    at = [
+        (min(int(y), h - 1), min(int(x), w - 1))
+        for (x, y), positive in zip(prompts.points, prompts.positive, strict=True)
+        if positive
+    ]
+    for mask in masks:
+        pieces = instances(mask)
+        for k in {int(pieces[r, c]) for r, c in at} - {0}:
+            piece = pieces == k
+            if not any((piece & m).any() for m in kept):
+                kept.append(piece)
+    if prompts.gesture == "click" and kept:  # one object edited: one region, as LS expects
+        kept = [np.logical_or.reduce(kept)]
+    regions = [(label, m, score) for m in kept]
     result = shapes_to_result(regions, cfg, geometry_params(rt.settings), to_name=to_name)
     control = cfg.control_of(label)
     if result or control.kind != "brush":
         return result
-    h, w = masks[0].shape
+    empty = np.zeros((h, w), dtype=bool)
     return [
         {
             "id": f"empty-{label}",
@@ -230,11 +250,7 @@ def _regions(
             "original_width": int(w),
             "original_height": int(h),
             "image_rotation": 0,
-            "value": {
-                "format": "rle",
-                "rle": mask_to_rle(np.zeros((h, w), dtype=bool)),
-                "brushlabels": [label],
-            },
+            "value": {"format": "rle", "rle": mask_to_rle(empty), "brushlabels": [label]},
             "score": float(score),
         }
     ]
