@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import gfsam.pipeline
 from gfsam.encoders import WeightsNotFoundError
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.image import load_image, load_mask, mask_from_frame
@@ -178,7 +179,9 @@ def test_invalid_predict_inputs(pipe: GFSAM, reference: Reference, target_image:
         pipe.predict(stale, [reference])
 
 
-def test_build_pipeline_contract(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_build_pipeline_contract(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ValueError, match="random_weights=True"):
         build_pipeline(preset="tiny", device="cpu")
     with pytest.raises(ValueError, match="unknown sam encoder"):
@@ -187,6 +190,9 @@ def test_build_pipeline_contract(tmp_path: Path, caplog: pytest.LogCaptureFixtur
         build_pipeline(preset="huge", random_weights=True, device="cpu")
     with pytest.raises(WeightsNotFoundError, match="sam_vit_h_4b8939.pth"):
         build_pipeline(model_dir=tmp_path, device="cpu")
+    monkeypatch.setattr(gfsam.pipeline, "_warned_random", False)  # a fresh process
     with caplog.at_level(logging.WARNING, logger="gfsam.pipeline"):
         build_pipeline(preset="tiny", random_weights=True, device="cpu")
+        build_pipeline(preset="tiny", random_weights=True, device="cpu")
     assert "RANDOM WEIGHTS" in caplog.text and "MEANINGLESS" in caplog.text
+    assert caplog.text.count("RANDOM WEIGHTS") == 1  # once per process
