@@ -122,15 +122,16 @@ def _drop_specks_and_slivers(mask: np.ndarray, params: GeometryParams) -> np.nda
     pieces, count = _pieces(mask)
     if count == 0:
         return mask
-    floor = params.min_area(mask.size)
-    keep = np.zeros_like(mask)
-    for index, window in enumerate(ndimage.find_objects(pieces), start=1):
-        if window is None:
-            continue
-        piece = pieces[window] == index
-        if int(piece.sum()) < floor or _thin(piece, params.sliver_px):
-            continue
-        keep[window] |= piece
+    sizes = np.bincount(pieces.ravel(), minlength=count + 1)  # [n + 1], 0 = background
+    big = np.flatnonzero(sizes >= params.min_area(mask.size))
+    big = big[big > 0]
+    keep = np.isin(pieces, big)  # specks dropped at once; slivers checked piece by piece
+    if params.sliver_px > 0:
+        windows = ndimage.find_objects(pieces)
+        for index in big:
+            window = windows[index - 1]
+            if window is not None and _thin(pieces[window] == index, params.sliver_px):
+                keep[window] &= pieces[window] != index
     return keep
 
 

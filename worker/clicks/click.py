@@ -17,6 +17,7 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
 from backend.state.jobs import Jobs
 from backend.state.prompts import (
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 # (project, task) -> target encoding; this process only (one interactive worker
 # holds its annotators' open tasks). Bounded by settings.interactive_targets_in_memory.
 _memory: OrderedDict[tuple[int, int], TargetEncoding] = OrderedDict()
+MAX_FOUND = 50  # instances one "find all" answers at most (a person reviews each)
 
 
 def _target(
@@ -186,7 +188,8 @@ def find_all(
     """Every object of the image like the clicked one: GF-SAM with the clicked object as a
     one-shot reference of its own image (no encoder pass: `reference_from_target`), cut into
     instances (8-connected pieces); the clicked object is the first, as SAM decoded it (pieces
-    of GF-SAM's mask that overlap it are that object too).
+    of GF-SAM's mask that touch it are that object too). Pieces below the speck size are no
+    objects; at most `MAX_FOUND` instances, the largest.
 
     Returns:
         bool [H, W] instance masks, the clicked object's first.
@@ -195,10 +198,12 @@ def find_all(
         raise PromptError("the click found no object to look for")
     shot = reference_from_target(target, clicked)
     found = rt.model.pipeline.predict_labels(target, {label: [shot]})[label].mask
-    pieces = instances(found)
-    same = set(np.unique(pieces[clicked]).tolist()) - {0}  # GF-SAM's view of the clicked one
-    others = [pieces == k for k in range(1, int(pieces.max()) + 1) if k not in same]
-    return [clicked] + [m & ~clicked for m in others]
+    pieces = instances(found & ~clicked)
+    sizes = np.bincount(pieces.ravel())  # [n + 1] pixels per piece, 0 = background
+    same = set(np.unique(pieces[ndimage.binary_dilation(clicked)]).tolist())  # touching it
+    floor = geometry_params(rt.settings).min_area(clicked.size)
+    keep = [k for k in np.argsort(-sizes) if k and k not in same and sizes[k] >= floor]
+    return [clicked] + [pieces == k for k in keep[: MAX_FOUND - 1]]
 
 
 def warm_target(rt: runtime.Runtime, store: Store, payload: WarmJob) -> str:
@@ -232,7 +237,7 @@ def _regions(
         for k in {int(pieces[r, c]) for r, c in at} - {0}:
             piece = pieces == k
             if not any((piece & m).any() for m in kept):
-                kept.append(piece)
+                kept.insert(0, piece)  # the clicked object stays first
     if prompts.gesture == "click" and kept:  # one object edited: one region, as LS expects
         kept = [np.logical_or.reduce(kept)]
     regions = [(label, m, score) for m in kept]
