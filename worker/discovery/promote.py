@@ -39,40 +39,46 @@ class PromoteError(ValueError):
     """The label cannot be added to the project's config (permanent)."""
 
 
+TAGS = ("BrushLabels", "PolygonLabels", "RectangleLabels")  # the controls we predict into
+
+
 def add_label(xml: str, control: str, label: str) -> str:
-    """The label config with ``<Label value=label/>`` appended to the BrushLabels `control`.
+    """The label config with ``<Label value=label/>`` appended to the output control `control`
+    (a BrushLabels, PolygonLabels or RectangleLabels).
 
     Only text is inserted (the rest of the config stays byte for byte); unchanged when the
     control has the label already.
 
     Raises:
-        PromoteError: no such BrushLabels control, or the result does not parse.
+        PromoteError: no such control, or the result does not parse.
     """
-    if label in _labels_of(xml, control):
+    tag, labels = _labels_of(xml, control)
+    if label in labels:
         return xml
-    opening = re.search(
-        rf"<BrushLabels\b[^>]*\bname\s*=\s*([\"']){re.escape(control)}\1[^>]*>", xml
-    )
+    opening = re.search(rf"<{tag}\b[^>]*\bname\s*=\s*([\"']){re.escape(control)}\1[^>]*>", xml)
     if opening is None or opening.group(0).endswith("/>"):
-        raise PromoteError(f"no <BrushLabels name={control!r}> element with labels")
-    closing = xml.find("</BrushLabels>", opening.end())
+        raise PromoteError(f"no <{tag} name={control!r}> element with labels")
+    closing = xml.find(f"</{tag}>", opening.end())
     if closing < 0:
-        raise PromoteError(f"<BrushLabels name={control!r}> is not closed")
+        raise PromoteError(f"<{tag} name={control!r}> is not closed")
     out = f"{xml[:closing]}<Label value={quoteattr(label)}/>{xml[closing:]}"
-    if label not in _labels_of(out, control):
+    if label not in _labels_of(out, control)[1]:
         raise PromoteError(f"label {label!r} could not be added to {control!r}")
     return out
 
 
-def _labels_of(xml: str, control: str) -> list[str]:
+def _labels_of(xml: str, control: str) -> tuple[str, list[str]]:
     try:
         root = ElementTree.fromstring(xml)
     except ElementTree.ParseError as exc:
         raise PromoteError(f"label config does not parse: {exc}") from exc
-    for el in root.iter("BrushLabels"):
-        if el.get("name") == control:
-            return [str(lb.get("value")) for lb in el.iter("Label")]
-    raise PromoteError(f"no <BrushLabels name={control!r}>")
+    for tag in TAGS:
+        for el in root.iter(tag):
+            if el.get("name") == control:
+                return tag, [str(lb.get("value")) for lb in el.iter("Label")]
+    raise PromoteError(
+        f"no output control (BrushLabels, PolygonLabels, RectangleLabels) {control!r}"
+    )
 
 
 def promote(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: PromoteJob) -> str:
