@@ -11,16 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from backend.state.prompts import ClickJob, TeachJob, WarmJob
-from backend.state.schemas import (
-    AnnotationJob,
-    DeleteJob,
-    DeliverJob,
-    FeedJob,
-    PredictJob,
-    PromoteJob,
-    SyncJob,
-)
+from backend.state import prompts, schemas
 from backend.state.settings import Settings
 
 QueueName = Literal["high", "batch", "background", "interactive"]
@@ -78,41 +69,45 @@ def _spec(
 
 JOBS: dict[str, JobSpec] = {
     "predict": _spec(
-        "predict_task", "predict-{p}-{t}-{n}", "batch", "predict_job_timeout_s", PredictJob
+        "predict_task", "predict-{p}-{t}-{n}", "batch", "predict_job_timeout_s", schemas.PredictJob
     ),
     "annotation": _spec(
-        "apply_annotation", "ann-{p}-{a}-{h}", "batch", "refit_job_timeout_s", AnnotationJob
+        "apply_annotation", "ann-{p}-{a}-{h}", "batch", "refit_job_timeout_s", schemas.AnnotationJob
     ),
-    "delete": _spec("delete_annotations", "del-{p}-{h}", "batch", "refit_job_timeout_s", DeleteJob),
+    "delete": _spec(
+        "delete_annotations", "del-{p}-{h}", "batch", "refit_job_timeout_s", schemas.DeleteJob
+    ),
     "sync": _spec(
         "sync_project",
         "sync-{p}",
         "batch",
         "sync_job_timeout_s",
-        SyncJob,
+        schemas.SyncJob,
         result_ttl=KEEP_NO_RESULT,
     ),
     "config": _spec(
-        "apply_config_change", "cfg-{p}-{n}-{h}", "batch", "sync_job_timeout_s", SyncJob
+        "apply_config_change", "cfg-{p}-{n}-{h}", "batch", "sync_job_timeout_s", schemas.SyncJob
     ),
     "deliver": _spec(
         "deliver_prediction",
         "deliver-{p}-{t}-{n} | verify-{p}-{t}-{n}",
         "high",
         DELIVER_JOB_TIMEOUT_S,
-        DeliverJob,
+        schemas.DeliverJob,
         result_ttl=KEEP_NO_RESULT,
     ),
-    "refit": _spec("refit_project", "refit-{p}-{w}", "batch", "refit_job_timeout_s", SyncJob),
+    "refit": _spec(
+        "refit_project", "refit-{p}-{w}", "batch", "refit_job_timeout_s", schemas.SyncJob
+    ),
     "feed": _spec(
-        "feed_predictions", "feed-{p}-{n}-{k}", "background", "sync_job_timeout_s", FeedJob
+        "feed_predictions", "feed-{p}-{n}-{k}", "background", "sync_job_timeout_s", schemas.FeedJob
     ),
     "click": _spec(
         "click",
         "click-{p}-{t}-{r}",
         "interactive",
         "interactive_job_timeout_s",
-        ClickJob,
+        prompts.ClickJob,
         result_ttl=CLICK_RESULT_TTL_S,
         failure_ttl=CLICK_RESULT_TTL_S,
         retry=False,
@@ -122,16 +117,18 @@ JOBS: dict[str, JobSpec] = {
         "warm-{p}-{t}",
         "interactive",
         "predict_job_timeout_s",
-        WarmJob,
+        prompts.WarmJob,
         result_ttl=KEEP_NO_RESULT,
     ),
-    "teach": _spec("teach_shot", "teach-{p}-{t}-{h}", "batch", "refit_job_timeout_s", TeachJob),
+    "teach": _spec(
+        "teach_shot", "teach-{p}-{t}-{h}", "batch", "refit_job_timeout_s", prompts.TeachJob
+    ),
     "promote": _spec(
         "promote_group",
         "promote-{p}-{g}-{h}",
         "batch",
         "sync_job_timeout_s",
-        PromoteJob,
+        schemas.PromoteJob,
         result_ttl=KEEP_NO_RESULT,
     ),
 }
