@@ -84,6 +84,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         pipe = build_pipeline(
             sam=args.sam,
             dino=args.dino,
+            preset=args.preset,
             model_dir=args.model_dir,
             device=args.device,
             random_weights=args.random_weights,
@@ -200,9 +201,21 @@ def cmd_weights_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_models(p: argparse.ArgumentParser, sam: str, dino: str) -> None:
-    p.add_argument("--sam", default=sam, choices=[n for n in SPECS if n.startswith("sam")])
-    p.add_argument("--dino", default=dino, choices=[n for n in SPECS if n.startswith("dino")])
+def _add_models(p: argparse.ArgumentParser, sam: str | None, dino: str | None) -> None:
+    p.add_argument(
+        "--sam",
+        default=sam,
+        choices=[n for n in SPECS if n.startswith("sam")],
+        help=f"mask engine (default: {sam or f'the preset, else {DEFAULT_SAM}'})",
+    )
+    p.add_argument(
+        "--dino",
+        default=dino,
+        choices=[n for n in SPECS if n.startswith("dino")],
+        help=f"feature engine (default: the preset's, else {DEFAULT_DINO})"
+        if dino is None
+        else None,
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
 
 
@@ -221,7 +234,12 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="MASK.png")
     p.add_argument("--overlay", type=Path, metavar="OVERLAY.png")
     p.add_argument("--model-dir", type=Path, help="checkpoint directory (default $MODEL_DIR)")
-    _add_models(p, DEFAULT_SAM, DEFAULT_DINO)
+    _add_models(p, None, None)
+    p.add_argument(
+        "--preset",
+        choices=["fast", "default", "quality", "tiny", "tiny_sam2"],
+        help="engines and prompt cap (GFSAM_PRESET); tiny ones need --random-weights",
+    )
     p.add_argument(
         "--faithful",
         action="store_true",

@@ -55,6 +55,16 @@ def test_segment_random_tiny_writes_target_sized_png(
     assert "wrote" in captured.out
 
 
+def test_segment_with_the_sam2_dinov3_toy_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mask.png"
+    argv = ["segment", "--reference", *REF, "--target", str(TARGET), "--out", str(out)]
+    assert main([*argv, "--random-weights", "--preset", "tiny_sam2"]) == 0
+    assert Image.open(out).size == (640, 427)
+    assert "points=" in capsys.readouterr().out
+
+
 def test_segment_without_weights_exits_2_with_instructions(tmp_path: Path) -> None:
     empty = tmp_path / "models"
     empty.mkdir()
