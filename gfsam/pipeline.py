@@ -331,10 +331,13 @@ def _engine_names(
             raise ValueError(f"preset {preset!r} has no weights; pass random_weights=True")
     sam = sam or (chosen.sam if chosen else DEFAULT_SAM)
     dino = dino or (chosen.dino if chosen else DEFAULT_DINO)
-    for name, families in ((sam, MASK_FAMILIES), (dino, FEATURE_FAMILIES)):
+    for name, role, families in (
+        (sam, "sam encoder (mask engine)", MASK_FAMILIES),
+        (dino, "dino encoder (feature engine)", FEATURE_FAMILIES),
+    ):
         if name not in SPECS or SPECS[name].family not in families:
             choices = sorted(n for n, s in SPECS.items() if s.family in families)
-            raise ValueError(f"unknown {'/'.join(families)} engine {name!r}; choose from {choices}")
+            raise ValueError(f"unknown {role} {name!r}; choose from {choices}")
     return sam, dino, chosen
 
 

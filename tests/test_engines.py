@@ -343,5 +343,5 @@ def test_preset_cap_explicit_engines_and_missing_weights(tmp_path: Path) -> None
     )
     assert (pipe.sam.spec.name, pipe.dino.spec.name) == ("sam_tiny", "dinov3_tiny")
     assert pipe.config.max_points == 7
-    with pytest.raises(ValueError, match="unknown sam/sam2 engine"):
+    with pytest.raises(ValueError, match=r"unknown sam encoder \(mask engine\)"):
         build_pipeline(sam="dinov3_tiny", random_weights=True, device="cpu")
