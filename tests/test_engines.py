@@ -223,6 +223,34 @@ def test_sam2_embedding_packs_three_maps_losslessly(sam2: Sam2Encoder, embedding
         sam2.unpack(torch.zeros(256, 64, 64))
 
 
+def test_sam2_matches_the_official_image_predictor(sam2: Sam2Encoder) -> None:
+    """The same embedding, masks and logits as `SAM2ImagePredictor.set_image` + `predict`
+    (up to float summation order: the predictor's input goes through torchvision's Resize)."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    gen = torch.Generator().manual_seed(5)
+    image = torch.randint(0, 256, (FRAME, FRAME, 3), dtype=torch.uint8, generator=gen)
+    predictor = SAM2ImagePredictor(sam2.model)
+    pts, labels = np.array([[300.0, 700.0], [40.0, 60.0]]), np.array([1, 0])
+    box = np.array([100.0, 200.0, 600.0, 900.0])
+    with torch.inference_mode():
+        predictor.set_image(image.numpy())
+        emb = sam2.embed(image)[0]
+        image_embed, (s0, s1) = sam2.unpack(emb)
+        assert torch.allclose(image_embed, predictor._features["image_embed"], atol=1e-4)
+        assert torch.allclose(s0, predictor._features["high_res_feats"][0], atol=1e-4)
+        assert torch.allclose(s1, predictor._features["high_res_feats"][1], atol=1e-4)
+        official, iou, low = predictor.predict(pts, labels, box, multimask_output=True)
+        mask, ours_iou, ours_low = sam2.decode_prompts(emb, pts, labels, box, multimask=True)
+        one, _, _ = predictor.predict(pts[:1], labels[:1], multimask_output=False)
+        ours_one = sam2.decode_points(emb, pts[:1].astype(np.int64))
+    best = int(np.argmax(iou))
+    assert abs(ours_iou - float(iou[best])) < 1e-3
+    assert np.abs(ours_low - low[best]).max() < 1e-2
+    assert (mask != official[best].astype(bool)).mean() < 1e-3
+    assert (ours_one[0].cpu().numpy() != one[0].astype(bool)).mean() < 1e-3
+
+
 def test_sam2_points_decode_in_batches(sam2: Sam2Encoder, embedding: torch.Tensor) -> None:
     xy = np.array([[10, 20], [500, 600], [1000, 3], [512, 512], [0, 1023]], dtype=np.int64)
     with torch.inference_mode():
