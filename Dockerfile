@@ -11,7 +11,11 @@ RUN apt-get update \
 WORKDIR /app
 # Dependency layer first, so code changes do not reinstall torch.
 COPY requirements.txt .
-RUN pip install --no-cache-dir -r requirements.txt
+# sam2 (an sdist) builds against the torch installed first, without its CUDA extension (used
+# only by video tracking's hole filling, never by GF-SAM).
+ENV SAM2_BUILD_CUDA=0
+RUN pip install --no-cache-dir setuptools wheel $(grep -E '^(torch|torchvision)==' requirements.txt) \
+ && pip install --no-cache-dir --no-build-isolation -r requirements.txt
 
 COPY gfsam gfsam
 COPY backend backend

@@ -22,7 +22,9 @@ from gfsam.encoders.weights import (
     WeightsDownloadError,
     WeightsNotFoundError,
     download_weights,
+    expected_sha256,
     file_sha256,
+    record_sha256,
     resolve_checkpoint,
 )
 from gfsam.types import GFSAMConfig
@@ -45,6 +47,11 @@ def _official_name(name: str) -> str:
 
 
 def _names(args: argparse.Namespace) -> list[str]:
+    if args.preset:
+        from gfsam.pipeline import PRESETS
+
+        preset = PRESETS[args.preset]
+        return [*args.names, preset.sam, preset.dino]
     return list(args.names) or [DEFAULT_SAM, DEFAULT_DINO]
 
 
@@ -77,6 +84,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         pipe = build_pipeline(
             sam=args.sam,
             dino=args.dino,
+            preset=args.preset,
             model_dir=args.model_dir,
             device=args.device,
             random_weights=args.random_weights,
@@ -122,7 +130,7 @@ def cmd_weights_download(args: argparse.Namespace) -> int:
 
 
 def cmd_weights_verify(args: argparse.Namespace) -> int:
-    """Check that each checkpoint exists and matches its published sha256."""
+    """Check that each checkpoint exists and matches its published (or recorded) sha256."""
     failed = False
     for name in _names(args):
         spec = SPECS[name]
@@ -133,18 +141,81 @@ def cmd_weights_verify(args: argparse.Namespace) -> int:
             failed = True
             continue
         actual = file_sha256(path)
-        if spec.sha256 is None:
-            status = "UNKNOWN"  # no published value to compare with
+        expected, source = expected_sha256(spec, path)
+        prefix_ok = spec.sha256_prefix is None or actual.startswith(spec.sha256_prefix)
+        if not prefix_ok or (expected is not None and actual != expected):
+            status = "MISMATCH"
+        elif expected is None:
+            status = "UNKNOWN"  # nothing published, nothing recorded yet
         else:
-            status = "ok" if actual == spec.sha256 else "MISMATCH"
+            status = "ok"
+        note = {"published": "", "recorded": " (against the sha256 recorded at install)"}.get(
+            source, f" (none published; record it: python -m gfsam weights record {name})"
+        )
+        if spec.sha256_prefix is not None:
+            note += f" (file-name hash prefix {spec.sha256_prefix}: {'ok' if prefix_ok else 'NO'})"
         failed |= status == "MISMATCH"
-        print(f"{status:8s} {name}: {path} sha256={actual}")
+        print(f"{status:8s} {name}: {path} sha256={actual}{note}")
     return EXIT_INPUT if failed else 0
 
 
-def _add_models(p: argparse.ArgumentParser, sam: str, dino: str) -> None:
-    p.add_argument("--sam", default=sam, choices=[n for n in SPECS if n.startswith("sam")])
-    p.add_argument("--dino", default=dino, choices=[n for n in SPECS if n.startswith("dino")])
+def cmd_weights_record(args: argparse.Namespace) -> int:
+    """Record the sha256 of installed checkpoints that have no published one (SAM 2.1, DINOv3),
+    so that later loads check it (trust on first use)."""
+    failed = False
+    for name in _names(args):
+        spec = SPECS[name]
+        try:
+            path = resolve_checkpoint(spec, args.model_dir)
+        except WeightsNotFoundError as exc:
+            print(f"MISSING  {name}: {spec.url}\n{exc}")
+            failed = True
+            continue
+        if spec.sha256 is not None:
+            print(f"skip     {name}: a sha256 is published ({spec.sha256})")
+            continue
+        digest = file_sha256(path)
+        if spec.sha256_prefix is not None and not digest.startswith(spec.sha256_prefix):
+            print(f"MISMATCH {name}: {path} sha256={digest} (file name says {spec.sha256_prefix})")
+            failed = True
+            continue
+        record_sha256(path, digest)
+        print(f"recorded {name}: {path} sha256={digest}")
+    return EXIT_INPUT if failed else 0
+
+
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    """List every engine with official weights: file, source URL and checksum source."""
+    for name, spec in SPECS.items():
+        if spec.url is None:
+            continue
+        if spec.sha256 is not None:
+            check = f"sha256 {spec.sha256[:12]}... (published)"
+        elif spec.sha256_prefix is not None:
+            check = (
+                f"sha256 prefix {spec.sha256_prefix} (file name); full value recorded at install"
+            )
+        else:
+            check = "no sha256 published; recorded at install"
+        print(f"{name:24s} {spec.family:7s} {spec.filename}\n{'':33s}{spec.url}\n{'':33s}{check}")
+    return 0
+
+
+def _add_models(p: argparse.ArgumentParser, sam: str | None, dino: str | None) -> None:
+    p.add_argument(
+        "--sam",
+        default=sam,
+        choices=[n for n in SPECS if n.startswith("sam")],
+        help=f"mask engine (default: {sam or f'the preset, else {DEFAULT_SAM}'})",
+    )
+    p.add_argument(
+        "--dino",
+        default=dino,
+        choices=[n for n in SPECS if n.startswith("dino")],
+        help=f"feature engine (default: the preset's, else {DEFAULT_DINO})"
+        if dino is None
+        else None,
+    )
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
 
 
@@ -163,7 +234,12 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, type=Path, metavar="MASK.png")
     p.add_argument("--overlay", type=Path, metavar="OVERLAY.png")
     p.add_argument("--model-dir", type=Path, help="checkpoint directory (default $MODEL_DIR)")
-    _add_models(p, DEFAULT_SAM, DEFAULT_DINO)
+    _add_models(p, None, None)
+    p.add_argument(
+        "--preset",
+        choices=["fast", "default", "quality", "tiny", "tiny_sam2"],
+        help="engines and prompt cap (GFSAM_PRESET); tiny ones need --random-weights",
+    )
     p.add_argument(
         "--faithful",
         action="store_true",
@@ -181,9 +257,14 @@ def _segment_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _weights_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("weights", help="download or verify official checkpoints")
+    p = sub.add_parser("weights", help="list, download, verify or record official checkpoints")
     wsub = p.add_subparsers(dest="weights_cmd", required=True)
-    for name, func in (("download", cmd_weights_download), ("verify", cmd_weights_verify)):
+    wsub.add_parser("list", help=cmd_weights_list.__doc__).set_defaults(func=cmd_weights_list)
+    for name, func in (
+        ("download", cmd_weights_download),
+        ("verify", cmd_weights_verify),
+        ("record", cmd_weights_record),
+    ):
         w = wsub.add_parser(name, help=func.__doc__)
         w.add_argument("--model-dir", type=Path, help="checkpoint directory (default $MODEL_DIR)")
         w.add_argument(
@@ -192,6 +273,11 @@ def _weights_parser(sub: argparse._SubParsersAction) -> None:
             type=_official_name,
             metavar="NAME",
             help=f"encoders (default: {DEFAULT_SAM} {DEFAULT_DINO})",
+        )
+        w.add_argument(
+            "--preset",
+            choices=["fast", "default", "quality"],
+            help="also the engines of this preset (GFSAM_PRESET)",
         )
         w.set_defaults(func=func)
 

@@ -89,7 +89,8 @@ class TargetEncoding:
     """One encoded target image (cacheable, CPU, numpy).
 
     Attributes:
-        embedding: [256, 64, 64] float32 SAM image embedding.
+        embedding: [E', 64, 64] float32 image embedding of the mask engine (SAM [256, 64, 64];
+            SAM 2.1 [1024, 64, 64] packed, see `gfsam.encoders.sam2_hiera`).
         tokens: [T, C] float32 or float16 raw DINOv2 pre-norm patch tokens.
         image_size: (H, W) of the original target image.
         sam_encoder, dino_encoder: registry names of the encoders.

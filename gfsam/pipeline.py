@@ -7,8 +7,10 @@ thread-safe (the encoders are shared torch modules).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +18,19 @@ import torch
 
 from gfsam.core import Timings, segment_weighted, timed_stage
 from gfsam.decoded import DecodedMasks, decoder_key
-from gfsam.encoders import DEFAULT_DINO, DEFAULT_SAM, SPECS, build_encoder
+from gfsam.encoders import (
+    DEFAULT_DINO,
+    DEFAULT_SAM,
+    FEATURE_FAMILIES,
+    MASK_FAMILIES,
+    SPECS,
+    FeatureEngine,
+    MaskEngine,
+    build_encoder,
+)
 from gfsam.encoders.dinov2 import Dinov2Encoder
 from gfsam.encoders.sam import SamEncoder
+from gfsam.encoders.sam2_hiera import Sam2Encoder
 from gfsam.encoders.weights import resolve_checkpoint
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.image import (
@@ -31,10 +43,37 @@ from gfsam.image import (
 )
 from gfsam.points import reference_weights
 from gfsam.precision import check_precision
-from gfsam.types import GFSAMConfig
+from gfsam.types import GRID, GFSAMConfig
 
 logger = logging.getLogger(__name__)
-PRESETS = {"tiny": ("sam_tiny", "dinov2_tiny")}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named pair of engines and a prompt cap (``GFSAM_PRESET``).
+
+    Attributes:
+        sam: mask engine. dino: feature engine (registry names).
+        max_points: prompt cap applied unless the caller's config sets its own (None: 128).
+        toy: test-only engines without weights (needs ``random_weights=True``).
+    """
+
+    sam: str
+    dino: str
+    max_points: int | None = None
+    toy: bool = False
+
+
+# fast: the lightest engines and a 32-prompt cap (CPU projects, the click lane); default:
+# GF-SAM's own pair (the parity mode); quality: the strongest pair. What `fast` costs in quality
+# can not be measured here (no weights); README "Engines" gives the published figures.
+PRESETS: dict[str, Preset] = {
+    "fast": Preset("sam2.1_hiera_tiny", "dinov3_vits16", max_points=32),
+    "default": Preset(DEFAULT_SAM, DEFAULT_DINO),
+    "quality": Preset("sam2.1_hiera_large", "dinov3_vitl16"),
+    "tiny": Preset("sam_tiny", "dinov2_tiny", toy=True),
+    "tiny_sam2": Preset("sam2_tiny", "dinov3_tiny", max_points=32, toy=True),
+}
 # Images per encoder call in `encode_targets` (activation memory grows with it).
 ENCODE_BATCH = 8
 _warned_random = False  # the RANDOM WEIGHTS warning is logged once per process
@@ -44,8 +83,10 @@ class GFSAM:
     """Few-shot segmentation from reference (image, mask) pairs, with pre-built encoders.
 
     Args:
-        sam: `SamEncoder` (``embed``, ``decode_points``).
-        dino: `Dinov2Encoder` (``tokens``).
+        sam: mask engine, `SamEncoder` or `Sam2Encoder` (``embed``, ``decode_points``,
+            ``decode_prompts``).
+        dino: feature engine, `Dinov2Encoder` or `Dinov3Encoder` (``tokens``) on the
+            `GRID` x `GRID` patch grid (its ``spec.grid``).
         config: algorithm switches (`GFSAMConfig`); default abstains instead of the fallback.
         device: compute device, always explicit; the encoders are moved there.
         token_dtype: storage dtype of cached tokens (``np.float16`` halves cache size, ≈).
@@ -55,8 +96,8 @@ class GFSAM:
 
     def __init__(
         self,
-        sam: SamEncoder,
-        dino: Dinov2Encoder,
+        sam: MaskEngine,
+        dino: FeatureEngine,
         config: GFSAMConfig | None = None,
         *,
         device: torch.device | str,
@@ -64,6 +105,11 @@ class GFSAM:
         precision: str = "fp32",
     ) -> None:
         self.device = torch.device(device)
+        if dino.spec.grid != GRID:
+            raise ValueError(
+                f"{dino.spec.name} gives a {dino.spec.grid}x{dino.spec.grid} patch grid; GF-SAM's "
+                f"token-level stages need {GRID}x{GRID} (gfsam.types.GRID)"
+            )
         check_precision(precision, self.device)
         self.precision = precision
         self.sam, self.dino = sam.to(self.device), dino.to(self.device)
@@ -153,7 +199,7 @@ class GFSAM:
         frames = torch.stack([to_frame(rgb) for rgb in rgbs]).to(self.device)  # (B, 3, S, S)
         pixels = torch.stack([frame_to_sam_uint8(f) for f in frames])  # (B, S, S, 3)
         with timed_stage(timings, "sam_encoder", self.device):
-            embeddings = self.sam.embed(pixels, precision=self.precision)  # (B, 256, 64, 64)
+            embeddings = self.sam.embed(pixels, precision=self.precision)  # (B, E', 64, 64)
         with timed_stage(timings, "dinov2_encoder", self.device):
             tokens = self.dino.tokens(frames, precision=self.precision)  # (B, T, C)
         embeddings_np = embeddings.cpu().numpy()
@@ -202,7 +248,7 @@ class GFSAM:
         fg = torch.from_numpy(np.stack([r.fg for r in references])).to(dev)  # (K, T)
         bg = torch.from_numpy(np.stack([r.bg for r in references])).to(dev)  # (K, T)
         tgt = torch.from_numpy(target.tokens).to(dev, torch.float32)  # (T, C)
-        emb = torch.from_numpy(target.embedding).to(dev)[None]  # (1, 256, 64, 64)
+        emb = torch.from_numpy(target.embedding).to(dev)[None]  # (1, E', 64, 64)
 
         def decode(prompt_xy: np.ndarray) -> torch.Tensor:
             batch = self.config.prompt_batch
@@ -298,27 +344,44 @@ def reference_from_target(target: TargetEncoding, mask: np.ndarray) -> Reference
     )
 
 
-def _encoder_names(
-    sam: str, dino: str, preset: str | None, random_weights: bool
-) -> tuple[str, str]:
-    """Validated (SAM, DINOv2) registry names, after applying a preset."""
+def _engine_names(
+    sam: str | None, dino: str | None, preset: str | None, random_weights: bool
+) -> tuple[str, str, Preset | None]:
+    """Validated (mask engine, feature engine) names: explicit names, else the preset's, else
+    the defaults; and the preset."""
+    chosen = None
     if preset is not None:
         if preset not in PRESETS:
             raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
-        if not random_weights:
+        chosen = PRESETS[preset]
+        if chosen.toy and not random_weights:
             raise ValueError(f"preset {preset!r} has no weights; pass random_weights=True")
-        sam, dino = PRESETS[preset]
-    for name, family in ((sam, "sam"), (dino, "dinov2")):
-        if name not in SPECS or SPECS[name].family != family:
-            choices = sorted(n for n, s in SPECS.items() if s.family == family)
-            raise ValueError(f"unknown {family} encoder {name!r}; choose from {choices}")
-    return sam, dino
+    sam = sam or (chosen.sam if chosen else DEFAULT_SAM)
+    dino = dino or (chosen.dino if chosen else DEFAULT_DINO)
+    for name, role, families in (
+        (sam, "sam encoder (mask engine)", MASK_FAMILIES),
+        (dino, "dino encoder (feature engine)", FEATURE_FAMILIES),
+    ):
+        if name not in SPECS or SPECS[name].family not in families:
+            choices = sorted(n for n, s in SPECS.items() if s.family in families)
+            raise ValueError(f"unknown {role} {name!r}; choose from {choices}")
+    return sam, dino, chosen
+
+
+def preset_config(preset: Preset | None, config: GFSAMConfig | None) -> GFSAMConfig | None:
+    """`config` with the preset's prompt cap, unless the caller set a cap of its own."""
+    if preset is None or preset.max_points is None:
+        return config
+    base = config or GFSAMConfig()
+    if base.max_points != GFSAMConfig().max_points:
+        return base  # the caller's cap wins
+    return dataclasses.replace(base, max_points=preset.max_points)
 
 
 def build_pipeline(
     *,
-    sam: str = DEFAULT_SAM,
-    dino: str = DEFAULT_DINO,
+    sam: str | None = None,
+    dino: str | None = None,
     model_dir: Path | str | None = None,
     device: torch.device | str = "cpu",
     random_weights: bool = False,
@@ -329,12 +392,15 @@ def build_pipeline(
     """Build encoders (official weights from `model_dir`, or random) and wrap them in `GFSAM`.
 
     Args:
-        sam, dino: encoder registry names (`gfsam.encoders.ENCODERS`).
+        sam, dino: engine registry names (`gfsam.encoders.ENCODERS`); None: the preset's, else
+            SAM ViT-H and DINOv2 ViT-L.
         model_dir: checkpoint directory; None searches ``$MODEL_DIR``, ``./models`` and the torch
             hub cache (see `gfsam.encoders.weights.default_model_dirs`).
         device: compute device (CPU unless told otherwise; never guessed).
         random_weights: build random-init encoders (smoke tests only: outputs are meaningless).
-        preset: ``"tiny"`` selects toy encoders for tests (requires ``random_weights=True``).
+        preset: a key of `PRESETS`: ``"fast"``, ``"default"``, ``"quality"`` (engines and a
+            prompt cap; explicit `sam` / `dino` win), or the test-only toys ``"tiny"`` and
+            ``"tiny_sam2"`` (require ``random_weights=True``).
         config: algorithm switches; default `GFSAMConfig()` (``prompt_batch`` = prompts per
             decoder call: 64 official; ``max_points`` puts all prompts of a label in one call).
         precision: ``"fp32"`` (parity) or ``"bf16"`` autocast (see `GFSAM`).
@@ -343,7 +409,8 @@ def build_pipeline(
         ValueError: unknown preset/encoder. WeightsNotFoundError: a checkpoint is missing.
     """
     global _warned_random
-    sam, dino = _encoder_names(sam, dino, preset, random_weights)
+    sam, dino, chosen = _engine_names(sam, dino, preset, random_weights)
+    config = preset_config(chosen, config)
     if random_weights and not _warned_random:  # once per process, however many pipelines
         _warned_random = True
         logger.warning(
@@ -358,5 +425,5 @@ def build_pipeline(
         ckpts = [resolve_checkpoint(SPECS[name], model_dir) for name in (sam, dino)]
     sam_enc = build_encoder(sam, checkpoint=ckpts[0], device=device)
     dino_enc = build_encoder(dino, checkpoint=ckpts[1], device=device)
-    assert isinstance(sam_enc, SamEncoder) and isinstance(dino_enc, Dinov2Encoder)
+    assert isinstance(sam_enc, SamEncoder | Sam2Encoder) and isinstance(dino_enc, Dinov2Encoder)
     return GFSAM(sam_enc, dino_enc, config, device=device, precision=precision)

@@ -2,10 +2,16 @@
 
 Dimension glossary (used in every docstring and shape comment of `gfsam`):
 
-- ``G``: side of the DINOv2 patch grid, 37 (518 px / patch 14).
+- ``G``: side of the feature engine's patch grid, fixed at 37 (`GRID`) for every engine: the
+  token-level stages (PNA, point selection, prompts, PMC, both gates, discovery) are written
+  for it. A feature engine is sized to give it (``EncoderSpec.grid`` = input / patch): DINOv2
+  518 px / patch 14, DINOv3 592 px / patch 16; `GFSAM` refuses any other.
 - ``T``: number of grid cells, ``G * G`` = 1369. Cell ``(x, y)`` (x = column) has flat index
-  ``y * G + x`` (row-major, as DINOv2 emits its patch tokens).
-- ``C``: token channels (1024 for ViT-L; anything in tests).
+  ``y * G + x`` (row-major, as DINOv2 and DINOv3 emit their patch tokens).
+- ``C``: token channels (1024 for ViT-L, 384 for ViT-S; anything in tests).
+- ``E'``: channels of a mask engine's stored image embedding on its 64 x 64 map: SAM 256;
+  SAM 2.1 1024 (its image embedding and two high-resolution maps, packed; see
+  `gfsam.encoders.sam2_hiera`).
 - ``K``: reference shots. ``P``: selected points (= prompts = SAM masks), ``P <= max_points``.
 - ``L``: clusters of points. ``S``: side of the square working frame, 1024 px (SAM's input).
 - ``H, W``: pixels of an original image.
@@ -27,10 +33,12 @@ FRAME = 1024
 
 @runtime_checkable
 class PromptDecoder(Protocol):
-    """SAM's prompt decoder over a cached image embedding (`SamEncoder.decode_prompts`): the one
-    interface of clicks, discovery and the worker's model contract.
+    """A mask engine's prompt decoder over a cached image embedding (`SamEncoder.decode_prompts`,
+    `Sam2Encoder.decode_prompts`): the one interface of clicks, discovery and the worker's model
+    contract.
 
-    Args of `decode_prompts`: embedding float32 [256, 64, 64] (or [1, 256, 64, 64]); points_xy
+    Args of `decode_prompts`: embedding float32 [E', 64, 64] (or [1, E', 64, 64]) as the
+    engine's ``embed`` made it (SAM: E' = 256; SAM 2.1: 1024, packed); points_xy
     float [N, 2] (x, y) in the S frame with point_labels int [N] (1 positive, 0 negative; None:
     all positive); box_xyxy float [4] frame pixels; mask_logits float32 [256, 256] (SAM's mask
     prompt); multimask: SAM's three-mask output, best by predicted IoU. Returns (mask bool

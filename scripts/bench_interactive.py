@@ -1,6 +1,7 @@
 """Click latency of the interactive lane (issue 9). Random weights: times only, masks meaningless.
 
     .venv/bin/python scripts/bench_interactive.py [--sam sam_vit_h] [--threads 2] [--clicks 30]
+    .venv/bin/python scripts/bench_interactive.py --sam sam2.1_hiera_tiny   # INTERACTIVE_SAM
     # through Label Studio (a running LS + backend.run, an interactive ML backend):
     .venv/bin/python scripts/bench_interactive.py --ls-url http://localhost:8080 --ls-token T \
         --ml-id 1 --task 3 [--redis-url redis://...  (share of clicks without an encoder run)]
@@ -42,14 +43,15 @@ def local(args: argparse.Namespace) -> None:
     import torch
 
     from backend.state.prompts import Prompts
-    from gfsam.encoders.sam import build_sam
+    from gfsam.encoders import MaskEngine, build_encoder
     from gfsam.image import frame_to_sam_uint8, to_frame
     from worker.clicks.edit_rules import refine
     from worker.labelstudio.brush_rle import masks_to_result
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    sam = build_sam(args.sam, checkpoint=None, device="cpu")
+    sam = build_encoder(args.sam, checkpoint=None, device="cpu")  # any mask engine
+    assert isinstance(sam, MaskEngine)
     h, w = 480, 640
     image = np.random.default_rng(0).integers(0, 255, (h, w, 3), dtype=np.uint8)
     rng = np.random.default_rng(1)
@@ -78,7 +80,7 @@ def local(args: argparse.Namespace) -> None:
     print(f"{args.sam} decoder, random weights, {args.threads} CPU threads, image {w}x{h}")
     print(
         f"cold (SAM image encoder + one click): {encode_s + time.perf_counter() - started:.2f} s"
-        f"  (encoder {encode_s:.2f} s; the DINOv2 encoder a worker also runs is not included)"
+        f"  (encoder {encode_s:.2f} s; the feature encoder a worker also runs is not included)"
     )
     del first
     for kind in ("point", "point+box", "5 points"):

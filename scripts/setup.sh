@@ -39,8 +39,13 @@ stamp=.venv/.requirements.sha
 want=$(cat requirements.txt requirements-dev.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "setup: installing Python requirements into .venv"
-  quiet_pip .venv/bin/pip install -q --disable-pip-version-check -r requirements-dev.txt
-  .venv/bin/python -c "import torch, timm, segment_anything, fastapi, rq, label_studio_sdk"
+  # sam2 is an sdist built against the installed torch (no isolated build env that would
+  # download a second torch), without its CUDA extension (unused: video post-processing only).
+  quiet_pip .venv/bin/pip install -q --disable-pip-version-check setuptools wheel \
+    $(grep -E '^(torch|torchvision)==' requirements.txt)
+  SAM2_BUILD_CUDA=0 quiet_pip .venv/bin/pip install -q --disable-pip-version-check \
+    --no-build-isolation -r requirements-dev.txt
+  .venv/bin/python -c "import torch, timm, segment_anything, sam2, fastapi, rq, label_studio_sdk"
   echo "$want" > "$stamp"
 fi
 

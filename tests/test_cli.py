@@ -55,6 +55,16 @@ def test_segment_random_tiny_writes_target_sized_png(
     assert "wrote" in captured.out
 
 
+def test_segment_with_the_sam2_dinov3_toy_preset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mask.png"
+    argv = ["segment", "--reference", *REF, "--target", str(TARGET), "--out", str(out)]
+    assert main([*argv, "--random-weights", "--preset", "tiny_sam2"]) == 0
+    assert Image.open(out).size == (640, 427)
+    assert "points=" in capsys.readouterr().out
+
+
 def test_segment_without_weights_exits_2_with_instructions(tmp_path: Path) -> None:
     empty = tmp_path / "models"
     empty.mkdir()
@@ -109,6 +119,32 @@ def test_weights_verify_reports_missing_and_mismatch(
     (tmp_path / "sam_vit_b_01ec64.pth").write_bytes(b"not the checkpoint")
     assert main(["weights", "verify", "--model-dir", str(tmp_path), "sam_vit_b"]) == 1
     assert "MISMATCH" in capsys.readouterr().out
+
+
+def test_weights_know_the_new_engines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SAM 2.1 and DINOv3 files: listed with their URLs; no sha256 is published, so the installed
+    file's is recorded (`weights record`) and verified against later (trust on first use)."""
+    assert main(["weights", "list"]) == 0
+    out = capsys.readouterr().out
+    for name in ("sam2.1_hiera_large.pt", "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth"):
+        assert name in out
+    assert main(["weights", "verify", "--model-dir", str(tmp_path), "--preset", "fast"]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING  sam2.1_hiera_tiny" in out and "MISSING  dinov3_vits16" in out
+    (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(b"the file the user installed")
+    args = ["--model-dir", str(tmp_path), "sam2.1_hiera_tiny"]
+    assert main(["weights", "verify", *args]) == 0
+    assert "UNKNOWN" in capsys.readouterr().out
+    assert main(["weights", "record", *args]) == 0
+    assert "recorded sam2.1_hiera_tiny" in capsys.readouterr().out
+    assert main(["weights", "verify", *args]) == 0
+    assert "recorded at install" in capsys.readouterr().out
+    (tmp_path / "sam2.1_hiera_tiny.pt").write_bytes(b"replaced")
+    assert main(["weights", "verify", *args]) == 1
+    assert "MISMATCH" in capsys.readouterr().out
+    (tmp_path / "dinov3_vits16_pretrain_lvd1689m-08c60483.pth").write_bytes(b"not it")
+    assert main(["weights", "record", "--model-dir", str(tmp_path), "dinov3_vits16"]) == 1
+    assert "file name says 08c60483" in capsys.readouterr().out
 
 
 def test_weights_download_fails_clearly_offline(

@@ -18,6 +18,15 @@ from gfsam.types import FRAME, TOKENS
 DEVICE = torch.device(os.environ.get("TEST_DEVICE", "cpu"))
 SAM_NAMES = {"sam_vit_h", "sam_vit_l", "sam_vit_b", "sam_tiny"}
 DINO_NAMES = {"dinov2_vitl14", "dinov2_vits14", "dinov2_vitb14", "dinov2_vitg14", "dinov2_tiny"}
+SAM2_NAMES = {
+    "sam2.1_hiera_tiny",
+    "sam2.1_hiera_small",
+    "sam2.1_hiera_base_plus",
+    "sam2.1_hiera_large",
+    "sam2_tiny",
+}
+DINO3_NAMES = {"dinov3_vits16", "dinov3_vitb16", "dinov3_vitl16", "dinov3_tiny"}
+TOYS = {"sam_tiny", "dinov2_tiny", "sam2_tiny", "dinov3_tiny"}
 
 
 @pytest.fixture(scope="module")
@@ -42,13 +51,16 @@ def _image(seed: int = 0) -> torch.Tensor:
 
 
 def test_registry_names_and_specs() -> None:
-    assert set(ENCODERS) == SAM_NAMES | DINO_NAMES
+    assert set(ENCODERS) == SAM_NAMES | DINO_NAMES | SAM2_NAMES | DINO3_NAMES
     for name, spec in SPECS.items():
-        assert spec.name == name and spec.family in ("sam", "dinov2")
-        if name.endswith("_tiny"):
+        assert spec.name == name and spec.family in ("sam", "dinov2", "sam2", "dinov3")
+        if name in TOYS:
             assert spec.filename is None and spec.url is None and spec.sha256 is None
             continue
         assert spec.url is not None and spec.url.endswith("/" + str(spec.filename))
+        if spec.family in ("sam2", "dinov3"):  # Meta publishes no sha256 (recorded at install)
+            assert spec.sha256 is None
+            continue
         assert spec.sha256 is not None and len(spec.sha256) == 64
         int(spec.sha256, 16)
     assert SPECS["sam_vit_h"].filename == "sam_vit_h_4b8939.pth"

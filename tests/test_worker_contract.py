@@ -116,7 +116,7 @@ def test_the_worker_refuses_such_a_model_at_start(
     """`python -m worker.main`'s start: the model is checked when it is installed, before any
     job; the worker exits with a message naming the missing member."""
     broken = Model(NoPrediction(GFSAMConfig(), FakePipeline().sam), fake_load_image, "broken")  # type: ignore[arg-type]
-    monkeypatch.setattr(runtime, "build_model", lambda settings: broken)
+    monkeypatch.setattr(runtime, "build_model", lambda settings, **_: broken)
     runtime.reset()
     with caplog.at_level(logging.ERROR, logger="worker.main"):
         code = main.load_or_explain(_settings(tmp_path))

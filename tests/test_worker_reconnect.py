@@ -36,7 +36,7 @@ def test_worker_reconnects_after_losing_redis(
         def start(self) -> None: ...
         def stop(self) -> None: ...
 
-    monkeypatch.setattr(main, "load_or_explain", lambda settings: 0)
+    monkeypatch.setattr(main, "load_or_explain", lambda settings, **_: 0)
     monkeypatch.setattr(main, "Maintenance", NoMaintenance)
     monkeypatch.setattr(main, "JobLoggingWorker", FlakyWorker)
     settings = Settings(redis_url=redis_url, _env_file=None)  # type: ignore[call-arg]

@@ -55,11 +55,12 @@ def wait_for_redis(url: str, attempts: int = 30, delay_s: float = 1.0) -> Redis:
     return conn
 
 
-def load_or_explain(settings: Settings) -> int:
-    """Load the models; on a missing key, missing weights or a model that does not meet the
-    worker's contract say what is wrong. Returns 0 or an exit code."""
+def load_or_explain(settings: Settings, *, interactive: bool = False) -> int:
+    """Load the models (`interactive`: the click lane's, `INTERACTIVE_SAM`); on a missing key,
+    missing weights or a model that does not meet the worker's contract say what is wrong.
+    Returns 0 or an exit code."""
     try:
-        runtime.load(settings)
+        runtime.load(settings, interactive=interactive)
     except LabelStudioAuthError as exc:
         logger.error("%s: the worker needs it to download images and post predictions", exc)
         return EXIT_CONFIG
@@ -84,7 +85,7 @@ def run(settings: Settings, *, burst: bool = False, interactive: bool = False) -
     if not settings.redis_url:
         logger.error("REDIS_URL is not set (python -m backend.run sets it for its worker)")
         return EXIT_CONFIG
-    code = load_or_explain(settings)
+    code = load_or_explain(settings, interactive=interactive)
     if code:
         return code
     conn = wait_for_redis(settings.redis_url)
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
     setup_logging(settings.log_level, settings.log_format, "worker")
     if args.check:
-        return load_or_explain(settings)
+        return load_or_explain(settings, interactive=args.interactive)
     return run(settings, burst=args.burst, interactive=args.interactive)
 
 

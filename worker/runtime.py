@@ -66,8 +66,12 @@ class Runtime:
 _runtime: Runtime | None = None
 
 
-def build_model(settings: Settings) -> Model:
+def build_model(settings: Settings, *, interactive: bool = False) -> Model:
     """Build the GF-SAM pipeline described by the settings (imports torch and gfsam).
+
+    `interactive`: the click lane's model (`INTERACTIVE_SAM` replaces the mask engine when set).
+    The cache key names the engines actually built (after the preset), the weights mode and the
+    precision, so encodings of one engine pair are never read by a worker holding another.
 
     Raises:
         gfsam.encoders.WeightsNotFoundError: a checkpoint is missing (message lists the paths).
@@ -85,9 +89,10 @@ def build_model(settings: Settings) -> Model:
         "model_dir": settings.model_dir,
         "random_weights": settings.random_weights,
     }
+    sam = (settings.interactive_sam if interactive else None) or settings.gfsam_sam
     for name, value in (
         ("preset", settings.gfsam_preset),
-        ("sam", settings.gfsam_sam),
+        ("sam", sam),
         ("dino", settings.gfsam_dino),
     ):
         if value:
@@ -100,10 +105,11 @@ def build_model(settings: Settings) -> Model:
         # Same random weights in every worker process, so cached encodings stay interchangeable.
         torch.manual_seed(0)
     pipeline = build_pipeline(**kwargs)
+    engines = {"sam": pipeline.sam.spec.name, "dino": pipeline.dino.spec.name}
     key = "|".join(
-        f"{k}={kwargs[k]}"
-        for k in ("preset", "sam", "dino", "random_weights", "precision")
-        if k in kwargs
+        f"{k}={(engines | kwargs)[k]}"
+        for k in ("sam", "dino", "random_weights", "precision")
+        if k in engines | kwargs
     )
     return Model(
         pipeline,
@@ -181,10 +187,11 @@ def install(settings: Settings, model: Model, ls: LabelStudioClient | None = Non
     return _runtime
 
 
-def load(settings: Settings) -> Runtime:
-    """Check the LS key, build the real pipeline once, and install it."""
+def load(settings: Settings, *, interactive: bool = False) -> Runtime:
+    """Check the LS key, build the real pipeline once, and install it (`interactive`: the click
+    lane's, see `build_model`)."""
     ls = client(settings)  # RANDOM WEIGHTS is logged once, by gfsam's build_pipeline
-    return install(settings, build_model(settings), ls)
+    return install(settings, build_model(settings, interactive=interactive), ls)
 
 
 def get() -> Runtime:

@@ -14,7 +14,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Presets whose encoders are built with random weights on purpose (wiring checks, tests).
-RANDOM_PRESETS = frozenset({"tiny"})
+RANDOM_PRESETS = frozenset({"tiny", "tiny_sam2"})
 
 
 class Settings(BaseSettings):
@@ -48,10 +48,18 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = 30.0  # a worker's current job may finish this long on shutdown
 
     # Model.
-    gfsam_preset: str | None = None  # "tiny" = tiny random models, for wiring checks only
+    # "fast" (SAM 2.1 Hiera-T + DINOv3 ViT-S/16, 32 prompts: CPU projects, the click lane),
+    # "default" (SAM ViT-H + DINOv2 ViT-L, the parity mode), "quality" (SAM 2.1 Hiera-L +
+    # DINOv3 ViT-L/16); "tiny" and "tiny_sam2" = tiny random models, for wiring checks only.
+    # None: the library default (= "default").
+    gfsam_preset: str | None = None
     gfsam_random_weights: bool = False
-    gfsam_sam: str | None = None  # SAM encoder name (gfsam registry); None: the library default
-    gfsam_dino: str | None = None  # DINOv2 encoder name; None: the library default
+    gfsam_sam: str | None = None  # mask engine name (gfsam registry); None: the preset's
+    gfsam_dino: str | None = None  # feature engine name; None: the preset's
+    # The click lane's mask engine (`python -m worker.main --interactive`), e.g.
+    # "sam2.1_hiera_tiny", so a CPU deployment answers clicks quickly while pre-annotation uses
+    # the preset's. None: the same engine as pre-annotation (clicks then reuse its encodings).
+    interactive_sam: str | None = None
     gfsam_device: str = "cpu"
     # Encoder and decoder arithmetic: "bf16" (scoped autocast) on GPUs that support it; "fp32"
     # is the parity mode. Cached encodings of one precision are never reused by the other.

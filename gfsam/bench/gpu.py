@@ -91,7 +91,8 @@ def _report(
 ) -> list[str]:
     name = torch.cuda.get_device_name(torch.device(args.device))
     lines = [
-        f"# gpu benchmark: sam={args.sam} dino={args.dino} device={args.device} ({name}), "
+        f"# gpu benchmark: preset={args.preset or '-'} sam={args.sam} dino={args.dino} "
+        f"device={args.device} ({name}), "
         f"images={args.images}, encode batch={args.encode_batch}, "
         f"max_points={args.max_points} (one decoder call per label)",
         "# RANDOM WEIGHTS: throughput and memory are representative; IoUs are not accuracy",
@@ -126,10 +127,17 @@ def run(args: argparse.Namespace) -> list[str]:
             f"CUDA GPU (got --device {args.device}; torch.cuda.is_available() = "
             f"{torch.cuda.is_available()}). Nothing was measured."
         )
-    config = GFSAMConfig(max_points=args.max_points, prompt_batch=args.max_points)
+    cap = args.max_points
+    if args.preset:  # the preset's engines and prompt cap (--sam / --dino ignored)
+        from gfsam.pipeline import PRESETS
+
+        cap = PRESETS[args.preset].max_points or cap
+    config = GFSAMConfig(max_points=cap, prompt_batch=cap)
+    engines = {} if args.preset else {"sam": args.sam, "dino": args.dino}
     fp32 = build_pipeline(
-        sam=args.sam, dino=args.dino, device=device, random_weights=True, config=config
+        **engines, preset=args.preset, device=device, random_weights=True, config=config
     )
+    args.sam, args.dino, args.max_points = fp32.sam.spec.name, fp32.dino.spec.name, cap
     bf16 = GFSAM(fp32.sam, fp32.dino, config, device=device, precision="bf16")
     pipes = {"fp32": fp32, "bf16": bf16}  # the same encoder modules, two precisions
     images = _images(args.images)

@@ -4,6 +4,12 @@ Part 1 runs the image-level pipeline with RANDOM weights (default tiny encoders)
 image pair and reports per-stage medians. Part 2 runs the token-level algorithm (faithful
 config) on the golden parity cases, with the recorded SAM masks as the mask function, next to the
 official code's time from ``official_timing.csv`` (2 CPU threads, median of 3 after a warm-up).
+
+``--preset fast --against default`` instead compares two presets (their real engines, RANDOM
+weights: speed only): a first prediction (target encoding + prediction, the reference encoded
+beforehand) and a cold click (mask-engine encoder + one prompt decode) each, ending with the line
+``fast preset: <r>x faster first prediction (default <s>s, fast <s>s; sam .., dino ..,
+prompts <cap>)``.
 """
 
 from __future__ import annotations
@@ -33,6 +39,8 @@ PIPELINE_STAGES = (
     "merge",
 )
 TOKEN_STAGES = PIPELINE_STAGES[2:]
+# The encoder stages by role (their timing keys keep the names of the default engines).
+DISPLAY_STAGES = ("mask_enc", "feat_enc", *TOKEN_STAGES)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -56,6 +64,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="instead: CUDA throughput fp32 vs bf16 (needs --device cuda[:N])",
     )
     p.add_argument("--images", type=int, default=32, help="--gpu: images per precision")
+    p.add_argument(
+        "--preset",
+        help="instead: time this preset's engines (fast, default, quality; tiny for tests)",
+    )
+    p.add_argument("--against", help="with --preset: the preset it is compared with")
     p.add_argument("--encode-batch", type=int, default=8, help="--gpu: images per encoder call")
 
 
@@ -149,8 +162,92 @@ def _golden_paths(args: argparse.Namespace) -> list[Path]:
     return paths
 
 
+def preset_timings(
+    args: argparse.Namespace, preset: str
+) -> tuple[tuple[str, str], dict[str, float]]:
+    """(mask engine, feature engine) and the median seconds of one preset's first prediction
+    (stages, ``total``; ``prompts`` decoded, ``max_points``) and cold click (``click_encoder``,
+    ``click_decode``, ``click``), RANDOM weights."""
+    import time
+
+    from gfsam.bench.synthetic import median_timings
+    from gfsam.image import frame_to_sam_uint8, to_frame
+    from gfsam.pipeline import build_pipeline
+
+    torch.manual_seed(0)
+    pipe = build_pipeline(preset=preset, random_weights=True, device=args.device)
+    ref_img, ref_mask, tgt_img = synthetic_pair()
+    ref = pipe.encode_reference(ref_img, ref_mask)
+    prompts: list[int] = []
+
+    def once(timings: dict[str, float]) -> None:
+        pred = pipe.predict(pipe.encode_target(tgt_img, timings=timings), [ref], timings=timings)
+        prompts.append(pred.segmentation.n_points)
+
+    stats = median_timings(once, args.repeat, args.warmup)
+    stats["prompts"] = float(prompts[-1])
+    stats["max_points"] = float(pipe.config.max_points)
+    pixels = frame_to_sam_uint8(to_frame(tgt_img))  # (S, S, 3) uint8
+    point = np.array([[FRAME / 3, FRAME / 2]])
+
+    def click(timings: dict[str, float]) -> None:
+        start = time.perf_counter()
+        emb = pipe.sam.embed(pixels)[0]
+        timings["click_encoder"] = time.perf_counter() - start
+        start = time.perf_counter()
+        pipe.sam.decode_prompts(emb, point, np.array([1]), multimask=True)
+        timings["click_decode"] = time.perf_counter() - start
+
+    clicks = median_timings(click, args.repeat, args.warmup)
+    stats |= {"click": clicks["total"], **{k: v for k, v in clicks.items() if k != "total"}}
+    return (pipe.sam.spec.name, pipe.dino.spec.name), stats
+
+
+def compare_presets(args: argparse.Namespace) -> list[str]:
+    """The preset comparison's lines (see the module docstring); RANDOM weights."""
+    presets = [args.against, args.preset] if args.against else [args.preset]
+    engines, results = {}, {}
+    for p in presets:  # one pipeline at a time (the previous one is freed on return)
+        engines[p], results[p] = preset_timings(args, p)
+    lines = [
+        f"# presets {' vs '.join(presets)}: device={args.device} threads="
+        f"{torch.get_num_threads()} repeat={args.repeat} warmup={args.warmup}",
+        "# RANDOM WEIGHTS: speed only; masks, scores and prompt counts are meaningless",
+        f"{'preset':<10}{'sam':<20}{'dino':<16}{'cap':>5}{'prompts':>8}"
+        + "".join(f"{s[:10]:>11}" for s in (*DISPLAY_STAGES, "total", "click_enc", "click")),
+    ]
+    for p, r in results.items():
+        sam, dino = engines[p]
+        stages = "".join(
+            f"{r.get(s, 0.0):>11.3f}" for s in (*PIPELINE_STAGES, "total", "click_encoder", "click")
+        )
+        lines.append(
+            f"{p:<10}{sam:<20}{dino:<16}{int(r['max_points']):>5}{int(r['prompts']):>8}{stages}"
+        )
+    fast = results[args.preset]
+    sam, dino = engines[args.preset]
+    lines.append(
+        f"cold click ({args.preset}): {fast['click']:.2f}s = {sam} encoder "
+        f"{fast['click_encoder']:.2f}s + one decode {fast['click_decode']:.3f}s"
+    )
+    if args.against:
+        base = results[args.against]
+        lines.append(
+            f"{args.preset} preset: {base['total'] / fast['total']:.1f}x faster first prediction "
+            f"({args.against} {base['total']:.1f}s, {args.preset} {fast['total']:.1f}s; "
+            f"sam {sam}, dino {dino}, prompts {int(fast['max_points'])})"
+        )
+    return lines
+
+
 def run(args: argparse.Namespace) -> int:
     """Print the two benchmark tables; returns the exit code."""
+    if args.preset and not args.gpu:
+        if torch.device(args.device).type == "cpu":
+            torch.set_num_threads(args.threads)
+        with torch.inference_mode():
+            print("\n".join(compare_presets(args)), flush=True)
+        return 0
     if args.gpu:
         from gfsam.bench.gpu import run as run_gpu
 

@@ -19,7 +19,7 @@ PromptMaskFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
 
 
 def sam_prompt_fn(sam: PromptDecoder, embedding: np.ndarray) -> PromptMaskFn:
-    """A `PromptMaskFn` over a cached SAM embedding [256, 64, 64] (no new encoder pass)."""
+    """A `PromptMaskFn` over a cached mask-engine embedding [E', 64, 64] (no new encoder pass)."""
 
     def fn(points_xy: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:
         mask, iou, _ = sam.decode_prompts(embedding, points_xy, None, box_xyxy)

@@ -14,6 +14,7 @@ from typing import Any, cast
 import timm
 import torch
 import torchvision.transforms.functional as TF
+from timm.models.eva import Eva
 from timm.models.vision_transformer import VisionTransformer
 from torch import Tensor, nn
 from torchvision.transforms import InterpolationMode
@@ -99,7 +100,7 @@ class Dinov2Encoder(nn.Module):
         pretrained: True when official weights were loaded.
     """
 
-    def __init__(self, spec: EncoderSpec, vit: VisionTransformer) -> None:
+    def __init__(self, spec: EncoderSpec, vit: VisionTransformer | Eva) -> None:
         super().__init__()
         self.spec, self.vit, self.pretrained = spec, vit, False
 
@@ -135,13 +136,17 @@ class Dinov2Encoder(nn.Module):
         """
         x = self.preprocess(frames.to(self.device, torch.float32))  # (B, 3, 518, 518)
         with autocast(precision, self.device):
-            (last,) = cast(
-                list[Tensor],  # intermediates_only=True: one [B, T, C] tensor per requested block
-                self.vit.forward_intermediates(
-                    x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
-                ),
-            )
+            last = self._last_tokens(x)
         return last.float()  # (B, T, C)
+
+    def _last_tokens(self, x: Tensor) -> Tensor:
+        (last,) = cast(
+            list[Tensor],  # intermediates_only=True: one [B, T, C] tensor per requested block
+            self.vit.forward_intermediates(
+                x, indices=1, norm=False, output_fmt="NLC", intermediates_only=True
+            ),
+        )
+        return last
 
     def forward(self, frames: Tensor) -> Tensor:
         return self.tokens(frames)

@@ -9,6 +9,12 @@ Published sha256 values are third-party records of Meta's files (Meta publishes 
 SAM from ``computational-cell-analytics/micro-sam`` ``micro_sam/util.py`` (``_CHECKSUMS``) and
 ``finegrain-ai/refiners`` ``src/refiners/conversion/models/sam.py``; DINOv2 from
 ``finegrain-ai/refiners`` ``src/refiners/conversion/models/dinov2.py``.
+
+Where no sha256 is published (SAM 2.1; DINOv3, whose file names carry only the first 8 hex
+digits of it, torch.hub's ``check_hash`` convention, checked here), the sha256 of the file the
+user installs is recorded next to it (``<file>.sha256``, written by
+``python -m gfsam weights download`` or ``... weights record``) and checked on every later load:
+trust on first use, said so in the log and by ``weights verify``.
 """
 
 from __future__ import annotations
@@ -75,6 +81,10 @@ class EncoderSpec:
         filename: official checkpoint file name, None for test-only encoders.
         url: official download URL, None for test-only encoders.
         sha256: published sha256 of the official file, None when unknown or test-only.
+        sha256_prefix: leading hex digits of the sha256 carried by the official file name
+            (torch.hub's ``name-<hash>.pth`` convention; DINOv3), None otherwise.
+        state_key: the key under which the file holds its state dict (SAM 2.1: ``"model"``),
+            None for a plain state dict.
     """
 
     name: str
@@ -87,6 +97,50 @@ class EncoderSpec:
     filename: str | None = None
     url: str | None = None
     sha256: str | None = None
+    sha256_prefix: str | None = None
+    state_key: str | None = None
+
+    @property
+    def grid(self) -> int:
+        """Side of the patch grid (feature engines: input_size / patch_size; DINOv2 37)."""
+        return self.input_size // self.patch_size
+
+
+def recorded_sha256_path(path: Path) -> Path:
+    """Where the sha256 recorded at install of a checkpoint without a published one lives."""
+    return path.with_name(f"{path.name}.sha256")
+
+
+def record_sha256(path: Path, digest: str | None = None) -> str:
+    """Record the sha256 of an installed checkpoint next to it (``<file>.sha256``)."""
+    digest = digest or file_sha256(path)
+    recorded_sha256_path(path).write_text(f"{digest}  {path.name}\n")
+    return digest
+
+
+def recorded_sha256(path: Path) -> str | None:
+    """The sha256 recorded at install (`record_sha256`), None when none was recorded."""
+    side = recorded_sha256_path(path)
+    if not side.is_file():
+        return None
+    return side.read_text().split()[0] if side.read_text().strip() else None
+
+
+def expected_sha256(spec: EncoderSpec, path: Path) -> tuple[str | None, str]:
+    """(expected sha256, its source: ``"published"``, ``"recorded"`` or ``"none"``)."""
+    if spec.sha256 is not None:
+        return spec.sha256, "published"
+    recorded = recorded_sha256(path)
+    return (recorded, "recorded") if recorded else (None, "none")
+
+
+def check_sha256_prefix(spec: EncoderSpec, digest: str, path: Path) -> None:
+    """Raise WeightsChecksumError when the file-name hash prefix (DINOv3) does not match."""
+    if spec.sha256_prefix is not None and not digest.startswith(spec.sha256_prefix):
+        raise WeightsChecksumError(
+            f"{path}: sha256 {digest} does not start with {spec.sha256_prefix}, the hash in "
+            "its official file name; the file is corrupt, truncated or not the official one"
+        )
 
 
 def default_model_dirs(model_dir: Path | str | None = None) -> list[Path]:
@@ -146,12 +200,15 @@ def verify_sha256(path: Path, expected: str | None) -> None:
         )
 
 
-def read_state_dict(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
+def read_state_dict(
+    path: Path, sha256: str | None = None, *, state_key: str | None = None
+) -> dict[str, Tensor]:
     """Load a checkpoint's tensors on the CPU, without unpickling code.
 
     Args:
         path: checkpoint file (a plain state dict, as Meta publishes them).
         sha256: expected hex digest; None skips the check.
+        state_key: the key holding the state dict (SAM 2.1 files: ``"model"``), or None.
 
     Raises:
         WeightsChecksumError, WeightsFormatError.
@@ -159,6 +216,10 @@ def read_state_dict(path: Path, sha256: str | None = None) -> dict[str, Tensor]:
     if sha256 is not None:
         verify_sha256(path, sha256)
     state = torch.load(path, map_location="cpu", weights_only=True)
+    if state_key is not None:
+        if not isinstance(state, Mapping) or state_key not in state:
+            raise WeightsFormatError(f"{path}: expected a dict holding {state_key!r}")
+        state = state[state_key]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise WeightsFormatError(f"{path}: expected a flat state dict of tensors")
     return dict(state)
@@ -191,9 +252,21 @@ def read_checkpoint(
     """
     if checkpoint is None:
         return None
+    path = Path(checkpoint)
     if verify:
-        verify_sha256(Path(checkpoint), spec.sha256)  # warns when no published value
-    return read_state_dict(Path(checkpoint))
+        expected, source = expected_sha256(spec, path)
+        if spec.sha256_prefix is not None and source != "published":
+            check_sha256_prefix(spec, expected or file_sha256(path), path)
+        if source == "none" and spec.sha256 is None:
+            logger.warning(
+                "no published sha256 for %s; record the installed file's with "
+                "`python -m gfsam weights record %s` to check it on later loads",
+                path,
+                spec.name,
+            )
+        else:
+            verify_sha256(path, expected)
+    return read_state_dict(path, state_key=spec.state_key)
 
 
 def load_strict(module: nn.Module, state: Mapping[str, Tensor], source: str) -> None:
@@ -241,10 +314,14 @@ def download_weights(
         if spec.url is None or spec.filename is None:
             raise WeightsDownloadError(f"{name} is a test-only encoder without weights")
         target = model_dir / spec.filename
-        if target.is_file() and (spec.sha256 is None or file_sha256(target) == spec.sha256):
+        expected, _ = expected_sha256(spec, target)
+        if target.is_file() and (expected is None or file_sha256(target) == expected):
             logger.info("%s already present at %s", name, target)
         else:
             _download_one(spec, target, timeout_s)
+        if spec.sha256 is None and recorded_sha256(target) is None:
+            digest = record_sha256(target)  # no published value: trust on first use
+            logger.info("no published sha256 for %s; recorded %s", name, digest)
         paths.append(target)
     return paths
 
@@ -264,6 +341,10 @@ def _download_one(spec: EncoderSpec, target: Path, timeout_s: float) -> None:
                 f"{spec.url}: sha256 {digest.hexdigest()} != published "
                 f"{spec.sha256}; file discarded"
             )
+        try:
+            check_sha256_prefix(spec, digest.hexdigest(), target)
+        except WeightsChecksumError as exc:
+            raise WeightsDownloadError(f"{spec.url}: {exc}; file discarded") from exc
         os.replace(part, target)
     except (urllib.error.URLError, OSError) as exc:
         raise WeightsDownloadError(
