@@ -10,7 +10,9 @@ then each requested assignment turns the label predictions into regions:
   similarity threshold (the strongest simple alternative to split);
 - ``split`` (`assign_split`, the worker's default);
 - ``present``: argmax over the labels whose class truly is in the image. Only ground truth can
-  give it: an UPPER BOUND of what any absence decision can reach, printed as such;
+  give it: the UPPER BOUND of any label-level absence decision (false_paint 0), printed as
+  such; it still paints whatever wrong regions a present label's mask holds, so an
+  instance-level rejection (split) can score above it on mIoU under SAM errors;
 - ``none`` (always scored, first row): paint nothing, what doing nothing scores.
 
 Numbers per assignment (`ProjectScore.numbers`; pixels at the original size, ignore excluded):
@@ -296,7 +298,10 @@ def _print(out: Output, result: dict[str, Any]) -> None:
         name = {NOTHING: "none (nothing)", UPPER_BOUND: "present (UB)"}.get(mode, mode)
         out.line(f"{name:14s} " + " ".join(f"{c:>9s}" for c in cells))
     if UPPER_BOUND in result["by_assign"]:
-        out.line("present (UB) = argmax over the labels truly in the image: an oracle-only bound")
+        out.line(
+            "present (UB) = argmax over the labels truly in the image: an oracle-only bound of "
+            "label-level absence decisions (not of per-region rejection)"
+        )
     variants = [
         (k, result[f"discovery{s}"]) for k, s in (("unannotated", ""), ("baseline", "_baseline"))
     ]
