@@ -5,6 +5,10 @@
     # through Label Studio (a running LS + backend.run, an interactive ML backend):
     .venv/bin/python scripts/bench_interactive.py --ls-url http://localhost:8080 --ls-token T \
         --ml-id 1 --task 3 [--redis-url redis://...  (share of clicks without an encoder run)]
+    # the same round trip, starting a real Label Studio 1.23.2 (.lsvenv) and backend.run itself
+    # (tiny random models, so the figure is LS + HTTP + queue + polling + a tiny decoder; put
+    # the warm ViT-H decoder figure of the first command beside it) (issue 17):
+    .venv/bin/python scripts/bench_interactive.py --start-ls [--clicks 30]
 
 Warm: SAM prompt decoding + back to natural size + brush RLE (`worker.clicks.edit_rules.refine` and
 `worker.labelstudio.brush_rle.masks_to_result`, what a click job runs after its target is in
@@ -143,6 +147,42 @@ def through_ls(args: argparse.Namespace) -> None:
             )
 
 
+INTERACTIVE_CONFIG = (
+    '<View><Image name="image" value="$image"/>'
+    '<BrushLabels name="tag" toName="image"><Label value="Object"/></BrushLabels>'
+    '<KeyPointLabels name="kp" toName="image" smart="true"><Label value="Object"/>'
+    "</KeyPointLabels></View>"
+)
+
+
+def with_real_ls(args: argparse.Namespace) -> None:
+    """Start Label Studio and `python -m backend.run` (tiny preset), then `through_ls`."""
+    import tempfile
+    from pathlib import Path
+
+    from tests.e2e_helpers import ELEPHANTS, backend_env, running_backend
+    from tests.lsserver import free_port, start_label_studio
+
+    with tempfile.TemporaryDirectory() as tmp:
+        base = Path(tmp)
+        (base / "ls").mkdir()
+        (base / "backend").mkdir()
+        with start_label_studio(base / "ls") as ls:
+            project = ls.create_project(INTERACTIVE_CONFIG, title="bench-interactive")["id"]
+            ls.import_images(project, sorted(ELEPHANTS.glob("*.jpg"))[:1])
+            task = ls.list_tasks(project)[0]["id"]
+            port = free_port()
+            env = backend_env(ls, port, base / "backend" / "data")
+            with running_backend(env, port, base / "backend") as backend:
+                ml = ls.connect_ml_backend(project, backend.url, is_interactive=True)
+                args.ls_url, args.ls_token, args.ml_id, args.task = ls.url, ls.token, ml["id"], task
+                print(
+                    f"real Label Studio (cold start {ls.startup_s:.0f}s) + backend.run, tiny "
+                    "random models (RANDOM WEIGHTS: times only)"
+                )
+                through_ls(args)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -156,8 +196,13 @@ def main() -> None:
     parser.add_argument("--task", type=int)
     parser.add_argument("--label", default="Object")
     parser.add_argument("--redis-url")
+    parser.add_argument(
+        "--start-ls", action="store_true", help="start a real LS and backend.run (tiny models)"
+    )
     args = parser.parse_args()
-    if args.ls_url:
+    if args.start_ls:
+        with_real_ls(args)
+    elif args.ls_url:
         through_ls(args)
     else:
         local(args)

@@ -6,8 +6,17 @@ Real Redis, the fake Label Studio of tests/fakes.py serving the 128 real COCO im
 "prediction" is the image's own ground-truth class mask (real shapes, so the RLE encoding and
 the JSON posted are realistic). One in-process worker runs the pre-annotation of every task;
 per task that is: download, decode, cache lookup, null model, RLE, store, LS check and POST.
+The null model makes split fall back to argmax and skips discovery (FAKE_SETTINGS).
 
-    .venv/bin/python scripts/bench_orchestration.py [--repeat 2]
+``--oracle`` (issue 17) runs the real assignment and discovery instead: the tasks' images are
+the COCO label maps as class PNGs and the model is the oracle pipeline of tests/fakes.py (the
+real token-level GF-SAM on oracle encoders, tokens of ViT-L's 1024 channels and a 1024 x 1024
+float32 "embedding": real blob sizes), once with ``ASSIGN=argmax`` and no discovery and once
+with ``ASSIGN=split`` and discovery on, so the line pair says what split + discovery cost per
+task. The oracle's own GF-SAM stages are not free (they are the token-level pipeline): the
+figure is an orchestration + logic ceiling, not a null-cost one.
+
+    .venv/bin/python scripts/bench_orchestration.py [--repeat 2] [--oracle --tasks 32]
 """
 
 from __future__ import annotations
@@ -15,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import statistics
 import sys
 import tempfile
 import time
@@ -32,14 +42,17 @@ from backend.app import create_app
 from backend.state.settings import Settings
 from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.eval.oracle import OracleParams
 from tests.fakes import (
-    FAKE_SETTINGS,
     TOKEN,
     FakeLabelStudio,
     FakePipeline,
+    OraclePipeline,
     brush_region,
+    class_png,
     fake_model,
     no_segmentation,
+    oracle_model,
 )
 from tests.project_helpers import fixture
 from tests.service_fixtures import run_worker, start_redis, stop_process
@@ -97,9 +110,31 @@ def load_coco() -> tuple[list[bytes], dict[str, np.ndarray]]:
     return images, masks
 
 
+def load_coco_classes(limit: int) -> tuple[list[bytes], np.ndarray]:
+    """The first `limit` COCO label maps as class PNGs, and the first one's largest class mask."""
+    images: list[bytes] = []
+    seed = np.zeros(0, dtype=bool)
+    for path in sorted((COCO / "masks").glob("*.png"))[:limit]:
+        classes = np.asarray(Image.open(path)).astype(np.int32)
+        classes[classes == 255] = 0
+        if not images:
+            ids, counts = np.unique(classes[classes > 0], return_counts=True)
+            seed = classes == ids[np.argmax(counts)]
+        images.append(class_png(classes))
+    return images, seed
+
+
 def run_once(
-    images: list[bytes], masks: dict[str, np.ndarray], url: str, tmp: Path, pipelined: bool
+    images: list[bytes],
+    masks: dict[str, np.ndarray],
+    url: str,
+    tmp: Path,
+    pipelined: bool,
+    oracle: str | None = None,
 ) -> float:
+    """Tasks per second of one worker over all tasks but the seed. `oracle`: None (null model),
+    ``"off"`` (oracle, argmax, no discovery) or ``"on"`` (oracle, split + discovery); with an
+    oracle, `masks` holds the seed mask under the key ``"seed"``."""
     conn = Redis.from_url(url)
     conn.flushdb()
     ls = FakeLabelStudio().start()
@@ -114,13 +149,21 @@ def run_once(
         prefetch_jobs=4 if pipelined else 0,
         deliver_threads=2 if pipelined else 0,
         encode_batch=8 if pipelined else 1,
-        **FAKE_SETTINGS,  # type: ignore[arg-type]
+        assign="split" if oracle == "on" else "argmax",
+        discover=oracle == "on",
         _env_file=None,  # type: ignore[call-arg]
     )
-    runtime.install(settings, fake_model(GroundTruthPipeline(masks=masks)))
-    tasks = [ls.add_task(1, data, f"{i}.jpg")["id"] for i, data in enumerate(images)]
-    first = fingerprint(np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB")))
-    ls.annotate(tasks[0], [brush_region(masks[first], "Object")])  # the seed
+    if oracle is None:
+        runtime.install(settings, fake_model(GroundTruthPipeline(masks=masks)))
+    else:
+        params = OracleParams(sigma=0.1, rho=0.6, dim=1024)
+        runtime.install(settings, oracle_model(OraclePipeline(params)))
+    tasks = [ls.add_task(1, data, f"{i}.png")["id"] for i, data in enumerate(images)]
+    if oracle is None:
+        seed = masks[fingerprint(np.asarray(Image.open(io.BytesIO(images[0])).convert("RGB")))]
+    else:
+        seed = masks["seed"]
+    ls.annotate(tasks[0], [brush_region(seed, "Object")])  # the seed
     with TestClient(create_app(settings)) as client:
         assert client.post("/setup", json=fixture("setup.json")).status_code == 200
         run_worker(conn, settings, max_jobs=1)  # the sync: seed applied, 127 tasks queued
@@ -129,6 +172,8 @@ def run_once(
         delivery.drain()  # the background POSTs count
         elapsed = time.perf_counter() - started
     posted = len(ls.posts)
+    if oracle == "on" and not int(conn.hget("gfsam:stats", "discover") or 0):
+        raise SystemExit("discovery did not run: the split + discovery figure would be wrong")
     ls.stop()
     delivery.reset()
     prefetch.reset()
@@ -144,7 +189,15 @@ def main() -> int:
     parser.add_argument(
         "--no-pipeline", action="store_true", help="only the serial worker (no side-by-side)"
     )
+    parser.add_argument(
+        "--oracle",
+        action="store_true",
+        help="oracle pipeline, serial worker: argmax without discovery vs split + discovery",
+    )
+    parser.add_argument("--tasks", type=int, default=128, help="images (the first is the seed)")
     args = parser.parse_args()
+    if args.oracle:
+        return main_oracle(args)
     images, masks = load_coco()
     rle_s = time.perf_counter()
     for mask in masks.values():
@@ -170,6 +223,34 @@ def main() -> int:
         print(
             f"tasks per second per worker, {name}: {max(runs):.1f} (runs: "
             f"{', '.join(f'{r:.1f}' for r in runs)}; goal >= 30)"
+        )
+    return 0
+
+
+def main_oracle(args: argparse.Namespace) -> int:
+    images, seed = load_coco_classes(args.tasks)
+    with tempfile.TemporaryDirectory() as tmp:
+        proc, url = start_redis(Path(tmp) / "redis")
+        try:
+            rates = {
+                mode: [
+                    run_once(images, {"seed": seed}, url, Path(tmp), False, mode)
+                    for _ in range(args.repeat)
+                ]
+                for mode in ("off", "on")
+            }
+        finally:
+            stop_process(proc)
+    print(
+        f"[oracle encoders: logic, NOT model quality] orchestration with the oracle pipeline: "
+        f"{len(images) - 1} COCO label-map tasks per run, one serial in-process worker, fake LS "
+        "over HTTP, real Redis, real blob sizes (tokens 1369 x 1024, embedding 4 MiB)"
+    )
+    for mode, runs in rates.items():
+        name = "split + discovery" if mode == "on" else "argmax, no discovery"
+        print(
+            f"tasks per second per worker, oracle, {name}: {statistics.median(runs):.2f} "
+            f"(median; runs: {', '.join(f'{r:.2f}' for r in runs)})"
         )
     return 0
 

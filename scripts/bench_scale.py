@@ -7,9 +7,15 @@ tests/fakes.py (FakePipeline: no compute, real RLE, real POSTs to the fake LS). 
 
 - sync time: the first sync of an annotated project (lists the tasks, applies the seed,
   queues pre-annotation), and Redis memory per task right after it;
+- Redis memory at steady state (issue 17): per task once the next 50 carry the newest
+  version, with the predictions stored (their number printed), and per stored prediction;
 - two corrections in a row (an annotator fixes two tasks while pre-annotation runs): Label
   Studio requests and wall time until the next 50 unlabeled tasks in LS's order carry the
   newest version (the worker runs between the checks, as a real one would).
+
+Every task has its own image (issue 17: one shared image let every cache hit), small ones
+(64 x 48, seeded noise): what a prediction weighs in Redis grows with its RLE, i.e. with the
+image size and the mask's shape, which this simulation does not vary.
 
     .venv/bin/python scripts/bench_scale.py [--tasks 10000]
 """
@@ -100,8 +106,7 @@ def simulate(n_tasks: int, lookahead: int | None, redis_url: str, tmp: Path) -> 
         _env_file=None,  # type: ignore[call-arg]
     )
     runtime.install(settings, fake_model())
-    image = png_bytes(W, H, seed=1)
-    tasks = [ls.add_task(1, image)["id"] for _ in range(n_tasks)]
+    tasks = [ls.add_task(1, png_bytes(W, H, seed=1 + i))["id"] for i in range(n_tasks)]
     ls.annotate(tasks[0], [brush_region(box_mask(H, W, 10, 30, 20, 50), "Object")])
     out: dict[str, float] = {}
     with TestClient(create_app(settings)) as client:
@@ -119,6 +124,13 @@ def simulate(n_tasks: int, lookahead: int | None, redis_url: str, tmp: Path) -> 
             conn, settings, lambda: newest_reached(ls, unlabeled, "gfsam-p1-v3"), LIMIT_S
         )
         out["ls_requests"] = ls.requests
+        stored = sum(1 for _ in conn.scan_iter(match="gfsam:pred:*", count=1000))
+        held = redis_bytes(conn)
+        out["predictions_stored"] = stored
+        out["redis_bytes_per_task_steady"] = held / n_tasks
+        out["redis_bytes_per_prediction"] = (held - out["redis_bytes_per_task"] * n_tasks) / max(
+            stored, 1
+        )
         jobs = make_jobs(conn, settings)
         out["jobs_waiting"] = sum(q.count for q in jobs.queues)
     ls.stop()
@@ -140,11 +152,17 @@ def main() -> int:
     rows = [
         ("first sync of the annotated project", "sync_s", "s"),
         ("Redis memory per task after it", "redis_bytes_per_task", "B"),
+        ("predictions stored at steady state (next 50 served)", "predictions_stored", ""),
+        ("Redis memory per task at steady state", "redis_bytes_per_task_steady", "B"),
+        ("Redis memory per stored prediction (growth / count)", "redis_bytes_per_prediction", "B"),
         ("LS requests for two corrections until the next 50", "ls_requests", ""),
         ("time until the next 50 tasks carry the newest version", "next50_s", "s"),
         ("predict jobs still waiting in Redis then", "jobs_waiting", ""),
     ]
-    print(f"scale simulation: {args.tasks} tasks, null model (FakePipeline), fake LS, real Redis")
+    print(
+        f"scale simulation: {args.tasks} tasks, each its own {W}x{H} image, null model "
+        "(FakePipeline), fake LS, real Redis"
+    )
     print(f"{'':55s} {'look-ahead 50':>14s} {'everything':>12s} {'ratio':>7s}")
     for name, key, unit in rows:
         a, b = new[key], old[key]

@@ -73,7 +73,7 @@ class Backend:
         return reply.json()
 
 
-def _backend_env(ls: LabelStudio, port: int, data_dir: Path) -> dict[str, str]:
+def backend_env(ls: LabelStudio, port: int, data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("REDIS_", "GFSAM_"))}
     env.update(
         PORT=str(port),
@@ -135,7 +135,7 @@ def backend(ls: LabelStudio, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         pytest.fail("backend/run.py is missing: `python -m backend.run` cannot start")
     base = tmp_path_factory.mktemp("backend")
     port = free_port()
-    with running_backend(_backend_env(ls, port, base / "data"), port, base) as server:
+    with running_backend(backend_env(ls, port, base / "data"), port, base) as server:
         yield server
 
 

@@ -8,6 +8,7 @@ import pytest
 from gfsam.assign import (
     SplitParams,
     assign_argmax,
+    assign_label_gate,
     assign_split,
     calibrate_threshold,
     class_similarity,
@@ -166,3 +167,42 @@ def test_argmax_overlaps_go_to_the_higher_score() -> None:
     assert tie["A"].sum() == 12  # tie: config order
     swallowed = assign_argmax({"A": _pred(a, 0.9), "B": _pred(a.copy(), 0.1)}, ["A", "B"])
     assert list(swallowed.label_masks()) == ["A"] and swallowed.accepted["B"] == []
+
+
+def _scene() -> tuple[TargetEncoding, np.ndarray, np.ndarray]:
+    """A true A object (tokens E0) and a look-alike (cosine 0.3 to E0) on an E1 background."""
+    true_box, other_box = _box(0, 300, 0, 300), _box(600, 900, 600, 900)
+    tokens = np.tile(E[1], (TOKENS, 1))
+    tokens[_cells(true_box)] = E[0]
+    tokens[_cells(other_box)] = np.array([0.3, 0, 0.95, 0], dtype=np.float32)
+    return TargetEncoding(np.zeros(1), tokens, (FRAME, FRAME), "s", "d"), true_box, other_box
+
+
+def test_label_gate_drops_a_label_whose_whole_mask_is_a_look_alike() -> None:
+    target, true_box, other_box = _scene()
+    preds = {"A": _pred(true_box, 0.2), "B": _pred(other_box | true_box, 0.9)}
+    refs = {"A": [_reference(E[0])], "B": [_reference(E[3])]}  # B's class is not in the image
+    asg = assign_label_gate(target, preds, refs, cfg=CFG)
+    # B scores higher and would win the overlap under argmax; the gate drops it first
+    assert assign_argmax(preds, ["A", "B"]).label_masks().keys() == {"B"}
+    masks = asg.label_masks()
+    assert masks.keys() == {"A"} and np.array_equal(masks["A"], true_box)
+    assert asg.accepted["A"][0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert [c.label for c in asg.candidates] == ["B"] and asg.candidates[0].similarity < 0.3
+    # the same thresholds as split: given ones are used as they are
+    loose = assign_label_gate(target, preds, refs, cfg=CFG, thresholds={"A": 0.5, "B": -1.0})
+    assert loose.label_masks().keys() == {"B"}
+
+
+def test_label_gate_cannot_cut_a_mask_split_can() -> None:
+    """One mask over the true object and a smaller look-alike: the whole-mask feature passes,
+    so the gate paints the look-alike too; split cuts it off as a candidate."""
+    target, true_box, _ = _scene()
+    small = _box(600, 700, 600, 700)
+    target.tokens[_cells(small)] = np.array([0.3, 0, 0.95, 0], dtype=np.float32)
+    preds = {"A": _pred(true_box | small, prompts=((100, 100), (650, 650)))}
+    refs = {"A": [_reference(E[0])]}
+    gate = assign_label_gate(target, preds, refs, cfg=CFG).label_masks()
+    split = assign_split(target, preds, refs, cfg=CFG).label_masks()
+    assert gate["A"][650, 650] and not split["A"][650, 650]
+    assert gate["A"][100, 100] and split["A"][100, 100]

@@ -171,13 +171,29 @@ def test_batched_encoding_equals_one_by_one(pipe: GFSAM) -> None:
 def test_benchmark_repredict_line_and_gpu_refusal(capsys: pytest.CaptureFixture[str]) -> None:
     from gfsam.cli import main
 
-    assert main(["benchmark", "--repredict", "--max-points", "8"]) == 0
-    last = capsys.readouterr().out.strip().splitlines()[-1]
+    argv = ["benchmark", "--repredict", "--max-points", "8", "--prompts", "6", "--shared", "2,6"]
+    assert main([*argv, "--warmup", "0", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
     number = r"[0-9]+(\.[0-9]+)?"
-    assert re.fullmatch(
-        rf"reprediction speedup: {number}x \(first {number}s, after a correction {number}s, "
-        r"prompt cache hits [0-9]+/[0-9]+\)",
-        last,
-    ), last
+    for line, shared in zip(out[-2:], (2, 6), strict=True):
+        assert re.fullmatch(
+            rf"reprediction speedup: {number}x \(first {number}s, after a correction {number}s, "
+            rf"prompts 6 shared {shared}, prompt cache hits {shared}/6\)",
+            line,
+        ), line
+    assert any(line.startswith("# left out: brush RLE") for line in out)
     with pytest.raises(SystemExit, match="needs CUDA"):
         main(["benchmark", "--gpu", "--device", "cpu"])
+
+
+def test_pinned_prompts_share_exactly_s() -> None:
+    from gfsam.bench.repredict import pinned_cells
+
+    for n, shared in ((128, 0), (128, 100), (128, 128), (5, 3)):
+        first, second = pinned_cells(n, shared)
+        a = {tuple(c) for c in first.tolist()}
+        b = {tuple(c) for c in second.tolist()}
+        assert len(a) == len(b) == n and len(a & b) == shared
+        assert first[:, 0].tolist() == sorted(first[:, 0].tolist())  # x-major, as selected
+    with pytest.raises(ValueError):
+        pinned_cells(10, 11)

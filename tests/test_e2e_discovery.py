@@ -42,8 +42,8 @@ from tests.e2e_helpers import (
     ELEPHANTS,
     PHASE_S,
     Backend,
-    _backend_env,
     annotation_result,
+    backend_env,
     natural_size,
     running_backend,
     version_n,
@@ -81,7 +81,7 @@ def backend(
     """`python -m backend.run` (tiny models, discovery on) on the test's redis-server."""
     base = tmp_path_factory.mktemp("backend")
     port = free_port()
-    env = _backend_env(ls, port, base / "data") | {"REDIS_URL": redis_url}
+    env = backend_env(ls, port, base / "data") | {"REDIS_URL": redis_url}
     with running_backend(env, port, base) as server:
         yield server
 

@@ -9,12 +9,16 @@ import pytest
 from PIL import Image
 
 from gfsam.eval.data import (
+    Dataset,
+    Item,
+    half_of,
     load_labels,
     read_class_names,
     read_coco20i,
     read_fss1000,
     read_label_folder,
     read_pascal5i,
+    select_half,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "assets" / "data"
@@ -69,3 +73,27 @@ def test_class_names_both_formats(tmp_path: Path) -> None:
     indexed.write_text("0\tperson\n1\tbicycle\n")
     assert read_class_names(plain) == {1: "cat", 2: "dog"}
     assert read_class_names(indexed) == {1: "person", 2: "bicycle"}
+
+
+def test_split_hash_is_fixed_and_halves_without_overlap() -> None:
+    # pinned: a change of the hash would mix tuned images into the report
+    assert [half_of(k) for k in ("000000000009", "000000000025", "000000000030")] == [
+        "report",
+        "tune",
+        "report",
+    ]
+    items = [Item(f"img{k}", Path(f"{k}.jpg"), Path(f"{k}.png")) for k in range(400)]
+    ds = Dataset(items, {})
+    tune, report = select_half(ds, "tune").items, select_half(ds, "report").items
+    assert not {i.key for i in tune} & {i.key for i in report}
+    assert len(tune) + len(report) == 400 and 150 < len(tune) < 250
+    assert select_half(ds, "all") is ds
+    assert [i.key for i in select_half(ds, "tune").items] == [i.key for i in tune]  # stable
+    with pytest.raises(ValueError, match="tune, report, all"):
+        select_half(ds, "test")
+
+
+@needs_data
+def test_coco128_halves() -> None:
+    ds = read_label_folder(COCO)
+    assert (len(select_half(ds, "tune").items), len(select_half(ds, "report").items)) == (53, 75)

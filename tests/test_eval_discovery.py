@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gfsam.eval.discovery import DiscoveryScore, mask_iou, nmi, unseen_components
+from gfsam.eval.discovery import DiscoveryScore, ari, mask_iou, nmi, unseen_components
 from gfsam.eval.oracle import OracleSam
 
 S = 100  # any square frame works for the metrics
@@ -57,8 +57,38 @@ def test_recall_precision_and_per_image() -> None:
     assert n["candidate_recall"] == pytest.approx(1 / 2)
     assert n["candidate_precision"] == pytest.approx(2 / 3, abs=1e-4)
     assert n["candidates_per_image"] == pytest.approx(3 / 2)
-    assert n["group_nmi"] == 1.0  # both hits: group 0, class 2
-    assert DiscoveryScore().numbers()["candidate_recall"] is None
+    assert n["group_nmi"] == 1.0  # both hits: group 0, class 2 (NMI flatters: one block)
+    assert n["group_ari"] is None  # both partitions one block: ARI says nothing
+    assert n["singleton_ari"] == 0.0 and n["classes_multi_hit"] == 1
+    assert n["candidate_iou_median"] == pytest.approx((0.7 + 1.0) / 2)
+    empty = DiscoveryScore().numbers()
+    assert empty["candidate_recall"] is None and empty["candidate_iou_median"] is None
+    assert empty["group_ari"] is None and empty["classes_multi_hit"] == 0
+
+
+def test_ari_known_values_and_the_singleton_baseline() -> None:
+    assert ari([0, 0, 1, 1], [5, 5, 7, 7]) == pytest.approx(1.0)
+    assert ari([0, 1, 2, 3], [5, 5, 7, 7]) == pytest.approx(0.0)  # no grouping: 0, not 0.8
+    assert nmi([0, 1, 2, 3], [5, 5, 7, 7]) == pytest.approx(2 / 3)  # where NMI flatters
+    # pairs: index 1 (the 1-1 pair), groups 1, classes 2, of 6: expected 1/3, max 1.5
+    assert ari([0, 0, 1, 2], [1, 1, 2, 2]) == pytest.approx((1 - 1 / 3) / (1.5 - 1 / 3))
+    assert ari([0, 0, 0, 1], [1, 1, 2, 2]) == pytest.approx(0.0)
+    assert ari([0, 1, 2], [4, 5, 6]) is None  # every class hit once: undefined
+    assert ari([0], [1]) is None
+
+
+def test_grouping_scores_against_no_grouping() -> None:
+    """Four hits of two classes: a perfect grouping scores ARI 1, singletons 0."""
+    comps = np.stack(
+        [box(0, 0, 20, 20), box(30, 30, 50, 50), box(60, 0, 80, 20), box(0, 60, 20, 80)]
+    )
+    classes = np.array([2, 2, 4, 4])
+    score = DiscoveryScore()
+    score.add(comps.copy(), [7, 7, 9, 9], comps, classes)
+    n = score.numbers()
+    assert (n["group_ari"], n["singleton_ari"]) == (1.0, 0.0)
+    assert n["group_nmi"] == 1.0 and n["singleton_nmi"] == pytest.approx(2 / 3, abs=1e-4)
+    assert n["classes_multi_hit"] == 2 and n["candidate_iou_median"] == 1.0
 
 
 def test_oracle_sam_answers_points_and_box() -> None:

@@ -10,6 +10,7 @@ import pytest
 import gfsam.eval.replay as replay
 import gfsam.shots
 from gfsam.cli import main
+from gfsam.eval.discovery import DISCOVERY_KEYS
 
 COCO = Path(__file__).resolve().parents[2] / "shared" / "assets" / "data" / "coco128_seg"
 needs_data = pytest.mark.skipif(not COCO.is_dir(), reason="shared data subsets not present")
@@ -33,29 +34,47 @@ def test_project_contract_keys_and_note(tmp_path: Path, capsys: pytest.CaptureFi
         "1,3",
         "--shots",
         "1",
+        "--oracle-class-cos",
+        "0.8",
+        "--oracle-bg-share",
+        "0.5",
+        "--oracle-sam-error",
+        "0.2",
+        "--split",
+        "report",
         "--assign",
-        "argmax,split",
+        "argmax,label-gate,split,present",
         "--discover",
+        "--discover-after",
+        "label-gate",
         "--seed",
         "0",
         "--limit",
-        "2",
+        "5",
         "--json",
         str(out),
     ]
     assert main(argv) == 0
     res = json.loads(out.read_text())
     assert "NOT model quality" in res["note"]
-    for key in ("seen_miou", "miou", "fbiou", "contamination"):
-        assert isinstance(res[key], float)
+    assert res["split"] == "report" and res["discover_after"] == "label-gate"
+    assert res["oracle"]["class_cos"] == 0.8 and res["oracle"]["sam_error"] == 0.2
+    assert res["oracle"]["bg_share"] == 0.5 and res["oracle"]["rho"] == 0.6
+    for key in ("seen_miou", "miou", "fbiou", "contamination", "seen_recall"):
+        assert isinstance(res[key], float), key
+    assert res["false_paint"] is None or 0.0 <= res["false_paint"] <= 1.0
     assert res["candidates_per_image"] is not None
-    for key in ("candidate_recall", "candidate_precision", "candidates_per_image", "group_nmi"):
+    for key in DISCOVERY_KEYS:
         assert res[key] is None or 0.0 <= res[key]
         assert res["discovery"][key] == res[key]
+    assert res["singleton_ari"] in (0.0, None)
     assert res["discovery_baseline"] is None
-    assert set(res["by_assign"]) == {"argmax", "split"}
-    lines = [ln for ln in capsys.readouterr().out.splitlines() if ln]
+    assert list(res["by_assign"]) == ["none", "argmax", "label-gate", "split", "present"]
+    assert res["by_assign"]["none"]["seen_miou"] == 0.0
+    out = capsys.readouterr().out
+    lines = [ln for ln in out.splitlines() if ln]
     assert lines and all("NOT model quality" in ln for ln in lines)
+    assert "class-cos 0.8" in out and "oracle-only bound" in out
 
 
 def test_replay_uses_the_backend_shot_policy() -> None:

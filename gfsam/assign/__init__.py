@@ -1,6 +1,6 @@
 """Multi-label assignment: which label (if any) gets each region a target's GF-SAM runs found.
 
-Two rules, one result type (`Assignment`: per-label accepted `Instance`s + rejected candidates):
+Three rules, one result type (`Assignment`: per-label accepted `Instance`s + rejected candidates):
 
 - `assign_argmax`: the worker's ``ASSIGN=argmax`` (its rule before issue 10): every label
   keeps its whole mask, a pixel claimed by several labels goes to the highest label score,
@@ -19,6 +19,10 @@ Two rules, one result type (`Assignment`: per-label accepted `Instance`s + rejec
      threshold (`calibrate_threshold`, from the shots alone) and its consistency reaches
      ``min_consistency``; otherwise it joins the candidates (kept for discovery), never another
      label; 4. pixel exclusivity: accepted instances claim pixels in ascending cost.
+- `assign_label_gate`: the strongest simple alternative to split (issue 17): one gate per label
+  on the pooled feature of its whole mask with split's thresholds, then argmax among the labels
+  that pass. The evaluation harness also scores ``present`` (argmax over the labels truly in
+  the image), an upper bound only ground truth can give (`gfsam.eval.project`).
 
 Features: tokens normalised as the pipeline does (`GFSAMConfig`, official token-axis norm), then
 each token to unit length, then weighted means, then unit length.
@@ -28,6 +32,7 @@ from gfsam.assign.match import (
     Assignment,
     Instance,
     assign_argmax,
+    assign_label_gate,
     assign_split,
     paint_exclusive,
     split_match,
@@ -50,6 +55,7 @@ __all__ = [
     "Proposal",
     "SplitParams",
     "assign_argmax",
+    "assign_label_gate",
     "assign_split",
     "calibrate_threshold",
     "cell_fractions",

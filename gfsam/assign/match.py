@@ -11,9 +11,11 @@ from gfsam.assign.proposals import (
     Proposal,
     SplitParams,
     calibrate_threshold,
+    cell_fractions,
     class_similarity,
     instance_proposals,
     mask_consistency,
+    pool_features,
     shot_prototypes,
 )
 from gfsam.encodings import Prediction, Reference, TargetEncoding
@@ -193,3 +195,58 @@ def assign_argmax(predictions: Mapping[str, Prediction], order: Sequence[str]) -
             score = float(predictions[lb].score)
             out.accepted[lb].append(Instance(lb, mask, score, float("nan"), 1.0, lb))
     return out
+
+
+def assign_label_gate(
+    target: TargetEncoding,
+    predictions: Mapping[str, Prediction],
+    references: Mapping[str, Sequence[Reference]],
+    *,
+    cfg: GFSAMConfig | None = None,
+    params: SplitParams | None = None,
+    thresholds: Mapping[str, float] | None = None,
+) -> Assignment:
+    """The simple baseline of `assign_split`: one similarity gate per label, then argmax.
+
+    A label keeps its whole mask only when the mask-pooled feature of that whole mask (cell
+    coverage ** ``pool_power``, as a proposal's) reaches the label's threshold against its shot
+    prototypes (the same `calibrate_threshold` as split); the labels that pass share the image
+    by `assign_argmax`. No instances, no consistency term: what split adds over this is the
+    measure of its per-instance decisions.
+
+    Args:
+        target, predictions, references, cfg, params, thresholds: as `assign_split`.
+
+    Returns:
+        `Assignment`: at most one instance per passing label (similarity filled) and the
+        failing labels' whole masks as candidates.
+    """
+    cfg, params = cfg or GFSAMConfig(), params or SplitParams()
+    known = thresholds or {}
+    passed: dict[str, Prediction] = {}
+    sims: dict[str, float] = {}
+    candidates: list[Instance] = []
+    for label, pred in predictions.items():
+        seg = pred.segmentation
+        if pred.abstained or not seg.mask.any():
+            continue
+        weights = cell_fractions(np.asarray(seg.mask, dtype=bool)[None]) ** params.pool_power
+        feat = pool_features(target.tokens, weights, cfg)  # (1, C)
+        protos = shot_prototypes(references[label], cfg, params)
+        sim = float(class_similarity(feat, protos)[0])
+        thr = (
+            known[label] if label in known else calibrate_threshold(references[label], cfg, params)
+        )
+        sims[label] = sim
+        if sim >= thr:
+            passed[label] = pred
+        else:
+            mask = np.asarray(pred.mask, dtype=bool)
+            candidates.append(Instance(label, mask, float(pred.score), sim, 1.0, label))
+    out = assign_argmax(passed, list(predictions))
+    result = Assignment(accepted={label: [] for label in predictions}, candidates=candidates)
+    for label, insts in out.accepted.items():
+        for inst in insts:
+            inst.similarity = sims[label]
+        result.accepted[label] = insts
+    return result

@@ -19,29 +19,39 @@ EIGHT = np.ones((3, 3), dtype=bool)
 
 @dataclass(frozen=True)
 class SplitParams:
-    """Knobs of `assign_split` (defaults documented by their why)."""
+    """Knobs of `assign_split` (defaults documented by their why and origin: none was fitted
+    to a figure; all predate the tune/report halves of issue 17)."""
 
     # Components smaller than this (1024-frame pixels, ~0.006 % of the frame) are mask noise.
+    # origin: reasoned, not fitted.
     min_area: int = 64
     # At most this many proposals per label, largest first: an image holds a few dozen
     # instances of a class at most, and a fragmented mask (hundreds of specks) must not cost
     # hundreds of full-frame masks, features and regions.
+    # origin: reasoned (a cost bound after a random-weight run, commit 201615c), not fitted.
     max_proposals: int = 32
     # A proposal must lie mostly inside the label's own gated mask to be that label's instance.
+    # origin: reasoned, not fitted.
     min_consistency: float = 0.5
     # Per-shot statistic (all K): threshold = mix * (median cosine of the shot's interior cells
     # to its prototype) + (1 - mix) * (high quantile of its background cells' cosine): halfway
     # between what the class looks like and what its surroundings look like.
+    # origin: reasoned, not fitted (halfway).
     single_shot_mix: float = 0.5
+    # origin: reasoned, not fitted.
     background_quantile: float = 0.9
     # Cells with an fg weight at least this are the shot's interior.
+    # origin: reasoned, not fitted.
     interior: float = 0.5
     # Pooling weight = cell coverage ** this: boundary cells mix the object with its
     # surroundings, so pure cells should dominate the pooled feature (shots and proposals alike).
+    # origin: reasoned, not fitted.
     pool_power: float = 2.0
     # K >= 2: threshold = min over shots of the leave-one-out similarity, minus this slack.
+    # origin: reasoned, not fitted.
     loo_slack: float = 0.05
     # Used when the shot has no interior cell at all (a mask thinner than one cell).
+    # origin: reasoned, not fitted.
     default_threshold: float = 0.5
 
 

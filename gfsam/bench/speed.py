@@ -59,6 +59,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="instead: first prediction vs re-prediction after one more shot (mask store)",
     )
     p.add_argument(
+        "--prompts",
+        type=int,
+        metavar="N",
+        help="--repredict: pin the prompt selection to N cells (random weights select few)",
+    )
+    p.add_argument(
+        "--shared",
+        metavar="S[,S...]",
+        help="--repredict with --prompts: prompts kept by the correction (default N); a list "
+        "gives one line each",
+    )
+    p.add_argument(
         "--gpu",
         action="store_true",
         help="instead: CUDA throughput fp32 vs bf16 (needs --device cuda[:N])",

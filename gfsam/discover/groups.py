@@ -26,10 +26,14 @@ class GroupParams:
 
     # Cosine of a candidate to a group's mean feature needed to join it: mask-pooled features of
     # one class sit well above it, look-alike classes below (oracle look-alikes: ~0.5).
+    # origin: reasoned, not fitted from the oracle's look-alike cosine (~0.5), not fitted.
     join_cos: float = 0.75
+    # origin: a memory bound.
     max_groups: int = 64
+    # origin: a memory bound.
     max_members: int = 256
     # Embeddings kept per group: the members closest to its mean (promotion seeds from them).
+    # origin: a memory bound.
     representatives: int = 8
 
 

@@ -2,19 +2,31 @@
 
 Contract (other checks call it; keep flags and JSON keys): ``python -m gfsam eval project
 --data DIR --encoders oracle --oracle-noise S --oracle-confuse R --seen 1,3,5 --shots K
---assign split [--discover] [--discover-baseline] --seed N --json OUT``.
+--assign split [--discover] [--discover-baseline] --seed N --json OUT``. Issue 17 added
+``--oracle-class-cos C --oracle-bg-share B --oracle-sam-error P``, the assign modes
+``label-gate`` and ``present``, ``--discover-after MODE`` and ``--split tune|report|all`` (the
+HSNet split file moved to ``--split-file``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from gfsam.eval.data import Dataset, read_coco20i, read_fss1000, read_label_folder, read_pascal5i
+from gfsam.eval.data import (
+    HALVES,
+    Dataset,
+    read_coco20i,
+    read_fss1000,
+    read_label_folder,
+    read_pascal5i,
+    select_half,
+)
 from gfsam.eval.models import EvalModel, OracleModel, RealModel
 from gfsam.eval.oracle import OracleParams
 from gfsam.eval.report import Output, plot_curve, write_json
@@ -32,33 +44,57 @@ def _ids(text: str) -> list[int]:
         ) from exc
 
 
+ASSIGNS = ("argmax", "label-gate", "split", "present")
+
+
 def _assigns(text: str) -> list[str]:
     modes = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [m for m in modes if m not in ("argmax", "split")]
+    bad = [m for m in modes if m not in ASSIGNS]
     if bad or not modes:
         raise argparse.ArgumentTypeError(
-            f"--assign takes argmax, split or both (comma), got {text!r}"
+            f"--assign takes {', '.join(ASSIGNS)} (comma-separated), got {text!r}"
         )
     return modes
 
 
+def _replay_assigns(text: str) -> list[str]:
+    modes = _assigns(text)
+    if modes[0] not in ("argmax", "split"):
+        raise argparse.ArgumentTypeError(f"replay assigns with argmax or split, got {text!r}")
+    return modes
+
+
 def load_dataset(args: argparse.Namespace) -> Dataset:
-    """The dataset named by ``--data``, ``--layout``, ``--fold`` and ``--split``."""
+    """The dataset named by ``--data``, ``--layout``, ``--fold`` and ``--split-file``, halved
+    by ``--split`` (`gfsam.eval.data.select_half`)."""
     if args.layout == "folder":
-        return read_label_folder(args.data)
-    if args.layout == "fss1000":
-        return read_fss1000(args.data, args.split)
-    if args.split is None:
-        raise ValueError(f"--layout {args.layout} needs --split (HSNet fold file or TSV)")
-    reader = read_coco20i if args.layout == "coco20i" else read_pascal5i
-    return reader(args.data, args.fold, args.split)
+        ds = read_label_folder(args.data)
+    elif args.layout == "fss1000":
+        ds = read_fss1000(args.data, args.split_file)
+    elif args.split_file is None:
+        raise ValueError(f"--layout {args.layout} needs --split-file (HSNet fold file or TSV)")
+    else:
+        reader = read_coco20i if args.layout == "coco20i" else read_pascal5i
+        ds = reader(args.data, args.fold, args.split_file)
+    return select_half(ds, args.split)
+
+
+def oracle_params(args: argparse.Namespace) -> OracleParams:
+    """The oracle knobs of the command line (`gfsam.eval.oracle`: the cosines they give)."""
+    return OracleParams(
+        sigma=args.oracle_noise,
+        rho=args.oracle_confuse,
+        seed=args.seed,
+        class_cos=args.oracle_class_cos,
+        bg_share=args.oracle_bg_share,
+        sam_error=args.oracle_sam_error,
+    )
 
 
 def build_model(args: argparse.Namespace) -> EvalModel:
     """Oracle or real encoders; real random weights only with ``--random-weights``."""
     if args.encoders == "oracle":
-        params = OracleParams(args.oracle_noise, args.oracle_confuse, seed=args.seed)
-        return OracleModel(params)
+        return OracleModel(oracle_params(args))
     from gfsam.pipeline import build_pipeline
 
     pipe = build_pipeline(
@@ -86,8 +122,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return EXIT_INPUT
     out = Output(model.note)
+    if isinstance(model, OracleModel):
+        out.line(model.dino.params.describe())
     result = _run(args, ds, model, out)
     result["encoders"] = args.encoders
+    result["split"] = args.split
+    if isinstance(model, OracleModel):
+        result["oracle"] = dataclasses.asdict(model.dino.params)
     if args.json is not None:
         write_json(args.json, result, model.note)
         out.line(f"wrote {args.json}")
@@ -115,6 +156,7 @@ def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -
             assigns=args.assign,
             discover=args.discover or args.discover_baseline,
             discover_baseline=args.discover_baseline,
+            discover_after=args.discover_after,
             limit=args.limit,
         )
     from gfsam.eval.replay import run_replay
@@ -129,11 +171,45 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=LAYOUTS, default="folder", help="dataset layout")
     p.add_argument("--fold", type=int, default=0, help="COCO-20i / PASCAL-5i fold")
     p.add_argument(
-        "--split", type=Path, help="HSNet split file (fold pkl/txt, fss test.txt) or TSV"
+        "--split-file", type=Path, help="HSNet split file (fold pkl/txt, fss test.txt) or TSV"
+    )
+    p.add_argument(
+        "--split",
+        choices=HALVES,
+        default="all",
+        help="half of the images by a fixed hash of their ids: tune constants on 'tune', "
+        "report on 'report'",
     )
     p.add_argument("--encoders", choices=("oracle", "real"), default="oracle")
     p.add_argument("--oracle-noise", type=float, default=0.0, metavar="SIGMA")
-    p.add_argument("--oracle-confuse", type=float, default=0.0, metavar="RHO")
+    p.add_argument(
+        "--oracle-confuse",
+        type=float,
+        default=0.0,
+        metavar="R",
+        help="even classes look like c - 1: cosine about R / sqrt(1 + R^2) (0.6 -> 0.51)",
+    )
+    p.add_argument(
+        "--oracle-class-cos",
+        type=float,
+        default=1.0,
+        metavar="C",
+        help="expected cosine between two instances of one class (1.0: all identical)",
+    )
+    p.add_argument(
+        "--oracle-bg-share",
+        type=float,
+        default=0.0,
+        metavar="B",
+        help="probability that a background component is a shared stuff identity",
+    )
+    p.add_argument(
+        "--oracle-sam-error",
+        type=float,
+        default=0.0,
+        metavar="P",
+        help="probability that a SAM decode returns a part, a merge or a bleed",
+    )
     p.add_argument("--sam", default="sam_vit_h")
     p.add_argument("--dino", default="dinov2_vitl14")
     p.add_argument("--device", default="cpu")
@@ -158,7 +234,14 @@ def add_eval_parser(sub: Any) -> None:
     fss.add_argument("--episodes", type=int, default=1000)
     proj = psub.add_parser("project", help="multi-label project: seen mIoU, contamination")
     _common(proj)
-    proj.add_argument("--assign", type=_assigns, default=["argmax"], metavar="argmax|split")
+    proj.add_argument(
+        "--assign",
+        type=_assigns,
+        default=["argmax"],
+        metavar="MODES",
+        help="comma-separated: argmax, label-gate, split, present (an oracle-only upper "
+        "bound: argmax over the labels truly in the image); 'none' is always scored",
+    )
     proj.add_argument(
         "--discover", action="store_true", help="discover unlabelled objects (recall, precision)"
     )
@@ -167,6 +250,13 @@ def add_eval_parser(sub: Any) -> None:
         action="store_true",
         help="also discover without the 'unannotated only' restriction (implies --discover)",
     )
+    proj.add_argument(
+        "--discover-after",
+        choices=ASSIGNS,
+        default="split",
+        metavar="MODE",
+        help="the assignment discovery runs after (default split)",
+    )
     rep = psub.add_parser("replay", help="the correction loop under the backend's shot policy")
     _common(rep)
-    rep.add_argument("--assign", type=_assigns, default=["split"], metavar="argmax|split")
+    rep.add_argument("--assign", type=_replay_assigns, default=["split"], metavar="argmax|split")

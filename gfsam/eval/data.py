@@ -19,6 +19,7 @@ Layouts read:
 from __future__ import annotations
 
 import csv
+import hashlib
 import pickle
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from PIL import Image
 from gfsam.image import load_mask
 
 IGNORE = 255
+HALVES = ("tune", "report", "all")
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 COCO_FOLDS, PASCAL_FOLDS = 4, 4
 
@@ -218,3 +220,24 @@ def read_pascal5i(root: Path, fold: int, split: Path) -> Dataset:
         for s in stems
     ]
     return Dataset(items, {}, fold_classes=list(range(5 * fold + 1, 5 * fold + 6)))
+
+
+def half_of(key: str) -> str:
+    """``tune`` or ``report``: a fixed hash of an item's key (first byte of its sha256, even =
+    tune), so a dataset halves the same way on every machine and in every version."""
+    return "tune" if hashlib.sha256(key.encode()).digest()[0] % 2 == 0 else "report"
+
+
+def select_half(ds: Dataset, half: str) -> Dataset:
+    """The items of one half (``all``: the dataset itself). Constants are chosen on ``tune``
+    only; figures are reported on ``report`` (and on datasets nothing was tuned on).
+
+    Raises:
+        ValueError: `half` not in `HALVES`.
+    """
+    if half not in HALVES:
+        raise ValueError(f"--split takes {', '.join(HALVES)}, got {half!r}")
+    if half == "all":
+        return ds
+    items = [i for i in ds.items if half_of(i.key) == half]
+    return Dataset(items, ds.names, ds.fold_classes)

@@ -66,7 +66,7 @@ class OracleModel:
     note: str | None = ORACLE_NOTE
 
     def __init__(self, params: OracleParams, config: GFSAMConfig | None = None) -> None:
-        self.dino, self.sam = OracleDino(params), OracleSam()
+        self.dino, self.sam = OracleDino(params), OracleSam(params)
         self.config = config or GFSAMConfig()
         self._framed: _Lru[tuple[np.ndarray, np.ndarray, tuple[int, int]]] = _Lru(64)
 
