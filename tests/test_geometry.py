@@ -131,3 +131,40 @@ def test_param_sizes_scale_with_the_image() -> None:
     assert P.min_area(640 * 480) == int(0.0002 * 640 * 480)
     assert P.min_area(10 * 10) == P.min_area_px
     assert P.max_hole(4000 * 3000) == int(0.001 * 4000 * 3000)
+
+
+def test_the_harness_counts_defects_before_and_after_cleaning() -> None:
+    from gfsam.assign import Assignment, Instance
+    from gfsam.eval.geometry import GeometryScore
+
+    body = disk(100, 100, 50, 50, 30)
+    body[50, 50] = False  # a small hole
+    body[2, 2:4] = True  # a speck
+    nested = disk(100, 100, 50, 50, 10)
+    asg = Assignment(
+        accepted={
+            "A": [
+                Instance("A", body, 0.9, 0.8, 1.0, "A"),
+                Instance("A", nested, 0.5, 0.8, 1.0, "A"),
+            ]
+        }
+    )
+    score = GeometryScore(P)
+    cleaned = score.clean(asg)
+    (kept,) = cleaned.accepted["A"]
+    assert kept.score == 0.9 and kept.mask[50, 50] and not kept.mask[2, 2]
+    numbers = score.numbers()
+    assert numbers["before"] == {
+        "regions": 2,
+        "specks": 50.0,
+        "slivers": 0.0,
+        "holes": 50.0,
+        "duplicates": 50.0,
+    }
+    assert numbers["after"] == {
+        "regions": 1,
+        "specks": 0.0,
+        "slivers": 0.0,
+        "holes": 0.0,
+        "duplicates": 0.0,
+    }

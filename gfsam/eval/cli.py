@@ -30,6 +30,7 @@ from gfsam.eval.data import (
 from gfsam.eval.models import EvalModel, OracleModel, RealModel
 from gfsam.eval.oracle import OracleParams
 from gfsam.eval.report import Output, plot_curve, write_json
+from gfsam.geometry import GeometryParams
 
 EXIT_INPUT, EXIT_USAGE = 1, 2
 LAYOUTS = ("folder", "fss1000", "coco20i", "pascal5i")
@@ -158,6 +159,7 @@ def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -
             discover_baseline=args.discover_baseline,
             discover_after=args.discover_after,
             limit=args.limit,
+            geometry=GeometryParams() if args.geometry else None,
         )
     from gfsam.eval.replay import run_replay
 
@@ -220,6 +222,12 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seen", type=_ids, metavar="IDS", help="class ids, comma-separated")
     p.add_argument("--limit", type=int, help="at most this many targets (replay: images)")
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    p.add_argument(
+        "--geometry",
+        action="store_true",
+        help="project: also score the first --assign with clean geometry (defects per 100 "
+        "regions before/after, its IoU as '<mode>+clean')",
+    )
     p.add_argument("--json", type=Path, metavar="OUT")
     p.add_argument("--plot", type=Path, metavar="OUT.png")
     p.set_defaults(func=cmd_eval)

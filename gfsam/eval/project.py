@@ -61,9 +61,11 @@ from gfsam.assign import (
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.eval.data import IGNORE, Dataset, Item, load_labels
 from gfsam.eval.discovery import DISCOVERY_KEYS, DiscoveryRun
+from gfsam.eval.geometry import GeometryScore
 from gfsam.eval.models import EvalModel
 from gfsam.eval.oracle import frame_labels
 from gfsam.eval.report import Output, progress
+from gfsam.geometry import GeometryParams
 from gfsam.types import GFSAMConfig
 
 ASSIGNS = ("argmax", "label-gate", "split", "present")
@@ -204,8 +206,11 @@ def run_project(
     discover_after: str = "split",
     limit: int | None = None,
     cfg: GFSAMConfig | None = None,
+    geometry: GeometryParams | None = None,
 ) -> dict[str, Any]:
-    """Run the protocol; the first of `assigns` also fills the top-level keys.
+    """Run the protocol; the first of `assigns` also fills the top-level keys. With `geometry`
+    the first assignment is also scored cleaned (``<mode>+clean`` in ``by_assign``) and
+    ``geometry`` holds its defects per 100 regions before and after cleaning.
 
     Returns:
         ``protocol``, ``seen``, ``shots``, ``seed``, ``targets``, ``assign``, the numbers of
@@ -229,6 +234,10 @@ def run_project(
     modes = [NOTHING, *dict.fromkeys(assigns)]
     scored = [*modes, *([discover_after] if discover and discover_after not in modes else [])]
     scores = {mode: ProjectScore(list(ref_items)) for mode in modes}
+    clean_mode = f"{assigns[0]}+clean"
+    shapes = GeometryScore(geometry) if geometry is not None else None
+    if shapes is not None:
+        scores[clean_mode] = ProjectScore(list(ref_items))
     protos = [(shot_prototypes(r, cfg, SplitParams()), thresholds[lb]) for lb, r in refs.items()]
     runs = {
         name: DiscoveryRun(list(ref_items), cfg, restrict=restrict, labels=protos)
@@ -247,6 +256,8 @@ def run_project(
             asg = _assign(mode, target, preds, refs, thresholds, cfg, present)
             if mode in scores:
                 scores[mode].add(asg, names, labels)
+            if shapes is not None and mode == assigns[0]:
+                scores[clean_mode].add(shapes.clean(asg), names, labels)
             for run in runs.values() if mode == discover_after else ():
                 run.step(item.key, target, asg, model.prompt_fn(target), frame_labels(labels))
     by_assign = {mode: s.numbers() for mode, s in scores.items()}
@@ -264,6 +275,7 @@ def run_project(
         "discovery": found.get("restricted"),
         "discovery_baseline": found.get("baseline"),
         "by_assign": by_assign,
+        "geometry": shapes.numbers() if shapes is not None else None,
         "wall_s": round(time.perf_counter() - start, 1),
     }
     _print(out, result)
@@ -302,6 +314,15 @@ def _print(out: Output, result: dict[str, Any]) -> None:
             "present (UB) = argmax over the labels truly in the image: an oracle-only bound of "
             "label-level absence decisions (not of per-region rejection)"
         )
+    if result.get("geometry"):
+        out.line(
+            f"geometry of {result['assign']} per 100 regions: regions specks slivers holes dup."
+        )
+        for when, n in result["geometry"].items():
+            out.line(
+                f"  {when:6s} {n['regions']:>7d} {n['specks']:>6.2f} {n['slivers']:>7.2f} "
+                f"{n['holes']:>5.2f} {n['duplicates']:>4.2f}"
+            )
     variants = [
         (k, result[f"discovery{s}"]) for k, s in (("unannotated", ""), ("baseline", "_baseline"))
     ]
