@@ -100,7 +100,7 @@ def predict(
     if body.label_config:
         register_config(store, jobs, p, body.label_config)
     if clicks.is_click(body):  # smart tools (issue 9): answered on the interactive lane
-        return clicks.answer(body, p, settings, store, jobs)
+        return clicks.answer(body, p, settings, store, jobs, request.app.state.click_waiters)
     refs, cfg = store.data.reference_set(p), store.data.config(p)
     preds: list[Any] = [None] * len(body.tasks)
     interactive = bool(body.params and body.params.context)

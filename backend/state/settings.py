@@ -113,6 +113,13 @@ class Settings(BaseSettings):
     interactive_workers: int = Field(1, ge=0, le=8)  # `worker.main --interactive` by backend.run
     interactive_deadline_s: float = Field(60.0, gt=0.0, lt=100.0)  # /predict waits this long
     interactive_targets_in_memory: int = Field(8, ge=1)  # decoded target encodings kept
+    # Clicks waiting at once (issue 22): a cap of their own, beside predict_max_waiters; more
+    # answer 503 at once, so waiting clicks never hold the threads /health needs.
+    interactive_max_waiters: int = Field(16, ge=1, le=64)
+    # Prompts of one click: more points or rectangles are refused (422) before anything is
+    # queued (SAM takes one box; a click with thousands of points blocked the lane).
+    click_max_points: int = Field(64, ge=1, le=10_000)
+    click_max_boxes: int = Field(16, ge=1, le=1_000)
 
     # Throughput and scale (issue 12): what a correction costs at project scale.
     # A burst of corrections within this window yields one re-fit and one new version.

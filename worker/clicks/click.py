@@ -91,6 +91,9 @@ def _prior(
 def click(rt: runtime.Runtime, store: Store, payload: ClickJob) -> dict[str, Any]:
     """Answer one click: {"result", "score", "model_version", "rule"} or {"error": reason}."""
     p, t, prompts = payload.project, payload.task, payload.prompts
+    if payload.deadline is not None and time.time() > payload.deadline:
+        logger.info("click p%s t%s: past its deadline, its caller has given up: skipped", p, t)
+        return {"error": "the click expired before it could run"}
     started = time.perf_counter()
     store.progress.incr_stat("click")
     try:
