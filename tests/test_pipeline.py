@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from gfsam import pipeline as gfsam_pipeline
 from gfsam.encoders import WeightsNotFoundError
 from gfsam.image import load_image, load_mask, mask_from_frame
 from gfsam.pipeline import GFSAM, Prediction, Reference, TargetEncoding, build_pipeline
@@ -177,7 +178,11 @@ def test_invalid_predict_inputs(pipe: GFSAM, reference: Reference, target_image:
         pipe.predict(stale, [reference])
 
 
-def test_build_pipeline_contract(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_build_pipeline_contract(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The warning is logged once per process: an earlier test's random pipeline used it up.
+    monkeypatch.setattr(gfsam_pipeline, "_warned_random", False)
     with pytest.raises(ValueError, match="random_weights=True"):
         build_pipeline(preset="tiny", device="cpu")
     with pytest.raises(ValueError, match="unknown sam encoder"):
