@@ -1,22 +1,29 @@
-"""Soak test (issue 7; not a unit test): 100 tasks through real processes while things break.
+"""Soak test (issues 7, 22; not a unit test): tasks through real processes while things break.
 
 Starts a private redis-server with appendonly, the in-memory fake Label Studio of
-tests/fakes.py (it serves the project config, the tasks and their images), the API under uvicorn
-and one worker (`python -m worker.main`, `GFSAM_PRESET=tiny`, few points). A seed annotation
-makes version v1; the worker pre-annotates the other `--tasks` tasks and posts them through the
-LS API, while `--predict-threads` callers send LS-style /predict requests for random tasks (their
-inline replies are stored in the fake LS as Label Studio would) and a separate loop measures
-/health. During the run, at fixed shares of the posted predictions:
+tests/fakes.py (it serves the project config, the tasks and their images), the API under uvicorn,
+one worker (`python -m worker.main`, `GFSAM_PRESET=tiny`, few points) and one interactive worker
+(`python -m worker.main --interactive`). A seed annotation makes version v1; the worker
+pre-annotates the other `--tasks` tasks and posts them through the LS API, while
+`--predict-threads` callers send LS-style /predict requests for random tasks (their inline
+replies are stored in the fake LS as Label Studio would) and a separate loop measures /health.
+Only 127.0.0.1 is ever contacted. During the run, at fixed shares of the posted predictions:
 
 1. the worker is SIGKILLed in the middle of a job and a replacement started;
-2. Redis is restarted (SIGTERM, same port and data directory: the AOF survives);
-3. the fake LS answers 503 to everything for `--ls-down-s` seconds (60).
+2. Redis is stopped while the worker is in the middle of a job (its image download held by the
+   fake LS), kept down `--redis-down-s` seconds and started again (same port and data
+   directory: the AOF survives); the job RQ could not finish is stranded under the live
+   worker and must be requeued (issue 22): its recovery time is measured;
+3. `--clickers` (50) concurrent smart-tool clickers send clicks for `--click-s` seconds; half-way
+   the interactive worker is SIGKILLed and a replacement started (the lane must be free again
+   within seconds, clicks whose callers gave up never run again);
+4. the fake LS answers 503 to everything for `--ls-down-s` seconds (60).
 
 At the end it prints predictions lost (tasks without a prediction at the final version) and
 duplicated (tasks with more than one prediction of one version), goal 0 / 0, the recovery time
-of each fault (fault until the next prediction arrives in LS, and for the kill until the killed
-job's task is delivered), and /health p50/p99 under load. Bounded: `--timeout-s` in total
-(then it prints what it has and exits 2); exit 1 when something was lost or duplicated.
+of each fault, the clicks by outcome with their latency, and /health p50/p99 under load and
+under the click load. Bounded: `--timeout-s` in total (then it prints what it has and exits 2);
+exit 1 when something was lost or duplicated.
 
     .venv/bin/python scripts/soak.py                 # 100 tasks, tiny preset, 4 points
     .venv/bin/python scripts/soak.py --tasks 20 --ls-down-s 20 --timeout-s 600
@@ -58,6 +65,7 @@ CONFIG = (
 SETUP = {"project": f"{P}.1795248910", "schema": CONFIG}
 QUEUES = ("gfsam-high", "gfsam-batch", "gfsam-background")
 SIZE = (96, 72)  # image width, height: download and RLE are not what this measures
+INTERACTIVE = "gfsam-interactive"
 
 
 class SoakTimeout(Exception):
@@ -78,6 +86,9 @@ class Soak:
     redis: subprocess.Popen | None = None
     api: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
+    interactive: list[subprocess.Popen] = field(default_factory=list)
+    clicks: list[tuple[float, float, str]] = field(default_factory=list)  # (t, seconds, outcome)
+    click_window: tuple[float, float] | None = None
     health: list[tuple[float, float, int]] = field(default_factory=list)  # (t, seconds, status)
     predict_calls: Counter[str] = field(default_factory=Counter)
     recovery: dict[str, str] = field(default_factory=dict)
@@ -105,6 +116,13 @@ class Soak:
         self.workers.append(proc)
         return proc
 
+    def start_interactive(self) -> subprocess.Popen:
+        log = open(self.tmp / f"interactive-{len(self.interactive)}.log", "wb")  # noqa: SIM115
+        cmd = [sys.executable, "-m", "worker.main", "--interactive"]
+        proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=log, stderr=log)
+        self.interactive.append(proc)
+        return proc
+
     def start_api(self) -> None:
         port = self.api_url.rsplit(":", 1)[1]
         log = open(self.tmp / "api.log", "wb")  # noqa: SIM115
@@ -123,15 +141,19 @@ class Soak:
         last_log = time.time()
         while not self.closing.wait(0.5):
             with self.worker_lock:
-                proc = self.workers[-1]
-                if proc.poll() is not None:
-                    self.unplanned.append(f"{self.elapsed():.0f}s rc={proc.returncode}")
-                    print(
-                        f"[{self.elapsed():6.1f}s] worker died (rc {proc.returncode}): "
-                        "replacement started",
-                        flush=True,
-                    )
-                    self.start_worker()
+                for procs, start in (
+                    (self.workers, self.start_worker),
+                    (self.interactive, self.start_interactive),
+                ):
+                    proc = procs[-1]
+                    if proc.poll() is not None:
+                        self.unplanned.append(f"{self.elapsed():.0f}s rc={proc.returncode}")
+                        print(
+                            f"[{self.elapsed():6.1f}s] worker died (rc {proc.returncode}): "
+                            "replacement started",
+                            flush=True,
+                        )
+                        start()
             if time.time() - last_log > 60:
                 last_log = time.time()
                 print(f"[{self.elapsed():6.1f}s] {self.posted()} predictions in LS", flush=True)
@@ -140,7 +162,7 @@ class Soak:
         self.stop.set()
         self.closing.set()
         time.sleep(1)  # the watcher sees `closing` before the workers are stopped
-        for proc in [*self.workers, self.api]:
+        for proc in [*self.workers, *self.interactive, self.api]:
             if proc is not None:
                 stop_process(proc, timeout=15)
         self.ls.stop()
@@ -195,11 +217,36 @@ class Soak:
         finally:
             conn.close()
 
+    def stranded(self, entry: tuple[str, str]) -> bool:
+        """The started-registry entry (job id, execution id) is still there."""
+        conn = self.conn()
+        try:
+            for name in QUEUES:
+                reg = StartedJobRegistry(name, connection=conn, serializer=JSONSerializer)
+                if entry in reg.get_job_and_execution_ids():
+                    return True
+            return False
+        finally:
+            conn.close()
+
+    def running_entry(self) -> tuple[str, str] | None:
+        """(job id, execution id) of a predict job being run now, or None."""
+        conn = self.conn()
+        try:
+            for name in QUEUES:
+                reg = StartedJobRegistry(name, connection=conn, serializer=JSONSerializer)
+                for job_id, execution in reg.get_job_and_execution_ids():
+                    if job_id.startswith("predict-"):
+                        return job_id, execution
+            return None
+        finally:
+            conn.close()
+
     def idle(self) -> bool:
         """No queued, running or scheduled job left (verify jobs included)."""
         conn = self.conn()
         try:
-            for name in QUEUES:
+            for name in (*QUEUES, INTERACTIVE):
                 if Queue(name, connection=conn, serializer=JSONSerializer).count:
                     return False
                 for reg in (StartedJobRegistry, ScheduledJobRegistry):
@@ -244,6 +291,40 @@ class Soak:
                 except httpx.HTTPError as exc:
                     self.predict_calls[type(exc).__name__] += 1
                 self.stop.wait(self.args.predict_pause_s)
+
+    def click_loop(self, seed: int, until: float) -> None:
+        """One annotator clicking (smart keypoint on a random task) until `until`."""
+        rng = random.Random(1000 + seed)
+        w, h = SIZE
+        with httpx.Client(timeout=100) as client:
+            while time.time() < until and not self.stop.is_set():
+                t = rng.choice(self.tasks)
+                region = {
+                    "from_name": "kp",
+                    "to_name": "image",
+                    "type": "keypointlabels",
+                    "original_width": w,
+                    "original_height": h,
+                    "is_positive": True,
+                    "value": {
+                        "x": rng.uniform(5, 95),
+                        "y": rng.uniform(5, 95),
+                        "keypointlabels": ["Object"],
+                    },
+                }
+                body = {
+                    **SETUP,
+                    "tasks": [{"id": t, "data": self.ls.tasks[t]["data"]}],
+                    "params": {"context": {"result": [region]}},
+                }
+                started = time.perf_counter()
+                try:
+                    reply = client.post(f"{self.api_url}/predict", json=body)
+                    outcome = str(reply.status_code)
+                except httpx.HTTPError as exc:
+                    outcome = type(exc).__name__
+                self.clicks.append((time.time(), time.perf_counter() - started, outcome))
+                self.stop.wait(rng.uniform(0.1, 0.5))
 
     def store_inline(self, t: int, reply: dict[str, Any]) -> None:
         """What LS does with an inline reply: store each item that has a `result`."""
@@ -313,19 +394,62 @@ def run_faults(s: Soak) -> None:
         f"{time.time() - killed_at:.1f} s"
     )
 
-    # 2. restart Redis (graceful: AOF flushed), same port and directory
+    # 2. Redis goes away under a busy worker: the job in flight is stranded (issue 22)
     s.wait(lambda: s.posted() >= 2 * n // 5, f"{2 * n // 5} predictions")
+    s.ls.delays["media"] = 3.0  # holds the next job in its download
+    entry = s.wait(s.running_entry, "a predict job in flight")
+    calls = s.ls.calls["media"]
+    s.wait(lambda: s.ls.calls["media"] > calls, "a download in flight")
+    entry = s.running_entry() or entry
     count = s.posted()
     assert s.redis is not None
-    started = time.time()
     stop_process(s.redis)
+    down_at = time.time()
+    time.sleep(s.args.redis_down_s)
+    s.ls.delays["media"] = 0.0
     s.start_redis()
-    print(f"[{s.elapsed():6.1f}s] Redis restarted in {time.time() - started:.1f} s", flush=True)
-    s.recovery["Redis restart -> next prediction"] = (
-        f"{time.time() - started + s.next_post_after(count, 'a post'):.1f} s"
+    back = time.time()
+    print(
+        f"[{s.elapsed():6.1f}s] Redis stopped during {entry[0]}, back after {back - down_at:.1f} s",
+        flush=True,
     )
+    s.wait(lambda: not s.stranded(entry), "the stranded job to be requeued")
+    s.recovery[f"Redis back -> stranded job {entry[0]} requeued"] = f"{time.time() - back:.1f} s"
+    task = int(entry[0].split("-")[2])
+    s.wait(lambda: sum(s.versions_by_task()[task].values()) > 0, f"task {task} delivered")
+    s.recovery[f"Redis back -> stranded job's task {task} delivered"] = (
+        f"{time.time() - back:.1f} s"
+    )
+    # 3. 50 concurrent clickers; the interactive worker SIGKILLed half-way
+    start = time.time()
+    until = start + s.args.click_s
+    s.click_window = (start, until)
+    clickers = [
+        threading.Thread(target=s.click_loop, args=(i, until), daemon=True)
+        for i in range(s.args.clickers)
+    ]
+    for thread in clickers:
+        thread.start()
+    print(f"[{s.elapsed():6.1f}s] {s.args.clickers} clickers for {s.args.click_s:g} s", flush=True)
+    time.sleep(s.args.click_s / 2)
+    with s.worker_lock:
+        victim = s.interactive[-1]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+        killed_at = time.time()
+        s.start_interactive()
+    print(f"[{s.elapsed():6.1f}s] interactive worker SIGKILLed; replacement started", flush=True)
+    s.wait(
+        lambda: any(t > killed_at and o == "200" for t, _, o in list(s.clicks)),
+        "a click answered after the kill",
+    )
+    s.recovery["interactive worker kill -> next click answered"] = (
+        f"{time.time() - killed_at:.1f} s"
+    )
+    for thread in clickers:
+        thread.join(timeout=max(1.0, until - time.time() + 110))
 
-    # 3. Label Studio down (503 to everything) for --ls-down-s
+    # 4. Label Studio down (503 to everything) for --ls-down-s
     s.wait(lambda: s.posted() >= 3 * n // 5, f"{3 * n // 5} predictions")
     count = s.posted()
     s.ls.down = True
@@ -334,8 +458,9 @@ def run_faults(s: Soak) -> None:
     s.ls.down = False
     back = time.time()
     count = max(count, s.posted())
-    wait_s = s.next_post_after(count, "a post")
-    s.recovery["LS back up -> next prediction"] = f"{wait_s:.1f} s"
+    if count < n:  # something left to post after the outage
+        wait_s = s.next_post_after(count, "a post")
+        s.recovery["LS back up -> next prediction"] = f"{wait_s:.1f} s"
 
     # the end: every task predicted at the final version, then no job left (verifies included)
     final = s.version()
@@ -366,6 +491,16 @@ def report(s: Soak, final: str | None) -> tuple[int, int]:
         total = len(s.ls.predictions)
     print(f"predictions in LS: {total} ({api_posts} posted by the worker, the rest inline)")
     print(f"/predict calls by outcome: {dict(s.predict_calls)}")
+    outcomes = Counter(o for _, _, o in s.clicks)
+    answered = [d * 1000 for _, d, o in s.clicks if o == "200"]
+    if s.clicks:
+        line = f"clicks by outcome: {dict(outcomes)}"
+        if answered:
+            line += (
+                f"; answered p50 {statistics.median(answered):.0f} ms, "
+                f"p99 {percentile(answered, 0.99):.0f} ms"
+            )
+        print(line)
     print(f"workers that died unasked (restarted): {len(s.unplanned)} {s.unplanned}")
     for what, value in s.recovery.items():
         print(f"recovery: {what}: {value}")
@@ -376,6 +511,15 @@ def report(s: Soak, final: str | None) -> tuple[int, int]:
             f"(Redis restart), p50 {statistics.median(ok):.1f} ms, p99 "
             f"{percentile(ok, 0.99):.1f} ms, max {max(ok):.1f} ms"
         )
+    if s.click_window is not None:
+        lo, hi = s.click_window
+        under = [d * 1000 for t, d, st in s.health if st == 200 and lo <= t <= hi]
+        if under:
+            print(
+                f"/health under {s.args.clickers} clickers: {len(under)} calls, p50 "
+                f"{statistics.median(under):.1f} ms, p99 {percentile(under, 0.99):.1f} ms, "
+                f"max {max(under):.1f} ms"
+            )
     print(f"wall time: {s.elapsed():.0f} s; logs in {s.tmp}")
     return len(lost), len(dup)
 
@@ -389,6 +533,9 @@ def main() -> int:
     parser.add_argument("--ls-down-s", type=float, default=60.0)
     parser.add_argument("--predict-threads", type=int, default=2, help="concurrent /predict")
     parser.add_argument("--predict-pause-s", type=float, default=2.0)
+    parser.add_argument("--redis-down-s", type=float, default=8.0, help="Redis outage")
+    parser.add_argument("--clickers", type=int, default=50, help="concurrent smart-tool clickers")
+    parser.add_argument("--click-s", type=float, default=40.0, help="length of the click load")
     parser.add_argument("--timeout-s", type=float, default=2400.0, help="bound of the whole run")
     args = parser.parse_args()
 
@@ -409,6 +556,8 @@ def main() -> int:
         INLINE_VERIFY_DELAY_S="20",  # inline replies are checked within the run
         PREDICT_DEADLINE_S="30",
         OMP_NUM_THREADS="1",
+        WORKER_LEASE_S="15",
+        INTERACTIVE_DEADLINE_S="30",
     )
     s = Soak(args, tmp, ls, env, api_url, redis_port, time.time() + args.timeout_s)
     w, h = SIZE
@@ -419,6 +568,7 @@ def main() -> int:
         s.start_redis()
         s.start_api()
         s.start_worker()
+        s.start_interactive()
         threading.Thread(target=s.watch_workers, daemon=True).start()
         run_faults(s)
         final = s.version()

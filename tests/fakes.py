@@ -189,6 +189,7 @@ class FakeLabelStudio:
         self.delays = {"media": 0.0, "post": 0.0}  # seconds to stall before answering
         self.started = {"media": threading.Event(), "post": threading.Event()}
         self.calls = {"media": 0, "post": 0}
+        self.media_hits: dict[str, int] = {}  # GETs per media path
         self.lock = threading.Lock()
         self._ids = {"task": 0, "annotation": 0, "prediction": 0}
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
@@ -266,6 +267,8 @@ class FakeLabelStudio:
         self, method: str, path: str, query: dict[str, list[str]], body: Any
     ) -> tuple[int, Any]:
         kind = "media" if path.startswith("/data/") else "post" if method == "POST" else None
+        if kind == "media":
+            self.media_hits[path] = self.media_hits.get(path, 0) + 1
         if kind is not None:
             self.calls[kind] += 1
             self.started[kind].set()
@@ -519,12 +522,14 @@ def class_png(labels: np.ndarray) -> bytes:
 
 class MediaServer:
     """A plain HTTP server for media tests (issue 7): `routes[path]` = (status, headers, body);
-    `drip_s` > 0 sends the body one byte at a time with that pause. Counts requests per path."""
+    `drip_s` > 0 sends the body one byte at a time with that pause, `header_drip_s` > 0 the
+    status line and headers. Counts requests per path."""
 
-    def __init__(self, drip_s: float = 0.0) -> None:
+    def __init__(self, drip_s: float = 0.0, header_drip_s: float = 0.0) -> None:
         self.routes: dict[str, tuple[int, dict[str, str], bytes]] = {}
         self.hits: dict[str, int] = {}
         self.drip_s = drip_s
+        self.header_drip_s = header_drip_s
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), _media_handler(self))
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
@@ -550,6 +555,17 @@ def _media_handler(media: MediaServer) -> type[BaseHTTPRequestHandler]:
             path = urlsplit(self.path).path
             media.hits[path] = media.hits.get(path, 0) + 1
             status, headers, body = media.routes.get(path, (404, {}, b"nf"))
+            if media.header_drip_s > 0:
+                head = f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+                try:
+                    for i in range(len(head)):
+                        self.wfile.write(head[i : i + 1])
+                        self.wfile.flush()
+                        time.sleep(media.header_drip_s)
+                    self.wfile.write(body)
+                except OSError:
+                    pass
+                return
             self.send_response(status)
             for name, value in {"Content-Length": str(len(body)), **headers}.items():
                 self.send_header(name, value)

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fastapi.testclient import TestClient
+from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -277,3 +278,65 @@ def test_a_job_dequeued_by_a_worker_that_died_is_requeued(svc: Service) -> None:
     assert recover_abandoned(svc.conn, svc.store, names) == [job_id]
     assert batch.job_ids == [job_id] and intermediate.get_job_ids() == []
     assert recover_abandoned(svc.conn, svc.store, names) == []
+
+
+def _start(svc: Service, job_id: str, worker: str) -> None:
+    """What a worker's start of a job leaves in Redis: out of the queue, started under `worker`."""
+    from rq.executions import Execution
+
+    job = Job.fetch(job_id, connection=svc.conn, serializer=JSONSerializer)
+    Queue(job.origin, connection=svc.conn, serializer=JSONSerializer).remove(job_id)
+    with svc.conn.pipeline() as pipe:
+        Execution.create(job, 600, pipeline=pipe, worker_name=worker)
+        pipe.execute()
+
+
+def test_a_job_stranded_under_a_live_worker_is_requeued(svc: Service) -> None:
+    """Issue 22, item 1: the worker lives (lease renewed) but runs another job, or none: the
+    job it was running when Redis went away is requeued once seen so twice, never a job the
+    worker's lease names."""
+    from worker.recovery import Sightings, recover_abandoned
+
+    job = PredictJob(project=1, task=5, version="gfsam-p1-v1", image_url="/data/upload/1/x.png")
+    svc.jobs.enqueue_predict(job, high=False)
+    job_id, worker = predict_job_id(1, 5, "gfsam-p1-v1"), "gfsam-host-7-abc"
+    _start(svc, job_id, worker)
+    names = [q.name for q in svc.jobs.queues]
+    svc.store.coord.renew_lease(worker, 30, job_id)  # running it: never touched
+    assert recover_abandoned(svc.conn, svc.store, names, Sightings(after_s=0)) == []
+    svc.store.coord.renew_lease(worker, 30, "")  # idle after a Redis restart: stranded
+    assert recover_abandoned(svc.conn, svc.store, names) == []  # no sightings: dead ones only
+    slow = Sightings(after_s=60)
+    assert recover_abandoned(svc.conn, svc.store, names, slow) == []  # seen once, not yet due
+    assert list(slow.first) and svc.jobs.batch.job_ids == []
+    assert recover_abandoned(svc.conn, svc.store, names, Sightings(after_s=0)) == [job_id]
+    assert svc.jobs.batch.job_ids == [job_id]
+    assert svc.jobs.batch.started_job_registry.get_job_ids() == []
+
+
+def test_a_click_past_its_deadline_is_not_requeued_after_its_worker_died(svc: Service) -> None:
+    """Issue 22, item 6: the interactive worker is killed during a click; recovery requeues the
+    click only while its caller still waits (deadline), else deletes it: a caller that got its
+    503 never has its click run again, and the lane is not held by it."""
+    from backend.state.prompts import ClickJob, Prompts
+    from worker.recovery import recover_abandoned
+
+    prompts = Prompts(label="Object", points=[(1.0, 1.0)], positive=[True], width=8, height=8)
+    ids = {}
+    for name, offset in (("waiting", 60.0), ("gone", -1.0)):
+        job = ClickJob(
+            project=1,
+            task=5,
+            version="gfsam-p1-v0",
+            from_name="tag",
+            to_name="image",
+            data_key="image",
+            prompts=prompts,
+            deadline=time.time() + offset,
+        )
+        ids[name] = svc.jobs.enqueue_click(job)
+        _start(svc, ids[name], "gfsam-host-9-dead")  # its worker was SIGKILLed: no lease
+    lane = [svc.jobs.interactive.name]
+    assert recover_abandoned(svc.conn, svc.store, lane) == [ids["waiting"]]
+    assert svc.jobs.interactive.job_ids == [ids["waiting"]]
+    assert svc.jobs.job_status(ids["gone"]) is None  # deleted, never run again

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -146,7 +147,7 @@ def test_refines_our_prediction(svc: Service) -> None:
         ([kp(50, 50, label="Bird")], "not an output label"),
         ([kp(150, 50)], "percentage"),
         ([kp(50, 50, positive=False)], "only negative"),
-        ([kp(50, 50) | {"original_height": None}], "original_width"),
+        ([kp(50, 50) | {"original_height": None}], "original_height"),
     ],
 )
 def test_bad_input_is_a_422_and_never_queued(
@@ -197,3 +198,101 @@ def held_job(redis_url: str) -> str:
     conn.set("test:held", "running")
     until(lambda: conn.get("test:held") == b"release", 60, "release", poll_s=0.02)
     return "released"
+
+
+def rect(x: float, y: float, w: float, h: float, **value: Any) -> dict[str, Any]:
+    return {
+        "from_name": "rect",
+        "to_name": "image",
+        "type": "rectanglelabels",
+        "original_width": W,
+        "original_height": H,
+        "value": {"x": x, "y": y, "width": w, "height": h, "rectanglelabels": ["Cat"], **value},
+    }
+
+
+@pytest.mark.parametrize(
+    ("regions", "reason"),
+    [  # issue 22, item 7: these gave a 500 (or crashed the worker: original_width 0.5)
+        ([rect(10, 10, 20, 20, rotation="abc")], "rotation"),
+        ([kp(50, 50) | {"value": ["x", 50]}], "value is not an object"),
+        ([kp(50, 50) | {"original_width": 0.5}], "original_width=0.5"),
+        ([kp(50, 50) | {"is_positive": "false"}], "is_positive"),
+        ([kp(50, 50), 7], "is not an object"),
+    ],
+)
+def test_malformed_click_contexts_are_a_422_never_queued(
+    svc: Service, regions: list[Any], reason: str
+) -> None:
+    task = setup_project(svc)
+    reply = svc.client.post("/predict", json=body(task, regions))
+    assert reply.status_code == 422, reply.text
+    assert reason in reply.json()["detail"]
+    assert svc.jobs.interactive.count == 0
+
+
+def test_points_and_boxes_beyond_the_caps_are_a_422(make_service: Any) -> None:
+    """Issue 22, item 5: 30,000 points blocked the lane for a minute; now refused at once."""
+    svc = make_service(click_max_points=10, click_max_boxes=2)
+    task = setup_project(svc)
+    reply = svc.client.post("/predict", json=body(task, [kp(50, 50)] * 11))
+    assert reply.status_code == 422 and "11 points in one click: at most 10" in reply.text
+    reply = svc.client.post("/predict", json=body(task, [rect(10, 10, 20, 20)] * 3))
+    assert reply.status_code == 422 and "3 rectangles in one click: at most 2" in reply.text
+    assert svc.jobs.interactive.count == 0
+    region_mask(click(svc, task, [kp(50, 50)] * 10))  # at the cap: answered
+
+
+def test_clicks_beyond_their_waiter_cap_are_a_503_at_once(make_service: Any) -> None:
+    """Issue 22, item 4: clicks count against their own cap; beyond it a clear 503 at once,
+    nothing queued, and the waiting ones are answered as before."""
+    svc = make_service(interactive_max_waiters=2, interactive_deadline_s=20)
+    task = setup_project(svc)
+    with ThreadPoolExecutor(2) as pool:
+        waiting = [pool.submit(svc.client.post, "/predict", json=body(task, [kp(50, 50)]))]
+        waiting.append(pool.submit(svc.client.post, "/predict", json=body(task, [kp(40, 40)])))
+        wait_until(lambda: svc.jobs.interactive.count == 2, 10, "two clicks waiting")
+        started = time.monotonic()
+        third = svc.client.post("/predict", json=body(task, [kp(30, 30)]))
+        assert time.monotonic() - started < 2
+        assert third.status_code == 503 and "INTERACTIVE_MAX_WAITERS" in third.text
+        assert svc.jobs.interactive.count == 2  # nothing queued for it
+        interactive_worker(svc).work(burst=True, logging_level="WARNING")
+        for reply in waiting:
+            region_mask(reply.result(timeout=30))
+    region_mask(click(svc, task, [kp(30, 30)]))  # the slots are free again
+
+
+def test_a_waiting_click_waits_on_a_notification_not_by_polling(make_service: Any) -> None:
+    """Issue 22, item 8: a click waiting 3 s for a worker sent ~150 Redis commands (a poll
+    every 20 ms); it now blocks on its result and checks the job every couple of seconds."""
+    svc = make_service(interactive_deadline_s=3)
+    task = setup_project(svc)
+    before = int(svc.conn.info("stats")["total_commands_processed"])
+    reply = svc.client.post("/predict", json=body(task, [kp(50, 50)]))  # no worker: deadline
+    used = int(svc.conn.info("stats")["total_commands_processed"]) - before
+    assert reply.status_code == 503 and "no interactive worker answered" in reply.text
+    assert used < 40, f"{used} Redis commands for one waiting click"
+
+
+def test_a_click_past_its_deadline_is_never_run(svc: Service) -> None:
+    """Issue 22, item 6: a click whose caller has given up (503) is skipped by the worker."""
+    from backend.state.prompts import ClickJob, Prompts
+
+    task = setup_project(svc)
+    prompts = Prompts(label="Cat", points=[(32.0, 24.0)], positive=[True], width=W, height=H)
+    job = ClickJob(
+        project=P,
+        task=task,
+        version=f"gfsam-p{P}-v0",
+        from_name="tag",
+        to_name="image",
+        data_key="image",
+        prompts=prompts,
+        deadline=time.time() - 1,
+    )
+    job_id = svc.jobs.enqueue_click(job)
+    interactive_worker(svc).work(burst=True, logging_level="WARNING")
+    _, value = svc.jobs.await_click(job_id, time.monotonic() + 5)
+    assert value == {"error": "the click expired before it could run"}
+    assert svc.pipeline.sam.calls == [] and "click" not in svc.store.progress.stats()

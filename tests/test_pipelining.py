@@ -4,6 +4,7 @@ on the tiny RANDOM-weight pipeline)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import wait
 from dataclasses import dataclass, field
@@ -211,3 +212,32 @@ def test_process_dying_before_the_post_is_redelivered_by_a_sync(
     assert delivery.drain(10)
     assert posted_tasks(svc) == tasks[1:]
     assert svc.pipeline.calls["predict"] == 2  # not recomputed
+
+
+@pytest.mark.parametrize("fault", ["missing", "slow"])
+def test_a_failing_or_slow_prefetched_image_is_not_fetched_again(
+    make_service: Callable[..., Service], fault: str
+) -> None:
+    """Issue 22, item 8: the prefetch's failure (404, deadline) is the job's; the job does not
+    download the same URL a second time."""
+    svc = make_service(prefetch_jobs=4, media_deadline_s=1.0)
+    tasks = setup_project(svc, 4)
+    path = svc.ls.tasks[tasks[2]]["data"]["image"]
+    if fault == "missing":
+        del svc.ls.media[path]
+    else:
+        original = svc.ls.handle
+
+        def slow_media(method: str, p: str, query: Any, body: Any) -> Any:
+            if p == path:
+                svc.ls.media_hits[p] = svc.ls.media_hits.get(p, 0) + 1
+                time.sleep(2.0)  # past MEDIA_DEADLINE_S
+                return 200, svc.ls.media[p]  # counted here only
+            return original(method, p, query, body)
+
+        svc.ls.handle = slow_media  # type: ignore[method-assign]
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker()
+    assert svc.ls.media_hits[path] == 1
+    assert f"task:{tasks[2]}" in svc.client.get("/projects/1").json()["failures"]
+    assert posted_tasks(svc) == [tasks[1], tasks[3]]

@@ -14,6 +14,7 @@ from tests.fakes import FakeSam
 from worker.clicks.edit_rules import instances, join, refine
 from worker.labelstudio.shapes import annotation_shapes, shapes_to_result
 
+CAPS = {"max_points": 64, "max_boxes": 16}  # the settings' defaults
 MIXED = (
     '<View><Image name="img" value="$image"/>'
     '<PolygonLabels name="poly" toName="img"><Label value="Cat"/><Label value="Dog"/>'
@@ -132,15 +133,15 @@ def test_gesture_suffixes_name_the_output_label() -> None:
         "original_height": 50,
         "value": {"x": 50, "y": 50, "keypointlabels": ["Cat (all)"]},
     }
-    prompts = parse_context({"result": [point]}, cfg)
+    prompts = parse_context({"result": [point]}, cfg, **CAPS)
     assert (prompts.label, prompts.gesture) == ("Cat", "find_all")
     teach = {**point, "value": {**point["value"], "keypointlabels": ["Cat (teach)"]}}
-    assert parse_context({"result": [teach]}, cfg).gesture == "teach"
+    assert parse_context({"result": [teach]}, cfg, **CAPS).gesture == "teach"
     with pytest.raises(PromptError, match="not an output label"):  # the gesture turned off
-        parse_context({"result": [point]}, cfg, find_all_suffix="")
+        parse_context({"result": [point]}, cfg, **CAPS, find_all_suffix="")
     negative = {**point, "is_positive": False}
     with pytest.raises(PromptError, match="find all needs"):
-        parse_context({"result": [negative]}, cfg)
+        parse_context({"result": [negative]}, cfg, **CAPS)
 
 
 def test_positive_clicks_on_two_fragments_join_them() -> None:

@@ -187,3 +187,26 @@ def test_status_page_in_headless_chromium(svc: Service, tmp_path: Path) -> None:
     assert 'data-version="gfsam-p1-v1"' in dom and 'data-version="gfsam-p1-v2"' in dom
     assert "cannot decode" in dom or "image" in dom  # the corrupt image's failure reason
     assert "gfsam-gpu0-4711-a1b2c3" in dom and "<svg" in dom
+
+
+def test_pages_send_security_headers_and_a_plain_title(svc: Service) -> None:
+    """Issue 22, item 8: the project page's <title> held raw markup (a <p> with links), and no
+    page forbade framing or sniffing or set a Content-Security-Policy."""
+    register(svc.store)
+    for path in ("/", "/status/projects/1"):
+        reply = svc.client.get(path)
+        assert reply.status_code == 200
+        assert reply.headers["X-Frame-Options"] == "DENY"
+        assert reply.headers["X-Content-Type-Options"] == "nosniff"
+        csp = reply.headers["Content-Security-Policy"]
+        assert "default-src 'none'" in csp and "frame-ancestors 'none'" in csp
+        title = re.search(r"<title>(.*?)</title>", reply.text, re.S)
+        assert title is not None and "<" not in title.group(1), title
+    assert "Project 1 · GF-SAM backend" in svc.client.get("/status/projects/1").text
+
+
+@pytest.mark.parametrize("project", ["0", "-3", str(2**31), "9" * 40])
+def test_project_page_bounds_the_id(svc: Service, project: str) -> None:
+    """Issue 22, item 8: ids outside LS's 1..2^31-1 are refused like on /projects/{id}."""
+    reply = svc.client.get(f"/status/projects/{project}")
+    assert reply.status_code == 422, reply.text

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from worker.labelstudio.brush_rle import rle_to_mask
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[1]
+LEASE_S = 3  # the workers' lease (WORKER_LEASE_S): a job stranded longer is recovered
 ASSETS = REPO.parent / "shared" / "assets" / "data" / "fss1000_subset"
 SETUP = {
     "project": "1.1795248910",
@@ -91,7 +93,7 @@ class Env:
             GFSAM_PRESET="tiny",
             GFSAM_MAX_POINTS="8",
             DATA_DIR=str(self.tmp / "data"),
-            WORKER_LEASE_S="3",
+            WORKER_LEASE_S=str(LEASE_S),
             RECOVERY_INTERVAL_S="1",
             RETRY_INTERVALS_S="[1]",
             LS_TIMEOUT_S="5",
@@ -316,3 +318,34 @@ def test_backend_run_serves_and_stops_cleanly(tmp_path: Path) -> None:
     assert "RANDOM WEIGHTS" in out
     assert _processes_of(tmp_path / "data") == []
     assert any((tmp_path / "data" / "redis").glob("appendonly*"))
+
+
+def test_redis_restart_under_a_busy_worker_requeues_its_job(env: Env) -> None:
+    """Issue 22, item 1: Redis dies while the worker is in the middle of a job; the worker lives
+    on under the same name (lease renewed) and the job's bookkeeping is lost with the outage, so
+    the job stays "started" in RQ's registry. It must be requeued within the lease, not after
+    the job timeout (600 s)."""
+    with TestClient(create_app(env.settings)) as client:
+        (target,) = seed_project(env, client, 1)
+        env.ls.delays["media"] = 3.0  # holds the predict job in its download
+        worker = env.start_worker()
+        wait_until(lambda: env.store.data.reference_set(1).n == 1, 120, "version v1")
+        wait_until(lambda: env.ls.calls["media"] >= 2, 120, "the predict job's download")
+        started = make_jobs(env.conn, env.settings).batch.started_job_registry
+        (entry,) = started.get_job_and_execution_ids()  # (job id, execution id)
+        env.flush_append_only_file()
+        stop_process(env.redis)  # the job finishes its download while Redis is away
+        time.sleep(8.0)
+        env.ls.delays["media"] = 0.0
+        env.redis, _ = start_redis(env.tmp / "redis", appendonly=True, port=env.port)
+        back = time.monotonic()
+        wait_until(
+            lambda: _try(lambda: entry not in started.get_job_and_execution_ids()),
+            60,
+            "the stranded job to leave the started registry",
+        )
+        assert time.monotonic() - back < 2 * LEASE_S + 5  # within the lease, not the job timeout
+        wait_until(lambda: len(env.ls.posts) >= 1, 180, "the stranded job's task to be posted")
+        assert worker.poll() is None, "the worker lives on through the restart"
+        wait_until(lambda: env.idle(), 60, "the worker to run out of work")
+    assert [p["task"] for p in env.ls.posts] == [target]

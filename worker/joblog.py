@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from rq import SimpleWorker
@@ -49,9 +50,23 @@ def describe(fields: dict[str, Any]) -> str:
 
 
 class JobLoggingWorker(SimpleWorker):
-    """`SimpleWorker` that logs one line per job (see the module docstring)."""
+    """`SimpleWorker` that logs one line per job (see the module docstring).
+
+    `on_job`, when set, hears the id of each job as it starts and None once it ended (the
+    worker's lease names the job it runs: `worker.recovery.Maintenance.running`).
+    """
 
     _job_error: str | None = None
+    on_job: Callable[[str | None], None] | None = None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        if self.on_job is not None:
+            self.on_job(job.id)  # before RQ registers it as started
+        try:
+            super().execute_job(job, queue)
+        finally:
+            if self.on_job is not None:
+                self.on_job(None)
 
     def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
         self._job_error = None

@@ -96,6 +96,7 @@ def run(settings: Settings, *, burst: bool = False, interactive: bool = False) -
     maintenance = Maintenance(settings, name, queue_names)
     maintenance.start()
     worker = JobLoggingWorker(queues, connection=conn, serializer=JSONSerializer, name=name)
+    worker.on_job = maintenance.running  # the lease names the running job (recovery)
     logger.info("worker %s listening on %s", name, ", ".join(queue_names))
     try:
         while True:  # Redis restarted under a job: reconnect rather than exit (issue 7)
@@ -109,6 +110,7 @@ def run(settings: Settings, *, burst: bool = False, interactive: bool = False) -
                 queues = [jobs.interactive] if interactive else jobs.queues
                 conn.delete(worker.key)  # RQ refuses a second birth of a name it holds
                 worker = type(worker)(queues, connection=conn, serializer=JSONSerializer, name=name)
+                worker.on_job = maintenance.running
     finally:
         delivery.reset()  # pending background POSTs finish before exit
         prefetch.reset()

@@ -72,6 +72,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # waiting calls never hold more than this many of the THREADS that /health and /setup need.
     app.state.predict_waiters = threading.BoundedSemaphore(max(settings.predict_max_waiters, 1))
     app.state.predict_wait_allowed = settings.predict_max_waiters > 0
+    # Clicks have a cap of their own (issue 22): together both caps stay well under THREADS.
+    app.state.click_waiters = threading.BoundedSemaphore(settings.interactive_max_waiters)
     app.add_middleware(RequestGuard, settings=settings)
     app.include_router(router)
     app.include_router(status_router)  # the operator's view (issue 13)

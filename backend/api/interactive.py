@@ -3,7 +3,10 @@
 Label Studio sends one task with `params.context` (docs/labelstudio-protocol.md §2, §4.5). The
 prompts are checked here (bad input: HTTP 422 with the reason, which LS hands to the browser as
 `{"errors": [...]}`), queued on the interactive lane (`worker.tasks.click`, front of the
-queue) and awaited up to `interactive_deadline_s` (LS gives up at 100 s). The answer is one
+queue) and awaited up to `interactive_deadline_s` (LS gives up at 100 s), blocked on the job's
+result (a notification from Redis, no polling). At most `interactive_max_waiters` clicks wait at
+once; more answer 503 at once, nothing queued (issue 22). A click carries its deadline: past it,
+the worker and recovery never run it. The answer is one
 `brushlabels` region of the clicked label with the current model version; LS shows it as a
 suggestion and stores no prediction. A task opened in the editor without references to predict
 with gets its embedding warmed on the same lane (`warm`), so its first click is fast.
@@ -12,6 +15,7 @@ with gets its embedding warmed on the same lane (`warm`), so its first click is 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any
 
@@ -37,13 +41,22 @@ UNPROCESSABLE = 422
 
 
 def answer(
-    body: PredictRequest, p: int, settings: Settings, store: Store, jobs: Jobs
+    body: PredictRequest,
+    p: int,
+    settings: Settings,
+    store: Store,
+    jobs: Jobs,
+    waiters: threading.BoundedSemaphore,
 ) -> PredictResponse:
     """Answer one click (one task) with the clicked label's regions in its own control.
 
+    Args:
+        waiters: the clicks allowed to wait at once (`interactive_max_waiters` slots).
+
     Raises:
-        HTTPException: 422 for unusable prompts, config or task image; 503 when no interactive
-            worker answered within `interactive_deadline_s`.
+        HTTPException: 422 for unusable prompts, config or task image; 503 when
+            `interactive_max_waiters` clicks wait already, or when no interactive worker
+            answered within `interactive_deadline_s`.
     """
     cfg = _config(body, p, store)
     if len(body.tasks) != 1:
@@ -55,6 +68,8 @@ def answer(
         prompts = parse_context(
             context or {},
             cfg,
+            max_points=settings.click_max_points,
+            max_boxes=settings.click_max_boxes,
             find_all_suffix=settings.find_all_suffix,
             teach_suffix=settings.teach_suffix,
         )
@@ -63,16 +78,27 @@ def answer(
         check_usable(prompts, refining or prompts.gesture != "click")
     except PromptError as exc:
         raise HTTPException(UNPROCESSABLE, str(exc)) from None
-    job = ClickJob(
-        project=p,
-        task=task,
-        version=version,
-        from_name=cfg.from_name,
-        to_name=cfg.to_name,
-        data_key=cfg.data_key,
-        prompts=prompts,
-    )
-    value = _wait(jobs, jobs.enqueue_click(job), time.monotonic() + settings.interactive_deadline_s)
+    if not waiters.acquire(blocking=False):
+        raise HTTPException(
+            503,
+            f"{settings.interactive_max_waiters} clicks are waiting for the interactive worker "
+            "already (INTERACTIVE_MAX_WAITERS): try again in a moment",
+        )
+    try:
+        job = ClickJob(
+            project=p,
+            task=task,
+            version=version,
+            from_name=cfg.from_name,
+            to_name=cfg.to_name,
+            data_key=cfg.data_key,
+            prompts=prompts,
+            deadline=time.time() + settings.interactive_deadline_s,
+        )
+        deadline = time.monotonic() + settings.interactive_deadline_s
+        value = _wait(jobs, jobs.enqueue_click(job), deadline)
+    finally:
+        waiters.release()
     if "error" in value:
         raise HTTPException(UNPROCESSABLE, str(value["error"]))
     return PredictResponse(
@@ -120,15 +146,12 @@ def _has_prediction(
 
 
 def _wait(jobs: Jobs, job_id: str, deadline: float) -> dict[str, Any]:
-    poll = max(0.005, min(0.02, jobs.settings.predict_poll_s))
-    while time.monotonic() < deadline:
-        status, value = jobs.click_outcome(job_id)
-        if status == "finished" and isinstance(value, dict):
-            return value
-        if status in ("failed", "canceled", "stopped", None):
-            logger.warning("click %s ended %s", job_id, status)
-            raise HTTPException(503, f"the click job {status}: see the interactive worker's log")
-        time.sleep(poll)
+    status, value = jobs.await_click(job_id, deadline)
+    if status == "finished" and isinstance(value, dict):
+        return value
+    if status != "waiting":
+        logger.warning("click %s ended %s", job_id, status)
+        raise HTTPException(503, f"the click job {status}: see the interactive worker's log")
     jobs.cancel_click(job_id)
     raise HTTPException(
         503,

@@ -7,6 +7,7 @@ Label Studio sends many more fields than we read; unknown fields are ignored
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
@@ -25,18 +26,28 @@ MAX_ID = 2**31 - 1
 Id = Annotated[int, Field(ge=1, le=MAX_ID)]
 
 
+# "<id>.<timestamp>" with id in 1..MAX_ID (2147483647) and no leading zero: the OpenAPI schema
+# states exactly what `project_id_of` accepts (issue 22).
+_ID_1_TO_MAX = (
+    r"(?:[1-9][0-9]{0,8}|1[0-9]{9}|20[0-9]{8}|21[0-3][0-9]{7}|214[0-6][0-9]{6}"
+    r"|2147[0-3][0-9]{5}|21474[0-7][0-9]{4}|214748[0-2][0-9]{3}|2147483[0-5][0-9]{2}"
+    r"|21474836[0-3][0-9]|214748364[0-7])"
+)
+PROJECT_PATTERN = rf"^{_ID_1_TO_MAX}(?:\.[0-9]+)*\.?$"
+_PROJECT = re.compile(PROJECT_PATTERN)
+
+
 def project_id_of(project: str | int) -> int:
     """LS sends `project` as "<id>.<created_at timestamp>" in /setup and /predict (§1.3).
 
     Raises:
-        ValueError: not ASCII digits (optionally followed by '.' and a timestamp), or an id
-            outside 1..MAX_ID.
+        ValueError: not `PROJECT_PATTERN` (an id in 1..MAX_ID, optionally followed by '.' and a
+            timestamp).
     """
-    head, _, tail = str(project).strip().partition(".")
-    ok = head.isascii() and head.isdigit() and len(head) <= 10 and 1 <= int(head) <= MAX_ID
-    if not ok or (tail and not (tail.isascii() and tail.replace(".", "").isdigit())):
-        raise ValueError(f"project must look like '<id>.<timestamp>', got {str(project)[:40]!r}")
-    return int(head)
+    text = str(project)
+    if not _PROJECT.fullmatch(text):
+        raise ValueError(f"project must look like '<id>.<timestamp>', got {text[:40]!r}")
+    return int(text.partition(".")[0])
 
 
 class ErrorResponse(BaseModel):
@@ -71,7 +82,7 @@ class HealthResponse(BaseModel):
 
 
 class SetupRequest(LSModel):
-    project: str
+    project: str = Field(pattern=PROJECT_PATTERN)
     label_config: str = Field(alias="schema", min_length=1)
     hostname: str | None = None
     access_token: SecretStr | None = None
@@ -79,9 +90,8 @@ class SetupRequest(LSModel):
 
     @field_validator("project", mode="before")
     @classmethod
-    def _project(cls, value: object) -> str:
-        project_id_of(str(value))
-        return str(value)
+    def _project(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
     @property
     def project_id(self) -> int:
@@ -111,18 +121,18 @@ class PredictParams(LSModel):
 
 class PredictRequest(LSModel):
     tasks: list[PredictTask] = Field(min_length=1)
-    project: str | None = None
+    project: str = Field(pattern=PROJECT_PATTERN)  # LS always sends it (§1.3)
     label_config: str | None = None
     params: PredictParams | None = None
 
+    @field_validator("project", mode="before")
+    @classmethod
+    def _project(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
     def resolve_project(self) -> int:
-        """The project id, from `project` or, failing that, the tasks' own `project` field."""
-        if self.project is not None:
-            return project_id_of(self.project)
-        ids = {t.project for t in self.tasks if t.project is not None}
-        if len(ids) != 1:
-            raise ValueError("request names no project: send 'project' or tasks[].project")
-        return ids.pop()
+        """The project id."""
+        return project_id_of(self.project)
 
 
 class PredictItem(BaseModel):
@@ -162,24 +172,47 @@ class WebhookAnnotation(LSModel):
     was_cancelled: bool = False
 
 
-class WebhookEvent(LSModel):
-    """Common envelope; `routes` parses per-action fields only where the action needs them."""
+# The webhook's body as the OpenAPI schema states it (issue 22): the two annotation events and
+# ANNOTATIONS_DELETED with what we read of them, any other action with nothing required. The
+# route dispatches on the model the body validated as (LS sends many more fields: ignored).
+ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
+DELETED_ACTION = "ANNOTATIONS_DELETED"
 
-    action: str = Field(min_length=1)
-    project: WebhookProject | None = None
 
-
-class AnnotationEvent(WebhookEvent):
+class AnnotationEventBody(LSModel):
     """ANNOTATION_CREATED / ANNOTATION_UPDATED (§3)."""
 
+    action: Literal["ANNOTATION_CREATED", "ANNOTATION_UPDATED"]
+    project: WebhookProject
     annotation: WebhookAnnotation
     task: WebhookTask
 
 
-class AnnotationsDeletedEvent(WebhookEvent):
+class DeletedEventBody(LSModel):
     """ANNOTATIONS_DELETED carries ids only (§3)."""
 
+    action: Literal["ANNOTATIONS_DELETED"]
+    project: WebhookProject
     annotations: list[IdRef] = Field(min_length=1)
+
+
+class OtherEventBody(LSModel):
+    """Any other action (START_TRAINING, PROJECT_UPDATED, ...): queues a sync or is ignored."""
+
+    action: str = Field(
+        min_length=1, json_schema_extra={"not": {"enum": [*ANNOTATION_ACTIONS, DELETED_ACTION]}}
+    )
+    project: WebhookProject | None = None
+
+    @field_validator("action")
+    @classmethod
+    def _other(cls, value: str) -> str:
+        if value in (*ANNOTATION_ACTIONS, DELETED_ACTION):
+            raise ValueError(f"{value} needs its own fields (see the schema)")
+        return value
+
+
+WebhookBody = AnnotationEventBody | DeletedEventBody | OtherEventBody
 
 
 class WebhookResponse(BaseModel):

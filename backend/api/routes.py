@@ -25,9 +25,10 @@ from backend.api.deps import BasicAuth, JobsDep, SettingsDep, StoreDep, WebhookA
 from backend.api.protocol import (
     ERROR_RESPONSES,
     MAX_ID,
-    AnnotationEvent,
-    AnnotationsDeletedEvent,
+    AnnotationEventBody,
+    DeletedEventBody,
     HealthResponse,
+    OtherEventBody,
     PredictItem,
     PredictRequest,
     PredictResponse,
@@ -35,7 +36,7 @@ from backend.api.protocol import (
     SetupRequest,
     SetupResponse,
     VersionsResponse,
-    WebhookEvent,
+    WebhookBody,
     WebhookResponse,
 )
 from backend.state.jobs import Jobs
@@ -47,7 +48,6 @@ logger = logging.getLogger(__name__)
 router = APIRouter(responses=ERROR_RESPONSES)
 MAX_FAILURES_SHOWN = 100  # /projects/{id} lists this many failure reasons, then a count
 
-ANNOTATION_ACTIONS = ("ANNOTATION_CREATED", "ANNOTATION_UPDATED")
 SYNC_ACTIONS = ("START_TRAINING", "TASKS_CREATED", "ANNOTATIONS_CREATED")
 
 
@@ -100,7 +100,7 @@ def predict(
     if body.label_config:
         register_config(store, jobs, p, body.label_config)
     if clicks.is_click(body):  # smart tools (issue 9): answered on the interactive lane
-        return clicks.answer(body, p, settings, store, jobs)
+        return clicks.answer(body, p, settings, store, jobs, request.app.state.click_waiters)
     refs, cfg = store.data.reference_set(p), store.data.config(p)
     preds: list[Any] = [None] * len(body.tasks)
     interactive = bool(body.params and body.params.context)
@@ -130,31 +130,29 @@ def predict(
 
 
 def _project(body: PredictRequest) -> int:
-    try:
-        return body.resolve_project()
-    except ValueError as exc:
-        raise HTTPException(400, str(exc)) from None
+    return body.resolve_project()  # `project` is validated by the request model
 
 
 @router.post("/webhook", response_model=WebhookResponse, dependencies=[WebhookAuth])
 def webhook(
-    store: StoreDep, jobs: JobsDep, body: Annotated[dict[str, Any], Body()]
+    store: StoreDep, jobs: JobsDep, body: Annotated[WebhookBody, Body()]
 ) -> WebhookResponse:
     """Validate, deduplicate and queue an LS event; answers at once (1 s LS timeout)."""
-    event = WebhookEvent.model_validate(body)
-    if event.action in ANNOTATION_ACTIONS:
-        queued = _annotation_event(store, jobs, AnnotationEvent.model_validate(body))
-    elif event.action == "ANNOTATIONS_DELETED":
-        queued = _deleted_event(AnnotationsDeletedEvent.model_validate(body), jobs)
-    elif event.action in SYNC_ACTIONS and event.project is not None:
-        _register_from_event(store, jobs, event)
-        queued = [jobs.enqueue_sync(event.project.id)]
+    if isinstance(body, AnnotationEventBody):
+        queued = _annotation_event(store, jobs, body)
+    elif isinstance(body, DeletedEventBody):
+        queued = _deleted_event(body, jobs)
+    elif body.action in SYNC_ACTIONS and body.project is not None:
+        _register_from_event(store, jobs, body)
+        queued = [jobs.enqueue_sync(body.project.id)]
     else:
         return WebhookResponse(status="ignored")
     return WebhookResponse(status="ok", queued=[q for q in queued if q])
 
 
-def _register_from_event(store: Store, jobs: Jobs, event: WebhookEvent) -> None:
+def _register_from_event(
+    store: Store, jobs: Jobs, event: AnnotationEventBody | OtherEventBody
+) -> None:
     """An event's config says that the config may have changed: queue a sync or a config check
     (they read it from LS). A first event may precede any /setup."""
     if event.project is not None and event.project.label_config:
@@ -164,17 +162,13 @@ def _register_from_event(store: Store, jobs: Jobs, event: WebhookEvent) -> None:
             logger.info("project %s: config without BrushLabels/Image", event.project.id)
 
 
-def _deleted_event(event: AnnotationsDeletedEvent, jobs: Jobs) -> list[str | None]:
-    if event.project is None:
-        raise HTTPException(422, f"{event.action} without 'project'")
+def _deleted_event(event: DeletedEventBody, jobs: Jobs) -> list[str | None]:
     ids = [a.id for a in event.annotations]
     return [jobs.enqueue_delete(DeleteJob(project=event.project.id, annotations=ids))]
 
 
-def _annotation_event(store: Store, jobs: Jobs, event: AnnotationEvent) -> list[str | None]:
-    p = event.project.id if event.project else event.annotation.project
-    if p is None:
-        raise HTTPException(422, f"{event.action} names no project")
+def _annotation_event(store: Store, jobs: Jobs, event: AnnotationEventBody) -> list[str | None]:
+    p = event.project.id
     _register_from_event(store, jobs, event)
     if store.data.config(p) is None:  # unknown project: a sync (LS confirms it) sorts it out
         return [jobs.enqueue_sync(p)]

@@ -8,6 +8,9 @@
 - `GET /status/thumbs/{sha}.png`: a shot's thumbnail (written by the worker; content-addressed,
   so cached by the browser for good).
 
+Every page and thumbnail is sent with `SECURITY_HEADERS` (no framing, no MIME sniffing, a
+Content-Security-Policy that allows only our own images and the pages' inline styles; issue 22).
+
 Cheap by construction: no model work, and a bounded number of Redis commands per page (reads
 are per version kept, per label shot and per worker, never per task; tests/test_status_page.py
 counts them). Pages reload themselves every `status_refresh_s`.
@@ -18,15 +21,17 @@ from __future__ import annotations
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Response
+from fastapi import Path as PathParam
 from fastapi.responses import HTMLResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from markupsafe import Markup
 
 from backend.api import charts
 from backend.api.deps import BasicAuth, SettingsDep, StoreDep
+from backend.api.protocol import MAX_ID
 from backend.state.fleet import list_workers
 from backend.state.settings import Settings
 from backend.state.store import Store
@@ -36,6 +41,15 @@ router = APIRouter(dependencies=[BasicAuth])
 MAX_PROJECTS = 200  # listed on `/`
 FAILURES_SHOWN = 20
 _SHA = re.compile(r"[0-9a-f]{64}")
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": (
+        "default-src 'none'; img-src 'self'; style-src 'unsafe-inline'; "
+        "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "Referrer-Policy": "no-referrer",
+}
 _templates = Environment(
     loader=FileSystemLoader(Path(__file__).parent / "templates"),
     autoescape=select_autoescape(["html"]),
@@ -64,7 +78,7 @@ def _render(name: str, settings: Settings, **context: Any) -> HTMLResponse:
         model_class=settings.model_class,
         **context,
     )
-    return HTMLResponse(html, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(html, headers={"Cache-Control": "no-store", **SECURITY_HEADERS})
 
 
 @router.get("/", response_class=HTMLResponse, include_in_schema=False)
@@ -87,7 +101,9 @@ def index(store: StoreDep, settings: SettingsDep) -> HTMLResponse:
 
 
 @router.get("/status/projects/{project}", response_class=HTMLResponse, include_in_schema=False)
-def project_page(project: int, store: StoreDep, settings: SettingsDep) -> HTMLResponse:
+def project_page(
+    project: Annotated[int, PathParam(ge=1, le=MAX_ID)], store: StoreDep, settings: SettingsDep
+) -> HTMLResponse:
     """One project's page (see the module docstring)."""
     cfg = store.data.config(project)
     if cfg is None:
@@ -140,6 +156,5 @@ def thumbnail(sha: str, store: StoreDep) -> Response:
     png = store.data.get_thumbnail(sha)
     if png is None:
         raise HTTPException(404, "no thumbnail for this shot (encoded before thumbnails?)")
-    return Response(
-        png, media_type="image/png", headers={"Cache-Control": "private, max-age=86400, immutable"}
-    )
+    cache = {"Cache-Control": "private, max-age=86400, immutable"}
+    return Response(png, media_type="image/png", headers={**cache, **SECURITY_HEADERS})

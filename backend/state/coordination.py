@@ -95,8 +95,13 @@ class Coordination:
 
     # --- worker leases --------------------------------------------------------------------------
 
-    def renew_lease(self, worker: str, ttl_s: int) -> None:
-        self.r.set(key("worker:{name}", name=worker), 1, ex=ttl_s)
+    def renew_lease(self, worker: str, ttl_s: int, job: str = "") -> None:
+        """Renew `worker`'s lease; its value names the job it is running ("" when idle)."""
+        self.r.set(key("worker:{name}", name=worker), job, ex=ttl_s)
+
+    def lease_job(self, worker: str) -> str | None:
+        """The job `worker` says it is running ("" idle), or None when its lease is gone."""
+        return text(self.r.get(key("worker:{name}", name=worker)))
 
     def drop_lease(self, worker: str) -> None:
         self.r.delete(key("worker:{name}", name=worker))

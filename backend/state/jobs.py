@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 import uuid
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
@@ -18,6 +19,7 @@ from redis import Redis
 from rq import Queue, Retry
 from rq.exceptions import DuplicateJobError, NoSuchJobError
 from rq.job import Job, JobStatus
+from rq.results import Result
 from rq.serializers import JSONSerializer
 
 from backend.state.jobspecs import JOB_IDS, JOBS, JobSpec
@@ -40,6 +42,7 @@ __all__ = ["JOB_IDS", "Enqueued", "Jobs", "connect", "predict_job_id"]
 logger = logging.getLogger(__name__)
 
 Enqueued = Literal["queued", "requeued", "promoted", "exists"]
+CLICK_WAIT_BLOCK_S = 2  # a waiting click blocks on its result this long between status checks
 
 
 def connect(url: str) -> Redis:
@@ -260,15 +263,30 @@ class Jobs:
         )
         return job_id
 
-    def click_outcome(self, job_id: str) -> tuple[str | None, Any]:
-        """(RQ status, return value) of a click job; the value is None until it finished."""
+    def await_click(self, job_id: str, deadline: float) -> tuple[str | None, Any]:
+        """Wait for a click's answer until `deadline` (monotonic): (RQ status, return value).
+
+        Blocks on RQ's result stream of the job (XREAD, woken when the worker saves the
+        result: a notification, not polling), `CLICK_WAIT_BLOCK_S` at a time, checking between
+        blocks that the job still exists and has not ended without a result. Returns
+        ("finished", value), (status, None) for a job that ended otherwise or is gone (None),
+        or ("waiting", None) at the deadline.
+        """
         try:
             job = Job.fetch(job_id, connection=self.conn, serializer=JSONSerializer)
         except NoSuchJobError:
             return None, None
-        status = job.get_status(refresh=False)
-        value = job.return_value(refresh=False) if status == JobStatus.FINISHED else None
-        return (status.value if status is not None else None), value
+        while (left := deadline - time.monotonic()) > 0:
+            block = max(1, min(CLICK_WAIT_BLOCK_S, int(left)))
+            result = Result.fetch_latest(job, serializer=JSONSerializer, timeout=block)
+            if result is not None:
+                if result.type == Result.Type.SUCCESSFUL:
+                    return JobStatus.FINISHED.value, result.return_value
+                return JobStatus.FAILED.value, None
+            status = self.job_status(job_id)
+            if status in (None, "failed", "canceled", "stopped"):
+                return status, None
+        return "waiting", None
 
     def cancel_click(self, job_id: str) -> None:
         """Drop a click nobody waits for any more (still queued: never run)."""

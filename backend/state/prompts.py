@@ -7,6 +7,11 @@ and `rectanglelabels` regions are box prompts (newer frontends send every rectan
 control: the last one is the box, SAM takes one). Coordinates are percentages (0-100) of the
 region's own `original_width` x `original_height`; here they become original pixels, which the
 worker maps to the 1024 frame. Pure Python (no numpy): the API validates before queueing.
+
+Every field a smart region carries is checked (issue 22): regions and their `value` are
+objects, sizes whole numbers of pixels (1 to `MAX_SIDE`), coordinates numbers in 0-100,
+`rotation` a number, `is_positive` / `positive` booleans, labels strings; a click holds at most
+`max_points` points and `max_boxes` rectangles (`CLICK_MAX_POINTS`, `CLICK_MAX_BOXES`).
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from __future__ import annotations
 import math
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from backend.state.schemas import LabelConfigSummary
 
 PROMPT_TYPES = ("keypointlabels", "rectanglelabels")
+MAX_SIDE = 100_000  # pixels: no image side is larger (MAX_IMAGE_PIXELS caps the area anyway)
+MAX_ROTATION = 360.0  # degrees either way
 # Gestures (issue 20), chosen by the smart control's label value: "Cat" edits or adds one object;
 # "Cat (all)" finds every object like the clicked one in the image; "Cat (teach)" does the same
 # and adds the clicked object to the project's references (Settings.find_all_suffix,
@@ -48,8 +55,8 @@ class Prompts(BaseModel):
     points: list[tuple[float, float]] = []
     positive: list[bool] = []
     box: tuple[float, float, float, float] | None = None
-    width: int
-    height: int
+    width: int = Field(ge=1, le=MAX_SIDE)
+    height: int = Field(ge=1, le=MAX_SIDE)
     gesture: Gesture = "click"
 
     @property
@@ -69,6 +76,8 @@ class ClickJob(BaseModel):
     to_name: str  # its Image
     data_key: str  # task.data key of the image
     prompts: Prompts
+    # Epoch seconds after which its caller has given up (a 503): never run, never requeued.
+    deadline: float | None = None
 
 
 class TeachJob(BaseModel):
@@ -101,6 +110,8 @@ def parse_context(
     context: dict[str, Any],
     cfg: LabelConfigSummary,
     *,
+    max_points: int,
+    max_boxes: int,
     find_all_suffix: str = " (all)",
     teach_suffix: str = " (teach)",
 ) -> Prompts:
@@ -108,15 +119,33 @@ def parse_context(
     suffix names (`find_all_suffix`, `teach_suffix`; "" turns a gesture off).
 
     Raises:
-        PromptError: no smart regions, a label the BrushLabels control lacks, coordinates
-            outside 0-100, a zero-area box, missing or disagreeing original sizes, or only
-            negative points and no box.
+        PromptError: no smart regions, a field of the wrong type or out of range (named), more
+            than `max_points` points or `max_boxes` rectangles, a label that is no output label
+            (after its gesture suffix), a zero-area box, disagreeing original sizes, only
+            negative points and no box, or a find-all gesture without a positive point or box.
     """
-    regions = [r for r in context.get("result") or [] if isinstance(r, dict)]
-    regions = [r for r in regions if r.get("type") in PROMPT_TYPES]
+    result = context.get("result")
+    if not isinstance(result, list):
+        raise PromptError("context.result is not a list of regions")
+    regions = []
+    for i, region in enumerate(result):
+        if not isinstance(region, dict):
+            raise PromptError(f"context.result[{i}] is not an object")
+        if region.get("type") in PROMPT_TYPES:
+            if not isinstance(region.get("value"), dict):
+                raise PromptError(f"context.result[{i}].value is not an object")
+            regions.append(region)
     if not regions:
         raise PromptError("context has no keypointlabels or rectanglelabels region")
+    boxes = [r for r in regions if r["type"] == "rectanglelabels"]
+    n_points = len(regions) - len(boxes)
+    if n_points > max_points:
+        raise PromptError(f"{n_points} points in one click: at most {max_points}")
+    if len(boxes) > max_boxes:
+        raise PromptError(f"{len(boxes)} rectangles in one click: at most {max_boxes}")
     width, height = _size(regions)
+    for region in regions:
+        _label(region)  # every region names a label, not only the clicked one
     label, gesture = _gesture(_label(regions[-1]), find_all_suffix, teach_suffix)
     if label not in cfg.labels:
         raise PromptError(
@@ -128,12 +157,13 @@ def parse_context(
     if gesture != "click" and not has_box and not any(_positive(r) for r in points):
         raise PromptError("find all needs a positive point or a box on one object")
     out = Prompts(label=label, width=width, height=height, gesture=gesture)
-    boxes = [r for r in regions if r["type"] == "rectanglelabels"]
     for region in regions:
         if region["type"] == "keypointlabels":
             x, y = _pct(region, "x"), _pct(region, "y")
             out.points.append((x * width / 100, y * height / 100))
             out.positive.append(_positive(region))
+    for region in boxes[:-1]:
+        _box(region, width, height)  # checked like the one used
     if boxes:
         out.box = _box(boxes[-1], width, height)
     return out
@@ -161,35 +191,59 @@ def check_usable(prompts: Prompts, refining: bool) -> None:
 def _size(regions: list[dict[str, Any]]) -> tuple[int, int]:
     sizes = set()
     for region in regions:
-        w, h = _number(region.get("original_width")), _number(region.get("original_height"))
-        if w is None or h is None or w <= 0 or h <= 0:
-            raise PromptError("a smart region lacks original_width / original_height")
-        sizes.add((int(w), int(h)))
+        w, h = _side(region, "original_width"), _side(region, "original_height")
+        sizes.add((w, h))
     if len(sizes) != 1:
         raise PromptError(f"smart regions disagree on the image size: {sorted(sizes)}")
     return sizes.pop()
 
 
+def _side(region: dict[str, Any], name: str) -> int:
+    """A whole number of pixels in 1..MAX_SIDE (640 or 640.0; not 0.5, "640" or true)."""
+    raw = region.get(name)
+    value = _number(raw)
+    if value is None or value != int(value) or not 1 <= value <= MAX_SIDE:
+        raise PromptError(
+            f"{region['type']} {name}={_show(raw)} is not a whole number of pixels in 1-{MAX_SIDE}"
+        )
+    return int(value)
+
+
 def _label(region: dict[str, Any]) -> str:
-    value = region.get("value") or {}
-    labels = value.get(region["type"]) if isinstance(value, dict) else None
-    if not isinstance(labels, list) or not labels or not isinstance(labels[0], str):
-        raise PromptError(f"the {region['type']} region names no label")
+    labels = region["value"].get(region["type"])
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) for x in labels):
+        raise PromptError(f"the {region['type']} region names no label (a list of strings)")
     return labels[0]
 
 
 def _pct(region: dict[str, Any], name: str) -> float:
-    raw = (region.get("value") or {}).get(name)
+    raw = region["value"].get(name)
     value = _number(raw)
     if value is None or not 0 <= value <= 100:
-        raise PromptError(f"{region['type']} {name}={raw!r} is not a percentage in 0-100")
+        raise PromptError(f"{region['type']} {name}={_show(raw)} is not a percentage in 0-100")
     return value
 
 
 def _positive(region: dict[str, Any]) -> bool:
     if "is_positive" in region:
-        return bool(region["is_positive"])
-    return bool((region.get("value") or {}).get("positive", True))
+        return _flag(region["is_positive"], "is_positive")
+    return _flag(region["value"].get("positive", True), "value.positive")
+
+
+def _flag(raw: object, name: str) -> bool:
+    if not isinstance(raw, bool):
+        raise PromptError(f"keypointlabels {name}={_show(raw)} is not true or false")
+    return raw
+
+
+def _rotation(region: dict[str, Any]) -> float:
+    raw = region["value"].get("rotation")
+    if raw is None:
+        return 0.0
+    value = _number(raw)
+    if value is None or not -MAX_ROTATION <= value <= MAX_ROTATION:
+        raise PromptError(f"rectanglelabels rotation={_show(raw)} is not a number of degrees")
+    return value
 
 
 def _box(region: dict[str, Any], width: int, height: int) -> tuple[float, float, float, float]:
@@ -200,7 +254,7 @@ def _box(region: dict[str, Any], width: int, height: int) -> tuple[float, float,
         raise PromptError("the rectangle has zero area (under one pixel)")
     if x + w > 100 + 1e-6 or y + h > 100 + 1e-6:
         raise PromptError("the rectangle extends beyond the image (x + width or y + height > 100)")
-    angle = math.radians(float((region.get("value") or {}).get("rotation") or 0.0))
+    angle = math.radians(_rotation(region))
     x0, y0, bw, bh = x * width / 100, y * height / 100, w * width / 100, h * height / 100
     xs, ys = [x0], [y0]
     for dx, dy in ((bw, 0.0), (0.0, bh), (bw, bh)):
@@ -218,4 +272,14 @@ def _number(value: object) -> float | None:
     """A finite JSON number as float, else None (booleans are not numbers here)."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
-    return float(value) if math.isfinite(value) else None
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond any float
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _show(value: object) -> str:
+    """A caller's value for a message, cut short."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     # one in the image; the teach suffix also adds it to the project's references ("" = off).
     find_all_suffix: str = " (all)"
     teach_suffix: str = " (teach)"
+    # Clicks waiting at once (issue 22): a cap of their own, beside predict_max_waiters; more
+    # answer 503 at once, so waiting clicks never hold the threads /health needs.
+    interactive_max_waiters: int = Field(16, ge=1, le=64)
+    # Prompts of one click: more points or rectangles are refused (422) before anything is
+    # queued (SAM takes one box; a click with thousands of points blocked the lane).
+    click_max_points: int = Field(64, ge=1, le=10_000)
+    click_max_boxes: int = Field(16, ge=1, le=1_000)
 
     # Throughput and scale (issue 12): what a correction costs at project scale.
     # A burst of corrections within this window yields one re-fit and one new version.

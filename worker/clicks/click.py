@@ -136,6 +136,9 @@ def click(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: ClickJob) -> d
     one region per instance; ``teach`` also queues the object as a reference of the label.
     """
     p, t, prompts = payload.project, payload.task, payload.prompts
+    if payload.deadline is not None and time.time() > payload.deadline:
+        logger.info("click p%s t%s: past its deadline, its caller has given up: skipped", p, t)
+        return {"error": "the click expired before it could run"}
     started = time.perf_counter()
     store.progress.incr_stat("click")
     try:

@@ -154,23 +154,33 @@ class Transport:
         auth: bool = True,
         media: bool = False,
         redirects: bool = True,
+        session: requests.Session | None = None,
+        timeout: float | tuple[float, float] | None = None,
         **kw: Any,
     ) -> requests.Response:
         """One request with timeout and typed errors; ``path_or_url`` may be an API path.
 
-        ``media`` streams the body and turns a 404 into ``MediaNotFound``.
+        ``media`` streams the body and turns a 404 into ``MediaNotFound``; ``session`` and
+        ``timeout`` replace the client's own (a media download brings its own). An invalid
+        URL is a permanent `LabelStudioError`.
         """
         url = path_or_url if "://" in path_or_url else self.url + path_or_url
         try:
-            reply = self._session.request(
+            reply = (session or self._session).request(
                 method,
                 url,
                 auth=self._auth if auth else None,
-                timeout=self.timeout,
+                timeout=self.timeout if timeout is None else timeout,
                 stream=media,
                 allow_redirects=redirects,
                 **kw,
             )
+        except (
+            requests.exceptions.InvalidURL,
+            requests.exceptions.MissingSchema,
+            requests.exceptions.InvalidSchema,
+        ) as exc:
+            raise LabelStudioError(f"{method} {safe_url(url)}: {type(exc).__name__}") from None
         except requests.Timeout as exc:
             raise LabelStudioUnavailable(
                 f"{method} {safe_url(url)} timed out: {type(exc).__name__}"

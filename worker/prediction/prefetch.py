@@ -5,7 +5,9 @@ delivery"): the thread that feeds the model never waits for the network.
   jobs are downloaded and decoded by a small thread pool (at most `prefetch_bytes` held). The
   URL is found as the job itself finds it (the payload's for pre-annotation, Label Studio's task
   data otherwise) and the job still decides its own URL: it takes prefetched bytes only when
-  they came from exactly that URL. A failed prefetch is dropped; the job downloads as before.
+  they came from exactly that URL. A prefetch that failed for that URL hands the job its error
+  (the job never fetches a failing or slow image a second time, issue 22); one dropped for the
+  byte budget leaves the job to download as before.
 - Batched encoding: when a target must be encoded and prefetched images of queued jobs are not
   in the target cache, they are encoded with it (`encode_targets`, `encode_batch` per call)
   and cached, so those jobs hit the cache.
@@ -53,6 +55,7 @@ class Prefetched:
     data: bytes
     sha: str
     image: np.ndarray | None
+    error: Exception | None = None  # the download failed: the job raises it, no second fetch
 
     @property
     def nbytes(self) -> int:
@@ -105,7 +108,10 @@ class Prefetcher:
             url = task.image_url(data_key)
             if url is None:
                 return None
-        data = ls.download(url, task_id=job.task)
+        try:
+            data = ls.download(url, task_id=job.task)
+        except Exception as exc:  # the job raises it for this URL instead of fetching again
+            return Prefetched(url, b"", "", None, error=exc)
         try:
             image: np.ndarray | None = self.rt.model.load_image(data)
         except ValueError:
@@ -122,7 +128,7 @@ class Prefetcher:
         for future in self.entries.values():
             if future.done() and not future.cancelled() and future.exception() is None:
                 item = future.result()
-                total += item.nbytes if item is not None else 0
+                total += item.nbytes if item is not None and item.error is None else 0
         return total
 
     def _drop(self, t: int) -> None:
@@ -130,7 +136,11 @@ class Prefetcher:
         self.entries.pop(t).cancel()  # a running download ends and is discarded
 
     def take(self, t: int, url: str, timeout_s: float) -> Prefetched | None:
-        """Task t's prefetched image if it came from `url` (waits for a running download)."""
+        """Task t's prefetched image if it came from `url` (waits for a running download).
+
+        Raises:
+            The prefetch's own download error, when it failed for `url`.
+        """
         with self.lock:
             future = self.entries.get(t)
         if future is None:
@@ -143,7 +153,11 @@ class Prefetcher:
         with self.lock:
             if t in self.entries:
                 self._drop(t)
-        return item if item is not None and item.url == url else None
+        if item is None or item.url != url:
+            return None
+        if item.error is not None:
+            raise item.error
+        return item
 
     def ready(self, exclude: str, limit: int) -> list[Prefetched]:
         """Up to `limit` completed prefetches with a decoded image not in the target cache."""
@@ -156,7 +170,9 @@ class Prefetcher:
             if not future.done() or future.cancelled() or future.exception() is not None:
                 continue
             item = future.result()
-            if item is None or item.image is None or item.sha == exclude:
+            if item is None or item.error is not None or item.image is None:
+                continue
+            if item.sha == exclude:
                 continue
             if any(o.sha == item.sha for o in out) or self.rt.targets.contains(item.sha):
                 continue
@@ -234,7 +250,11 @@ def download(
     except Exception as exc:  # prefetching is an optimisation: never fail the job for it
         logger.warning("prefetch look-ahead failed: %s: %s", type(exc).__name__, exc)
     timeout = rt.settings.media_deadline_s + rt.settings.ls_timeout_s
-    item = ahead.take(t, url, timeout)
+    try:
+        item = ahead.take(t, url, timeout)
+    except Exception:
+        store.progress.incr_stat("prefetch_hit")  # its failure is the job's: no second fetch
+        raise
     store.progress.incr_stat("prefetch_hit" if item is not None else "prefetch_miss")
     if item is None:
         return rt.ls.download(url, task_id=t)
