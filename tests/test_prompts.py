@@ -70,7 +70,7 @@ def test_single_click() -> None:
 @pytest.mark.parametrize(
     ("regions", "reason"),
     [
-        ([point(50, 50, "Bird")], "not a label of <BrushLabels"),
+        ([point(50, 50, "Bird")], "not an output label"),
         ([point(101, 50)], "not a percentage"),
         ([point(-1, 50)], "not a percentage"),
         ([box(10, 10, 0, 20)], "zero area"),
