@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+import gfsam.pipeline
 from gfsam.encoders import WeightsNotFoundError
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.image import load_image, load_mask, mask_from_frame
@@ -178,7 +179,12 @@ def test_invalid_predict_inputs(pipe: GFSAM, reference: Reference, target_image:
         pipe.predict(stale, [reference])
 
 
-def test_build_pipeline_contract(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_build_pipeline_contract(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The warning is logged once per process: any earlier random pipeline (another test file)
+    # has logged it already, so start from a process that has not.
+    monkeypatch.setattr(gfsam.pipeline, "_warned_random", False)
     with pytest.raises(ValueError, match="random_weights=True"):
         build_pipeline(preset="tiny", device="cpu")
     with pytest.raises(ValueError, match="unknown sam encoder"):
