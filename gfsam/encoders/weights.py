@@ -72,12 +72,16 @@ class EncoderSpec:
 
     Attributes:
         name: registry name, e.g. ``"sam_vit_h"``.
-        family: ``"sam"`` or ``"dinov2"``.
-        input_size: side of the square network input in pixels (SAM 1024, DINOv2 518).
-        patch_size: ViT patch side in pixels (SAM 16, DINOv2 14).
+        family: ``"sam"``, ``"sam2"`` (mask engines), ``"dinov2"`` or ``"dinov3"`` (feature
+            engines).
+        input_size: side of the square network input in pixels (SAM and SAM 2.1 1024, DINOv2
+            518, DINOv3 592).
+        patch_size: patch side in pixels (SAM 16, SAM 2.1's embedding stride 16, DINOv2 14,
+            DINOv3 16).
         mean, std: per-channel normalisation, in the units of the network input (SAM: 0-255,
-            DINOv2: 0-1).
-        out_channels: channels of the output (SAM embedding 256; DINOv2 token width C).
+            SAM 2.1, DINOv2, DINOv3: 0-1).
+        out_channels: channels of the output (SAM embedding 256, SAM 2.1 packed 1024; token
+            width C of DINOv2 / DINOv3).
         filename: official checkpoint file name, None for test-only encoders.
         url: official download URL, None for test-only encoders.
         sha256: published sha256 of the official file, None when unknown or test-only.
