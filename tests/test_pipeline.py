@@ -177,7 +177,11 @@ def test_invalid_predict_inputs(pipe: GFSAM, reference: Reference, target_image:
         pipe.predict(stale, [reference])
 
 
-def test_build_pipeline_contract(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_build_pipeline_contract(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # the warning is logged once per process: another test module may have logged it already
+    monkeypatch.setattr("gfsam.pipeline._warned_random", False)
     with pytest.raises(ValueError, match="random_weights=True"):
         build_pipeline(preset="tiny", device="cpu")
     with pytest.raises(ValueError, match="unknown sam encoder"):
