@@ -21,7 +21,7 @@ from tests.e2e_helpers import (
     ELEPHANTS,
     PHASE_S,
     Backend,
-    _backend_env,
+    backend_env,
     natural_size,
     running_backend,
     wait_for,
@@ -54,7 +54,7 @@ def painting_backend(
     the random-weight similarities mean nothing to the split assignment's reject)."""
     base = tmp_path_factory.mktemp("backend-any")
     port = free_port()
-    env = _backend_env(ls, port, base / "data") | {"ASSIGN": "argmax", "DISCOVER": "false"}
+    env = backend_env(ls, port, base / "data") | {"ASSIGN": "argmax", "DISCOVER": "false"}
     with running_backend(env, port, base) as server:
         yield server
 

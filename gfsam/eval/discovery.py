@@ -16,7 +16,7 @@ Per target (1024 frame, the label map squashed like the masks): the unseen-class
   ARI is defined; ARI is null when undefined (fewer than 2 hits, or both partitions all
   singletons or one block, e.g. every class hit once and every hit its own group);
   ``group_nmi`` (normalised mutual information, arithmetic mean of the entropies) only next to
-  ``singleton_nmi`` (no grouping scores 0.75-0.84 on coco128: NMI flatters);
+  ``singleton_nmi`` (no grouping scores 0.75-0.93 on coco128: NMI flatters);
   ``classes_multi_hit``: unseen classes with at least two hits (only those test grouping).
 
 `DiscoveryRun` runs discovery on each target after the assignment (covered = its accepted
