@@ -67,10 +67,17 @@ def test_setup_returns_v0_and_queues_one_sync(svc: Service) -> None:
     assert queued_ids(svc.conn, svc.settings) == ["sync-1"]
 
 
-def test_setup_without_brushlabels_is_400_with_reason(svc: Service) -> None:
-    reply = svc.client.post("/setup", json=body("setup_no_brush.json"))
+def test_setup_without_a_segmentation_control_is_400_with_reason(svc: Service) -> None:
+    rectangles = body("setup_no_brush.json")  # a RectangleLabels project: served (issue 20)
+    assert svc.client.post("/setup", json=rectangles).status_code == 200
+    choices = (
+        '<View><Image name="image" value="$image"/>'
+        '<Choices name="c" toName="image"><Choice value="a"/></Choices></View>'
+    )
+    reply = svc.client.post("/setup", json={**rectangles, "schema": choices})
     assert reply.status_code == 400
-    assert "BrushLabels" in reply.json()["detail"]
+    detail = reply.json()["detail"]
+    assert all(tag in detail for tag in ("BrushLabels", "PolygonLabels", "RectangleLabels"))
 
 
 @pytest.mark.parametrize(
@@ -180,6 +187,8 @@ def test_webhook_first_event_of_unknown_project_registers_config(svc: Service) -
         "to_name": "image",
         "data_key": "image",
         "labels": ["Object"],
+        "controls": [{"name": "tag", "kind": "brush", "labels": ["Object"]}],
+        "box_prompts": [],
     }
 
 
