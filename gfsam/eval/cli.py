@@ -139,6 +139,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_draw(args: argparse.Namespace) -> int:
+    """Write a synthetic look-alike folder (`gfsam.eval.synthetic`)."""
+    from gfsam.eval.synthetic import SyntheticSpec, draw_dataset
+
+    try:
+        spec = SyntheticSpec(args.images, args.pairs, pair_share=args.pair_share, seed=args.seed)
+    except ValueError as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return EXIT_INPUT
+    names = draw_dataset(args.out, spec)
+    sys.stdout.write(
+        f"wrote {len(names)} images to {args.out} (odd class = seen, even = look-alike)\n"
+    )
+    return 0
+
+
 def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -> dict[str, Any]:
     if args.protocol == "fss":
         from gfsam.eval.fss import run_fss
@@ -265,6 +281,17 @@ def add_eval_parser(sub: Any) -> None:
         metavar="MODE",
         help="the assignment discovery runs after (default split)",
     )
+    draw = psub.add_parser(
+        "draw", help="write a synthetic label-map folder: seen objects beside look-alikes"
+    )
+    draw.add_argument("--out", type=Path, required=True, metavar="DIR")
+    draw.add_argument("--images", type=int, default=60)
+    draw.add_argument(
+        "--pairs", type=int, default=3, help="class pairs (odd seen, even look-alike)"
+    )
+    draw.add_argument("--pair-share", type=float, default=0.4, metavar="P")
+    draw.add_argument("--seed", type=int, default=0)
+    draw.set_defaults(func=cmd_draw)
     rep = psub.add_parser("replay", help="the correction loop under the backend's shot policy")
     _common(rep)
     rep.add_argument("--assign", type=_replay_assigns, default=["split"], metavar="argmax|split")
