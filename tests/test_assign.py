@@ -10,6 +10,7 @@ from gfsam.assign import (
     assign_argmax,
     assign_label_gate,
     assign_split,
+    calibrate_label,
     calibrate_threshold,
     class_similarity,
     instance_proposals,
@@ -104,20 +105,74 @@ def test_split_match_rejects_below_threshold_or_inconsistent() -> None:
     assert acc[0][2] == pytest.approx(0.1)
 
 
-def test_threshold_single_shot_is_halfway_between_object_and_background() -> None:
+def test_one_shot_floor_is_a_step_above_its_background() -> None:
     obj = np.array([1, 0, 0, 0], dtype=np.float32)
-    # interior cosine 1, background cosine 0: halfway 0.5
-    assert calibrate_threshold([_reference(obj)], CFG, SplitParams()) == pytest.approx(0.5)
+    # interior cosine 1, background cosine 0: floor = 0 + presence_mix * (1 - 0)
+    cal = calibrate_label([_reference(obj)], CFG, SplitParams(presence_mix=0.3))
+    assert cal.floor == pytest.approx(0.3) and cal.background == pytest.approx(0.0)
+    assert cal.match == pytest.approx(0.5)  # discovery keeps the halfway level
+    assert calibrate_threshold([_reference(obj)], CFG, SplitParams(presence_mix=0.3)) == cal.floor
+    # a background that looks half like the object lifts the floor with it
+    half = np.array([0.6, 0.8, 0, 0], dtype=np.float32)
+    lifted = calibrate_label([_reference(obj, bg=half)], CFG, SplitParams(presence_mix=0.3))
+    assert lifted.floor == pytest.approx(0.6 + 0.3 * (1 - 0.6), abs=1e-5)
 
 
-def test_threshold_leave_one_out_with_two_shots() -> None:
+def test_a_tiny_shot_gets_the_tiny_floor_not_its_inflated_background() -> None:
+    """A car on 0.1 % of its image: one cell, half car half road, so its 'background' looks
+    like its prototype (the rule before issue 18 gave 0.9 here)."""
+    mixed = np.array([0.6, 0.8, 0, 0], dtype=np.float32)
+    tokens = np.tile(E[1], (TOKENS, 1))
+    tokens[0] = mixed
+    fg = np.zeros(TOKENS, dtype=np.float32)
+    fg[0] = 0.55  # one interior cell, below min_interior_cells
+    tiny = Reference(tokens, fg, 1 - fg, 300, (FRAME, FRAME), "t")
+    cal = calibrate_label([tiny], CFG, SplitParams(tiny_floor=0.35))
+    assert cal.floor == pytest.approx(0.35) and cal.tiny == 1 and "tiny" in cal.how
+    assert cal.background == pytest.approx(0.8, abs=1e-5)  # what the old rule was fooled by
+
+
+def test_two_shots_that_agree_lift_the_floor_to_their_cross_image_level() -> None:
     a = np.array([1, 0, 0, 0], dtype=np.float32)
-    b = np.array([0.8, 0, 0.6, 0], dtype=np.float32)
-    thr = calibrate_threshold([_reference(a), _reference(b)], CFG, SplitParams(loo_slack=0.05))
-    assert thr == pytest.approx(0.5)  # min(per-shot 0.5, loo 0.8 - 0.05)
-    close = np.array([0.99, 0, np.sqrt(1 - 0.99**2), 0], dtype=np.float32)
-    thr2 = calibrate_threshold([_reference(a), _reference(close)], CFG, SplitParams(loo_slack=0.6))
-    assert thr2 == pytest.approx(0.39, abs=1e-3)
+    close = np.array([0.9, 0, np.sqrt(1 - 0.81), 0], dtype=np.float32)  # cosine 0.9
+    params = SplitParams(presence_mix=0.3, cross_ratio=0.8)
+    cal = calibrate_label([_reference(a), _reference(close)], CFG, params)
+    assert cal.cross == pytest.approx(0.9) and cal.floor == pytest.approx(0.72)
+    assert "agree" in cal.how and cal.shots == 2
+    assert cal.match == pytest.approx(0.5)  # min(halfway 0.5, 0.9 - loo_slack)
+
+
+def test_two_shots_far_apart_keep_the_one_shot_floor() -> None:
+    """Two looks of one class (cosine 0): their distance says nothing about either look's
+    spread, so the floor stays the per-shot one (not 0.8 * 0 = 0, not their halfway)."""
+    a, b = np.array([1, 0, 0, 0], dtype=np.float32), np.array([0, 0, 1, 0], dtype=np.float32)
+    params = SplitParams(presence_mix=0.3, cross_ratio=0.8)
+    cal = calibrate_label([_reference(a), _reference(b)], CFG, params)
+    assert cal.cross == pytest.approx(0.0, abs=1e-6) and cal.floor == pytest.approx(0.3)
+    assert "far apart" in cal.how
+    # an instance of either look passes; a region halfway between looks passes too (0.71)
+    feats = np.array([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]], dtype=np.float32)
+    sims = class_similarity(feats, np.stack([a, b]))
+    assert (sims >= cal.floor).tolist() == [True, True, False]
+
+
+def test_within_image_rule_rejects_what_scores_far_below_the_best_instance() -> None:
+    """Label A's best instance scores 0.9; a look-alike at 0.5 passes the floor (0.3) but not
+    0.7 of the way from A's background (0.1) to its best (0.1 + 0.7 * 0.8 = 0.66); an
+    instance at 0.7 is kept. The rule is relative: scaling every cosine keeps the decision."""
+    cons = np.ones((3, 1))
+    params = SplitParams(within_ratio=0.7)
+    for scale in (1.0, 0.6):
+        sim = np.array([[0.9], [0.5], [0.7]]) * scale
+        acc, rej = split_match(
+            [None] * 3,  # type: ignore[list-item]
+            sim,
+            cons,
+            np.array([0.3 * scale]),
+            params,
+            np.array([0.1 * scale]),
+        )
+        assert [n for n, _, _ in acc] == [0, 2] and [n for n, _, _ in rej] == [1]
 
 
 def test_instance_proposals_are_components_with_their_evidence() -> None:
@@ -206,3 +261,27 @@ def test_label_gate_cannot_cut_a_mask_split_can() -> None:
     split = assign_split(target, preds, refs, cfg=CFG).label_masks()
     assert gate["A"][650, 650] and not split["A"][650, 650]
     assert gate["A"][100, 100] and split["A"][100, 100]
+
+
+def test_carving_rescues_an_object_a_wrong_decode_joined_to_the_background() -> None:
+    """One GF-SAM component = the object (SAM mask of its prompt) + a large background piece
+    (a prompt whose decode spilled): pooled whole it fails the floor and the object would be
+    lost; carved along its SAM masks, the object is painted and the piece is a candidate."""
+    obj, spill = _box(0, 300, 0, 300), _box(0, 1000, 300, 1000)
+    tokens = np.tile(E[1], (TOKENS, 1))
+    tokens[_cells(obj)] = E[0]
+    target = TargetEncoding(np.zeros(1), tokens, (FRAME, FRAME), "s", "d")
+    preds = {"A": _pred(obj | spill, prompts=((100, 100), (600, 600)))}
+    refs = {"A": [_reference(E[0])]}
+    decodes: list[list[tuple[int, int]]] = []
+
+    def point_masks(xy: np.ndarray) -> np.ndarray:
+        decodes.append([tuple(p) for p in xy.tolist()])
+        return np.stack([obj if x < 300 else spill for x, _ in xy.tolist()])
+
+    whole = assign_split(target, preds, refs, cfg=CFG)
+    assert not whole.label_masks()  # the joined component fails as a whole
+    carved = assign_split(target, preds, refs, cfg=CFG, point_masks=point_masks)
+    assert np.array_equal(carved.label_masks()["A"], obj)
+    assert [c.mask[600, 600] for c in carved.candidates] == [True]
+    assert decodes == [[(100, 100), (600, 600)]]  # the gated prompts inside, once

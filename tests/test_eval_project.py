@@ -71,7 +71,7 @@ def test_ignore_pixels_do_not_count() -> None:
 
 def test_doing_nothing_scores_zero_and_none_where_undefined() -> None:
     score = ProjectScore([1, 3])
-    score.add(_assign("none", None, {}, {}, {}, None, set()), NAMES, labels())  # type: ignore[arg-type]
+    score.add(_assign("none", None, {}, {}, {}, None, set(), None), NAMES, labels())  # type: ignore[arg-type]
     n = score.numbers()
     assert n["seen_miou"] == 0.0 and n["seen_recall"] == 0.0 and n["false_paint"] == 0.0
     assert n["contamination"] == 0.0 and n["reject_seen"] is None
@@ -96,10 +96,10 @@ def test_present_is_argmax_over_the_labels_in_the_image() -> None:
 
     whole = np.ones((8, 8), dtype=bool)
     preds = {"a": _pred(whole, 0.2), "c": _pred(whole, 0.9)}
-    argmax = _assign("argmax", None, preds, {}, {}, None, {"a"})  # type: ignore[arg-type]
-    present = _assign("present", None, preds, {}, {}, None, {"a"})  # type: ignore[arg-type]
+    argmax = _assign("argmax", None, preds, {}, {}, None, {"a"}, None)  # type: ignore[arg-type]
+    present = _assign("present", None, preds, {}, {}, None, {"a"}, None)  # type: ignore[arg-type]
     assert argmax.label_masks().keys() == {"c"}
     assert present.label_masks().keys() == {"a"} and present.accepted["c"] == []
     assert ASSIGNS == ("argmax", "label-gate", "split", "present")
     with pytest.raises(ValueError, match="unknown assignment"):
-        _assign("max", None, preds, {}, {}, None, set())  # type: ignore[arg-type]
+        _assign("max", None, preds, {}, {}, None, set(), None)  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ Features: tokens normalised as the pipeline does (`GFSAMConfig`, official token-
 each token to unit length, then weighted means, then unit length.
 """
 
+from gfsam.assign.calibration import LabelCalibration, calibrate_label, calibrate_threshold
 from gfsam.assign.match import (
     Assignment,
     Instance,
@@ -38,9 +39,10 @@ from gfsam.assign.match import (
     split_match,
 )
 from gfsam.assign.proposals import (
+    PointMasks,
     Proposal,
     SplitParams,
-    calibrate_threshold,
+    carve_proposal,
     cell_fractions,
     class_similarity,
     instance_proposals,
@@ -52,12 +54,16 @@ from gfsam.assign.proposals import (
 __all__ = [
     "Assignment",
     "Instance",
+    "LabelCalibration",
+    "PointMasks",
     "Proposal",
     "SplitParams",
     "assign_argmax",
     "assign_label_gate",
     "assign_split",
+    "calibrate_label",
     "calibrate_threshold",
+    "carve_proposal",
     "cell_fractions",
     "class_similarity",
     "instance_proposals",

@@ -7,10 +7,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from gfsam.assign.calibration import LabelCalibration, calibrate_label
 from gfsam.assign.proposals import (
+    PointMasks,
     Proposal,
     SplitParams,
-    calibrate_threshold,
+    carve_proposal,
     cell_fractions,
     class_similarity,
     instance_proposals,
@@ -66,25 +68,47 @@ def split_match(
     consistency: np.ndarray,
     thresholds: np.ndarray,
     params: SplitParams,
+    origins: np.ndarray | None = None,
 ) -> tuple[list[tuple[int, int, float]], list[tuple[int, int, float]]]:
     """Match each proposal to its best label or to the candidate group.
 
+    A proposal goes to its best label b (lowest cost) when four things hold: its consistency
+    reaches ``min_consistency``; its similarity reaches b's instance floor, ``origin +
+    instance_share * (floor - origin)``; b is present in the image: the best similarity among
+    b's proposals passing those two tests reaches b's presence floor (`thresholds`); and it is
+    not far below that best: ``sim - origin >= within_ratio * (best - origin)``. origin = b's
+    background level (`LabelCalibration.background`, clipped at 0; 0 when `origins` is None).
+    The last two tests are per image and scale-free: a look-alike beside a seen object scores
+    a fraction of it whatever the absolute cosines are.
+
     Args:
         proposals: N proposals. similarity, consistency: float [N, L] against the L labels.
-        thresholds: float [L] per-label similarity thresholds. params: ``min_consistency``.
+        thresholds: float [L] per-label presence floors. params: ``min_consistency``,
+            ``instance_share``, ``within_ratio``. origins: float [L] background levels or None.
 
     Returns:
         (accepted, rejected): lists of (proposal index, best label index, cost), cost =
         1 - similarity x consistency of that pair; ties go to the earlier label.
     """
+    cost = 1.0 - similarity * consistency  # (N, L)
+    origin = np.zeros(len(thresholds)) if origins is None else np.maximum(origins, 0.0)
+    instance_floor = origin + params.instance_share * (np.asarray(thresholds) - origin)  # (L,)
+    best_label = [int(np.argmin(cost[n])) for n in range(len(proposals))]
+    passed = [
+        bool(similarity[n, b] >= instance_floor[b] and consistency[n, b] >= params.min_consistency)
+        for n, b in enumerate(best_label)
+    ]
+    best = np.full(len(thresholds), -np.inf)  # (L,) best passing similarity per label
+    for n, b in enumerate(best_label):
+        if passed[n]:
+            best[b] = max(best[b], similarity[n, b])
+    present = best >= np.asarray(thresholds)  # (L,)
     accepted: list[tuple[int, int, float]] = []
     rejected: list[tuple[int, int, float]] = []
-    cost = 1.0 - similarity * consistency  # (N, L)
-    for n in range(len(proposals)):
-        best = int(np.argmin(cost[n]))
-        ok = similarity[n, best] >= thresholds[best]
-        ok = ok and consistency[n, best] >= params.min_consistency
-        (accepted if ok else rejected).append((n, best, float(cost[n, best])))
+    for n, b in enumerate(best_label):
+        ok = passed[n] and bool(present[b])
+        ok = ok and similarity[n, b] - origin[b] >= params.within_ratio * (best[b] - origin[b])
+        (accepted if ok else rejected).append((n, b, float(cost[n, b])))
     return accepted, rejected
 
 
@@ -106,6 +130,21 @@ def paint_exclusive(masks: Sequence[np.ndarray], costs: Sequence[float]) -> list
     return out
 
 
+def _calibrations(
+    labels: Sequence[str],
+    references: Mapping[str, Sequence[Reference]],
+    cfg: GFSAMConfig,
+    params: SplitParams,
+    known: Mapping[str, LabelCalibration] | None,
+) -> dict[str, LabelCalibration]:
+    """label -> its calibration: the precomputed one, else computed from its shots."""
+    have = known or {}
+    return {
+        lb: have[lb] if lb in have else calibrate_label(references[lb], cfg, params)
+        for lb in labels
+    }
+
+
 def assign_split(
     target: TargetEncoding,
     predictions: Mapping[str, Prediction],
@@ -114,6 +153,8 @@ def assign_split(
     cfg: GFSAMConfig | None = None,
     params: SplitParams | None = None,
     thresholds: Mapping[str, float] | None = None,
+    calibrations: Mapping[str, LabelCalibration] | None = None,
+    point_masks: PointMasks | None = None,
 ) -> Assignment:
     """Split assignment of every label's instances on one target (see the module docstring).
 
@@ -122,8 +163,12 @@ def assign_split(
         predictions: label -> its `Prediction` on the target, in config order.
         references: label -> its shots (the ones the prediction used).
         cfg: the pipeline's config (token normalisation). params: `SplitParams`.
-        thresholds: label -> precomputed `calibrate_threshold` (cache them per reference set);
+        thresholds: label -> presence floor overriding the calibrated one (a per-project
+            tuned value); absent labels use their calibration's ``floor``.
+        calibrations: label -> precomputed `calibrate_label` (cache them per reference set);
             computed here when absent.
+        point_masks: decodes the target's prompt pixels (`PointMasks`); with it a proposal
+            failing its label's floor is carved along its SAM masks (`carve_proposal`).
 
     Returns:
         `Assignment`: accepted instances per label (masks at original size, pairwise
@@ -131,29 +176,38 @@ def assign_split(
     """
     cfg, params = cfg or GFSAMConfig(), params or SplitParams()
     labels = list(predictions)
-    props = [
-        p
-        for label in labels
-        for p in instance_proposals(label, predictions[label], target.tokens, cfg, params)
-    ]
+    cal = _calibrations(labels, references, cfg, params, calibrations)
+    known = thresholds or {}
+    thr = np.array([known.get(lb, cal[lb].floor) for lb in labels])  # (L,)
+    origins = np.maximum([np.nan_to_num(cal[lb].background) for lb in labels], 0.0)  # (L,)
+    protos = {lb: shot_prototypes(references[lb], cfg, params) for lb in labels}
+    props: list[Proposal] = []
+    for k, label in enumerate(labels):
+        for prop in instance_proposals(label, predictions[label], target.tokens, cfg, params):
+            floor = origins[k] + params.instance_share * (thr[k] - origins[k])
+            fails = class_similarity(prop.feature[None], protos[label])[0] < floor
+            if (fails or params.carve_all) and point_masks is not None:
+                props += carve_proposal(
+                    prop,
+                    predictions[label],
+                    target.tokens,
+                    protos[label],
+                    float(floor),
+                    point_masks,
+                    cfg,
+                    params,
+                )
+            else:
+                props.append(prop)
     result = Assignment(accepted={label: [] for label in labels})
     if not props:
         return result
-    known = thresholds or {}
-    thr = np.array(
-        [
-            known[lb] if lb in known else calibrate_threshold(references[lb], cfg, params)
-            for lb in labels
-        ]
-    )
     feats, masks = np.stack([p.feature for p in props]), np.stack([p.mask for p in props])
-    sim = np.stack(
-        [class_similarity(feats, shot_prototypes(references[lb], cfg, params)) for lb in labels], 1
-    )
+    sim = np.stack([class_similarity(feats, protos[lb]) for lb in labels], 1)  # (N, L)
     cons = np.stack(
         [mask_consistency(masks, predictions[lb].segmentation.mask) for lb in labels], 1
     )
-    accepted, rejected = split_match(props, sim, cons, thr, params)
+    accepted, rejected = split_match(props, sim, cons, thr, params, origins)
     size = target.image_size
 
     def instance(n: int, lab: int, cost: float, mask: np.ndarray) -> Instance:
@@ -205,23 +259,26 @@ def assign_label_gate(
     cfg: GFSAMConfig | None = None,
     params: SplitParams | None = None,
     thresholds: Mapping[str, float] | None = None,
+    calibrations: Mapping[str, LabelCalibration] | None = None,
 ) -> Assignment:
     """The simple baseline of `assign_split`: one similarity gate per label, then argmax.
 
     A label keeps its whole mask only when the mask-pooled feature of that whole mask (cell
     coverage ** ``pool_power``, as a proposal's) reaches the label's threshold against its shot
-    prototypes (the same `calibrate_threshold` as split); the labels that pass share the image
-    by `assign_argmax`. No instances, no consistency term: what split adds over this is the
-    measure of its per-instance decisions.
+    prototypes (the same presence floor as split, `calibrate_label`); the labels that pass
+    share the image by `assign_argmax`. No instances, no consistency term, no carving: what
+    split adds over this is the measure of its per-instance decisions.
 
     Args:
-        target, predictions, references, cfg, params, thresholds: as `assign_split`.
+        target, predictions, references, cfg, params, thresholds, calibrations: as
+            `assign_split`.
 
     Returns:
         `Assignment`: at most one instance per passing label (similarity filled) and the
         failing labels' whole masks as candidates.
     """
     cfg, params = cfg or GFSAMConfig(), params or SplitParams()
+    cal = _calibrations(list(predictions), references, cfg, params, calibrations)
     known = thresholds or {}
     passed: dict[str, Prediction] = {}
     sims: dict[str, float] = {}
@@ -234,9 +291,7 @@ def assign_label_gate(
         feat = pool_features(target.tokens, weights, cfg)  # (1, C)
         protos = shot_prototypes(references[label], cfg, params)
         sim = float(class_similarity(feat, protos)[0])
-        thr = (
-            known[label] if label in known else calibrate_threshold(references[label], cfg, params)
-        )
+        thr = known.get(label, cal[label].floor)
         sims[label] = sim
         if sim >= thr:
             passed[label] = pred

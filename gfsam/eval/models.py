@@ -15,6 +15,7 @@ from typing import Protocol, TypeVar
 import numpy as np
 import torch
 
+from gfsam.assign import PointMasks
 from gfsam.core import segment_weighted
 from gfsam.discover import PromptMaskFn, sam_prompt_fn
 from gfsam.encodings import Prediction, Reference, TargetEncoding
@@ -41,6 +42,8 @@ class EvalModel(Protocol):
     def predict(self, target: TargetEncoding, references: Sequence[Reference]) -> Prediction: ...
 
     def prompt_fn(self, target: TargetEncoding) -> PromptMaskFn: ...
+
+    def point_masks(self, target: TargetEncoding) -> PointMasks: ...
 
 
 class _Lru(OrderedDict[str, V]):
@@ -116,6 +119,10 @@ class OracleModel:
         """Box + points prompts on the target, answered by the oracle SAM (discovery)."""
         return sam_prompt_fn(self.sam, target.embedding)
 
+    def point_masks(self, target: TargetEncoding) -> PointMasks:
+        """Single-point masks as GF-SAM decoded them (the split assignment's carving)."""
+        return lambda xy: self.sam.decode_points(target.embedding, xy).numpy()
+
 
 class RealModel:
     """`gfsam.pipeline.GFSAM` on dataset items (real or, flagged, random weights)."""
@@ -143,3 +150,11 @@ class RealModel:
     def prompt_fn(self, target: TargetEncoding) -> PromptMaskFn:
         """Box + points prompts through the SAM decoder on the cached embedding."""
         return sam_prompt_fn(self.pipe.sam, target.embedding)
+
+    def point_masks(self, target: TargetEncoding) -> PointMasks:
+        """Single-point masks through the pipeline's decoder, as GF-SAM decodes them."""
+        emb = torch.from_numpy(target.embedding).to(self.pipe.device)[None]
+        batch, precision = self.pipe.config.prompt_batch, self.pipe.precision
+        return lambda xy: (
+            self.pipe.sam.decode_points(emb, xy, batch, precision=precision).cpu().numpy()
+        )

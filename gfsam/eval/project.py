@@ -51,11 +51,13 @@ import numpy as np
 
 from gfsam.assign import (
     Assignment,
+    LabelCalibration,
+    PointMasks,
     SplitParams,
     assign_argmax,
     assign_label_gate,
     assign_split,
-    calibrate_threshold,
+    calibrate_label,
     shot_prototypes,
 )
 from gfsam.encodings import Prediction, Reference, TargetEncoding
@@ -174,9 +176,10 @@ def _assign(
     target: TargetEncoding,
     preds: dict[str, Prediction],
     refs: dict[str, list[Reference]],
-    thresholds: dict[str, float],
+    cals: dict[str, LabelCalibration],
     cfg: GFSAMConfig,
     present: set[str],
+    point_masks: PointMasks,
 ) -> Assignment:
     if mode == NOTHING:
         return Assignment(accepted={label: [] for label in preds})
@@ -186,9 +189,11 @@ def _assign(
         out = assign_argmax({lb: p for lb, p in preds.items() if lb in present}, list(preds))
         return Assignment(accepted={lb: out.accepted.get(lb, []) for lb in preds})
     if mode == "label-gate":
-        return assign_label_gate(target, preds, refs, cfg=cfg, thresholds=thresholds)
+        return assign_label_gate(target, preds, refs, cfg=cfg, calibrations=cals)
     if mode == "split":
-        return assign_split(target, preds, refs, cfg=cfg, thresholds=thresholds)
+        return assign_split(
+            target, preds, refs, cfg=cfg, calibrations=cals, point_masks=point_masks
+        )
     raise ValueError(f"unknown assignment {mode!r}; one of {', '.join(ASSIGNS)}")
 
 
@@ -228,7 +233,7 @@ def run_project(
         names[c]: [model.encode_reference(i, load_labels(i) == c) for i in items]
         for c, items in ref_items.items()
     }
-    thresholds = {label: calibrate_threshold(r, cfg, SplitParams()) for label, r in refs.items()}
+    cals = {label: calibrate_label(r, cfg, SplitParams()) for label, r in refs.items()}
     used = {i.key for items in ref_items.values() for i in items}
     targets = [i for i in ds.items if i.key not in used][:limit]
     modes = [NOTHING, *dict.fromkeys(assigns)]
@@ -238,7 +243,7 @@ def run_project(
     shapes = GeometryScore(geometry) if geometry is not None else None
     if shapes is not None:
         scores[clean_mode] = ProjectScore(list(ref_items))
-    protos = [(shot_prototypes(r, cfg, SplitParams()), thresholds[lb]) for lb, r in refs.items()]
+    protos = [(shot_prototypes(r, cfg, SplitParams()), cals[lb].match) for lb, r in refs.items()]
     runs = {
         name: DiscoveryRun(list(ref_items), cfg, restrict=restrict, labels=protos)
         for name, restrict, on in (
@@ -253,7 +258,7 @@ def run_project(
         labels = load_labels(item)
         present = {names[c] for c in ds.classes_of(item) if c in names}
         for mode in scored:
-            asg = _assign(mode, target, preds, refs, thresholds, cfg, present)
+            asg = _assign(mode, target, preds, refs, cals, cfg, present, model.point_masks(target))
             if mode in scores:
                 scores[mode].add(asg, names, labels)
             if shapes is not None and mode == assigns[0]:
