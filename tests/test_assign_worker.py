@@ -96,11 +96,64 @@ def test_split_paints_instances_with_scores_and_leaves_the_look_alike(
     assert (
         not (cats[0] & cats[1]).any() and len({r["id"] for r in posted(svc, crowd)["result"]}) == 3
     )
-    lone = regions_by_label(posted(svc, no_cat))
+    assert THRESHOLDS.computed == 2  # once per label's shot set, not per task
+
+
+def test_a_lone_look_alike_is_left_unpainted_once_two_cat_shots_agree(
+    make_service: Callable[..., Service],
+) -> None:
+    """With ONE Cat shot the cross-image level of Cat is unknown, so the presence floor sits a
+    small step above the shot's background and the look-alike alone on NO_CAT is painted Cat
+    (the recall-first choice, README "How it behaves"). Annotating CROWD gives Cat a second
+    shot; the two agree, the floor rises to their cross-image level, and the re-prediction of
+    NO_CAT leaves the look-alike unpainted while the Dog stays."""
+    svc, (_, crowd, no_cat) = start(make_service)
+    first = regions_by_label(posted(svc, no_cat))
+    assert set(first) == {"Cat", "Dog"}
+    (cat,) = [m for m, _ in first["Cat"]]
+    assert (NO_CAT[cat] == 2).mean() > 0.9  # what was painted Cat is the look-alike
+    ann = svc.ls.annotate(crowd, [region(CROWD == 1, "Cat"), region(CROWD == 3, "Dog")])
+    webhook(svc, ann, "ANNOTATION_CREATED")
+    svc.run_worker()
+    refs = svc.store.data.reference_set(P)
+    assert len(refs.shots["Cat"]) == 2
+    (latest,) = [
+        p for p in svc.ls.posts if p["task"] == no_cat and p["model_version"] == refs.version
+    ]
+    lone = regions_by_label(latest)
     assert list(lone) == ["Dog"]  # the look-alike (class 2) is nobody's: left unpainted
     painted = np.logical_or.reduce([m for rs in lone.values() for m, _ in rs])
     assert not (painted & (NO_CAT == 2)).any()
-    assert THRESHOLDS.computed == 2  # once per label's shot set, not per task
+
+
+def test_reject_counts_per_label_reach_the_api_without_double_counting(
+    make_service: Callable[..., Service],
+) -> None:
+    """Once Cat has two agreeing shots (CROWD annotated), the look-alike Cat's GF-SAM finds on
+    NO_CAT is rejected: counted for Cat at that version, in instances and pixels; predicting
+    the task again overwrites its row."""
+    svc, (_, crowd, no_cat) = start(make_service)
+    ann = svc.ls.annotate(crowd, [region(CROWD == 1, "Cat"), region(CROWD == 3, "Dog")])
+    webhook(svc, ann, "ANNOTATION_CREATED")
+    svc.run_worker()
+    refs = svc.store.data.reference_set(P)
+
+    def cat_row() -> dict[str, Any]:
+        st = svc.client.get(f"/projects/{P}").json()
+        (v,) = [r for r in st["rejects"] if r["version"] == refs.version]
+        assert v["tasks"] == 1  # NO_CAT, the one unlabeled task, was predicted at it
+        (cat,) = [r for r in v["labels"] if r["label"] == "Cat"]
+        return cat
+
+    cat = cat_row()
+    assert cat["rejected_instances"] >= 1
+    assert cat["rejected_pixels"] >= 0.9 * int((NO_CAT == 2).sum())
+    assert cat["rejected_share"] == 1.0 and cat["warning"]  # all Cat found there was rejected
+    rt, cfg = runtime.get(), svc.store.data.config(P)
+    assert cfg is not None
+    image = svc.ls.media[svc.ls.tasks[no_cat]["data"]["image"]]
+    inference.predict_task(rt, svc.store, cfg, refs, no_cat, image)
+    assert cat_row() == cat  # the same task again: its row replaced, nothing counted twice
 
 
 def test_argmax_absorbs_the_look_alike(make_service: Callable[..., Service]) -> None:
@@ -115,17 +168,25 @@ def test_argmax_absorbs_the_look_alike(make_service: Callable[..., Service]) -> 
 def test_candidates_and_stable_region_ids(make_service: Callable[..., Service]) -> None:
     svc, (_, crowd, no_cat) = start(make_service)
     rt, cfg = runtime.get(), svc.store.data.config(P)
-    refs: ReferenceSet = svc.store.data.reference_set(P)
     assert cfg is not None
+    crowd_image = svc.ls.media[svc.ls.tasks[crowd]["data"]["image"]]
+    refs: ReferenceSet = svc.store.data.reference_set(P)
+    again = inference.predict_task(rt, svc.store, cfg, refs, crowd, crowd_image).prediction
+    assert [r["id"] for r in again.result] == [r["id"] for r in posted(svc, crowd)["result"]]
+    assert THRESHOLDS.computed == 2
+    # two agreeing Cat shots: NO_CAT's look-alike becomes a candidate (kept for discovery)
+    ann = svc.ls.annotate(crowd, [region(CROWD == 1, "Cat"), region(CROWD == 3, "Dog")])
+    webhook(svc, ann, "ANNOTATION_CREATED")
+    svc.run_worker()
+    refs = svc.store.data.reference_set(P)
     image = svc.ls.media[svc.ls.tasks[no_cat]["data"]["image"]]
     out = inference.predict_task(rt, svc.store, cfg, refs, no_cat, image)
     (cand,) = [c for c in out.candidates if (NO_CAT[c.mask] == 2).mean() > 0.9]
     assert cand.label == "Cat" and cand.source == "Cat" and cand.similarity < 0.6
-    assert out.prediction.result == posted(svc, no_cat)["result"]  # same ids, same regions
-    crowd_image = svc.ls.media[svc.ls.tasks[crowd]["data"]["image"]]
-    again = inference.predict_task(rt, svc.store, cfg, refs, crowd, crowd_image).prediction
-    assert [r["id"] for r in again.result] == [r["id"] for r in posted(svc, crowd)["result"]]
-    assert THRESHOLDS.computed == 2
+    (latest,) = [
+        p for p in svc.ls.posts if p["task"] == no_cat and p["model_version"] == refs.version
+    ]
+    assert out.prediction.result == latest["result"]  # same ids, same regions
 
 
 def test_accepted_multi_instance_prediction_is_not_a_correction(

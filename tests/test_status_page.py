@@ -20,8 +20,9 @@ from rq import Queue, SimpleWorker
 
 from backend.app import create_app
 from backend.state.keys import key
-from backend.state.schemas import LabelConfigSummary
+from backend.state.schemas import LabelConfigSummary, LabelRejects
 from backend.state.store import Store
+from backend.state.versions import model_version
 from tests.fakes import box_mask
 from tests.project_helpers import SEED, annotate, setup_project
 from tests.service_fixtures import Service, free_port, wait_until
@@ -114,6 +115,36 @@ def test_thumbnails_groups_and_failures_on_the_page(svc: Service) -> None:
     page = svc.client.get("/status/projects/1").text
     assert 'id="groups"' in page and "&lt;b&gt;round&lt;/b&gt;" in page
     assert "&lt;script&gt;" in page and "<script>" not in page
+
+
+def test_reject_counts_table_and_warning(svc: Service) -> None:
+    """Per-label reject counts of the current version on the page and in /projects, the
+    warning only for the label whose reject removed most of what its GF-SAM run found."""
+    register(svc.store)
+    store = svc.store
+    store.progress.job_queued(1, "predict-1-1-1")
+    version = model_version(1, 1)
+    rows = {
+        "A": LabelRejects(
+            label="A",
+            found_instances=4,
+            found_pixels=1000,
+            rejected_instances=3,
+            rejected_pixels=900,
+        ),
+        "<B>": LabelRejects(label="<B>", found_instances=2, found_pixels=500),
+    }
+    for task in (7, 8):
+        store.progress.record_rejects(1, version, task, rows)
+    store.progress.record_rejects(1, version, 8, rows)  # a task again: its row replaced
+    page = svc.client.get("/status/projects/1").text
+    assert 'id="rejects"' in page and "2 tasks" in page and "&lt;B&gt;" in page
+    assert page.count("rejects most of what GF-SAM found") == 1
+    (v,) = svc.client.get("/projects/1").json()["rejects"]
+    by = {r["label"]: r for r in v["labels"]}
+    assert v["tasks"] == 2 and by["A"]["rejected_pixels"] == 1800 and by["A"]["warning"]
+    assert by["A"]["rejected_share"] == 0.9 and by["<B>"]["rejected_share"] == 0.0
+    assert not by["<B>"]["warning"]
 
 
 @contextmanager

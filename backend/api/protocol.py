@@ -12,7 +12,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from backend.state.schemas import AcceptanceSample, LabelConfigSummary, ProjectCounts
+from backend.state.schemas import (
+    AcceptanceSample,
+    LabelConfigSummary,
+    ProjectCounts,
+    VersionRejects,
+)
 
 
 class LSModel(BaseModel):
@@ -231,3 +236,5 @@ class ProjectStatus(BaseModel):
     acceptance_mean_iou: float | None
     acceptance: list[AcceptanceSample]
     failures: dict[str, str]
+    # per label, what the assignment's reject removed at the last versions (newest first)
+    rejects: list[VersionRejects] = []

@@ -208,6 +208,7 @@ def project_status(
         acceptance_mean_iou=hist["sum"] / count if count else None,
         acceptance=store.progress.acceptance_samples(project),
         failures=dict(list(store.progress.failures(project).items())[:MAX_FAILURES_SHOWN]),
+        rejects=store.progress.rejects(project),
     )
 
 

@@ -140,6 +140,8 @@ def project_view(store: Store, settings: Settings, p: int, labels: list[str]) ->
         "shots": shots,
         "chart": Markup(charts.acceptance_svg(points)) if points else None,
         "groups": store.data.candidate_groups(p),
+        "rejects": next(iter(store.progress.rejects(p, limit=1)), None),
+        "warn_share": settings.reject_warn_share,
         "failures": [(f, now - f.at) for f in failures],
         "repeated": {f.what for f in failures if f.current},
         "standing_failures": standing,

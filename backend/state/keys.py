@@ -47,6 +47,7 @@ KEYS: dict[str, str] = {
     "p:{p}:v:{n}:queued": "predict job ids of version n queued",
     "p:{p}:v:{n}:running": "predict job ids of version n running",
     "p:{p}:v:{n}:counts": "done / failed / stale and acceptance sum / count of version n",
+    "p:{p}:v:{n}:rejects": "task -> JSON per-label found / rejected instances and pixels",
     "p:{p}:acc:seen": "(annotation, version) pairs already measured",
     "p:{p}:acc:hist": "acceptance IoU: cumulative buckets, sum, count",
     "p:{p}:acc:samples": "the last acceptance samples",

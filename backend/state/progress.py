@@ -3,6 +3,7 @@ acceptance IoU and worker counters."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -10,7 +11,14 @@ from redis import Redis
 from redis.client import Pipeline
 
 from backend.state.keys import key, text
-from backend.state.schemas import AcceptanceSample, FailureRecord, ProjectCounts, VersionProgress
+from backend.state.schemas import (
+    AcceptanceSample,
+    FailureRecord,
+    LabelRejects,
+    ProjectCounts,
+    VersionProgress,
+    VersionRejects,
+)
 from backend.state.settings import Settings
 from backend.state.versions import model_version, parse_version
 
@@ -21,6 +29,7 @@ FAILURES_OVERFLOW = "more"  # failures field: how many were not kept (max_failur
 RECENT_FAILURES = 50
 VERSIONS_KEPT = 30  # per-version progress of older versions is deleted (bounded reads)
 _ENDED = ("done", "failed", "stale")
+_REJECT_FIELDS = {"found_instances", "found_pixels", "rejected_instances", "rejected_pixels"}
 
 
 def _job_version(job_id: str) -> int | None:
@@ -96,7 +105,7 @@ class Progress:
         with self.r.pipeline() as pipe:
             for n in old:
                 pipe.zrem(index, str(n))
-                for part in ("queued", "running", "counts"):
+                for part in ("queued", "running", "counts", "rejects"):
                     pipe.delete(key(f"p:{{p}}:v:{{n}}:{part}", p=p, n=n))
             pipe.execute()
 
@@ -135,6 +144,48 @@ class Progress:
                     acceptance_mean_iou=fields.get("acc_sum", 0.0) / count if count else None,
                 )
             )
+        return out
+
+    # --- what the assignment's reject removed (issue 18) ---------------------------------------
+
+    def record_rejects(
+        self, p: int, version: str, task: int, labels: dict[str, LabelRejects]
+    ) -> None:
+        """One task's per-label found / rejected counts at `version`. Keyed by task, so a job
+        that runs again overwrites its own row (nothing counted twice)."""
+        parsed = parse_version(version)
+        if parsed is None or parsed[0] != p:
+            return
+        n = parsed[1]
+        row = {label: r.model_dump(include=_REJECT_FIELDS) for label, r in labels.items()}
+        with self.r.pipeline() as pipe:
+            pipe.hset(key("p:{p}:v:{n}:rejects", p=p, n=n), str(task), json.dumps(row))
+            self._execute_tracked(pipe, p, n)
+
+    def rejects(self, p: int, limit: int = 3) -> list[VersionRejects]:
+        """Per-label totals of the last `limit` versions that have any, newest first; each
+        label's ``rejected_share`` and ``warning`` (above ``reject_warn_share``) filled."""
+        ns = _ints(self.r.zrevrange(key("p:{p}:versions", p=p), 0, VERSIONS_KEPT - 1))
+        out: list[VersionRejects] = []
+        for n in ns:
+            raw = self.r.hgetall(key("p:{p}:v:{n}:rejects", p=p, n=n))
+            if not raw:
+                continue
+            totals: dict[str, LabelRejects] = {}
+            for row in raw.values():
+                for label, counts in json.loads(row).items():
+                    totals.setdefault(label, LabelRejects(label=label)).add(
+                        LabelRejects(label=label, **counts)
+                    )
+            for r in totals.values():
+                r.rejected_share = r.rejected_pixels / r.found_pixels if r.found_pixels else None
+                r.warning = (r.rejected_share or 0.0) > self.settings.reject_warn_share
+            labels = sorted(totals.values(), key=lambda r: r.label)
+            out.append(
+                VersionRejects(n=n, version=model_version(p, n), tasks=len(raw), labels=labels)
+            )
+            if len(out) >= limit:
+                break
         return out
 
     # --- failures -------------------------------------------------------------------------------

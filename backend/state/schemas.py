@@ -163,6 +163,35 @@ class VersionProgress(ProjectCounts):
     acceptance_mean_iou: float | None = None
 
 
+class LabelRejects(BaseModel):
+    """What one label's GF-SAM runs found on a version's tasks and what the split / label-gate
+    reject left unpainted (instances and original-size pixels; issue 18)."""
+
+    label: str
+    found_instances: int = 0
+    found_pixels: int = 0
+    rejected_instances: int = 0
+    rejected_pixels: int = 0
+    rejected_share: float | None = None  # rejected_pixels / found_pixels (None: nothing found)
+    warning: bool = False  # the reject removed more than REJECT_WARN_SHARE of the pixels
+
+    def add(self, other: LabelRejects) -> None:
+        """Accumulate another task's counts of the same label."""
+        self.found_instances += other.found_instances
+        self.found_pixels += other.found_pixels
+        self.rejected_instances += other.rejected_instances
+        self.rejected_pixels += other.rejected_pixels
+
+
+class VersionRejects(BaseModel):
+    """Per-label reject counts of one model version over the tasks predicted at it."""
+
+    n: int
+    version: str
+    tasks: int
+    labels: list[LabelRejects]
+
+
 class FailureRecord(BaseModel):
     """One permanent failure as it happened (`what`: "task:{t}", "annotation:{a}", "sync"...)."""
 

@@ -98,7 +98,12 @@ class Settings(BaseSettings):
     # split: each instance a label found is kept only when it looks like that label's shots
     # (threshold calibrated from the shots); the rest stay unpainted (candidates for
     # discovery). argmax: every label keeps its whole mask, overlaps to the higher score.
-    assign: Literal["split", "argmax"] = "split"
+    # label-gate: one similarity gate per label on its whole mask, then argmax (the simple
+    # baseline split is measured against; issue 18).
+    assign: Literal["split", "label-gate", "argmax"] = "split"
+    # /projects/{id} and the status page warn when the reject removed more than this share of
+    # the pixels a label's GF-SAM runs found at the current version (issue 18).
+    reject_warn_share: float = Field(0.5, gt=0.0, le=1.0)
     # What is posted (predictions and clicks) has no specks, slivers, small holes or nested
     # duplicates (`gfsam.geometry.GeometryParams` says what each means).
     geometry_clean: bool = True

@@ -21,7 +21,6 @@ import hashlib
 import logging
 import time
 import zlib
-from functools import partial
 
 import numpy as np
 
@@ -34,7 +33,7 @@ from backend.state.schemas import (
     StoredPrediction,
 )
 from backend.state.store import Store
-from gfsam.assign import SplitParams, calibrate_threshold, shot_prototypes
+from gfsam.assign import SplitParams, shot_prototypes
 from gfsam.discover import (
     Candidate,
     CandidateGroups,
@@ -48,7 +47,7 @@ from gfsam.types import FRAME
 from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.errors import LabelStudioError
 from worker.labelstudio.shapes import annotation_masks, shapes_to_result
-from worker.prediction.assignment import THRESHOLDS
+from worker.prediction.assignment import calibration
 from worker.prediction.inference import TaskResult, load_references
 from worker.runtime import Runtime, geometry_params
 from worker.thumbs import thumbnail_png
@@ -169,11 +168,11 @@ def _covered(
 
 
 def _threshold(rt: Runtime, refs: ReferenceSet, label: str, references: list[Reference]) -> float:
-    """The label's split threshold, from the cache `worker.prediction.assignment` filled for this
-    task."""
+    """The label's "already this label" level (`LabelCalibration.match`), from the calibration
+    cache `worker.prediction.assignment` filled for this task."""
     shas = [s.ref for s in refs.shots[label]]
-    compute = partial(calibrate_threshold, references, rt.model.pipeline.config, SplitParams())
-    return THRESHOLDS.get((rt.model.key, *shas), compute)
+    cal = calibration(references, rt.model.pipeline.config, shas, model_key=rt.model.key)
+    return cal.match
 
 
 def _member_keys(state: CandidateGroups) -> set[str]:

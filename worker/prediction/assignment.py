@@ -21,7 +21,19 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
-from gfsam.assign import Assignment, SplitParams, assign_argmax, assign_split, calibrate_threshold
+import numpy as np
+
+from backend.state.schemas import LabelRejects
+from gfsam.assign import (
+    Assignment,
+    LabelCalibration,
+    PointMasks,
+    SplitParams,
+    assign_argmax,
+    assign_label_gate,
+    assign_split,
+    calibrate_label,
+)
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.types import GFSAMConfig
 
@@ -29,19 +41,22 @@ logger = logging.getLogger(__name__)
 
 
 class ThresholdCache:
-    """Per-label split thresholds by (model key, the label's shot blob shas), LRU-bounded."""
+    """Per-label calibrations (`gfsam.assign.LabelCalibration`) by (model key, the label's shot
+    blob shas), LRU-bounded. The assignment reads their ``floor``, discovery their ``match``."""
 
     def __init__(self, max_items: int = 256) -> None:
         self.max_items = max_items
         self.computed = 0  # calibrations run by this process (tests check "once per shot set")
-        self._items: OrderedDict[tuple[str, ...], float] = OrderedDict()
+        self._items: OrderedDict[tuple[str, ...], LabelCalibration] = OrderedDict()
 
-    def get(self, key: tuple[str, ...], compute: Callable[[], float]) -> float:
-        """The threshold under `key`, computed by `compute` on a miss."""
+    def get(
+        self, key: tuple[str, ...], compute: Callable[[], LabelCalibration]
+    ) -> LabelCalibration:
+        """The calibration under `key`, computed by `compute` on a miss."""
         if key in self._items:
             self._items.move_to_end(key)
             return self._items[key]
-        value = self._items[key] = float(compute())
+        value = self._items[key] = compute()
         self.computed += 1
         while len(self._items) > self.max_items:
             self._items.popitem(last=False)
@@ -55,6 +70,20 @@ class ThresholdCache:
 THRESHOLDS = ThresholdCache()  # one per worker process, like the model holder
 
 
+def calibration(
+    label_refs: Sequence[Reference],
+    config: GFSAMConfig,
+    shas: Sequence[str],
+    *,
+    model_key: str,
+    cache: ThresholdCache = THRESHOLDS,
+) -> LabelCalibration:
+    """One label's calibration, computed once per (model, shot set)."""
+    return cache.get(
+        (model_key, *shas), partial(calibrate_label, label_refs, config, SplitParams())
+    )
+
+
 def assign(
     mode: str,
     config: GFSAMConfig,
@@ -66,34 +95,67 @@ def assign(
     *,
     model_key: str,
     cache: ThresholdCache = THRESHOLDS,
+    point_masks: PointMasks | None = None,
+    thresholds: Mapping[str, float] | None = None,
 ) -> Assignment:
     """Turn per-label predictions of one target into accepted instances and candidates.
 
     Args:
-        mode: ``"split"`` or ``"argmax"`` (`Settings.assign`).
+        mode: ``"split"``, ``"label-gate"`` or ``"argmax"`` (`Settings.assign`).
         config: the model's `GFSAMConfig` (split pools features and prompts as it does).
         target: the target encoding the predictions were made on.
         predictions: label -> prediction, in config order (labels with shots only).
         references: label -> the decoded shots the prediction used.
-        shas: label -> the blob shas of those shots (the threshold cache key).
+        shas: label -> the blob shas of those shots (the calibration cache key).
         order: every label of the config, in config order (argmax tie-break).
         model_key: identifies the weights (`Model.key`).
-        cache: where thresholds are kept.
+        cache: where calibrations are kept.
+        point_masks: the target's prompt masks (split carves proposals along them).
+        thresholds: label -> presence floor overriding the calibrated one.
 
     Returns:
         `Assignment`: label -> accepted instances (bool [H, W] original size, pairwise
-        disjoint, each with its score), and the rejected candidates (split only).
+        disjoint, each with its score), and the rejected candidates (split, label-gate).
     """
-    if mode == "split":
-        params = SplitParams()
-        thresholds = {
-            label: cache.get(
-                (model_key, *shas[label]),
-                partial(calibrate_threshold, references[label], config, params),
+    if mode in ("split", "label-gate"):
+        cals = {
+            label: calibration(
+                references[label], config, shas[label], model_key=model_key, cache=cache
             )
             for label in predictions
         }
+        if mode == "label-gate":
+            return assign_label_gate(
+                target,
+                predictions,
+                references,
+                cfg=config,
+                thresholds=thresholds,
+                calibrations=cals,
+            )
         return assign_split(
-            target, predictions, references, cfg=config, params=params, thresholds=thresholds
+            target,
+            predictions,
+            references,
+            cfg=config,
+            thresholds=thresholds,
+            calibrations=cals,
+            point_masks=point_masks,
         )
     return assign_argmax(predictions, order)
+
+
+def reject_counts(asg: Assignment) -> dict[str, LabelRejects]:
+    """Per label whose GF-SAM run proposed something: what it found and what the reject
+    removed (instances and original-size pixels; an instance counts for its ``source``)."""
+    out: dict[str, LabelRejects] = {}
+    kept = [i for insts in asg.accepted.values() for i in insts]
+    for inst, rejected in [(i, False) for i in kept] + [(c, True) for c in asg.candidates]:
+        row = out.setdefault(inst.source, LabelRejects(label=inst.source))
+        px = int(np.count_nonzero(inst.mask))
+        row.found_instances += 1
+        row.found_pixels += px
+        if rejected:
+            row.rejected_instances += 1
+            row.rejected_pixels += px
+    return out

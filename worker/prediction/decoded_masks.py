@@ -13,7 +13,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 
+import numpy as np
+import torch
+
 from backend.state.store import Store
+from gfsam.assign import PointMasks
 from gfsam.decoded import DEFAULT_MAX_MASKS, DecodedMasks
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.types import GFSAMConfig
@@ -57,7 +61,7 @@ def predict_labels(
     sha: str,
     target: TargetEncoding,
     references: Mapping[str, Sequence[Reference]],
-) -> dict[str, Prediction]:
+) -> tuple[dict[str, Prediction], PointMasks]:
     """`predict_labels` with the target's stored masks.
 
     Args:
@@ -67,9 +71,30 @@ def predict_labels(
         target: its encoding. references: label -> shots, in config order.
 
     Returns:
-        label -> prediction, as `predict_labels` returns them.
+        (label -> prediction, as `predict_labels` returns them; the prompts' SAM masks for
+        the split assignment's carving, `point_masks`).
     """
     decoded = load(rt, sha, len(references))
     preds = rt.model.pipeline.predict_labels(target, references, decoded=decoded)
     save(rt, store, sha, decoded)
-    return dict(preds)
+    return dict(preds), point_masks(rt, target, decoded)
+
+
+def point_masks(rt: Runtime, target: TargetEncoding, decoded: DecodedMasks) -> PointMasks:
+    """Prompt pixels -> their SAM masks, read from `decoded` (the prediction just put every
+    gated prompt there); a prompt evicted since is decoded again, one positive point through
+    the model's prompt decoder (the contract's `decode_prompts`)."""
+    sam = rt.model.pipeline.sam
+
+    def decode(prompt_xy: np.ndarray) -> torch.Tensor:
+        one = np.ones(1, dtype=np.int64)
+        masks = [
+            sam.decode_prompts(target.embedding, np.asarray([xy], dtype=np.float32), one)[0]
+            for xy in prompt_xy
+        ]
+        return torch.from_numpy(np.stack(masks).astype(bool))  # (N, S, S)
+
+    def masks(prompt_xy: np.ndarray) -> np.ndarray:
+        return decoded.masks(prompt_xy, decode, torch.device("cpu")).numpy()  # (P, S, S)
+
+    return masks

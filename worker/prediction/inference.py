@@ -25,7 +25,7 @@ from gfsam.encodings import Reference, TargetEncoding
 from gfsam.geometry import clean_regions
 from worker.labelstudio.shapes import shapes_to_result
 from worker.prediction import decoded_masks, prefetch
-from worker.prediction.assignment import assign
+from worker.prediction.assignment import assign, reject_counts
 from worker.runtime import Runtime, geometry_params
 
 logger = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ def predict_task(
     target = target_encoding(rt, store, image_bytes, sha)
     references = load_references(rt, store, refs, cfg.labels)
     # stored SAM masks reused
-    preds = decoded_masks.predict_labels(rt, store, sha, target, references)
+    preds, point_masks = decoded_masks.predict_labels(rt, store, sha, target, references)
     store.progress.incr_stat("predict")
     shas = {label: [s.ref for s in refs.shots[label]] for label in references}
     asg = assign(
@@ -114,7 +114,10 @@ def predict_task(
         shas,
         cfg.labels,
         model_key=rt.model.key,
+        point_masks=point_masks,
     )
+    if rt.settings.assign != "argmax":
+        store.progress.record_rejects(refs.project, refs.version, task, reject_counts(asg))
     regions = clean_geometry(
         [(i.label, i.mask, i.score) for lb in cfg.labels for i in asg.accepted.get(lb, [])],
         rt.settings,
