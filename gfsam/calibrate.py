@@ -39,9 +39,9 @@ same value (isotonic blocks are flat; Label Studio sorts by the posted value). `
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -377,3 +377,167 @@ def low20_correction_share(
     order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
     k = max(1, math.ceil(share * len(work) - 1e-9))
     return float(work[order[:k]].sum() / work.sum())
+
+
+# --- tuning a set of scored tasks (the harness's replay and the worker's background job) -----
+
+
+class _Assigned(Protocol):
+    """What `tune` reads of an assignment (`gfsam.assign.Assignment`)."""
+
+    accepted: Mapping[str, Sequence[Any]]
+    candidates: Sequence[Any]
+
+    def label_masks(self) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class TaskCase:
+    """One scored task: how to assign it at given thresholds, and its truth.
+
+    Attributes:
+        key: the task (never scored with its own shots: the caller built `assign_at` on
+            `loo_references`).
+        assign_at: thresholds (label -> value, higher = stricter) -> the assignment of the
+            task's predictions under them (`gfsam.assign.assign_split` or the worker's
+            `assign`); called 1 + len(grid) + 1 times.
+        defaults: label -> the default threshold for the references used (the labels scored).
+        truth: label -> bool [H, W] the annotator's mask (every label of `defaults`).
+        valid: bool [H, W] pixels that count, or None.
+        fallback_score: the raw task score when nothing is painted (the worker's: the mean
+            label score).
+    """
+
+    key: Hashable
+    assign_at: Callable[[Mapping[str, float]], _Assigned]
+    defaults: dict[str, float]
+    truth: dict[str, np.ndarray]
+    valid: np.ndarray | None = None
+    fallback_score: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """One task assigned at some thresholds: per-label counts, raw score, IoU, corrections."""
+
+    counts: dict[str, Counts]
+    raw_score: float
+    iou: float
+    corrections: int
+
+
+def observed_offsets(asg: _Assigned, defaults: Mapping[str, float]) -> dict[str, list[float]]:
+    """label -> similarity minus default of every proposal the assignment judged for it
+    (accepted and rejected alike; NaN similarities, as argmax gives, are left out)."""
+    out: dict[str, list[float]] = {label: [] for label in defaults}
+    insts = [i for group in asg.accepted.values() for i in group] + list(asg.candidates)
+    for inst in insts:
+        sim = float(getattr(inst, "similarity", float("nan")))
+        if inst.label in out and math.isfinite(sim):
+            out[inst.label].append(sim - defaults[inst.label])
+    return out
+
+
+def _label_map(
+    masks: Mapping[str, np.ndarray], order: Sequence[str], shape: tuple[int, ...]
+) -> np.ndarray:
+    out = np.zeros(shape, dtype=np.int32)
+    for k, label in enumerate(order, start=1):
+        m = masks.get(label)
+        if m is not None:
+            out[np.asarray(m, dtype=bool)] = k
+    return out
+
+
+def outcome(case: TaskCase, asg: _Assigned) -> Outcome:
+    """Score one assignment of `case` against its truth."""
+    order = sorted(case.defaults)
+    masks = asg.label_masks()
+    shape = next(iter(case.truth.values())).shape
+    counts: dict[str, Counts] = {}
+    for label in order:
+        c = Counts()
+        c.add(masks.get(label, np.zeros(shape, dtype=bool)), case.truth[label], case.valid)
+        counts[label] = c
+    scores = [float(i.score) for group in asg.accepted.values() for i in group]
+    raw = float(np.mean(scores)) if scores else float(case.fallback_score)
+    shown, truth = _label_map(masks, order, shape), _label_map(case.truth, order, shape)
+    return Outcome(
+        counts,
+        raw,
+        task_iou(shown, truth, case.valid),
+        correction_pixels(shown, truth, case.valid),
+    )
+
+
+def thresholds_at(defaults: Mapping[str, float], offsets: Mapping[str, float]) -> dict[str, float]:
+    """label -> default + its offset (0 for a label without one)."""
+    return {label: d + float(offsets.get(label, 0.0)) for label, d in defaults.items()}
+
+
+def sweep_task(case: TaskCase, grids: Mapping[str, Sequence[float]]) -> Sweep:
+    """Assign `case` once per grid step; step g puts every label at its g-th candidate (its last
+    one when its grid is shorter), so a label's counts at each of its offsets come from
+    max(len(grid)) assignments, not their product. A label's IoU depends on the others' offsets
+    only through pixel exclusivity (second order)."""
+    steps = max((len(g) for g in grids.values()), default=1)
+    out: Sweep = {label: {} for label in case.defaults}
+    for g in range(steps):
+        offs = {lb: grids[lb][min(g, len(grids[lb]) - 1)] for lb in case.defaults if grids.get(lb)}
+        res = outcome(case, case.assign_at(thresholds_at(case.defaults, offs)))
+        for label, c in res.counts.items():
+            out[label].setdefault(float(offs.get(label, 0.0)), c)
+    return out
+
+
+@dataclass
+class Tuning:
+    """What `tune` found on a set of scored tasks.
+
+    Attributes:
+        choices: label -> `Choice` on all the tasks (what later predictions use).
+        default, held_out: label -> counts at the default thresholds / at the offsets chosen on
+            the other tasks only (`held_out_choice`).
+        score_map: raw score -> expected IoU, fitted on the tasks at the chosen offsets.
+        outcomes: task -> its `Outcome` at the chosen offsets.
+        grids: label -> candidate offsets.
+    """
+
+    choices: dict[str, Choice]
+    default: dict[str, Counts]
+    held_out: dict[str, Counts]
+    score_map: ScoreMap
+    outcomes: dict[Hashable, Outcome]
+    grids: dict[str, list[float]]
+
+    def offsets(self) -> dict[str, float]:
+        return {label: ch.offset for label, ch in self.choices.items()}
+
+
+def tune(
+    cases: Sequence[TaskCase], min_tasks: int = MIN_TASKS, grid_size: int = GRID_SIZE
+) -> Tuning:
+    """Measure, choose thresholds and fit the score map on `cases` (each already leave-one-out).
+
+    1. every task at the default thresholds: the proposals' offsets give each label's grid
+       (`offset_grid`); 2. every task swept over the grids; 3. per label the offset of the best
+       summed IoU (`choose_offset`), and the nested leave-one-out estimate (`held_out_choice`);
+    4. every task at the chosen offsets: (raw score, task IoU) pairs -> `fit_score_map`.
+    """
+    observed: dict[str, list[float]] = {}
+    for case in cases:
+        for label, offs in observed_offsets(case.assign_at(case.defaults), case.defaults).items():
+            observed.setdefault(label, []).extend(offs)
+    grids = {label: offset_grid(v, grid_size) for label, v in observed.items()}
+    sweeps = {case.key: sweep_task(case, grids) for case in cases}
+    choices = choose_offsets(sweeps.values(), min_tasks)
+    default, held = held_out_choice(sweeps, min_tasks)
+    offsets = {label: ch.offset for label, ch in choices.items()}
+    outcomes = {
+        case.key: outcome(case, case.assign_at(thresholds_at(case.defaults, offsets)))
+        for case in cases
+    }
+    score_map = fit_score_map(
+        [o.raw_score for o in outcomes.values()], [o.iou for o in outcomes.values()], min_tasks
+    )
+    return Tuning(choices, default, held, score_map, outcomes, grids)
