@@ -196,7 +196,7 @@ class Choice:
             return None if x is None else round(x, 4)
 
         return {
-            "offset": round(self.offset, 6),
+            "offset": self.offset,
             "how": self.how,
             "n": self.n,
             "iou_default": r(self.iou_default),
@@ -385,8 +385,11 @@ def low20_correction_share(
 class _Assigned(Protocol):
     """What `tune` reads of an assignment (`gfsam.assign.Assignment`)."""
 
-    accepted: Mapping[str, Sequence[Any]]
-    candidates: Sequence[Any]
+    @property
+    def accepted(self) -> Mapping[str, Sequence[Any]]: ...
+
+    @property
+    def candidates(self) -> Sequence[Any]: ...
 
     def label_masks(self) -> dict[str, np.ndarray]: ...
 

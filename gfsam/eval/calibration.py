@@ -21,7 +21,7 @@ checkpoint's figures are kept under ``calibration.steps``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -65,12 +65,12 @@ def _case(
     preds = {str(c): p for c, (_, _, p) in per_class.items()}
     target = loop.model.encode_target(item)
 
-    def assign_at(thresholds: dict[str, float]) -> Assignment:
+    def assign_at(thresholds: Mapping[str, float]) -> Assignment:
         return assign_split(target, preds, refs, cfg=loop.cfg, thresholds=thresholds)
 
     return TaskCase(
         key=item.key,
-        assign_at=assign_at,  # type: ignore[arg-type]
+        assign_at=assign_at,
         defaults={str(c): t for c, (_, t, _) in per_class.items()},
         truth={str(c): labels == c for c in per_class},
         valid=labels != IGNORE,

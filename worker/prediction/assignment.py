@@ -66,6 +66,7 @@ def assign(
     *,
     model_key: str,
     cache: ThresholdCache = THRESHOLDS,
+    offsets: Mapping[str, float] | None = None,
 ) -> Assignment:
     """Turn per-label predictions of one target into accepted instances and candidates.
 
@@ -79,6 +80,8 @@ def assign(
         order: every label of the config, in config order (argmax tie-break).
         model_key: identifies the weights (`Model.key`).
         cache: where thresholds are kept.
+        offsets: issue 19's hook (`worker.quality`): label -> added to its default threshold
+            (higher = stricter); absent labels keep the default.
 
     Returns:
         `Assignment`: label -> accepted instances (bool [H, W] original size, pairwise
@@ -93,7 +96,37 @@ def assign(
             )
             for label in predictions
         }
+        thresholds = with_offsets(thresholds, offsets)
         return assign_split(
             target, predictions, references, cfg=config, params=params, thresholds=thresholds
         )
     return assign_argmax(predictions, order)
+
+
+# --- issue 19 hook (per-project tuning, `worker.quality`): kept apart from the rules above ------
+
+
+def default_thresholds(
+    config: GFSAMConfig,
+    references: Mapping[str, Sequence[Reference]],
+    shas: Mapping[str, Sequence[str]],
+    *,
+    model_key: str,
+    cache: ThresholdCache = THRESHOLDS,
+) -> dict[str, float]:
+    """label -> the threshold `assign` uses for it before any offset (same cache, same key)."""
+    params = SplitParams()
+    return {
+        label: cache.get(
+            (model_key, *shas[label]), partial(calibrate_threshold, refs, config, params)
+        )
+        for label, refs in references.items()
+    }
+
+
+def with_offsets(
+    thresholds: Mapping[str, float], offsets: Mapping[str, float] | None
+) -> dict[str, float]:
+    """label -> threshold + its offset (0 for a label without one)."""
+    extra = offsets or {}
+    return {label: t + float(extra.get(label, 0.0)) for label, t in thresholds.items()}
