@@ -114,6 +114,9 @@ def test_tuning_on_held_out_annotations_beats_the_defaults(
     tuning = svc.store.quality.tuning(P)
     assert tuning is not None and tuning.version == before
     assert tuning.offsets["Cat"] == cat.offset
+    api = svc.client.get(f"/projects/{P}/quality").json()
+    assert api["versions"][-1]["tuned"]["Cat"]["iou"] == t.iou
+    assert api["tuning"]["offsets"]["Cat"] == cat.offset
     (old,) = [p for p in svc.ls.posts if p["task"] == probe and p["model_version"] == before]
 
     annotate(svc, tasks[12], seen[12])  # a new version: predicted with the tuning
