@@ -166,7 +166,8 @@ def run_replay(
         if step + 1 == len(items):
             continue  # nothing left unannotated
         left = len(items) - step - 1
-        if calibrate and (step + 1) % calibrate_every == 0 and left >= MIN_HELD_OUT:
+        due = calibrate and (step + 1) % calibrate_every == 0 and left >= MIN_HELD_OUT
+        if due and loop.shots:  # nothing to measure before the first shot
             cp = checkpoint(loop, items[: step + 1], items[step + 1 :], tasks=calibrate_tasks)
             steps.append(cp)
             out.line(_checkpoint_line(cp))

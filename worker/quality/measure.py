@@ -106,11 +106,11 @@ def _case(
     shas = {lb: [s.ref for s in shots] for lb, shots in kept.items()}
     config = rt.model.pipeline.config
     defaults = default_thresholds(config, references, shas, model_key=rt.model.key)
-    shape = target.image_size
-    full = {
-        lb: truth[lb] if lb in truth and truth[lb].shape == shape else np.zeros(shape, dtype=bool)
-        for lb in references
-    }
+    shape = tuple(target.image_size)
+    if any(m.shape != shape for m in truth.values()):
+        logger.warning("task %s: annotation size differs from the image's: not scored", task)
+        return None
+    full = {lb: truth.get(lb, np.zeros(shape, dtype=bool)) for lb in references}
 
     def assign_at(thresholds: Mapping[str, float]) -> Assignment:
         offsets = {lb: thresholds[lb] - defaults[lb] for lb in defaults}
