@@ -478,19 +478,44 @@ def thresholds_at(defaults: Mapping[str, float], offsets: Mapping[str, float]) -
     return {label: d + float(offsets.get(label, 0.0)) for label, d in defaults.items()}
 
 
+def sweep_steps(grids: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    """The joint steps of a sweep: the all-default step first, then step g puts every label at
+    its g-th candidate (its last one when its grid is shorter); identical steps once. A label's
+    counts at each of its offsets then come from at most max(len(grid)) + 1 assignments, not
+    their product; its IoU depends on the others' offsets only through pixel exclusivity
+    (second order)."""
+    steps: list[dict[str, float]] = [{lb: 0.0 for lb in grids}]
+    for g in range(max((len(v) for v in grids.values()), default=0)):
+        step = {lb: float(v[min(g, len(v) - 1)]) for lb, v in grids.items() if v}
+        if step not in steps:
+            steps.append(step)
+    return steps
+
+
 def sweep_task(case: TaskCase, grids: Mapping[str, Sequence[float]]) -> Sweep:
-    """Assign `case` once per grid step; step g puts every label at its g-th candidate (its last
-    one when its grid is shorter), so a label's counts at each of its offsets come from
-    max(len(grid)) assignments, not their product. A label's IoU depends on the others' offsets
-    only through pixel exclusivity (second order)."""
-    steps = max((len(g) for g in grids.values()), default=1)
+    """Assign `case` once per `sweep_steps` step; label -> offset -> its counts."""
     out: Sweep = {label: {} for label in case.defaults}
-    for g in range(steps):
-        offs = {lb: grids[lb][min(g, len(grids[lb]) - 1)] for lb in case.defaults if grids.get(lb)}
+    for offs in sweep_steps({lb: g for lb, g in grids.items() if lb in case.defaults}):
         res = outcome(case, case.assign_at(thresholds_at(case.defaults, offs)))
         for label, c in res.counts.items():
             out[label].setdefault(float(offs.get(label, 0.0)), c)
     return out
+
+
+def remember_default(case: TaskCase) -> TaskCase:
+    """`case` whose assignment at its default thresholds is computed once (the first pass, the
+    sweep's all-default step and an all-default choice ask for it)."""
+    cached: list[_Assigned] = []
+    inner = case.assign_at
+
+    def assign_at(thresholds: Mapping[str, float]) -> _Assigned:
+        if dict(thresholds) != case.defaults:
+            return inner(thresholds)
+        if not cached:
+            cached.append(inner(thresholds))
+        return cached[0]
+
+    return TaskCase(case.key, assign_at, case.defaults, case.truth, case.valid, case.fallback_score)
 
 
 @dataclass
@@ -527,6 +552,7 @@ def tune(
        summed IoU (`choose_offset`), and the nested leave-one-out estimate (`held_out_choice`);
     4. every task at the chosen offsets: (raw score, task IoU) pairs -> `fit_score_map`.
     """
+    cases = [remember_default(c) for c in cases]
     observed: dict[str, list[float]] = {}
     for case in cases:
         for label, offs in observed_offsets(case.assign_at(case.defaults), case.defaults).items():

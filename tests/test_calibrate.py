@@ -16,6 +16,7 @@ from gfsam.calibrate import (
     low20_correction_share,
     offset_grid,
     spearman,
+    sweep_steps,
     task_iou,
 )
 
@@ -165,3 +166,13 @@ def test_spearman_and_low20() -> None:
     assert low20_correction_share(scores, [0] * 10) is None
     # ceil: 6 tasks -> 2 taken
     assert low20_correction_share([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1]) == pytest.approx(2 / 6)
+
+
+def test_sweep_steps_start_at_the_default_and_cover_every_candidate() -> None:
+    grids = {"a": [-0.2, 0.0, 0.1], "b": [0.0, 0.3]}
+    steps = sweep_steps(grids)
+    assert steps[0] == {"a": 0.0, "b": 0.0}
+    assert len(steps) <= max(len(g) for g in grids.values()) + 1
+    for label, grid in grids.items():
+        assert {s[label] for s in steps} == set(grid)
+    assert len({tuple(sorted(s.items())) for s in steps}) == len(steps)

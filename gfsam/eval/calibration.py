@@ -38,6 +38,7 @@ from gfsam.calibrate import (
     observed_offsets,
     offset_grid,
     outcome,
+    remember_default,
     spearman,
     sum_sweeps,
     sweep_task,
@@ -102,7 +103,8 @@ def checkpoint(
     cases = [c for c in (_case(loop, i, loop.left_out(i)) for i in recent) if c is not None]
     tuning = tune(cases, min_tasks=min_tasks, grid_size=grid_size)
     offsets = tuning.offsets()
-    rest = [c for c in (_case(loop, i, _current(loop, i)) for i in held_out) if c is not None]
+    found = [_case(loop, i, _current(loop, i)) for i in held_out]
+    rest = [remember_default(c) for c in found if c is not None]
     default: dict[str, Counts] = {}
     calibrated: dict[str, Counts] = {}
     outs: list[Outcome] = []
