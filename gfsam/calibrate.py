@@ -26,7 +26,7 @@ that function's business, so tuning works on an **offset** added to whatever the
    otherwise 0, and the choice says why;
 4. `held_out_choice`: the honest estimate of what tuning gives: each task is scored at the
    offset chosen on the OTHER tasks (a nested leave-one-out), so tuning never runs on the task
-   it is scored on.
+   it is scored on; `tune` keeps a move only when this estimate beats the default.
 
 **Scores.** `fit_score_map` fits, on held-out (raw score, task IoU) pairs, a monotone map from
 the raw score a prediction carries to the IoU a person will accept: isotonic regression
@@ -178,7 +178,9 @@ class Choice:
     Attributes:
         offset: added to the default threshold (0: the default).
         how: ``tuned`` (the highest held-out IoU), ``default`` (the default was best or tied),
-            ``too-few`` (fewer than ``min_tasks`` tasks hold the label).
+            ``too-few`` (fewer than ``min_tasks`` tasks hold the label), ``unconfirmed`` (`tune`:
+            the best offset on all tasks did not beat the default when each task was scored at
+            the offset chosen on the others, so the default stays).
         n: scored tasks holding the label. iou_default / iou_chosen: summed IoU at offset 0 and
             at the chosen offset over the tasks it was chosen on (None: undefined).
         candidates: the offsets tried.
@@ -550,7 +552,9 @@ def tune(
     1. every task at the default thresholds: the proposals' offsets give each label's grid
        (`offset_grid`); 2. every task swept over the grids; 3. per label the offset of the best
        summed IoU (`choose_offset`), and the nested leave-one-out estimate (`held_out_choice`);
-    4. every task at the chosen offsets: (raw score, task IoU) pairs -> `fit_score_map`.
+       a move that estimate does not confirm (tuned IoU <= default IoU) is dropped
+       (``unconfirmed``); 4. every task at the chosen offsets: (raw score, task IoU) pairs ->
+       `fit_score_map`.
     """
     cases = [remember_default(c) for c in cases]
     observed: dict[str, list[float]] = {}
@@ -561,6 +565,12 @@ def tune(
     sweeps = {case.key: sweep_task(case, grids) for case in cases}
     choices = choose_offsets(sweeps.values(), min_tasks)
     default, held = held_out_choice(sweeps, min_tasks)
+    for label, ch in choices.items():  # a move must also pay off held out (nested LOO)
+        base, kept = default[label].iou, held[label].iou
+        if ch.how == "tuned" and (base is None or kept is None or kept <= base):
+            choices[label] = Choice(
+                0.0, "unconfirmed", ch.n, ch.iou_default, ch.iou_default, ch.candidates
+            )
     offsets = {label: ch.offset for label, ch in choices.items()}
     outcomes = {
         case.key: outcome(case, case.assign_at(thresholds_at(case.defaults, offsets)))

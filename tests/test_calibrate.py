@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 import pytest
 
 from gfsam.calibrate import (
     TIE_BREAK,
     Counts,
+    TaskCase,
     choose_offset,
     correction_pixels,
     fit_score_map,
@@ -176,3 +179,52 @@ def test_sweep_steps_start_at_the_default_and_cover_every_candidate() -> None:
     for label, grid in grids.items():
         assert {s[label] for s in steps} == set(grid)
     assert len({tuple(sorted(s.items())) for s in steps}) == len(steps)
+
+
+def _case(key: str, outcomes: dict[float, Counts]) -> TaskCase:
+    """A one-label task whose assignment at default + offset paints what `outcomes` says: the
+    truth is 4 pixels, the prediction painted tp of them plus fp outside."""
+    truth = np.zeros((4, 4), dtype=bool)
+    truth[0] = True
+
+    class Asg:
+        def __init__(self, c: Counts) -> None:
+            mask = np.zeros((4, 4), dtype=bool)
+            mask[0, : c.tp] = True
+            mask[1:, :].flat[: c.fp] = True
+            inst = type("I", (), {"label": "x", "score": 0.5, "similarity": 0.0, "mask": mask})
+            self.accepted = {"x": [inst] if mask.any() else []}
+            self.candidates: list[object] = []
+            self.mask = mask
+
+        def label_masks(self) -> dict[str, np.ndarray]:
+            return {"x": self.mask} if self.mask.any() else {}
+
+    def assign_at(th: Mapping[str, float]) -> Asg:
+        off = round(th["x"] - 1.0, 6)
+        return Asg(outcomes.get(off, outcomes[0.0]))
+
+    return TaskCase(key, assign_at, {"x": 1.0}, {"x": truth})
+
+
+def test_tune_keeps_only_moves_the_nested_estimate_confirms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gfsam.calibrate as cal
+
+    monkeypatch.setattr(cal, "offset_grid", lambda values, size=7: [0.0, 0.2])
+    # four tasks where the stricter offset removes 3 false pixels: confirmed held out
+    good = {0.0: Counts(tp=4, fp=3), 0.2: Counts(tp=4)}
+    found = cal.tune([_case(k, good) for k in "abcd"])
+    assert found.choices["x"].how == "tuned" and found.choices["x"].offset == 0.2
+    assert found.held_out["x"].iou == 1.0 and found.default["x"].iou == pytest.approx(16 / 28)
+    # one task gains a lot, three lose a little: the move wins on all four (in-sample) but
+    # every task scored at the choice of the other three loses -> the default stays
+    win = {0.0: Counts(tp=1, fp=3), 0.2: Counts(tp=4)}
+    lose = {0.0: Counts(tp=4), 0.2: Counts(tp=3)}
+    cases = [_case("a", win), _case("b", lose), _case("c", lose), _case("d", lose)]
+    assert (
+        cal.choose_offsets([cal.sweep_task(c, {"x": [0.0, 0.2]}) for c in cases])["x"].offset == 0.2
+    )
+    found = cal.tune(cases)
+    assert found.choices["x"].how == "unconfirmed" and found.choices["x"].offset == 0.0
