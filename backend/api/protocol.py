@@ -232,7 +232,7 @@ class ProjectQuality(BaseModel):
     and the tuning predictions apply now. Per report and label: ``default`` (n, IoU,
     precision, recall, false paint at the default thresholds, each task predicted without its
     own shots), ``tuned`` (each task at the offsets chosen on the other tasks), ``choices``
-    (offset, how: tuned | default | too-few, the evidence)."""
+    (offset, how: tuned | default | too-few | unconfirmed, the evidence)."""
 
     project: int
     model_version: str

@@ -219,7 +219,7 @@ class LabelTuning(BaseModel):
     """The threshold offset chosen for one label (`gfsam.calibrate.Choice.summary`)."""
 
     offset: float = 0.0  # added to the default threshold; higher = stricter
-    how: str = "default"  # tuned | default | too-few
+    how: str = "default"  # tuned | default | too-few | unconfirmed
     n: int = 0
     iou_default: float | None = None
     iou_chosen: float | None = None
