@@ -131,3 +131,22 @@ def test_tuning_on_held_out_annotations_beats_the_defaults(
     sm = ScoreMap.from_json(rep.score_map.model_dump())
     assert pred["score"] == sm(old["score"])  # same masks, same raw score: now calibrated
     assert pred["score"] != old["score"]
+
+
+def test_measurement_waits_behind_every_other_queue(make_service: Callable[..., Service]) -> None:
+    """A new version queues its measurement on the calibrate queue, the last one a worker
+    listens to; one job per version; CALIBRATE=false queues none."""
+    from backend.state.schemas import CalibrateJob
+    from tests.project_helpers import SEED, annotate, setup_project
+
+    svc = make_service(calibrate=True)
+    assert [q.name for q in svc.jobs.queues][-1] == svc.settings.queue_calibrate
+    tasks = setup_project(svc, 3)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker(max_jobs=1)  # the re-fit: v1, pre-annotation queued, measurement behind it
+    assert svc.jobs.calibrate.job_ids == ["calibrate-1-1"]
+    assert svc.jobs.batch.count >= 1  # predictions are taken first
+    payload = CalibrateJob(project=1, version="gfsam-p1-v1")
+    assert svc.jobs.enqueue_calibrate(payload) is None  # the same version: collapsed
+    off = make_service(calibrate=False)
+    assert off.jobs.enqueue_calibrate(CalibrateJob(project=1, version="gfsam-p1-v2")) is None
