@@ -150,3 +150,34 @@ def test_measurement_waits_behind_every_other_queue(make_service: Callable[..., 
     assert svc.jobs.enqueue_calibrate(payload) is None  # the same version: collapsed
     off = make_service(calibrate=False)
     assert off.jobs.enqueue_calibrate(CalibrateJob(project=1, version="gfsam-p1-v2")) is None
+
+
+def test_measurement_stops_at_a_task_boundary_when_predictions_wait(
+    make_service: Callable[..., Service],
+) -> None:
+    """Three annotated tasks measured in full when the worker is idle; with other work waiting
+    the job stops after one task and says so (fake pipeline: wiring only)."""
+    from tests.fakes import box_mask
+    from tests.project_helpers import annotate, setup_project
+    from worker.quality import measure
+
+    svc = make_service(calibrate=True)
+    tasks = setup_project(svc, 4)
+    for k, task in enumerate(tasks[:3]):
+        annotate(svc, task, box_mask(48, 64, 5 + k, 30 + k, 10, 40 + k))
+        svc.run_worker()
+    version = svc.store.data.current_version(1)
+    (report,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    assert len(report.tasks) == 3 and not report.stopped_early
+    assert report.default["Object"].n == 3 and report.default["Object"].iou is not None
+    rt = runtime.get()
+    calls: list[int] = []
+
+    def busy() -> bool:
+        calls.append(1)
+        return True
+
+    assert measure.calibrate_project(rt, svc.store, 1, version, busy).endswith("stopped early")
+    again = [r for r in svc.store.quality.reports(1) if r.version == version][0]
+    assert again.stopped_early and len(again.tasks) == 1 and calls == [1]
+    assert measure.calibrate_project(rt, svc.store, 1, "gfsam-p1-v0", busy) == "stale"

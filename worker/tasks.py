@@ -279,7 +279,12 @@ def calibrate_project(raw: dict[str, Any]) -> str:
     """Measure a version on the project's annotations and tune it (`worker.quality`, issue 19)."""
     payload = CalibrateJob.model_validate(raw)
     ctx = _context()
-    return measure.calibrate_project(ctx.rt, ctx.store, payload.project, payload.version)
+    jobs = ctx.jobs
+
+    def busy() -> bool:  # a prediction waits: let the worker take it
+        return jobs.high.count > 0 or jobs.batch.count > 0
+
+    return measure.calibrate_project(ctx.rt, ctx.store, payload.project, payload.version, busy)
 
 
 def feed_predictions(raw: dict[str, Any]) -> str:

@@ -251,6 +251,7 @@ class QualityReport(BaseModel):
     score_map: ScoreCalibration = ScoreCalibration()
     score_iou_spearman: float | None = None  # on the scored tasks (the fit's own data)
     mode: str = "split"
+    stopped_early: bool = False  # other work arrived: fewer than CALIBRATE_TASKS scored
     wall_s: float = 0.0
     at: float = 0.0  # Unix time
 

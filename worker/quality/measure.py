@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -130,8 +130,16 @@ def _case(
     return TaskCase(task, assign_at, defaults, full, None, float(np.mean(scores)))
 
 
-def calibrate_project(rt: Runtime, store: Store, p: int, version: str) -> str:
-    """Measure `version` of project `p`, tune it, store the report (see the module docstring)."""
+def calibrate_project(
+    rt: Runtime, store: Store, p: int, version: str, busy: Callable[[], bool] | None = None
+) -> str:
+    """Measure `version` of project `p`, tune it, store the report (see the module docstring).
+
+    Between two tasks: a newer version ends the job without a report (it has its own job);
+    `busy()` true (a prediction waits on the high or batch queue) ends the scoring there, so
+    the job never holds a worker more than one task's measurement past the arrival of other
+    work, and the tasks scored so far are tuned on (``stopped_early`` in the report).
+    """
     started = time.perf_counter()
     refs = store.data.reference_set(p)
     cfg = store.data.config(p)
@@ -142,7 +150,13 @@ def calibrate_project(rt: Runtime, store: Store, p: int, version: str) -> str:
     cases: list[TaskCase] = []
     scored: list[int] = []
     truths = _truth(rt, store, cfg, p)
+    stopped = False
     for task, truth in truths:
+        if cases and busy is not None and busy():
+            stopped = True
+            break
+        if store.data.current_version(p) != version:
+            return "stale"
         try:
             case = _case(rt, store, cfg, refs, p, task, truth)
         except LabelStudioNotFound:
@@ -166,6 +180,7 @@ def calibrate_project(rt: Runtime, store: Store, p: int, version: str) -> str:
         score_map=ScoreCalibration(**sm.to_json()),
         score_iou_spearman=spearman([sm(o.raw_score) for o in outs], [o.iou for o in outs]),
         mode=rt.settings.assign,
+        stopped_early=stopped,
         wall_s=round(time.perf_counter() - started, 3),
         at=time.time(),
     )
@@ -181,4 +196,4 @@ def calibrate_project(rt: Runtime, store: Store, p: int, version: str) -> str:
         report.wall_s,
         {lb: round(o, 4) for lb, o in found.offsets().items() if o},
     )
-    return f"measured {len(cases)} task(s)"
+    return f"measured {len(cases)} task(s)" + (": stopped early" if stopped else "")
