@@ -136,6 +136,9 @@ def service_settings(redis_url: str, fake_ls: FakeLabelStudio, tmp_path: Path) -
         refit_debounce_s=0.0,  # each annotation re-fits at once (tests/test_scale.py: windows)
         ls_timeout_s=5.0,
         refit_lock_wait_s=5.0,
+        # Self-measurement (issue 19) changes posted scores once a project is measured; the
+        # tests that measure turn it on (tests/test_quality_worker.py, the e2e tests).
+        calibrate=False,
         _env_file=None,  # type: ignore[call-arg]
     )
 

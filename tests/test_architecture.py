@@ -47,6 +47,7 @@ WORKER_RANKS: dict[str, int] = {
     "worker.prediction": 2,
     "worker.correction": 3,
     "worker.discovery": 4,
+    "worker.quality": 4,
     "worker.clicks": 5,
     "worker.tasks": 6,
     "worker.recovery": 6,

@@ -103,3 +103,42 @@ def test_replay_curve_and_plot(tmp_path: Path) -> None:
     res = json.loads(out.read_text())
     assert len(res["curve"]) == 7 and res["effort"] >= 0.0 and res["shots"]["1"] >= 1
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_data
+def test_replay_calibrate_contract(tmp_path: Path) -> None:
+    out = tmp_path / "c.json"
+    argv = ["eval", "replay", "--data", str(COCO), "--seen", "1", "--limit", "12"]
+    argv += ["--oracle-noise", "0.1", "--oracle-confuse", "0.6", "--shots", "3"]
+    argv += ["--calibrate", "--calibrate-every", "3", "--json", str(out)]
+    assert main(argv) == 0
+    res = json.loads(out.read_text())
+    assert res["note"].startswith("oracle encoders")
+    assert res["checkpoints"] == len(res["calibration"]) >= 1  # after 3, 6 images (5+ left)
+    for key in ("default_miou", "calibrated_miou", "best_fixed_miou"):
+        assert res[key] is None or 0.0 <= res[key] <= 100.0
+    step = res["calibration"][0]
+    assert step["annotated"] in (3, 6) and step["held_out"] == 12 - step["annotated"]
+    assert 1 <= step["tuned_on"] <= step["annotated"]
+    assert step["default_miou"] is not None  # person is in the held-out images
+    # the hindsight ceiling (offset 0 among its candidates) is never below the defaults
+    assert step["best_fixed_miou"] >= step["default_miou"]
+    if step["tuned_on"] < 3:
+        assert all(ch["how"] == "too-few" for ch in step["choices"].values())
+
+
+@needs_data
+def test_replay_left_out_never_predicts_an_image_with_its_own_shot() -> None:
+    from gfsam.eval.data import load_labels, read_label_folder
+    from gfsam.eval.models import OracleModel
+    from gfsam.eval.oracle import OracleParams
+
+    ds = read_label_folder(COCO)
+    items = [i for i in ds.items if 1 in ds.classes_of(i)][:4]
+    loop = replay.Replay(OracleModel(OracleParams(sigma=0.1)), [1], gfsam.shots.ShotPolicy())
+    for item in items:
+        loop.annotate(item, load_labels(item), None)  # no prediction shown: every mask a shot
+    assert loop.owners[1] == [i.key for i in items]
+    for item, own in zip(items, loop.shots[1], strict=True):
+        refs, _, _ = loop.left_out(item)[1]
+        assert len(refs) == 3 and all(r is not own for r in refs)

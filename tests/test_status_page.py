@@ -241,3 +241,44 @@ def test_project_page_bounds_the_id(svc: Service, project: str) -> None:
     """Issue 22, item 8: ids outside LS's 1..2^31-1 are refused like on /projects/{id}."""
     reply = svc.client.get(f"/status/projects/{project}")
     assert reply.status_code == 422, reply.text
+
+
+def measured(store: Store) -> None:
+    """Project 1 measured at v1 and v2 (issue 19), reports as the worker writes them."""
+    from backend.state.schemas import LabelQuality, LabelTuning, QualityReport, Tuning
+
+    for n, (iou, tuned) in enumerate(((0.5, 0.6), (0.7, 0.9)), start=1):
+        report = QualityReport(
+            project=1,
+            version=f"gfsam-p1-v{n}",
+            n=n,
+            tasks=[3, 2, 1],
+            default={
+                "A": LabelQuality(n=3, tasks=3, iou=iou, precision=0.8, recall=0.9),
+                "<b>B</b>": LabelQuality(n=1, tasks=3, iou=0.25, false_paint=0.5),
+            },
+            tuned={"A": LabelQuality(n=3, tasks=3, iou=tuned), "<b>B</b>": LabelQuality(n=1)},
+            choices={"A": LabelTuning(offset=0.125, how="tuned", n=3), "<b>B</b>": LabelTuning()},
+        )
+        store.quality.put_report(report, Tuning(version=report.version, offsets={"A": 0.125}))
+
+
+def test_quality_section_in_headless_chromium(svc: Service, tmp_path: Path) -> None:
+    register(svc.store)
+    page = svc.client.get("/status/projects/1").text
+    assert 'id="quality"' in page and "Not measured yet" in page
+    measured(svc.store)
+    api = svc.client.get("/projects/1/quality").json()
+    assert [v["version"] for v in api["versions"]] == ["gfsam-p1-v1", "gfsam-p1-v2"]
+    assert api["versions"][1]["default"]["A"]["n"] == 3 and api["tuning"]["offsets"] == {"A": 0.125}
+    with serve(create_app(svc.settings)) as url:
+        dom = chromium(f"{url}/status/projects/1", tmp_path, "--dump-dom")
+    section = dom[dom.index('id="quality"') :]
+    rows = re.findall(r'<tr class="quality-row" data-label="([^"]+)" data-n="(\d+)"', section)
+    assert rows == [("A", "3"), ("&lt;b&gt;B&lt;/b&gt;", "1")]  # escaped, in report order
+    assert "0.700" in section and "0.900" in section and "tuned +0.125" in section
+    assert 'aria-label="held-out IoU per version"' in section
+    assert "v1: mean IoU 0.600 over 3 annotated task(s)" in section  # the tuned IoU per version
+    metrics = svc.client.get("/metrics").text
+    assert 'gfsam_quality{figure="iou",label="A",project="1"} 0.7' in metrics
+    assert 'gfsam_threshold_offset{label="A",project="1"} 0.125' in metrics

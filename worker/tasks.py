@@ -24,6 +24,7 @@ from backend.state.jobs import Jobs, predict_job_id
 from backend.state.prompts import ClickJob, TeachJob, WarmJob
 from backend.state.schemas import (
     AnnotationJob,
+    CalibrateJob,
     DeleteJob,
     DeliverJob,
     FeedJob,
@@ -46,6 +47,7 @@ from worker.labelstudio.errors import LabelStudioError, LabelStudioNotFound, Lab
 from worker.labelstudio.project_config import refresh_config
 from worker.labelstudio.replies import LSTask
 from worker.prediction import delivery, inference, prefetch
+from worker.quality import measure
 
 logger = logging.getLogger(__name__)
 
@@ -271,6 +273,18 @@ def refit_project(raw: dict[str, Any]) -> str | None:
     payload = SyncJob.model_validate(raw)
     ctx = _context()
     return debounce.refit_project(ctx.rt, ctx.store, ctx.jobs, payload.project)
+
+
+def calibrate_project(raw: dict[str, Any]) -> str:
+    """Measure a version on the project's annotations and tune it (`worker.quality`, issue 19)."""
+    payload = CalibrateJob.model_validate(raw)
+    ctx = _context()
+    jobs = ctx.jobs
+
+    def busy() -> bool:  # a prediction waits: let the worker take it
+        return jobs.high.count > 0 or jobs.batch.count > 0
+
+    return measure.calibrate_project(ctx.rt, ctx.store, payload.project, payload.version, busy)
 
 
 def feed_predictions(raw: dict[str, Any]) -> str:

@@ -53,11 +53,26 @@ def acceptance_svg(points: tuple[tuple[int, float, int], ...]) -> str:
     Returns:
         An `<svg>` element (text), sized `CHART_W` x `CHART_H`.
     """
+    return _iou_svg(points, "acceptance IoU per version", "label(s)")
+
+
+@lru_cache(maxsize=256)
+def quality_svg(points: tuple[tuple[int, float, int], ...]) -> str:
+    """A line chart of the held-out IoU per measured version (issue 19).
+
+    Args:
+        points: (n, mean over labels of the held-out IoU in [0, 1], tasks scored) per version,
+            in increasing n.
+    """
+    return _iou_svg(points, "held-out IoU per version", "annotated task(s)")
+
+
+def _iou_svg(points: tuple[tuple[int, float, int], ...], aria: str, counted: str) -> str:
     w, h = CHART_W - _PAD_L - _PAD_R, CHART_H - _PAD_T - _PAD_B
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" width="{CHART_W}" '
         f'height="{CHART_H}" viewBox="0 0 {CHART_W} {CHART_H}" role="img" '
-        'aria-label="acceptance IoU per version">'
+        f'aria-label="{escape(aria)}">'
     ]
     for tick in (0.0, 0.25, 0.5, 0.75, 1.0):
         y = _PAD_T + h * (1 - tick)
@@ -77,7 +92,7 @@ def acceptance_svg(points: tuple[tuple[int, float, int], ...]) -> str:
         parts.append(f'<polyline points="{path}" class="line"/>')
     every = max(1, len(xy) // 12)  # at most ~12 version labels on the axis
     for i, (x, y, n, iou, count) in enumerate(xy):
-        title = escape(f"v{n}: mean IoU {iou:.3f} over {count} label(s)")
+        title = escape(f"v{n}: mean IoU {iou:.3f} over {count} {counted}")
         parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="4" class="dot"><title>{title}</title>')
         parts.append("</circle>")
         if i % every == 0 or i == len(xy) - 1:

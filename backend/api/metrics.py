@@ -44,7 +44,19 @@ class StoreCollector:
             "IoU between a prediction and the annotation that replaced it",
             labels=["project"],
         )
+        quality = GaugeMetricFamily(
+            "gfsam_quality",
+            "Held-out figures of the newest measured version per label (issue 19): n, iou, "
+            "precision, recall, false_paint; tuned_iou at the offsets chosen on other tasks",
+            labels=["project", "label", "figure"],
+        )
+        offset = GaugeMetricFamily(
+            "gfsam_threshold_offset",
+            "Per-label threshold offset predictions apply (0: the default)",
+            labels=["project", "label"],
+        )
         for p in self.store.data.projects():
+            self._quality(p, quality, offset)
             c = self.store.progress.counts(p)
             for state in ("queued", "running"):
                 jobs.add_metric([str(p), state], getattr(c, state))
@@ -63,7 +75,27 @@ class StoreCollector:
         )
         for name, value in sorted(self.store.progress.stats().items()):
             stats.add_metric([name], value)
-        yield from (jobs, ended, version, shots, acceptance, stats)
+        yield from (jobs, ended, version, shots, acceptance, quality, offset, stats)
+
+    def _quality(self, p: int, quality: GaugeMetricFamily, offset: GaugeMetricFamily) -> None:
+        reports = self.store.quality.reports(p)
+        if reports:
+            last = reports[-1]
+            for label, q in last.default.items():
+                figures = {
+                    "n": q.n,
+                    "iou": q.iou,
+                    "precision": q.precision,
+                    "recall": q.recall,
+                    "false_paint": q.false_paint,
+                    "tuned_iou": last.tuned[label].iou if label in last.tuned else None,
+                }
+                for name, value in figures.items():
+                    if value is not None:
+                        quality.add_metric([str(p), label, name], float(value))
+        tuning = self.store.quality.tuning(p)
+        for label, value in (tuning.offsets if tuning else {}).items():
+            offset.add_metric([str(p), label], value)
 
 
 class Metrics:

@@ -16,6 +16,8 @@ from backend.state.schemas import (
     AcceptanceSample,
     LabelConfigSummary,
     ProjectCounts,
+    QualityReport,
+    Tuning,
     VersionRejects,
 )
 
@@ -224,6 +226,19 @@ class WebhookResponse(BaseModel):
     # Never a "job" key: LS would record an MLBackendTrainJob for it (§1.2).
     status: Literal["ok", "ignored"]
     queued: list[str] = []
+
+
+class ProjectQuality(BaseModel):
+    """`GET /projects/{id}/quality` (issue 19): each measured version's report, oldest first,
+    and the tuning predictions apply now. Per report and label: ``default`` (n, IoU,
+    precision, recall, false paint at the default thresholds, each task predicted without its
+    own shots), ``tuned`` (each task at the offsets chosen on the other tasks), ``choices``
+    (offset, how: tuned | default | too-few | unconfirmed, the evidence)."""
+
+    project: int
+    model_version: str
+    versions: list[QualityReport]
+    tuning: Tuning | None
 
 
 class ProjectStatus(BaseModel):

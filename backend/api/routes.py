@@ -32,6 +32,7 @@ from backend.api.protocol import (
     PredictItem,
     PredictRequest,
     PredictResponse,
+    ProjectQuality,
     ProjectStatus,
     SetupRequest,
     SetupResponse,
@@ -209,6 +210,22 @@ def project_status(
         acceptance=store.progress.acceptance_samples(project),
         failures=dict(list(store.progress.failures(project).items())[:MAX_FAILURES_SHOWN]),
         rejects=store.progress.rejects(project),
+    )
+
+
+@router.get("/projects/{project}/quality", response_model=ProjectQuality, dependencies=[BasicAuth])
+def project_quality(
+    project: Annotated[int, Path(ge=1, le=MAX_ID)], store: StoreDep
+) -> ProjectQuality:
+    """How good the predictions are on this project's own annotations, per version and label
+    (held out: a task is never scored with its own shots), and the tuning in use (issue 19)."""
+    if store.data.config(project) is None:
+        raise HTTPException(404, f"project {project} is unknown (no /setup or event seen)")
+    return ProjectQuality(
+        project=project,
+        model_version=store.data.reference_set(project).version,
+        versions=store.quality.reports(project),
+        tuning=store.quality.tuning(project),
     )
 
 

@@ -3,8 +3,9 @@
 
 - `GET /`: every known project with its live version and a progress bar.
 - `GET /status/projects/{p}`: one project: progress per version, live version, each label's
-  shots as thumbnails, acceptance IoU per version (inline SVG), candidate groups (when
-  discovery wrote some), recent failures and the workers.
+  shots as thumbnails, acceptance IoU per version (inline SVG), the quality measured on the
+  project's annotations (issue 19: per-label table, held-out IoU per version), candidate
+  groups (when discovery wrote some), recent failures and the workers.
 - `GET /status/thumbs/{sha}.png`: a shot's thumbnail (written by the worker; content-addressed,
   so cached by the browser for good).
 
@@ -122,6 +123,7 @@ def project_view(store: Store, settings: Settings, p: int, labels: list[str]) ->
         for v in reversed(versions)
         if v.acceptance_mean_iou is not None
     )
+    quality = quality_view(store, p)
     shots = {label: refs.shots.get(label, []) for label in labels}
     shots.update({k: v for k, v in refs.shots.items() if k not in shots and v})  # removed labels
     now = time.time()
@@ -139,6 +141,7 @@ def project_view(store: Store, settings: Settings, p: int, labels: list[str]) ->
         ],
         "shots": shots,
         "chart": Markup(charts.acceptance_svg(points)) if points else None,
+        "quality": quality,
         "groups": store.data.candidate_groups(p),
         "rejects": next(iter(store.progress.rejects(p, limit=1)), None),
         "warn_share": settings.reject_warn_share,
@@ -147,6 +150,40 @@ def project_view(store: Store, settings: Settings, p: int, labels: list[str]) ->
         "standing_failures": standing,
         "workers": workers,
         "total_workers": total_workers,
+    }
+
+
+def quality_view(store: Store, p: int) -> dict[str, Any] | None:
+    """The newest measured version's per-label table and the held-out IoU per version (issue
+    19; two Redis reads); None until the project has been measured."""
+    reports = store.quality.reports(p)
+    if not reports:
+        return None
+    points = []
+    for r in reports:
+        ious = [q.iou for q in r.tuned.values() if q.iou is not None]
+        if ious:
+            points.append((r.n, round(sum(ious) / len(ious), 4), len(r.tasks)))
+    last = reports[-1]
+    rows = [
+        {
+            "label": label,
+            "n": q.n,
+            "iou": q.iou,
+            "tuned_iou": last.tuned[label].iou if label in last.tuned else None,
+            "precision": q.precision,
+            "recall": q.recall,
+            "false_paint": q.false_paint,
+            "choice": last.choices.get(label),
+        }
+        for label, q in last.default.items()
+    ]
+    return {
+        "version": last.version,
+        "tasks": len(last.tasks),
+        "rows": rows,
+        "tuning": store.quality.tuning(p),
+        "chart": Markup(charts.quality_svg(tuple(points))) if points else None,
     }
 
 

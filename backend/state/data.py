@@ -178,6 +178,13 @@ class ProjectData:
     def set_annotation_fingerprint(self, p: int, annotation: int, fingerprint: str) -> None:
         self.r.hset(key("p:{p}:ann", p=p), str(annotation), fingerprint)
 
+    def recent_annotations(self, p: int) -> list[int]:
+        """Applied annotation ids (deleted ones left out), the most recently updated first
+        (their fingerprints are LS's `updated_at`, ISO 8601: they sort as text)."""
+        raw = self.r.hgetall(key("p:{p}:ann", p=p))
+        live = [(text(v) or "", int(k)) for k, v in raw.items() if text(v) != "deleted"]
+        return [a for _, a in sorted(live, reverse=True)]
+
     def mark_labeled(self, p: int, task: int) -> None:
         self.r.sadd(key("p:{p}:labeled", p=p), task)
 

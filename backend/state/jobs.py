@@ -26,6 +26,7 @@ from backend.state.jobspecs import JOB_IDS, JOBS, JobSpec
 from backend.state.prompts import ClickJob, TeachJob, WarmJob
 from backend.state.schemas import (
     AnnotationJob,
+    CalibrateJob,
     DeleteJob,
     DeliverJob,
     FeedJob,
@@ -77,6 +78,7 @@ class Jobs:
             "batch": settings.queue_batch,
             "background": settings.queue_background,
             "interactive": settings.queue_interactive,
+            "calibrate": settings.queue_calibrate,
         }
         self._queues = {
             kind: Queue(name, connection=conn, serializer=JSONSerializer)
@@ -84,12 +86,14 @@ class Jobs:
         }
         self.high, self.batch = self._queues["high"], self._queues["batch"]
         self.background, self.interactive = self._queues["background"], self._queues["interactive"]
+        self.calibrate = self._queues["calibrate"]
 
     @property
     def queues(self) -> list[Queue]:
-        """What a pre-annotation worker listens to, in order: high first, the feed last (only
-        `python -m worker.main --interactive` listens to `interactive`)."""
-        return [self.high, self.batch, self.background]
+        """What a pre-annotation worker listens to, in order: high first, then the feed, then
+        self-measurement (issue 19) last (only `python -m worker.main --interactive` listens to
+        `interactive`)."""
+        return [self.high, self.batch, self.background, self.calibrate]
 
     def _options(self, spec: JobSpec, timeout: str = "job_timeout") -> dict[str, Any]:
         """RQ's options for a job of this kind (`timeout`: what RQ's call names the timeout)."""
@@ -246,6 +250,13 @@ class Jobs:
         n = version_number(payload.version)
         job_id = f"feed-{payload.project}-{n}-{payload.chunk}"
         return job_id if self._enqueue("feed", job_id, payload) else None
+
+    def enqueue_calibrate(self, payload: CalibrateJob) -> str | None:
+        """Queue the measurement of a version (calibrate queue: after every other job)."""
+        if not self.settings.calibrate or self.settings.calibrate_tasks == 0:
+            return None
+        job_id = f"calibrate-{payload.project}-{version_number(payload.version)}"
+        return job_id if self._enqueue("calibrate", job_id, payload) else None
 
     # --- the interactive lane (issue 9) ---------------------------------------------------------
 

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from backend.state import prompts, schemas
 from backend.state.settings import Settings
 
-QueueName = Literal["high", "batch", "background", "interactive"]
+QueueName = Literal["high", "batch", "background", "interactive", "calibrate"]
 
 # A delivery is one LS check and one POST: two LS timeouts with room to spare.
 DELIVER_JOB_TIMEOUT_S = 120
@@ -101,6 +101,13 @@ JOBS: dict[str, JobSpec] = {
     ),
     "feed": _spec(
         "feed_predictions", "feed-{p}-{n}-{k}", "background", "sync_job_timeout_s", schemas.FeedJob
+    ),
+    "calibrate": _spec(
+        "calibrate_project",
+        "calibrate-{p}-{n}",
+        "calibrate",
+        "sync_job_timeout_s",
+        schemas.CalibrateJob,
     ),
     "click": _spec(
         "click",

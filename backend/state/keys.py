@@ -29,6 +29,9 @@ KEYS: dict[str, str] = {
     "p:{p}:crops": "candidate member -> PNG crop with the mask outlined (contact sheets)",
     "p:{p}:pending": "annotation@fingerprint states waiting for the debounced re-fit",
     "p:{p}:feed:{v}": "tasks still to pre-annotate at version v, in Label Studio's order",
+    # self-measurement and tuning (backend/state/quality.py, issue 19)
+    "p:{p}:quality": "version counter n -> that version's QualityReport (JSON), the last few",
+    "p:{p}:tuning": "the Tuning predictions apply: per-label offsets and the score map",
     # coordination (backend/state/coordination.py)
     "lock:refit:{p}": "serialises re-fits of a project",
     "lock:deliver:{p}:{t}:{v}": "serialises 'check Label Studio, then POST'",

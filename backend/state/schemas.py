@@ -230,6 +230,69 @@ class CandidateMember(BaseModel):
     mask: str
 
 
+# --- self-measurement and tuning (issue 19; backend/state/quality.py) -------------------------
+
+
+class LabelQuality(BaseModel):
+    """One label's held-out figures at one version (`gfsam.calibrate.Counts.summary`)."""
+
+    n: int = 0  # scored tasks holding the label
+    tasks: int = 0  # scored tasks
+    iou: float | None = None
+    precision: float | None = None
+    recall: float | None = None
+    false_paint: float | None = None  # share of scored tasks without the label it painted on
+
+
+class LabelTuning(BaseModel):
+    """The threshold offset chosen for one label (`gfsam.calibrate.Choice.summary`)."""
+
+    offset: float = 0.0  # added to the default threshold; higher = stricter
+    how: str = "default"  # tuned | default | too-few | unconfirmed
+    n: int = 0
+    iou_default: float | None = None
+    iou_chosen: float | None = None
+    candidates: list[float] = []
+
+
+class ScoreCalibration(BaseModel):
+    """raw score -> expected IoU knots (`gfsam.calibrate.ScoreMap`); empty: the identity."""
+
+    x: list[float] = []
+    y: list[float] = []
+    n: int = 0
+
+
+class QualityReport(BaseModel):
+    """A version measured on the project's own annotations (leave-one-out, `worker.quality`).
+
+    ``default``: every label at the default thresholds; ``tuned``: each task at the offsets
+    chosen on the other tasks (never on itself); ``choices``: what later predictions use.
+    """
+
+    project: int
+    version: str
+    n: int  # the version counter
+    tasks: list[int] = []  # the tasks scored, most recent first
+    default: dict[str, LabelQuality] = {}
+    tuned: dict[str, LabelQuality] = {}
+    choices: dict[str, LabelTuning] = {}
+    score_map: ScoreCalibration = ScoreCalibration()
+    score_iou_spearman: float | None = None  # on the scored tasks (the fit's own data)
+    mode: str = "split"
+    stopped_early: bool = False  # other work arrived: fewer than CALIBRATE_TASKS scored
+    wall_s: float = 0.0
+    at: float = 0.0  # Unix time
+
+
+class Tuning(BaseModel):
+    """What predictions apply (`p:{p}:tuning`): the latest measured version's choices."""
+
+    version: str = ""  # the version it was measured on
+    offsets: dict[str, float] = {}
+    score_map: ScoreCalibration = ScoreCalibration()
+
+
 # --- job payloads (worker/tasks.py) ------------------------------------------------------------
 
 
@@ -272,6 +335,13 @@ class PromoteJob(BaseModel):
     project: int
     group: int
     label: str = Field(min_length=1, max_length=100)
+
+
+class CalibrateJob(BaseModel):
+    """Measure and tune `version` of a project on its annotations (issue 19)."""
+
+    project: int
+    version: str
 
 
 class DeliverJob(BaseModel):

@@ -155,6 +155,7 @@ class Settings(BaseSettings):
     queue_batch: str = "gfsam-batch"
     queue_background: str = "gfsam-background"
     queue_interactive: str = "gfsam-interactive"
+    queue_calibrate: str = "gfsam-calibrate"  # listened to after every other queue (issue 19)
     predict_job_timeout_s: int = 600
     refit_job_timeout_s: int = 1800
     sync_job_timeout_s: int = 3600
@@ -180,6 +181,14 @@ class Settings(BaseSettings):
     # `deliver_queue` waiting (0 threads: posted by the job itself, as before).
     deliver_threads: int = Field(0, ge=0, le=16)
     deliver_queue: int = Field(16, ge=1, le=1024)
+
+    # --- Self-measurement and tuning (issue 19): after each new version, a background job
+    # predicts the most recent annotated tasks with references that exclude their own shots,
+    # measures each label, tunes its threshold and fits the score map.
+    calibrate: bool = True
+    calibrate_tasks: int = Field(20, ge=0, le=500)  # annotated tasks scored per version
+    # Tasks holding a label before its threshold may move from the default.
+    calibrate_min_tasks: int = Field(3, ge=1)
 
     # --- Worker caches and liveness.
     target_cache_bytes: int = 4 * 1024**3  # disk, LRU by access time

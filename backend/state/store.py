@@ -14,6 +14,7 @@ from backend.state.candidates import Candidates
 from backend.state.coordination import WORKER_PREFIX, Coordination, LockTimeout
 from backend.state.data import ProjectData, VersionConflict
 from backend.state.progress import ACCEPTANCE_BUCKETS, Progress
+from backend.state.quality import Quality
 from backend.state.settings import Settings
 
 # Raised by any store call while Redis is unreachable (the app maps it to 503).
@@ -45,6 +46,7 @@ class Store:
         self.coord = Coordination(conn, settings, owner)
         self.progress = Progress(conn, settings)
         self.candidates = Candidates(conn, settings)  # discovery (issue 11)
+        self.quality = Quality(conn, settings)  # self-measurement and tuning (issue 19)
 
     def ping(self) -> bool:
         return bool(self.r.ping())

@@ -31,6 +31,7 @@ from gfsam.eval.models import EvalModel, OracleModel, RealModel
 from gfsam.eval.oracle import OracleParams
 from gfsam.eval.report import Output, plot_curve, write_json
 from gfsam.geometry import GeometryParams
+from gfsam.shots import ShotPolicy
 
 EXIT_INPUT, EXIT_USAGE = 1, 2
 LAYOUTS = ("folder", "fss1000", "coco20i", "pascal5i")
@@ -180,7 +181,16 @@ def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -
     from gfsam.eval.replay import run_replay
 
     return run_replay(
-        ds, model, out, classes=args.seen, limit=args.limit or 16, assign=args.assign[0]
+        ds,
+        model,
+        out,
+        classes=args.seen,
+        limit=args.limit or 16,
+        policy=ShotPolicy(max_shots=args.shots),
+        assign=args.assign[0],
+        calibrate=args.calibrate,
+        calibrate_every=args.calibrate_every,
+        calibrate_tasks=args.calibrate_tasks,
     )
 
 
@@ -295,3 +305,18 @@ def add_eval_parser(sub: Any) -> None:
     rep = psub.add_parser("replay", help="the correction loop under the backend's shot policy")
     _common(rep)
     rep.add_argument("--assign", type=_replay_assigns, default=["split"], metavar="argmax|split")
+    rep.set_defaults(shots=ShotPolicy().max_shots)  # replay: --shots is the shot cap K (5)
+    rep.add_argument(
+        "--calibrate",
+        action="store_true",
+        help="replay the backend's self-tuning (issue 19): thresholds and scores chosen from the "
+        "images annotated so far, measured on the rest",
+    )
+    rep.add_argument("--calibrate-every", type=int, default=5, metavar="N", help="checkpoints")
+    rep.add_argument(
+        "--calibrate-tasks",
+        type=int,
+        default=20,
+        metavar="N",
+        help="tune on the N most recent annotated images (the worker's CALIBRATE_TASKS)",
+    )

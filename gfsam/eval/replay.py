@@ -20,7 +20,9 @@ from typing import Any
 import numpy as np
 
 from gfsam.assign import SplitParams, assign_argmax, assign_split, calibrate_threshold
-from gfsam.encodings import Prediction, Reference
+from gfsam.calibrate import loo_references
+from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.eval.calibration import MIN_HELD_OUT, checkpoint, summarise
 from gfsam.eval.data import IGNORE, Dataset, Item, load_labels
 from gfsam.eval.models import EvalModel
 from gfsam.eval.report import IoUMeter, Output, progress
@@ -37,9 +39,45 @@ class Replay:
         self.model, self.classes, self.policy, self.assign = model, list(classes), policy, assign
         self.cfg = GFSAMConfig()
         self.shots: dict[int, list[Reference]] = {}
+        self.owners: dict[int, list[str]] = {}  # the item each shot came from, same order
         self.version: dict[int, int] = {}
         self.thresholds: dict[int, float] = {}  # per class, recomputed when its shots change
         self._cache: dict[tuple[str, int], tuple[int, Prediction]] = {}
+        self._loo: dict[tuple[str, int], tuple[tuple[str, ...], Prediction]] = {}
+        self._loo_thr: dict[tuple[str, ...], float] = {}
+
+    def predict(self, item: Item, target: TargetEncoding | None, c: int) -> Prediction:
+        """Class `c` on `item` with its current shots (cached per shot-set version)."""
+        hit = self._cache.get((item.key, c))
+        if hit is None or hit[0] != self.version[c]:
+            target = target or self.model.encode_target(item)
+            hit = (self.version[c], self.model.predict(target, self.shots[c]))
+            self._cache[(item.key, c)] = hit
+        return hit[1]
+
+    def left_out(self, item: Item) -> dict[int, tuple[list[Reference], float, Prediction]]:
+        """Class -> (shots without those taken from `item`, their default threshold, the
+        prediction on `item` with them): `item` is never predicted with itself as a reference
+        (`gfsam.calibrate.loo_references`). A class whose only shot came from `item` is absent.
+        """
+        out: dict[int, tuple[list[Reference], float, Prediction]] = {}
+        pairs = {str(c): list(zip(self.owners[c], self.shots[c], strict=True)) for c in self.shots}
+        target: TargetEncoding | None = None
+        for label, refs in loo_references(pairs, item.key).items():
+            c = int(label)
+            if len(refs) == len(self.shots[c]):  # nothing of item's: the shown prediction
+                out[c] = (refs, self.thresholds[c], self.predict(item, target, c))
+                continue
+            owners = tuple(o for o in self.owners[c] if o != item.key)
+            hit = self._loo.get((item.key, c))
+            if hit is None or hit[0] != owners:
+                target = target or self.model.encode_target(item)
+                hit = (owners, self.model.predict(target, refs))
+                self._loo[(item.key, c)] = hit
+            if owners not in self._loo_thr:
+                self._loo_thr[owners] = calibrate_threshold(refs, self.cfg, SplitParams())
+            out[c] = (refs, self._loo_thr[owners], hit[1])
+        return out
 
     def shown(self, item: Item) -> dict[int, np.ndarray] | None:
         """class -> bool [H, W] shown on `item` (argmax overlaps); None when no class has shots."""
@@ -47,13 +85,8 @@ class Replay:
             return None
         target = None
         preds: dict[str, Prediction] = {}
-        for c, refs in self.shots.items():
-            hit = self._cache.get((item.key, c))
-            if hit is None or hit[0] != self.version[c]:
-                target = target or self.model.encode_target(item)
-                hit = (self.version[c], self.model.predict(target, refs))
-                self._cache[(item.key, c)] = hit
-            preds[str(c)] = hit[1]
+        for c in self.shots:
+            preds[str(c)] = self.predict(item, target, c)
         if self.assign == "argmax":
             masks = assign_argmax(preds, list(preds)).label_masks()
         else:
@@ -73,7 +106,9 @@ class Replay:
                 mask, has_shots=c in self.shots, predicted=predicted, policy=self.policy
             ):
                 ref = self.model.encode_reference(item, mask)
-                self.shots[c] = trim_shots([*self.shots.get(c, []), ref], self.policy.max_shots)
+                pairs = [*zip(self.owners.get(c, []), self.shots.get(c, []), strict=True)]
+                kept = trim_shots([*pairs, (item.key, ref)], self.policy.max_shots)
+                self.owners[c], self.shots[c] = [o for o, _ in kept], [r for _, r in kept]
                 self.version[c] = self.version.get(c, 0) + 1
                 self.thresholds[c] = calibrate_threshold(self.shots[c], self.cfg, SplitParams())
 
@@ -94,8 +129,17 @@ def run_replay(
     limit: int,
     policy: ShotPolicy | None = None,
     assign: str = "split",
+    calibrate: bool = False,
+    calibrate_every: int = 5,
+    calibrate_tasks: int = 20,
 ) -> dict[str, Any]:
     """Replay the loop on the first `limit` images.
+
+    With `calibrate` (split only), every `calibrate_every` annotated images the backend's
+    self-tuning is replayed and measured on the images not annotated yet
+    (`gfsam.eval.calibration`): the result gains its summary keys (``default_miou``,
+    ``calibrated_miou``, ``best_fixed_miou``, ``score_iou_spearman``,
+    ``low20_correction_share``) and ``calibration`` (every checkpoint).
 
     Returns:
         ``protocol``, ``classes``, ``images``, ``curve`` (mean IoU % after each step, on the
@@ -106,7 +150,10 @@ def run_replay(
     items = ds.items[:limit]
     wanted = sorted(classes) if classes else sorted({c for i in items for c in ds.classes_of(i)})
     loop = Replay(model, wanted, policy or ShotPolicy(), assign)
+    if calibrate and assign != "split":
+        raise ValueError("--calibrate tunes split's thresholds: use --assign split")
     curve: list[float] = []
+    steps: list[dict[str, Any]] = []
     changed = scratch = 0
     for step, item in enumerate(progress(items, "replay")):
         labels = load_labels(item)
@@ -118,6 +165,12 @@ def run_replay(
         loop.annotate(item, labels, shown)
         if step + 1 == len(items):
             continue  # nothing left unannotated
+        left = len(items) - step - 1
+        due = calibrate and (step + 1) % calibrate_every == 0 and left >= MIN_HELD_OUT
+        if due and loop.shots:  # nothing to measure before the first shot
+            cp = checkpoint(loop, items[: step + 1], items[step + 1 :], tasks=calibrate_tasks)
+            steps.append(cp)
+            out.line(_checkpoint_line(cp))
         meter = IoUMeter()
         for rest in items[step + 1 :]:
             rest_labels = load_labels(rest)
@@ -136,10 +189,29 @@ def run_replay(
         "effort": round(changed / max(scratch, 1), 4),
         "wall_s": round(time.perf_counter() - start, 1),
     }
+    if calibrate:
+        result |= summarise(steps) | {"calibration": steps}
     out.line(
         f"replay: {len(items)} images, {len(wanted)} classes, assign {assign} "
         f"({result['wall_s']} s)"
     )
     out.line("mean IoU on unannotated images after each step: " + " ".join(map(str, curve)))
     out.line(f"pixels changed vs labelling from scratch: {100 * result['effort']:.1f}%")
+    if calibrate:
+        out.line(
+            "calibration (mean over {checkpoints} checkpoints): default_miou {default_miou} "
+            "calibrated_miou {calibrated_miou} best_fixed_miou {best_fixed_miou} "
+            "score_iou_spearman {score_iou_spearman} "
+            "low20_correction_share {low20_correction_share}".format(**result)
+        )
     return result
+
+
+def _checkpoint_line(cp: dict[str, Any]) -> str:
+    tuned = {lb: ch["offset"] for lb, ch in cp["choices"].items() if ch["how"] == "tuned"}
+    return (
+        f"after {cp['annotated']} images (tuned on {cp['tuned_on']}, held out {cp['held_out']}): "
+        f"default {cp['default_miou']} calibrated {cp['calibrated_miou']} "
+        f"best fixed {cp['best_fixed_miou']} spearman {cp['score_iou_spearman']} "
+        f"low20 {cp['low20_correction_share']} offsets {tuned or 'none moved'}"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from backend.state.jobs import Jobs
-from backend.state.schemas import DeliverJob, FeedJob, PredictJob
+from backend.state.schemas import CalibrateJob, DeliverJob, FeedJob, PredictJob
 from backend.state.store import Store
 from worker.labelstudio.replies import LSTask
 from worker.runtime import Runtime
@@ -20,7 +20,8 @@ def preannotate(
     `lookahead_tasks` in Label Studio's order at once (batch queue), the rest through the
     background feed (`worker.correction.debounce`); a prediction claimed for the API but never
     posted is
-    delivered again. Returns the number of predictions queued or fed."""
+    delivered again; the version's measurement (`worker.quality`) goes to the calibrate queue.
+    Returns the number of predictions queued or fed."""
     cfg = store.data.config(p)
     if cfg is None or not store.data.reference_set(p).ready_for(cfg.labels):
         return 0  # no label of the current config has a reference: nothing to predict
@@ -48,6 +49,7 @@ def preannotate(
             continue
         queued += jobs.enqueue_predict(job, high=False) in ("queued", "requeued")
     start_feed(rt, store, jobs, p, version, later)
+    jobs.enqueue_calibrate(CalibrateJob(project=p, version=version))  # issue 19, queued last
     logger.info(
         "project %s: queued %d pre-annotations at %s, %d more fed later",
         p,

@@ -96,7 +96,7 @@ def assign(
     model_key: str,
     cache: ThresholdCache = THRESHOLDS,
     point_masks: PointMasks | None = None,
-    thresholds: Mapping[str, float] | None = None,
+    offsets: Mapping[str, float] | None = None,
 ) -> Assignment:
     """Turn per-label predictions of one target into accepted instances and candidates.
 
@@ -111,7 +111,8 @@ def assign(
         model_key: identifies the weights (`Model.key`).
         cache: where calibrations are kept.
         point_masks: the target's prompt masks (split carves proposals along them).
-        thresholds: label -> presence floor overriding the calibrated one.
+        offsets: issue 19's hook (`worker.quality`): label -> added to its presence floor
+            (higher = stricter); absent labels keep the calibrated floor.
 
     Returns:
         `Assignment`: label -> accepted instances (bool [H, W] original size, pairwise
@@ -124,6 +125,7 @@ def assign(
             )
             for label in predictions
         }
+        thresholds = with_offsets({label: cal.floor for label, cal in cals.items()}, offsets)
         if mode == "label-gate":
             return assign_label_gate(
                 target,
@@ -159,3 +161,30 @@ def reject_counts(asg: Assignment) -> dict[str, LabelRejects]:
             row.rejected_instances += 1
             row.rejected_pixels += px
     return out
+
+
+# --- issue 19 hook (per-project tuning, `worker.quality`): kept apart from the rules above ------
+
+
+def default_thresholds(
+    config: GFSAMConfig,
+    references: Mapping[str, Sequence[Reference]],
+    shas: Mapping[str, Sequence[str]],
+    *,
+    model_key: str,
+    cache: ThresholdCache = THRESHOLDS,
+) -> dict[str, float]:
+    """label -> the presence floor `assign` uses for it before any offset (same cache, same
+    key)."""
+    return {
+        label: calibration(refs, config, shas[label], model_key=model_key, cache=cache).floor
+        for label, refs in references.items()
+    }
+
+
+def with_offsets(
+    thresholds: Mapping[str, float], offsets: Mapping[str, float] | None
+) -> dict[str, float]:
+    """label -> threshold + its offset (0 for a label without one)."""
+    extra = offsets or {}
+    return {label: t + float(extra.get(label, 0.0)) for label, t in thresholds.items()}

@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction
+from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction, Tuning
 from backend.state.settings import Settings
 from backend.state.store import Store
 from gfsam.assign import Instance
+from gfsam.calibrate import ScoreMap
 from gfsam.encodings import Reference, TargetEncoding
 from gfsam.geometry import clean_regions
 from worker.labelstudio.shapes import shapes_to_result
@@ -96,7 +97,9 @@ def predict_task(
     """Predict every label that has references; assign instances; keep the candidates.
 
     The item score is the mean score of the regions, or the mean of all label scores when no
-    region is kept (then `result` is empty).
+    region is kept (then `result` is empty). Once the project has been measured (issue 19,
+    `worker.quality`), its tuned offsets are added to the thresholds and every score posted
+    (task and region) is the expected IoU of the score map fitted on held-out annotations.
     """
     sha = hashlib.sha256(image_bytes).hexdigest()
     target = target_encoding(rt, store, image_bytes, sha)
@@ -105,6 +108,7 @@ def predict_task(
     preds, point_masks = decoded_masks.predict_labels(rt, store, sha, target, references)
     store.progress.incr_stat("predict")
     shas = {label: [s.ref for s in refs.shots[label]] for label in references}
+    tuning = store.quality.tuning(refs.project) if rt.settings.calibrate else None
     asg = assign(
         rt.settings.assign,
         rt.model.pipeline.config,
@@ -115,6 +119,7 @@ def predict_task(
         cfg.labels,
         model_key=rt.model.key,
         point_masks=point_masks,
+        offsets=tuning.offsets if tuning is not None else None,
     )
     if rt.settings.assign != "argmax":
         store.progress.record_rejects(refs.project, refs.version, task, reject_counts(asg))
@@ -123,12 +128,23 @@ def predict_task(
         rt.settings,
     )
     result = shapes_to_result(regions, cfg, geometry_params(rt.settings))
-    used = [float(r["score"]) for r in result]
-    used = used or [float(p.score) for p in preds.values()] or [0.0]
+    raw = [float(r["score"]) for r in result]
+    raw = raw or [float(p.score) for p in preds.values()] or [0.0]
+    expected = score_map(tuning)
+    if expected.fitted:
+        for r in result:
+            r["score"] = expected(float(r["score"]))
     prediction = StoredPrediction(
-        task=task, result=result, score=float(np.mean(used)), model_version=refs.version
+        task=task, result=result, score=expected(float(np.mean(raw))), model_version=refs.version
     )
     return TaskResult(prediction, target, asg.candidates)
+
+
+def score_map(tuning: Tuning | None) -> ScoreMap:
+    """The project's raw score -> expected IoU map (issue 19); the identity until measured."""
+    if tuning is None or not tuning.score_map.x:
+        return ScoreMap()
+    return ScoreMap.from_json(tuning.score_map.model_dump())
 
 
 def clean_geometry(

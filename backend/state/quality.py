@@ -1,0 +1,44 @@
+"""A project's self-measurement in Redis (issue 19): per-version quality reports and the tuning
+predictions apply. Text only: the measuring runs in the worker (`worker.quality`), the API and
+the status page read the same keys."""
+
+from __future__ import annotations
+
+from redis import Redis
+
+from backend.state.keys import key
+from backend.state.schemas import QualityReport, Tuning
+from backend.state.settings import Settings
+
+KEEP_REPORTS = 30  # versions whose report is kept (the progress keeps as many)
+
+
+class Quality:
+    """`p:{p}:quality` (n -> report) and `p:{p}:tuning`."""
+
+    def __init__(self, conn: Redis, settings: Settings) -> None:
+        self.r = conn
+        self.settings = settings
+
+    def put_report(self, report: QualityReport, tuning: Tuning | None) -> None:
+        """Store a version's report (the oldest beyond `KEEP_REPORTS` go) and, when given, the
+        tuning predictions apply from now on, in one transaction."""
+        k = key("p:{p}:quality", p=report.project)
+        with self.r.pipeline() as pipe:
+            pipe.hset(k, str(report.n), report.model_dump_json())
+            if tuning is not None:
+                pipe.set(key("p:{p}:tuning", p=report.project), tuning.model_dump_json())
+            pipe.execute()
+        ns = sorted(int(x) for x in self.r.hkeys(k))
+        if len(ns) > KEEP_REPORTS:
+            self.r.hdel(k, *[str(n) for n in ns[:-KEEP_REPORTS]])
+
+    def reports(self, p: int) -> list[QualityReport]:
+        """Every kept report, oldest version first."""
+        raw = self.r.hgetall(key("p:{p}:quality", p=p))
+        reports = [QualityReport.model_validate_json(v) for v in raw.values()]
+        return sorted(reports, key=lambda r: r.n)
+
+    def tuning(self, p: int) -> Tuning | None:
+        raw = self.r.get(key("p:{p}:tuning", p=p))
+        return Tuning.model_validate_json(raw) if raw else None

@@ -1,0 +1,582 @@
+"""A project measures and tunes itself on its own annotations (issue 19): pure functions.
+
+Every human annotation is a ground truth. Scoring a task with references that include a shot
+taken from that very task would measure memory, not quality, so references are **left out per
+task** (`loo_references`: each label's shots minus those of the scored task; a label left with
+no shot is not predicted there). What is measured per label (`Counts`, pixels at the original
+size, ignore excluded):
+
+- ``iou`` = tp / (tp + fp + fn), ``precision`` = tp / (tp + fp), ``recall`` = tp / (tp + fn),
+  accumulated over the scored tasks (a pixel-weighted IoU, as `gfsam.eval.report.IoUMeter`);
+- ``false_paint``: the share of scored tasks WITHOUT the label on which it painted at least one
+  pixel (the project protocol's definition, `gfsam.eval.project`);
+- ``n``: scored tasks that hold the label (the evidence), ``tasks``: all scored tasks.
+
+**Threshold tuning.** The assignment's per-label threshold (higher = stricter) has a default
+computed from the label's shots (`gfsam.assign.calibrate_threshold`); its absolute scale is
+that function's business, so tuning works on an **offset** added to whatever the default is:
+
+1. `offset_grid`: the candidates are 0 (the default) and quantiles of the offsets at which the
+   label's own proposals would flip (their similarity minus the default, observed on the
+   scored tasks): every candidate is a decision boundary the data shows, none is a hard-coded
+   scale;
+2. each scored task is assigned once per candidate (`Sweep`: label -> offset -> `Counts`);
+3. `choose_offset`: with at least ``min_tasks`` scored tasks holding the label (default 3), the
+   offset of the highest summed IoU (ties: the one nearest 0, so the default wins a tie);
+   otherwise 0, and the choice says why;
+4. `held_out_choice`: the honest estimate of what tuning gives: each task is scored at the
+   offset chosen on the OTHER tasks (a nested leave-one-out), so tuning never runs on the task
+   it is scored on; `tune` keeps a move only when this estimate beats the default.
+
+**Scores.** `fit_score_map` fits, on held-out (raw score, task IoU) pairs, a monotone map from
+the raw score a prediction carries to the IoU a person will accept: isotonic regression
+(`scipy.optimize.isotonic_regression`, pool adjacent violators), linear between its blocks,
+clipped at both ends, plus ``TIE_BREAK`` x raw so that two different raw scores never post the
+same value (isotonic blocks are flat; Label Studio sorts by the posted value). `spearman` and
+`low20_correction_share` say whether the score orders tasks by the work they need.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+
+K = TypeVar("K", bound=Hashable)
+R = TypeVar("R")
+
+MIN_TASKS = 3  # tasks holding a label before its threshold may move from the default
+GRID_SIZE = 7  # candidate offsets per label, 0 included
+TIE_BREAK = 1e-3  # posted score = calibrated IoU + TIE_BREAK * raw (strictly monotone)
+
+
+def loo_references(shots: Mapping[str, Sequence[tuple[K, R]]], task: K) -> dict[str, list[R]]:
+    """Each label's references without the shots taken from `task`.
+
+    Args:
+        shots: label -> its shots as (the task they were taken from, reference), in order.
+        task: the task about to be scored.
+
+    Returns:
+        label -> references (order kept); a label whose only shots came from `task` is absent.
+    """
+    out: dict[str, list[R]] = {}
+    for label, pairs in shots.items():
+        kept = [ref for owner, ref in pairs if owner != task]
+        if kept:
+            out[label] = kept
+    return out
+
+
+@dataclass
+class Counts:
+    """Pixel and task counts of one label over scored tasks (see the module docstring)."""
+
+    tp: int = 0
+    fp: int = 0
+    fn: int = 0
+    n: int = 0  # scored tasks holding the label
+    tasks: int = 0  # scored tasks
+    painted_absent: int = 0  # scored tasks without the label where it painted something
+
+    def add(self, pred: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> None:
+        """Add one task: `pred` and `truth` bool [H, W]; `valid` bool [H, W] pixels that count."""
+        pred, truth = np.asarray(pred, dtype=bool), np.asarray(truth, dtype=bool)
+        if valid is not None:
+            pred, truth = pred & valid, truth & valid
+        self.tp += int(np.count_nonzero(pred & truth))
+        self.fp += int(np.count_nonzero(pred & ~truth))
+        self.fn += int(np.count_nonzero(~pred & truth))
+        self.tasks += 1
+        if truth.any():
+            self.n += 1
+        elif pred.any():
+            self.painted_absent += 1
+
+    def __add__(self, other: Counts) -> Counts:
+        return Counts(
+            self.tp + other.tp,
+            self.fp + other.fp,
+            self.fn + other.fn,
+            self.n + other.n,
+            self.tasks + other.tasks,
+            self.painted_absent + other.painted_absent,
+        )
+
+    @property
+    def iou(self) -> float | None:
+        union = self.tp + self.fp + self.fn
+        return self.tp / union if union else None
+
+    @property
+    def precision(self) -> float | None:
+        return self.tp / (self.tp + self.fp) if self.tp + self.fp else None
+
+    @property
+    def recall(self) -> float | None:
+        return self.tp / (self.tp + self.fn) if self.tp + self.fn else None
+
+    @property
+    def false_paint(self) -> float | None:
+        absent = self.tasks - self.n
+        return self.painted_absent / absent if absent else None
+
+    def summary(self) -> dict[str, Any]:
+        """JSON-ready: n, tasks, iou, precision, recall, false_paint (None where undefined)."""
+
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
+        return {
+            "n": self.n,
+            "tasks": self.tasks,
+            "iou": r(self.iou),
+            "precision": r(self.precision),
+            "recall": r(self.recall),
+            "false_paint": r(self.false_paint),
+        }
+
+
+def total(counts: Iterable[Counts]) -> Counts:
+    out = Counts()
+    for c in counts:
+        out = out + c
+    return out
+
+
+def offset_grid(observed: Sequence[float], size: int = GRID_SIZE) -> list[float]:
+    """Candidate offsets for one label: 0 and ``size - 1`` quantiles of `observed`.
+
+    Args:
+        observed: similarity minus default threshold of the label's proposals on the scored
+            tasks (an offset o accepts a proposal iff its value >= o).
+        size: at most this many candidates (duplicates collapse).
+
+    Returns:
+        Sorted distinct offsets, 0 always among them; each other one is an observed value, so
+        it sits exactly on a decision boundary of the data.
+    """
+    values = np.asarray([v for v in observed if math.isfinite(v)], dtype=np.float64)
+    picks = {0.0}
+    if values.size and size > 1:
+        qs = np.quantile(values, np.linspace(0.0, 1.0, size - 1), method="inverted_cdf")
+        picks |= {float(q) for q in qs}
+    return sorted(picks)
+
+
+# label -> offset -> Counts: one task's (or many tasks') counts at every candidate offset
+Sweep = dict[str, dict[float, Counts]]
+
+
+@dataclass
+class Choice:
+    """The threshold offset chosen for one label, with its evidence.
+
+    Attributes:
+        offset: added to the default threshold (0: the default).
+        how: ``tuned`` (the highest held-out IoU), ``default`` (the default was best or tied),
+            ``too-few`` (fewer than ``min_tasks`` tasks hold the label), ``unconfirmed`` (`tune`:
+            the best offset on all tasks did not beat the default when each task was scored at
+            the offset chosen on the others, so the default stays).
+        n: scored tasks holding the label. iou_default / iou_chosen: summed IoU at offset 0 and
+            at the chosen offset over the tasks it was chosen on (None: undefined).
+        candidates: the offsets tried.
+    """
+
+    offset: float
+    how: str
+    n: int
+    iou_default: float | None
+    iou_chosen: float | None
+    candidates: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, Any]:
+        def r(x: float | None) -> float | None:
+            return None if x is None else round(x, 4)
+
+        return {
+            "offset": self.offset,
+            "how": self.how,
+            "n": self.n,
+            "iou_default": r(self.iou_default),
+            "iou_chosen": r(self.iou_chosen),
+            "candidates": [round(c, 6) for c in self.candidates],
+        }
+
+
+def choose_offset(sweep: Mapping[float, Counts], min_tasks: int = MIN_TASKS) -> Choice:
+    """The offset of the highest IoU over the tasks in `sweep` (one label).
+
+    Args:
+        sweep: offset -> counts summed over the tasks tuned on; must hold offset 0.
+        min_tasks: below this many tasks holding the label, keep the default.
+
+    Returns:
+        `Choice` (ties go to the offset nearest 0, then the stricter one).
+    """
+    if 0.0 not in sweep:
+        raise ValueError("the sweep must include offset 0 (the default threshold)")
+    base = sweep[0.0]
+    n = base.n
+    cands = sorted(sweep)
+    if n < min_tasks:
+        return Choice(0.0, "too-few", n, base.iou, base.iou, cands)
+
+    def key(o: float) -> tuple[float, float, float]:
+        iou = sweep[o].iou
+        return (-1.0 if iou is None else iou, -abs(o), o)
+
+    best = max(cands, key=key)
+    how = "default" if best == 0.0 else "tuned"
+    return Choice(best, how, n, base.iou, sweep[best].iou, cands)
+
+
+def sum_sweeps(sweeps: Iterable[Sweep]) -> Sweep:
+    """Label -> offset -> counts summed over tasks (offsets missing from a task count 0)."""
+    out: Sweep = {}
+    for sw in sweeps:
+        for label, by_off in sw.items():
+            mine = out.setdefault(label, {})
+            for off, c in by_off.items():
+                mine[off] = mine.get(off, Counts()) + c
+    return out
+
+
+def choose_offsets(sweeps: Iterable[Sweep], min_tasks: int = MIN_TASKS) -> dict[str, Choice]:
+    """`choose_offset` per label on the summed sweeps of the given tasks."""
+    return {label: choose_offset(s, min_tasks) for label, s in sum_sweeps(sweeps).items()}
+
+
+def held_out_choice(
+    sweeps: Mapping[K, Sweep], min_tasks: int = MIN_TASKS
+) -> tuple[dict[str, Counts], dict[str, Counts]]:
+    """What tuning gives, measured without ever tuning on the scored task.
+
+    Each task is scored at the offset chosen (`choose_offset`) on the other tasks alone.
+
+    Args:
+        sweeps: task -> its sweep (every task swept over the same candidate offsets).
+
+    Returns:
+        (default, tuned): label -> counts over all tasks at offset 0 / at the held-out choice.
+    """
+    default: dict[str, Counts] = {}
+    tuned: dict[str, Counts] = {}
+    for task, sw in sweeps.items():
+        others = choose_offsets((s for t, s in sweeps.items() if t != task), min_tasks)
+        for label, by_off in sw.items():
+            default[label] = default.get(label, Counts()) + by_off[0.0]
+            choice = others.get(label)
+            off = choice.offset if choice is not None and choice.offset in by_off else 0.0
+            tuned[label] = tuned.get(label, Counts()) + by_off[off]
+    return default, tuned
+
+
+def task_iou(shown: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> float:
+    """One task's IoU over its labels: pixels painted with their true label over the pixels
+    painted or labelled; 1.0 when neither paints anything.
+
+    Args:
+        shown, truth: int [H, W] label maps (0: nothing). valid: bool [H, W] pixels that count.
+    """
+    fg = (shown != 0) | (truth != 0)
+    good = (shown == truth) & (truth != 0)
+    if valid is not None:
+        fg, good = fg & valid, good & valid
+    union = int(np.count_nonzero(fg))
+    return int(np.count_nonzero(good)) / union if union else 1.0
+
+
+def correction_pixels(shown: np.ndarray, truth: np.ndarray, valid: np.ndarray | None = None) -> int:
+    """Pixels a person changes to turn `shown` into `truth` (int [H, W] label maps)."""
+    diff = shown != truth
+    if valid is not None:
+        diff &= valid
+    return int(np.count_nonzero(diff))
+
+
+@dataclass(frozen=True)
+class ScoreMap:
+    """A monotone map raw score -> expected IoU (`fit_score_map`); identity when unfitted.
+
+    Attributes:
+        x, y: knots (raw score ascending, fitted IoU non-decreasing); empty: the identity.
+        n: pairs it was fitted on.
+    """
+
+    x: tuple[float, ...] = ()
+    y: tuple[float, ...] = ()
+    n: int = 0
+
+    @property
+    def fitted(self) -> bool:
+        return bool(self.x)
+
+    def __call__(self, raw: float) -> float:
+        raw = float(raw)
+        if not self.fitted:
+            return raw
+        value = float(np.interp(raw, self.x, self.y)) + TIE_BREAK * raw
+        return float(np.clip(value, 0.0, 1.0))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"x": list(self.x), "y": list(self.y), "n": self.n}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> ScoreMap:
+        return cls(tuple(map(float, data["x"])), tuple(map(float, data["y"])), int(data["n"]))
+
+
+def fit_score_map(
+    raw: Sequence[float], iou: Sequence[float], min_points: int = MIN_TASKS
+) -> ScoreMap:
+    """Isotonic fit of `iou` on `raw` (both [N]); fewer than `min_points` pairs: the identity.
+
+    Equal raw scores are pooled first (mean IoU, weighted by their count); the knots are the
+    distinct raw scores with their fitted IoU, evaluated linearly in between.
+    """
+    from scipy.optimize import isotonic_regression
+
+    if len(raw) != len(iou):
+        raise ValueError(f"raw and iou differ in length: {len(raw)} vs {len(iou)}")
+    if len(raw) < min_points:
+        return ScoreMap(n=len(raw))
+    xs, inverse = np.unique(np.asarray(raw, dtype=np.float64), return_inverse=True)
+    weights = np.bincount(inverse).astype(np.float64)
+    means = np.bincount(inverse, weights=np.asarray(iou, dtype=np.float64)) / weights
+    fitted = isotonic_regression(means, weights=weights, increasing=True).x
+    return ScoreMap(tuple(map(float, xs)), tuple(map(float, fitted)), len(raw))
+
+
+def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
+    """Spearman rank correlation (ties averaged); None below 3 pairs or for a constant side."""
+    from scipy.stats import spearmanr
+
+    if len(a) != len(b):
+        raise ValueError(f"lengths differ: {len(a)} vs {len(b)}")
+    if len(a) < 3 or np.ptp(np.asarray(a, float)) == 0 or np.ptp(np.asarray(b, float)) == 0:
+        return None
+    return float(spearmanr(a, b).statistic)
+
+
+def low20_correction_share(
+    scores: Sequence[float], corrections: Sequence[float], share: float = 0.2
+) -> float | None:
+    """Share of all pixels to correct held by the `share` of tasks with the lowest score.
+
+    The ceil(share x N) lowest-scored tasks are taken (ties: the earlier task first, as a
+    stable sort). A random order gives `share` on average; a perfect one, the most it can.
+    None when nothing needs correcting.
+    """
+    if len(scores) != len(corrections):
+        raise ValueError(f"lengths differ: {len(scores)} vs {len(corrections)}")
+    work = np.asarray(corrections, dtype=np.float64)
+    if not len(work) or work.sum() <= 0:
+        return None
+    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
+    k = max(1, math.ceil(share * len(work) - 1e-9))
+    return float(work[order[:k]].sum() / work.sum())
+
+
+# --- tuning a set of scored tasks (the harness's replay and the worker's background job) -----
+
+
+class _Assigned(Protocol):
+    """What `tune` reads of an assignment (`gfsam.assign.Assignment`)."""
+
+    @property
+    def accepted(self) -> Mapping[str, Sequence[Any]]: ...
+
+    @property
+    def candidates(self) -> Sequence[Any]: ...
+
+    def label_masks(self) -> dict[str, np.ndarray]: ...
+
+
+@dataclass
+class TaskCase:
+    """One scored task: how to assign it at given thresholds, and its truth.
+
+    Attributes:
+        key: the task (never scored with its own shots: the caller built `assign_at` on
+            `loo_references`).
+        assign_at: thresholds (label -> value, higher = stricter) -> the assignment of the
+            task's predictions under them (`gfsam.assign.assign_split` or the worker's
+            `assign`); called 1 + len(grid) + 1 times.
+        defaults: label -> the default threshold for the references used (the labels scored).
+        truth: label -> bool [H, W] the annotator's mask (every label of `defaults`).
+        valid: bool [H, W] pixels that count, or None.
+        fallback_score: the raw task score when nothing is painted (the worker's: the mean
+            label score).
+    """
+
+    key: Hashable
+    assign_at: Callable[[Mapping[str, float]], _Assigned]
+    defaults: dict[str, float]
+    truth: dict[str, np.ndarray]
+    valid: np.ndarray | None = None
+    fallback_score: float = 0.0
+
+
+@dataclass
+class Outcome:
+    """One task assigned at some thresholds: per-label counts, raw score, IoU, corrections."""
+
+    counts: dict[str, Counts]
+    raw_score: float
+    iou: float
+    corrections: int
+
+
+def observed_offsets(asg: _Assigned, defaults: Mapping[str, float]) -> dict[str, list[float]]:
+    """label -> similarity minus default of every proposal the assignment judged for it
+    (accepted and rejected alike; NaN similarities, as argmax gives, are left out)."""
+    out: dict[str, list[float]] = {label: [] for label in defaults}
+    insts = [i for group in asg.accepted.values() for i in group] + list(asg.candidates)
+    for inst in insts:
+        sim = float(getattr(inst, "similarity", float("nan")))
+        if inst.label in out and math.isfinite(sim):
+            out[inst.label].append(sim - defaults[inst.label])
+    return out
+
+
+def _label_map(
+    masks: Mapping[str, np.ndarray], order: Sequence[str], shape: tuple[int, ...]
+) -> np.ndarray:
+    out = np.zeros(shape, dtype=np.int32)
+    for k, label in enumerate(order, start=1):
+        m = masks.get(label)
+        if m is not None:
+            out[np.asarray(m, dtype=bool)] = k
+    return out
+
+
+def outcome(case: TaskCase, asg: _Assigned) -> Outcome:
+    """Score one assignment of `case` against its truth."""
+    order = sorted(case.defaults)
+    masks = asg.label_masks()
+    shape = next(iter(case.truth.values())).shape
+    counts: dict[str, Counts] = {}
+    for label in order:
+        c = Counts()
+        c.add(masks.get(label, np.zeros(shape, dtype=bool)), case.truth[label], case.valid)
+        counts[label] = c
+    scores = [float(i.score) for group in asg.accepted.values() for i in group]
+    raw = float(np.mean(scores)) if scores else float(case.fallback_score)
+    shown, truth = _label_map(masks, order, shape), _label_map(case.truth, order, shape)
+    return Outcome(
+        counts,
+        raw,
+        task_iou(shown, truth, case.valid),
+        correction_pixels(shown, truth, case.valid),
+    )
+
+
+def thresholds_at(defaults: Mapping[str, float], offsets: Mapping[str, float]) -> dict[str, float]:
+    """label -> default + its offset (0 for a label without one)."""
+    return {label: d + float(offsets.get(label, 0.0)) for label, d in defaults.items()}
+
+
+def sweep_steps(grids: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
+    """The joint steps of a sweep: the all-default step first, then step g puts every label at
+    its g-th candidate (its last one when its grid is shorter); identical steps once. A label's
+    counts at each of its offsets then come from at most max(len(grid)) + 1 assignments, not
+    their product; its IoU depends on the others' offsets only through pixel exclusivity
+    (second order)."""
+    steps: list[dict[str, float]] = [{lb: 0.0 for lb in grids}]
+    for g in range(max((len(v) for v in grids.values()), default=0)):
+        step = {lb: float(v[min(g, len(v) - 1)]) for lb, v in grids.items() if v}
+        if step not in steps:
+            steps.append(step)
+    return steps
+
+
+def sweep_task(case: TaskCase, grids: Mapping[str, Sequence[float]]) -> Sweep:
+    """Assign `case` once per `sweep_steps` step; label -> offset -> its counts."""
+    out: Sweep = {label: {} for label in case.defaults}
+    for offs in sweep_steps({lb: g for lb, g in grids.items() if lb in case.defaults}):
+        res = outcome(case, case.assign_at(thresholds_at(case.defaults, offs)))
+        for label, c in res.counts.items():
+            out[label].setdefault(float(offs.get(label, 0.0)), c)
+    return out
+
+
+def remember_default(case: TaskCase) -> TaskCase:
+    """`case` whose assignment at its default thresholds is computed once (the first pass, the
+    sweep's all-default step and an all-default choice ask for it)."""
+    cached: list[_Assigned] = []
+    inner = case.assign_at
+
+    def assign_at(thresholds: Mapping[str, float]) -> _Assigned:
+        if dict(thresholds) != case.defaults:
+            return inner(thresholds)
+        if not cached:
+            cached.append(inner(thresholds))
+        return cached[0]
+
+    return TaskCase(case.key, assign_at, case.defaults, case.truth, case.valid, case.fallback_score)
+
+
+@dataclass
+class Tuning:
+    """What `tune` found on a set of scored tasks.
+
+    Attributes:
+        choices: label -> `Choice` on all the tasks (what later predictions use).
+        default, held_out: label -> counts at the default thresholds / at the offsets chosen on
+            the other tasks only (`held_out_choice`).
+        score_map: raw score -> expected IoU, fitted on the tasks at the chosen offsets.
+        outcomes: task -> its `Outcome` at the chosen offsets.
+        grids: label -> candidate offsets.
+    """
+
+    choices: dict[str, Choice]
+    default: dict[str, Counts]
+    held_out: dict[str, Counts]
+    score_map: ScoreMap
+    outcomes: dict[Hashable, Outcome]
+    grids: dict[str, list[float]]
+
+    def offsets(self) -> dict[str, float]:
+        return {label: ch.offset for label, ch in self.choices.items()}
+
+
+def tune(
+    cases: Sequence[TaskCase], min_tasks: int = MIN_TASKS, grid_size: int = GRID_SIZE
+) -> Tuning:
+    """Measure, choose thresholds and fit the score map on `cases` (each already leave-one-out).
+
+    1. every task at the default thresholds: the proposals' offsets give each label's grid
+       (`offset_grid`); 2. every task swept over the grids; 3. per label the offset of the best
+       summed IoU (`choose_offset`), and the nested leave-one-out estimate (`held_out_choice`);
+       a move that estimate does not confirm (tuned IoU <= default IoU) is dropped
+       (``unconfirmed``); 4. every task at the chosen offsets: (raw score, task IoU) pairs ->
+       `fit_score_map`.
+    """
+    cases = [remember_default(c) for c in cases]
+    observed: dict[str, list[float]] = {}
+    for case in cases:
+        for label, offs in observed_offsets(case.assign_at(case.defaults), case.defaults).items():
+            observed.setdefault(label, []).extend(offs)
+    grids = {label: offset_grid(v, grid_size) for label, v in observed.items()}
+    sweeps = {case.key: sweep_task(case, grids) for case in cases}
+    choices = choose_offsets(sweeps.values(), min_tasks)
+    default, held = held_out_choice(sweeps, min_tasks)
+    for label, ch in choices.items():  # a move must also pay off held out (nested LOO)
+        base, kept = default[label].iou, held[label].iou
+        if ch.how == "tuned" and (base is None or kept is None or kept <= base):
+            choices[label] = Choice(
+                0.0, "unconfirmed", ch.n, ch.iou_default, ch.iou_default, ch.candidates
+            )
+    offsets = {label: ch.offset for label, ch in choices.items()}
+    outcomes = {
+        case.key: outcome(case, case.assign_at(thresholds_at(case.defaults, offsets)))
+        for case in cases
+    }
+    score_map = fit_score_map(
+        [o.raw_score for o in outcomes.values()], [o.iou for o in outcomes.values()], min_tasks
+    )
+    return Tuning(choices, default, held, score_map, outcomes, grids)

@@ -1,0 +1,160 @@
+"""`eval replay --calibrate`: what the backend's self-tuning (issue 19) gives on a replayed project.
+
+At checkpoints of the replay (every ``every`` annotated images while at least ``MIN_HELD_OUT``
+images remain), with the shots the loop holds then:
+
+- **tuning, as the backend does it** (`gfsam.calibrate.tune`): the last ``tasks`` annotated
+  images, each predicted with references that exclude its own shots
+  (`Replay.left_out`), swept over candidate threshold offsets; per class the offset of the
+  best IoU with at least ``min_tasks`` images holding it (else the default), and the score map;
+- **measured on the images not annotated yet** (never seen by the tuning), with the current
+  shots: ``default`` (default thresholds), ``calibrated`` (the chosen offsets), ``best_fixed``
+  (per class the best candidate offset chosen in hindsight ON these images: the ceiling of any
+  threshold choice from the same candidates; the grid comes from these images' own proposals);
+  and, at the chosen offsets, the posted score (`ScoreMap` of the raw score) against each
+  image's IoU: ``score_iou_spearman`` and ``low20_correction_share`` (0.2: a random order).
+
+mIoU: mean over the classes that have shots and appear in the held-out images of the IoU
+accumulated over them, in %. Each figure of the result is the mean over checkpoints (each
+checkpoint's figures are kept under ``calibration.steps``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from gfsam.assign import Assignment, assign_split
+from gfsam.calibrate import (
+    GRID_SIZE,
+    MIN_TASKS,
+    Counts,
+    Outcome,
+    TaskCase,
+    choose_offset,
+    low20_correction_share,
+    observed_offsets,
+    offset_grid,
+    outcome,
+    remember_default,
+    spearman,
+    sum_sweeps,
+    sweep_task,
+    thresholds_at,
+    tune,
+)
+from gfsam.encodings import Prediction, Reference
+from gfsam.eval.data import IGNORE, Item, load_labels
+
+if TYPE_CHECKING:
+    from gfsam.eval.replay import Replay
+
+MIN_HELD_OUT = 5  # a checkpoint needs this many images left to rank
+
+
+def _case(
+    loop: Replay,
+    item: Item,
+    per_class: dict[int, tuple[list[Reference], float, Prediction]],
+) -> TaskCase | None:
+    if not per_class:
+        return None
+    labels = load_labels(item)
+    refs = {str(c): r for c, (r, _, _) in per_class.items()}
+    preds = {str(c): p for c, (_, _, p) in per_class.items()}
+    target = loop.model.encode_target(item)
+
+    def assign_at(thresholds: Mapping[str, float]) -> Assignment:
+        return assign_split(target, preds, refs, cfg=loop.cfg, thresholds=thresholds)
+
+    return TaskCase(
+        key=item.key,
+        assign_at=assign_at,
+        defaults={str(c): t for c, (_, t, _) in per_class.items()},
+        truth={str(c): labels == c for c in per_class},
+        valid=labels != IGNORE,
+        fallback_score=float(np.mean([float(p.score) for p in preds.values()])),
+    )
+
+
+def _current(loop: Replay, item: Item) -> dict[int, tuple[list[Reference], float, Prediction]]:
+    return {c: (loop.shots[c], loop.thresholds[c], loop.predict(item, None, c)) for c in loop.shots}
+
+
+def _miou(counts: dict[str, Counts], classes: Sequence[str]) -> float | None:
+    ious = [counts[c].iou for c in classes if c in counts]
+    vals = [v for v in ious if v is not None]
+    return round(100.0 * float(np.mean(vals)), 2) if vals else None
+
+
+def checkpoint(
+    loop: Replay,
+    annotated: Sequence[Item],
+    held_out: Sequence[Item],
+    *,
+    tasks: int,
+    min_tasks: int = MIN_TASKS,
+    grid_size: int = GRID_SIZE,
+) -> dict[str, Any]:
+    """Tune on the last `tasks` of `annotated` (leave-one-out), measure on `held_out`."""
+    recent = list(annotated)[-tasks:][::-1]  # most recent first, as the worker takes them
+    cases = [c for c in (_case(loop, i, loop.left_out(i)) for i in recent) if c is not None]
+    tuning = tune(cases, min_tasks=min_tasks, grid_size=grid_size)
+    offsets = tuning.offsets()
+    found = [_case(loop, i, _current(loop, i)) for i in held_out]
+    rest = [remember_default(c) for c in found if c is not None]
+    default: dict[str, Counts] = {}
+    calibrated: dict[str, Counts] = {}
+    outs: list[Outcome] = []
+    observed: dict[str, list[float]] = {}
+    for case in rest:
+        asg0 = case.assign_at(case.defaults)
+        for label, offs in observed_offsets(asg0, case.defaults).items():
+            observed.setdefault(label, []).extend(offs)
+        base = outcome(case, asg0)
+        tuned = outcome(case, case.assign_at(thresholds_at(case.defaults, offsets)))
+        for label in case.defaults:
+            default[label] = default.get(label, Counts()) + base.counts[label]
+            calibrated[label] = calibrated.get(label, Counts()) + tuned.counts[label]
+        outs.append(tuned)
+    grids = {label: offset_grid(v, grid_size) for label, v in observed.items()}
+    hindsight = sum_sweeps(sweep_task(case, grids) for case in rest)
+    best = {label: sw[choose_offset(sw, min_tasks=0).offset] for label, sw in hindsight.items()}
+    present = sorted(label for label, c in default.items() if c.n > 0)
+    posted = [tuning.score_map(o.raw_score) for o in outs]
+    return {
+        "annotated": len(annotated),
+        "held_out": len(rest),
+        "tuned_on": len(cases),
+        "classes": present,
+        "default_miou": _miou(default, present),
+        "calibrated_miou": _miou(calibrated, present),
+        "best_fixed_miou": _miou(best, present),
+        "score_iou_spearman": spearman(posted, [o.iou for o in outs]),
+        "low20_correction_share": low20_correction_share(posted, [o.corrections for o in outs]),
+        "score_map_fitted": tuning.score_map.fitted,
+        "choices": {label: ch.summary() for label, ch in sorted(tuning.choices.items())},
+        "held_out_tuning": {
+            label: {"default": tuning.default[label].summary(), "tuned": c.summary()}
+            for label, c in sorted(tuning.held_out.items())
+        },
+    }
+
+
+def summarise(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over checkpoints of each figure (checkpoints where it is defined)."""
+
+    def mean(key: str) -> float | None:
+        vals = [s[key] for s in steps if s.get(key) is not None]
+        return round(float(np.mean(vals)), 4) if vals else None
+
+    keys = (
+        "default_miou",
+        "calibrated_miou",
+        "best_fixed_miou",
+        "score_iou_spearman",
+        "low20_correction_share",
+    )
+    return {k: mean(k) for k in keys} | {"checkpoints": len(steps)}

@@ -1,0 +1,230 @@
+"""gfsam.calibrate on hand-checkable cases: leave-one-out, metrics, threshold choice, scores."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+import pytest
+
+from gfsam.calibrate import (
+    TIE_BREAK,
+    Counts,
+    TaskCase,
+    choose_offset,
+    correction_pixels,
+    fit_score_map,
+    held_out_choice,
+    loo_references,
+    low20_correction_share,
+    offset_grid,
+    spearman,
+    sweep_steps,
+    task_iou,
+)
+
+
+def test_loo_drops_only_the_scored_tasks_shots() -> None:
+    shots = {"cat": [(1, "c1"), (2, "c2")], "dog": [(2, "d2")], "cow": [(3, "w3"), (1, "w1")]}
+    assert loo_references(shots, 2) == {"cat": ["c1"], "cow": ["w3", "w1"]}
+    assert loo_references(shots, 1) == {"cat": ["c2"], "dog": ["d2"], "cow": ["w3"]}
+    assert loo_references(shots, 9) == {"cat": ["c1", "c2"], "dog": ["d2"], "cow": ["w3", "w1"]}
+
+
+def test_loo_never_scores_a_task_with_itself() -> None:
+    rng = np.random.default_rng(0)
+    shots = {lb: [(int(t), (lb, int(t))) for t in rng.integers(0, 6, size=4)] for lb in "abc"}
+    for task in range(6):
+        refs = loo_references(shots, task)
+        assert all(owner != task for label in refs for _, owner in refs[label])
+
+
+def _mask(*cells: tuple[int, int]) -> np.ndarray:
+    m = np.zeros((4, 4), dtype=bool)
+    for y, x in cells:
+        m[y, x] = True
+    return m
+
+
+def test_counts_metrics_by_hand() -> None:
+    c = Counts()
+    # task 1: truth 4 px, pred 3 px of which 2 right -> tp 2, fp 1, fn 2
+    c.add(_mask((0, 0), (0, 1), (3, 3)), _mask((0, 0), (0, 1), (1, 0), (1, 1)))
+    # task 2: label absent, painted 1 px -> fp 1, painted_absent
+    c.add(_mask((2, 2)), _mask())
+    # task 3: label absent, nothing painted
+    c.add(_mask(), _mask())
+    assert (c.tp, c.fp, c.fn, c.n, c.tasks, c.painted_absent) == (2, 2, 2, 1, 3, 1)
+    assert c.iou == pytest.approx(2 / 6)
+    assert c.precision == pytest.approx(2 / 4)
+    assert c.recall == pytest.approx(2 / 4)
+    assert c.false_paint == pytest.approx(1 / 2)
+    assert Counts().iou is None and Counts().false_paint is None
+
+
+def test_counts_respect_ignore_pixels() -> None:
+    c = Counts()
+    valid = ~_mask((0, 0))
+    c.add(_mask((0, 0), (1, 1)), _mask((1, 1)), valid)
+    assert (c.tp, c.fp, c.fn) == (1, 0, 0)
+
+
+def test_task_iou_and_corrections() -> None:
+    truth = np.array([[1, 1, 0], [2, 0, 0]])
+    shown = np.array([[1, 2, 0], [0, 0, 3]])
+    # good: 1 px (label 1); union: truth fg 3 px + shown-only px (2,2)=1 -> 4
+    assert task_iou(shown, truth) == pytest.approx(1 / 4)
+    assert correction_pixels(shown, truth) == 3
+    assert task_iou(np.zeros((2, 2), int), np.zeros((2, 2), int)) == 1.0
+
+
+def test_offset_grid_holds_zero_and_observed_values() -> None:
+    grid = offset_grid([-0.3, -0.1, 0.05, 0.2, 0.4], size=7)
+    assert 0.0 in grid
+    assert set(grid) - {0.0} <= {-0.3, -0.1, 0.05, 0.2, 0.4}
+    assert grid == sorted(grid) and min(grid) == -0.3 and max(grid) == 0.4
+    assert offset_grid([]) == [0.0]
+    assert len(offset_grid(list(np.linspace(-1, 1, 100)), size=5)) <= 5
+
+
+def _c(tp: int, fp: int, fn: int, n: int = 3) -> Counts:
+    return Counts(tp=tp, fp=fp, fn=fn, n=n, tasks=n)
+
+
+def test_choice_takes_the_best_iou_and_keeps_the_default_on_ties() -> None:
+    sweep = {-0.1: _c(8, 8, 0), 0.0: _c(6, 2, 2), 0.1: _c(7, 0, 1), 0.2: _c(4, 0, 4)}
+    ch = choose_offset(sweep)
+    assert ch.offset == 0.1 and ch.how == "tuned"
+    assert ch.iou_default == pytest.approx(0.6) and ch.iou_chosen == pytest.approx(7 / 8)
+    tie = {-0.1: _c(6, 2, 2), 0.0: _c(6, 2, 2), 0.1: _c(6, 2, 2)}
+    assert choose_offset(tie).offset == 0.0 and choose_offset(tie).how == "default"
+
+
+def test_choice_needs_evidence() -> None:
+    sweep = {0.0: _c(1, 9, 0, n=2), 0.3: _c(1, 0, 0, n=2)}
+    ch = choose_offset(sweep, min_tasks=3)
+    assert ch.offset == 0.0 and ch.how == "too-few" and ch.n == 2
+    assert choose_offset(sweep, min_tasks=2).offset == 0.3
+    with pytest.raises(ValueError):
+        choose_offset({0.1: _c(1, 0, 0)})
+
+
+def test_held_out_choice_never_tunes_on_the_scored_task() -> None:
+    one = Counts(tp=1, n=1, tasks=1)
+    bad = Counts(fp=1, fn=1, n=1, tasks=1)
+    sweeps = {t: {"x": {0.0: bad, 0.2: one}} for t in "abcd"}
+    sweeps["e"] = {"x": {0.0: Counts(tp=1, n=1, tasks=1), 0.2: Counts(fn=1, n=1, tasks=1)}}
+    default, tuned = held_out_choice(sweeps, min_tasks=3)
+    # a: chosen on b, c, d, e: offset 0 -> tp 1, fp 3, fn 3 (1/7); 0.2 -> tp 3, fn 1 (3/4): 0.2.
+    # Same for b, c, d. e: chosen on a..d -> 0.2, where e loses its pixel (tuning on e itself
+    # would not have changed that, but e's own counts never entered its choice).
+    assert (tuned["x"].tp, tuned["x"].fp, tuned["x"].fn) == (4, 0, 1)
+    assert (default["x"].tp, default["x"].fp, default["x"].fn) == (1, 4, 4)
+
+
+def test_held_out_choice_counts_evidence_without_the_scored_task() -> None:
+    one = Counts(tp=1, n=1, tasks=1)
+    bad = Counts(fp=1, fn=1, n=1, tasks=1)
+    # three tasks hold the label: in-sample there is evidence (3), but with the scored task left
+    # out only 2 remain, so every task is scored at the default
+    sweeps = {t: {"x": {0.0: bad, 0.2: one}} for t in "abc"}
+    assert choose_offset({0.0: bad + bad + bad, 0.2: one + one + one}).offset == 0.2
+    default, tuned = held_out_choice(sweeps, min_tasks=3)
+    assert (tuned["x"].tp, tuned["x"].fp, tuned["x"].fn) == (0, 3, 3)
+    assert (tuned["x"].tp, tuned["x"].fp) == (default["x"].tp, default["x"].fp)
+
+
+def test_score_map_is_isotonic_and_strictly_monotone() -> None:
+    raw = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    iou = [0.2, 0.1, 0.5, 0.4, 0.9, 0.8]  # two violations, pooled: 0.15, 0.45, 0.85
+    sm = fit_score_map(raw, iou)
+    assert sm.fitted and sm.n == 6
+    assert sm.y == pytest.approx((0.15, 0.15, 0.45, 0.45, 0.85, 0.85))
+    assert sm(0.3) == pytest.approx(0.45 + TIE_BREAK * 0.3)
+    assert sm(0.35) == pytest.approx(0.45 + TIE_BREAK * 0.35)
+    assert sm(0.0) == pytest.approx(0.15)  # clipped to the first knot (+ 0 tie-break)
+    assert sm(0.2) > sm(0.1)  # flat block, still ordered
+    values = [sm(x) for x in np.linspace(0, 1, 50)]
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    assert fit_score_map([0.5, 0.7], [0.1, 0.2]).fitted is False  # too few pairs: identity
+    assert fit_score_map([0.5, 0.7], [0.1, 0.2])(0.7) == 0.7
+    again = type(sm).from_json(sm.to_json())
+    assert again == sm
+
+
+def test_score_map_pools_equal_raw_scores() -> None:
+    sm = fit_score_map([0.5, 0.5, 0.9], [0.2, 0.6, 0.7])
+    assert sm.x == (0.5, 0.9) and sm.y == pytest.approx((0.4, 0.7))
+
+
+def test_spearman_and_low20() -> None:
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == pytest.approx(1.0)
+    assert spearman([1, 2, 3, 4], [4, 3, 2, 1]) == pytest.approx(-1.0)
+    assert spearman([1, 1, 1], [1, 2, 3]) is None
+    assert spearman([1, 2], [1, 2]) is None
+    # 10 tasks; the 2 lowest-scored hold 60 of 100 correction pixels
+    scores = [0.9, 0.1, 0.8, 0.7, 0.2, 0.6, 0.5, 0.4, 0.3, 0.95]
+    work = [5, 30, 5, 5, 30, 5, 5, 5, 5, 5]
+    assert low20_correction_share(scores, work) == pytest.approx(0.6)
+    assert low20_correction_share(scores, [0] * 10) is None
+    # ceil: 6 tasks -> 2 taken
+    assert low20_correction_share([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1]) == pytest.approx(2 / 6)
+
+
+def test_sweep_steps_start_at_the_default_and_cover_every_candidate() -> None:
+    grids = {"a": [-0.2, 0.0, 0.1], "b": [0.0, 0.3]}
+    steps = sweep_steps(grids)
+    assert steps[0] == {"a": 0.0, "b": 0.0}
+    assert len(steps) <= max(len(g) for g in grids.values()) + 1
+    for label, grid in grids.items():
+        assert {s[label] for s in steps} == set(grid)
+    assert len({tuple(sorted(s.items())) for s in steps}) == len(steps)
+
+
+def _case(key: str, outcomes: dict[float, Counts]) -> TaskCase:
+    """A one-label task whose assignment at default + offset paints what `outcomes` says: the
+    truth is 4 pixels, the prediction painted tp of them plus fp outside."""
+    truth = np.zeros((4, 4), dtype=bool)
+    truth[0] = True
+
+    class Asg:
+        def __init__(self, c: Counts) -> None:
+            mask = np.zeros((4, 4), dtype=bool)
+            mask[0, : c.tp] = True
+            mask[1:, :].flat[: c.fp] = True
+            inst = type("I", (), {"label": "x", "score": 0.5, "similarity": 0.0, "mask": mask})
+            self.accepted = {"x": [inst] if mask.any() else []}
+            self.candidates: list[object] = []
+            self.mask = mask
+
+        def label_masks(self) -> dict[str, np.ndarray]:
+            return {"x": self.mask} if self.mask.any() else {}
+
+    def assign_at(th: Mapping[str, float]) -> Asg:
+        off = round(th["x"] - 1.0, 6)
+        return Asg(outcomes.get(off, outcomes[0.0]))
+
+    return TaskCase(key, assign_at, {"x": 1.0}, {"x": truth})
+
+
+def test_tune_keeps_only_moves_the_nested_estimate_confirms(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gfsam.calibrate as cal
+
+    monkeypatch.setattr(cal, "offset_grid", lambda values, size=7: [0.0, 0.2])
+    # four tasks where the stricter offset removes 3 false pixels: confirmed held out
+    good = {0.0: Counts(tp=4, fp=3), 0.2: Counts(tp=4)}
+    found = cal.tune([_case(k, good) for k in "abcd"])
+    assert found.choices["x"].how == "tuned" and found.choices["x"].offset == 0.2
+    assert found.held_out["x"].iou == 1.0 and found.default["x"].iou == pytest.approx(16 / 28)
+    # one task gains a lot, three lose a little: the move wins on all four (in-sample) but
+    # every task scored at the choice of the other three loses -> the default stays
+    win = {0.0: Counts(tp=1, fp=3), 0.2: Counts(tp=4)}
+    lose = {0.0: Counts(tp=4), 0.2: Counts(tp=3)}
+    cases = [_case("a", win), _case("b", lose), _case("c", lose), _case("d", lose)]
+    assert (
+        cal.choose_offsets([cal.sweep_task(c, {"x": [0.0, 0.2]}) for c in cases])["x"].offset == 0.2
+    )
+    found = cal.tune(cases)
+    assert found.choices["x"].how == "unconfirmed" and found.choices["x"].offset == 0.0

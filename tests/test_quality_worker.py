@@ -1,0 +1,183 @@
+"""Self-measurement and tuning in the worker (issue 19) on the oracle pipeline.
+
+The scene (`tests.fakes.OraclePipeline`, red channel = class id): Cat is class 1, Dog class 3,
+class 2 is in no label and looks like Cat (oracle rho 0.8: cosine ~0.62), close enough that the
+default threshold (from the shots alone) accepts it as Cat. Twelve annotated tasks show the
+project what Cat is and is not; the calibrate job must find a stricter Cat threshold from them,
+measured held out (each task scored with thresholds chosen on the others, with references
+without its own shots), and the next predictions must use it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backend.state.schemas import QualityReport
+from gfsam.calibrate import ScoreMap
+from gfsam.eval.oracle import OracleParams
+from tests.fakes import OraclePipeline, brush_region, class_png, oracle_model
+from tests.service_fixtures import Service
+from worker import runtime
+from worker.labelstudio.brush_rle import rle_to_mask
+from worker.prediction.assignment import THRESHOLDS
+
+FIXTURES = Path(__file__).parent / "fixtures" / "ls_requests"
+H, W = 96, 128
+P = 2
+NAMES = {1: "Cat", 3: "Dog"}
+PROBE = np.zeros((H, W), dtype=np.int32)
+PROBE[10:40, 10:45] = 1
+PROBE[50:85, 60:100] = 2  # the look-alike
+PROBE[10:40, 80:120] = 3
+
+
+def scenes(n: int, seed: int = 1) -> list[np.ndarray]:
+    """n random scenes of 1-3 boxes of classes 1, 2, 3."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        lab = np.zeros((H, W), np.int32)
+        for c in rng.choice([1, 2, 3], size=rng.integers(1, 4), replace=True):
+            y0, x0 = rng.integers(0, H - 30), rng.integers(0, W - 30)
+            h, w = rng.integers(15, 35, 2)
+            lab[y0 : y0 + h, x0 : x0 + w] = c
+        out.append(lab)
+    return out
+
+
+def webhook(svc: Service, ann: dict[str, Any]) -> None:
+    body = copy.deepcopy(json.loads((FIXTURES / "webhook_annotation_created.json").read_text()))
+    body["annotation"].update({k: ann[k] for k in ("id", "task", "result", "updated_at")})
+    body["task"].update(id=ann["task"], data=svc.ls.tasks[ann["task"]]["data"])
+    body["project"].update(id=P, label_config=svc.ls.configs[P])
+    assert svc.client.post("/webhook", json=body).status_code == 200
+
+
+def annotate(svc: Service, task: int, labels: np.ndarray) -> None:
+    result = [
+        {**brush_region(labels == c, name), "id": f"r{task}{c}"}
+        for c, name in NAMES.items()
+        if (labels == c).any()
+    ]
+    webhook(svc, svc.ls.annotate(task, result))
+
+
+def cat_on_look_alike(svc: Service, task: int, version: str) -> float:
+    """Share of the probe's look-alike pixels painted Cat by its prediction at `version`."""
+    (pred,) = [p for p in svc.ls.posts if p["task"] == task and p["model_version"] == version]
+    painted = np.zeros((H, W), dtype=bool)
+    for r in pred["result"]:
+        if r["value"]["brushlabels"] == ["Cat"]:
+            painted |= rle_to_mask(r["value"]["rle"], W, H)
+    return float(painted[PROBE == 2].mean())
+
+
+def test_tuning_on_held_out_annotations_beats_the_defaults(
+    make_service: Callable[..., Service],
+) -> None:
+    svc = make_service(model="oracle", calibrate=True, calibrate_tasks=20)
+    runtime.install(svc.settings, oracle_model(OraclePipeline(OracleParams(sigma=0.1, rho=0.8))))
+    THRESHOLDS.clear()
+    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
+    svc.ls.configs[P] = setup["schema"]
+    svc.client.post("/setup", json=setup)
+    svc.run_worker()
+    probe = svc.ls.add_task(P, class_png(PROBE))["id"]
+    seen = scenes(13)
+    tasks = [svc.ls.add_task(P, class_png(lab))["id"] for lab in seen]
+    for task, lab in zip(tasks[:12], seen[:12], strict=True):
+        annotate(svc, task, lab)
+    svc.run_worker()
+
+    refs = svc.store.data.reference_set(P)
+    before = refs.version
+    reports = svc.store.quality.reports(P)
+    assert reports and reports[-1].version == before  # the newest version was measured
+    rep: QualityReport = reports[-1]
+    assert sorted(rep.tasks) == sorted(tasks[:12])  # all 12 (CALIBRATE_TASKS 20), newest first
+    cat, dog = rep.choices["Cat"], rep.choices["Dog"]
+    assert cat.how == "tuned" and cat.offset > 0  # stricter: the look-alike is not a Cat
+    assert cat.n >= 3 and rep.default["Cat"].n == cat.n
+    d, t = rep.default["Cat"], rep.tuned["Cat"]
+    assert d.iou is not None and t.iou is not None
+    assert t.iou > d.iou + 0.1, (d, t)  # held out: each task tuned on the others only
+    assert t.false_paint is not None and d.false_paint is not None
+    assert t.false_paint <= d.false_paint
+    assert dog.n >= 3 and rep.tuned["Dog"].iou is not None
+    assert rep.score_map.n == 12 and rep.score_map.x  # the score map was fitted
+    tuning = svc.store.quality.tuning(P)
+    assert tuning is not None and tuning.version == before
+    assert tuning.offsets["Cat"] == cat.offset
+    api = svc.client.get(f"/projects/{P}/quality").json()
+    assert api["versions"][-1]["tuned"]["Cat"]["iou"] == t.iou
+    assert api["tuning"]["offsets"]["Cat"] == cat.offset
+    (old,) = [p for p in svc.ls.posts if p["task"] == probe and p["model_version"] == before]
+
+    annotate(svc, tasks[12], seen[12])  # a new version: predicted with the tuning
+    svc.run_worker()
+    after = svc.store.data.reference_set(P).version
+    assert after != before
+    assert cat_on_look_alike(svc, probe, after) < 0.1
+    (pred,) = [p for p in svc.ls.posts if p["task"] == probe and p["model_version"] == after]
+    labels = {r["value"]["brushlabels"][0] for r in pred["result"]}
+    assert labels == {"Cat", "Dog"}  # the real cat and dog are still painted
+    # scores are the map's expected IoU (the raw score before it was measured)
+    sm = ScoreMap.from_json(rep.score_map.model_dump())
+    assert pred["score"] == sm(old["score"])  # same masks, same raw score: now calibrated
+    assert pred["score"] != old["score"]
+
+
+def test_measurement_waits_behind_every_other_queue(make_service: Callable[..., Service]) -> None:
+    """A new version queues its measurement on the calibrate queue, the last one a worker
+    listens to; one job per version; CALIBRATE=false queues none."""
+    from backend.state.schemas import CalibrateJob
+    from tests.project_helpers import SEED, annotate, setup_project
+
+    svc = make_service(calibrate=True)
+    assert [q.name for q in svc.jobs.queues][-1] == svc.settings.queue_calibrate
+    tasks = setup_project(svc, 3)
+    annotate(svc, tasks[0], SEED)
+    svc.run_worker(max_jobs=1)  # the re-fit: v1, pre-annotation queued, measurement behind it
+    assert svc.jobs.calibrate.job_ids == ["calibrate-1-1"]
+    assert svc.jobs.batch.count >= 1  # predictions are taken first
+    payload = CalibrateJob(project=1, version="gfsam-p1-v1")
+    assert svc.jobs.enqueue_calibrate(payload) is None  # the same version: collapsed
+    off = make_service(calibrate=False)
+    assert off.jobs.enqueue_calibrate(CalibrateJob(project=1, version="gfsam-p1-v2")) is None
+
+
+def test_measurement_stops_at_a_task_boundary_when_predictions_wait(
+    make_service: Callable[..., Service],
+) -> None:
+    """Three annotated tasks measured in full when the worker is idle; with other work waiting
+    the job stops after one task and says so (fake pipeline: wiring only)."""
+    from tests.fakes import box_mask
+    from tests.project_helpers import annotate, setup_project
+    from worker.quality import measure
+
+    svc = make_service(calibrate=True)
+    tasks = setup_project(svc, 4)
+    for k, task in enumerate(tasks[:3]):
+        annotate(svc, task, box_mask(48, 64, 5 + k, 30 + k, 10, 40 + k))
+        svc.run_worker()
+    version = svc.store.data.current_version(1)
+    (report,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    assert len(report.tasks) == 3 and not report.stopped_early
+    assert report.default["Object"].n == 3 and report.default["Object"].iou is not None
+    rt = runtime.get()
+    calls: list[int] = []
+
+    def busy() -> bool:
+        calls.append(1)
+        return True
+
+    assert measure.calibrate_project(rt, svc.store, 1, version, busy).endswith("stopped early")
+    again = [r for r in svc.store.quality.reports(1) if r.version == version][0]
+    assert again.stopped_early and len(again.tasks) == 1 and calls == [1]
+    assert measure.calibrate_project(rt, svc.store, 1, "gfsam-p1-v0", busy) == "stale"

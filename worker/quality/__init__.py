@@ -1,0 +1,1 @@
+"""quality room (docs/architecture.md §0): the project measures and tunes itself (issue 19)."""

@@ -1,0 +1,200 @@
+"""A version measured on the project's own annotations, its thresholds tuned and its scores
+calibrated (issue 19; the rules are `gfsam.calibrate`'s, the flow is here).
+
+`calibrate_project` runs on the calibrate queue, which every pre-annotation worker listens to
+last, after each new version (`worker.correction.preannotate` queues it):
+
+1. the ``CALIBRATE_TASKS`` most recently updated annotations (the store's applied annotation
+   fingerprints, newest first; one per task) are read back from Label Studio; their masks per
+   label are the truth;
+2. each task is predicted with references that exclude its own shots
+   (`gfsam.calibrate.loo_references`: leave-one-out over the shots; a task that never was a
+   shot uses them all), from its cached target encoding and stored SAM masks, exactly as a
+   prediction runs (`worker.prediction`), assigned by the worker's own `assign` under offsets
+   added to each label's default threshold;
+3. `gfsam.calibrate.tune`: per label the held-out counts at the default and at the offsets chosen
+   on the other tasks, the offset later predictions use (at least ``CALIBRATE_MIN_TASKS`` tasks
+   holding the label, else the default), the score map raw score -> expected IoU;
+4. the report is stored per version (`p:{p}:quality`) with the tuning predictions apply
+   (`p:{p}:tuning`), unless a newer version was measured meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+
+import numpy as np
+
+from backend.state.schemas import (
+    LabelConfigSummary,
+    LabelQuality,
+    LabelTuning,
+    QualityReport,
+    ReferenceSet,
+    ScoreCalibration,
+    Tuning,
+)
+from backend.state.store import Store
+from backend.state.versions import version_number
+from gfsam.assign import Assignment
+from gfsam.calibrate import TaskCase, loo_references, spearman, tune
+from gfsam.encodings import Reference
+from worker.labelstudio.errors import LabelStudioNotFound
+from worker.labelstudio.shapes import annotation_masks
+from worker.prediction import decoded_masks, inference
+from worker.prediction.assignment import assign, default_thresholds
+from worker.runtime import Runtime
+
+logger = logging.getLogger(__name__)
+
+
+def _truth(
+    rt: Runtime, store: Store, cfg: LabelConfigSummary, p: int
+) -> list[tuple[int, dict[str, np.ndarray]]]:
+    """(task, label -> bool [H, W]) of the most recent annotations, one per task, newest first."""
+    out: list[tuple[int, dict[str, np.ndarray]]] = []
+    seen: set[int] = set()
+    skip = store.settings.candidate_label
+    for a in store.data.recent_annotations(p):
+        if len(out) >= store.settings.calibrate_tasks:
+            break
+        ann = rt.ls.get_annotation(a)
+        if ann is None or ann.was_cancelled or ann.task is None or ann.task in seen:
+            continue
+        seen.add(ann.task)
+        try:
+            masks = annotation_masks(list(ann.result or []), cfg)
+        except ValueError:
+            continue  # an unreadable region: recorded by the re-fit, not scored here
+        out.append(
+            (ann.task, {lb: m for lb, m in masks.items() if lb in cfg.labels and lb != skip})
+        )
+    return out
+
+
+def _case(
+    rt: Runtime,
+    store: Store,
+    cfg: LabelConfigSummary,
+    refs: ReferenceSet,
+    p: int,
+    task: int,
+    truth: Mapping[str, np.ndarray],
+) -> TaskCase | None:
+    """Task `task` predicted without its own shots, ready to be assigned at any thresholds."""
+    pairs = {label: [(s.task, s) for s in shots] for label, shots in refs.shots.items()}
+    kept = {lb: s for lb, s in loo_references(pairs, task).items() if lb in cfg.labels}
+    if not kept:
+        return None
+    url = rt.ls.get_task(task, p).image_url(cfg.data_key)
+    if url is None:
+        return None
+    image = rt.ls.download(url, task_id=task)
+    sha = hashlib.sha256(image).hexdigest()
+    target = inference.target_encoding(rt, store, image, sha)
+    references: dict[str, list[Reference]] = {
+        lb: [
+            rt.references.get(s.ref, store.data.get_blob, rt.model.reference_from_bytes)
+            for s in shots
+        ]
+        for lb, shots in kept.items()
+    }
+    preds, point_masks = decoded_masks.predict_labels(rt, store, sha, target, references)
+    shas = {lb: [s.ref for s in shots] for lb, shots in kept.items()}
+    config = rt.model.pipeline.config
+    defaults = default_thresholds(config, references, shas, model_key=rt.model.key)
+    shape = tuple(target.image_size)
+    if any(m.shape != shape for m in truth.values()):
+        logger.warning("task %s: annotation size differs from the image's: not scored", task)
+        return None
+    full = {lb: truth.get(lb, np.zeros(shape, dtype=bool)) for lb in references}
+
+    def assign_at(thresholds: Mapping[str, float]) -> Assignment:
+        offsets = {lb: thresholds[lb] - defaults[lb] for lb in defaults}
+        return assign(
+            rt.settings.assign,
+            config,
+            target,
+            preds,
+            references,
+            shas,
+            cfg.labels,
+            model_key=rt.model.key,
+            point_masks=point_masks,
+            offsets=offsets,
+        )
+
+    scores = [float(pr.score) for pr in preds.values()]
+    return TaskCase(task, assign_at, defaults, full, None, float(np.mean(scores)))
+
+
+def calibrate_project(
+    rt: Runtime, store: Store, p: int, version: str, busy: Callable[[], bool] | None = None
+) -> str:
+    """Measure `version` of project `p`, tune it, store the report (see the module docstring).
+
+    Between two tasks: a newer version ends the job without a report (it has its own job);
+    `busy()` true (a prediction waits on the high or batch queue) ends the scoring there, so
+    the job never holds a worker more than one task's measurement past the arrival of other
+    work, and the tasks scored so far are tuned on (``stopped_early`` in the report).
+    """
+    started = time.perf_counter()
+    refs = store.data.reference_set(p)
+    cfg = store.data.config(p)
+    if refs.version != version:
+        return "stale"  # a newer version has its own job
+    if cfg is None or not refs.ready:
+        return "nothing to measure"
+    cases: list[TaskCase] = []
+    scored: list[int] = []
+    truths = _truth(rt, store, cfg, p)
+    stopped = False
+    for task, truth in truths:
+        if cases and busy is not None and busy():
+            stopped = True
+            break
+        if store.data.current_version(p) != version:
+            return "stale"
+        try:
+            case = _case(rt, store, cfg, refs, p, task, truth)
+        except LabelStudioNotFound:
+            continue  # deleted meanwhile
+        if case is not None:
+            cases.append(case)
+            scored.append(task)
+    if not cases:
+        return "no annotated task to score"
+    found = tune(cases, min_tasks=rt.settings.calibrate_min_tasks)
+    outs = list(found.outcomes.values())
+    sm = found.score_map
+    report = QualityReport(
+        project=p,
+        version=version,
+        n=version_number(version),
+        tasks=scored,
+        default={lb: LabelQuality(**c.summary()) for lb, c in sorted(found.default.items())},
+        tuned={lb: LabelQuality(**c.summary()) for lb, c in sorted(found.held_out.items())},
+        choices={lb: LabelTuning(**ch.summary()) for lb, ch in sorted(found.choices.items())},
+        score_map=ScoreCalibration(**sm.to_json()),
+        score_iou_spearman=spearman([sm(o.raw_score) for o in outs], [o.iou for o in outs]),
+        mode=rt.settings.assign,
+        stopped_early=stopped,
+        wall_s=round(time.perf_counter() - started, 3),
+        at=time.time(),
+    )
+    tuning = Tuning(version=version, offsets=found.offsets(), score_map=report.score_map)
+    current = store.quality.tuning(p)
+    newer = current is not None and current.version and version_number(current.version) > report.n
+    store.quality.put_report(report, None if newer else tuning)
+    logger.info(
+        "project %s: measured %s on %d task(s) in %.1fs; offsets %s",
+        p,
+        version,
+        len(cases),
+        report.wall_s,
+        {lb: round(o, 4) for lb, o in found.offsets().items() if o},
+    )
+    return f"measured {len(cases)} task(s)" + (": stopped early" if stopped else "")
