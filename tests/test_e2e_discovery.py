@@ -296,7 +296,14 @@ def test_promote_group_adds_label_and_predicts_it(
     assert refs.version == v2 and len(shots) == len(members), shots
     assert all(s.provisional and s.annotation < 0 for s in shots)
     assert {s.task for s in shots} == set(paths)
-    assert gid not in {g["id"] for g in _candidates(backend, project)}  # the group is gone
+    # the group is gone (promotion swaps the version first, then drops the group)
+    wait_for(
+        f"group {gid} dropped after promotion",
+        lambda: gid not in {g["id"] for g in _candidates(backend, project)},
+        ls,
+        backend,
+        PROMOTE_S,
+    )
 
     # Every never-labelled task: a prediction of v2 with the config's labels only.
     preds = wait_for(

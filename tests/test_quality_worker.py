@@ -1,8 +1,9 @@
 """Self-measurement and tuning in the worker (issue 19) on the oracle pipeline.
 
 The scene (`tests.fakes.OraclePipeline`, red channel = class id): Cat is class 1, Dog class 3,
-class 2 is in no label and looks like Cat (oracle rho 0.8: cosine ~0.62), close enough that the
-default threshold (from the shots alone) accepts it as Cat. Twelve annotated tasks show the
+class 2 is in no label and looks like Cat (oracle rho 2.0: cosine ~0.89), close enough that the
+default presence floor (from the shots alone, even lifted by agreeing shots to 0.8 x their
+cross-image cosine, issue 18) accepts it as Cat. Twelve annotated tasks show the
 project what Cat is and is not; the calibrate job must find a stricter Cat threshold from them,
 measured held out (each task scored with thresholds chosen on the others, with references
 without its own shots), and the next predictions must use it.
@@ -82,7 +83,7 @@ def test_tuning_on_held_out_annotations_beats_the_defaults(
     make_service: Callable[..., Service],
 ) -> None:
     svc = make_service(model="oracle", calibrate=True, calibrate_tasks=20)
-    runtime.install(svc.settings, oracle_model(OraclePipeline(OracleParams(sigma=0.1, rho=0.8))))
+    runtime.install(svc.settings, oracle_model(OraclePipeline(OracleParams(sigma=0.1, rho=2.0))))
     THRESHOLDS.clear()
     setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
     svc.ls.configs[P] = setup["schema"]
