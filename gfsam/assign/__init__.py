@@ -15,12 +15,15 @@ Three rules, one result type (`Assignment`: per-label accepted `Instance`s + rej
      (one per shot, mask-pooled from the reference tokens with the shot's fg cell weights);
      mask-level consistency: the share of the proposal covered by the label's gated mask;
      matching score m = similarity x consistency, cost = 1 - m;
-  3. split: a proposal goes to its best label only when its similarity reaches that label's
-     threshold (`calibrate_threshold`, from the shots alone) and its consistency reaches
-     ``min_consistency``; otherwise it joins the candidates (kept for discovery), never another
-     label; 4. pixel exclusivity: accepted instances claim pixels in ascending cost.
+  3. split (issue 18): a proposal goes to its best label only when it reaches that label's
+     instance floor and ``min_consistency``, the label is present in the image (its best
+     instance there reaches the presence floor of `calibrate_label`, from the shots alone)
+     and it is not far below that best instance (``within_ratio``); a proposal failing its
+     floor is first carved along the SAM masks it is made of (`carve_proposal`, when the
+     caller passes them); everything else joins the candidates (kept for discovery), never
+     another label; 4. pixel exclusivity: accepted instances claim pixels in ascending cost.
 - `assign_label_gate`: the strongest simple alternative to split (issue 17): one gate per label
-  on the pooled feature of its whole mask with split's thresholds, then argmax among the labels
+  on the pooled feature of its whole mask with split's presence floors, then argmax among the labels
   that pass. The evaluation harness also scores ``present`` (argmax over the labels truly in
   the image), an upper bound only ground truth can give (`gfsam.eval.project`).
 

@@ -2,12 +2,14 @@
 
 `ASSIGN=split` (default): each instance a label's GF-SAM run found is kept only when it looks
 like that label's shots and lies in that label's evidence (`gfsam.assign.assign_split`); the rest
-become candidates (not painted, returned for discovery). `ASSIGN=argmax`: every label keeps its
+become candidates (not painted, returned for discovery). `ASSIGN=label-gate`: each label's whole
+mask is kept or dropped with the same presence floor. `ASSIGN=argmax`: every label keeps its
 whole mask, a pixel claimed by several labels goes to the higher score (`assign_argmax`).
 
-Thresholds depend only on a label's shots, so they are computed once per (model, shot blob shas)
-and kept in this process (`ThresholdCache`); a re-fit that changes a label's shots changes its
-key, a task never recomputes them.
+Calibrations (`gfsam.assign.LabelCalibration`) depend only on a label's shots, so they are
+computed once per (model, shot blob shas) and kept in this process (`ThresholdCache`); a re-fit
+that changes a label's shots changes its key, a task never recomputes them. `reject_counts`
+gives what the reject removed per label (issue 18).
 
 Split reads token-level data (target tokens, each prediction's `segmentation`, each reference's
 `tokens`/`fg`) and the model's `GFSAMConfig`; the model contract (`worker.contract`) guarantees
