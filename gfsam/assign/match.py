@@ -186,7 +186,7 @@ def assign_split(
         for prop in instance_proposals(label, predictions[label], target.tokens, cfg, params):
             floor = origins[k] + params.instance_share * (thr[k] - origins[k])
             fails = class_similarity(prop.feature[None], protos[label])[0] < floor
-            if (fails or params.carve_all) and point_masks is not None:
+            if fails and point_masks is not None:
                 props += carve_proposal(
                     prop,
                     predictions[label],

@@ -56,9 +56,6 @@ class SplitParams:
     # background. origin: reasoned (a shot under ~4 full cells, ~0.3 % of its image, pools a
     # mixture), confirmed on the coco128 tune half (a car with 2 such cells: background 0.69).
     min_interior_cells: int = 4
-    # Carve every proposal along its SAM masks (True), or only those failing the floor.
-    # origin: the tune halves (issue 18): carving all changed nothing measurable, costs more.
-    carve_all: bool = False
     # The floor of a tiny shot. origin: read off the tune halves, not swept: above what
     # unrelated objects score there (90 % quantile about 0.3), below same-class instances at
     # class-cos 0.65.
