@@ -43,6 +43,10 @@ class PromptDecoder(Protocol):
     all positive); box_xyxy float [4] frame pixels; mask_logits float32 [256, 256] (SAM's mask
     prompt); multimask: SAM's three-mask output, best by predicted IoU. Returns (mask bool
     [S, S], predicted IoU, low-res logits float32 [256, 256]).
+
+    `decode_boxes(embedding, points_xy float [B, 2], boxes_xyxy float [B, 4])`: one mask per
+    (positive point, box) pair, all pairs in one decoder call ("find all like this",
+    `gfsam.find_all`). Returns (masks bool [B, S, S], predicted IoU float32 [B]).
     """
 
     def decode_prompts(
@@ -55,6 +59,10 @@ class PromptDecoder(Protocol):
         *,
         multimask: bool = False,
     ) -> tuple[np.ndarray, float, np.ndarray]: ...
+
+    def decode_boxes(
+        self, embedding: np.ndarray, points_xy: np.ndarray, boxes_xyxy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass(frozen=True)

@@ -429,6 +429,17 @@ class FakeSam:
         low = mask.reshape(256, 4, 256, 4).mean(axis=(1, 3)).astype(np.float32) * 2 - 1
         return mask, 0.9 if multimask else 0.8, low
 
+    def decode_boxes(
+        self, embedding: Any, points_xy: np.ndarray, boxes_xyxy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`decode_prompts` of each (point, box) pair (one recorded call each)."""
+        out = [
+            self.decode_prompts(embedding, np.asarray([p]), None, np.asarray(b))
+            for p, b in zip(np.asarray(points_xy), np.asarray(boxes_xyxy), strict=True)
+        ]
+        masks = np.stack([m for m, _, _ in out]) if out else np.zeros((0, 1024, 1024), bool)
+        return masks, np.asarray([s for _, s, _ in out], dtype=np.float32)
+
 
 # --------------------------------------------------------------------------- oracle pipeline
 

@@ -17,8 +17,12 @@ from rq import SimpleWorker
 from rq.serializers import JSONSerializer
 
 from gfsam.decoded import DecodedMasks
-from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.encodings import Prediction, TargetEncoding
+from gfsam.types import GRID
 from tests.fakes import (
+    FAKE_DINO,
+    FAKE_SAM,
+    NO_EMBEDDING,
     FakePipeline,
     box_mask,
     brush_region,
@@ -199,25 +203,21 @@ def smart_click(svc: Service, task: int, label: str) -> httpx.Response:
 
 @dataclass
 class TwoObjects(FakePipeline):
-    """Finds two objects: the clicked one (centre) and one in the top-left corner."""
+    """Feature tokens showing two alike objects: the one under the centre click (frame cells
+    17-19, inside `FakeSam`'s disk of radius 64 around the frame centre) and one in the
+    top-left corner (cells 3-5, which the disk around their centre covers); every other cell its
+    own random direction (256 channels: cosines to the object about +-0.06)."""
 
-    def predict_labels(
-        self,
-        target: TargetEncoding,
-        references: Any,
-        *,
-        decoded: DecodedMasks | None = None,
-    ) -> dict[str, Prediction]:
-        self.calls["predict"] += 1
-        h, w = target.image_size
-        out = {}
-        for label, refs in references.items():
-            assert all(isinstance(r, Reference) for r in refs)
-            mask = np.zeros((h, w), dtype=bool)
-            mask[h // 2 - 8 : h // 2 + 8, w // 2 - 8 : w // 2 + 8] = True
-            mask[2:14, 2:14] = True
-            out[label] = Prediction(mask, 0.8, False, False, no_segmentation())
-        return out
+    def encode_target(self, image: np.ndarray) -> TargetEncoding:
+        self.calls["target"] += 1
+        rng = np.random.default_rng(0)
+        tokens = rng.standard_normal((GRID * GRID, 256)).astype(np.float32)  # (T, C)
+        grid = tokens.reshape(GRID, GRID, 256)
+        alike = rng.standard_normal(256).astype(np.float32) * 4
+        grid[17:20, 17:20] = alike
+        grid[3:6, 3:6] = alike
+        size = (int(image.shape[0]), int(image.shape[1]))
+        return TargetEncoding(NO_EMBEDDING, tokens, size, FAKE_SAM, FAKE_DINO)
 
 
 def test_find_all_answers_one_region_per_instance(make_service: Callable[..., Service]) -> None:
@@ -231,8 +231,13 @@ def test_find_all_answers_one_region_per_instance(make_service: Callable[..., Se
     (item,) = reply.json()["results"]
     regions = item["result"]
     assert len(regions) == 2 and all(r["value"]["brushlabels"] == ["Object"] for r in regions)
-    assert pipeline.calls["predict"] == 1
+    masks = [rle_to_mask(r["value"]["rle"], W, H) for r in regions]
+    assert masks[0][H // 2, W // 2]  # the clicked object first
+    assert masks[1][7, 7] and not (masks[0] & masks[1]).any()  # the alike one, top left
+    assert pipeline.calls["predict"] == 0  # no GF-SAM prediction: one decode per region
     assert pipeline.calls["reference"] == 0  # the clicked object is a shot without an encoder
+    boxes = [c for c in pipeline.sam.calls if c["box"] is not None]
+    assert len(boxes) <= 2  # the corner region (and at most one stray region)
     assert not svc.jobs.batch.count  # find all teaches nothing
 
 

@@ -281,6 +281,31 @@ def test_sam2_point_and_box_prompts(sam2: Sam2Encoder, embedding: torch.Tensor) 
         sam2.decode_prompts(emb, pts, labels, None, np.zeros((64, 64), np.float32))
 
 
+@pytest.mark.parametrize("name", ["sam_tiny", "sam2_tiny"])
+def test_batched_box_prompts_equal_one_call_per_pair(name: str) -> None:
+    """`decode_boxes` (find all's batched region prompts) answers each (point, box) pair as
+    `decode_prompts` does alone: same predicted IoU, the same mask but for a few threshold
+    pixels (batched GEMMs sum in another order)."""
+    torch.manual_seed(0)
+    enc = build_encoder(name, checkpoint=None, device=DEVICE)
+    gen = torch.Generator().manual_seed(2)
+    frame = torch.randint(0, 256, (FRAME, FRAME, 3), dtype=torch.uint8, generator=gen)
+    with torch.inference_mode():
+        emb = enc.embed(frame)[0].cpu().numpy()
+    points = np.array([[120.0, 140.0], [700.0, 300.0], [512.0, 900.0]], np.float32)
+    boxes = np.array([[60, 80, 200, 220], [600, 200, 820, 420], [400, 800, 640, 1000]], np.float32)
+    masks, ious = enc.decode_boxes(emb, points, boxes)
+    assert masks.shape == (3, FRAME, FRAME) and masks.dtype == bool and ious.shape == (3,)
+    for k in range(3):
+        alone, iou, _ = enc.decode_prompts(emb, points[k : k + 1], None, boxes[k])
+        assert abs(float(ious[k]) - iou) < 1e-4
+        assert (masks[k] != alone).mean() < 1e-3
+    none, no_iou = enc.decode_boxes(emb, np.zeros((0, 2)), np.zeros((0, 4)))
+    assert none.shape == (0, FRAME, FRAME) and no_iou.shape == (0,)
+    with pytest.raises(ValueError, match="one point per box"):
+        enc.decode_boxes(emb, points, boxes[:2])
+
+
 # --- DINOv3 features ---------------------------------------------------------------------------
 
 

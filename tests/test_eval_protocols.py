@@ -142,3 +142,23 @@ def test_replay_left_out_never_predicts_an_image_with_its_own_shot() -> None:
     for item, own in zip(items, loop.shots[1], strict=True):
         refs, _, _ = loop.left_out(item)[1]
         assert len(refs) == 3 and all(r is not own for r in refs)
+
+
+@needs_data
+def test_find_all_contract_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "f.json"
+    argv = ["eval", "find-all", "--data", str(COCO), "--oracle-noise", "0.1", "--split", "tune"]
+    assert main([*argv, "--limit", "12", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["clicks"] > 0
+    for method in ("none", "gfsam", "regions"):
+        assert set(result[method]) == {
+            "instance_recall",
+            "precision",
+            "wrong_per_click",
+            "decodes_mean",
+            "decodes_max",
+        }
+    assert result["none"]["instance_recall"] == 0.0 and result["none"]["precision"] is None
+    assert result["regions"]["decodes_max"] <= 12  # the default decode budget
+    assert "NOT model quality" in capsys.readouterr().out

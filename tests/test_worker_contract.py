@@ -74,6 +74,12 @@ def test_every_model_in_use_does_what_the_contract_states(kind: str, tmp_path: P
     )
     assert out.shape == (FRAME, FRAME) and out.dtype == bool
     assert 0.0 <= float(iou) <= 1.0 and low.shape == (256, 256)
+    masks, ious = model.sam.decode_boxes(
+        target.embedding,
+        np.array([[512.0, 400.0], [200.0, 200.0]]),
+        np.array([[100.0, 100.0, 900.0, 700.0], [150.0, 150.0, 260.0, 260.0]]),
+    )
+    assert masks.shape == (2, FRAME, FRAME) and masks.dtype == bool and ious.shape == (2,)
 
 
 @dataclass

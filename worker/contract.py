@@ -68,7 +68,7 @@ MODEL_MEMBERS = (
     "encode_targets",
     "predict_labels",
 )
-DECODER_MEMBERS = ("decode_prompts",)
+DECODER_MEMBERS = ("decode_prompts", "decode_boxes")
 
 
 class ContractError(TypeError):

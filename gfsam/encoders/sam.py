@@ -304,6 +304,45 @@ class SamEncoder(nn.Module):
             chosen[0, 0].cpu().numpy(),
         )
 
+    @torch.inference_mode()
+    def decode_boxes(
+        self,
+        embedding: Tensor | np.ndarray,
+        points_xy: np.ndarray,
+        boxes_xyxy: np.ndarray,
+        *,
+        precision: str = "fp32",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One mask per (positive point, box) pair, all pairs in one decoder call (as
+        `SamPredictor.predict_torch` with batched boxes and ``multimask_output=False``): the
+        region prompts of "find all like this" (`gfsam.find_all`).
+
+        Args:
+            embedding: [1, 256, 64, 64] or [256, 64, 64] image embedding.
+            points_xy: float [B, 2] (x, y) frame pixels, one positive point per pair.
+            boxes_xyxy: float [B, 4] x0, y0, x1, y1 frame pixels.
+
+        Returns:
+            (masks bool [B, S, S], predicted IoU float32 [B]).
+        """
+        xy, box = point_box_pairs(points_xy, boxes_xyxy, self.device)  # (B, 1, 2), (B, 4)
+        if xy.shape[0] == 0:
+            return np.zeros((0, FRAME, FRAME), dtype=bool), np.zeros(0, dtype=np.float32)
+        emb = torch.as_tensor(embedding).to(self.device, torch.float32)
+        emb = emb[None] if emb.ndim == 3 else emb  # (1, 256, 64, 64)
+        labels = torch.ones(xy.shape[:2], dtype=torch.int, device=self.device)  # (B, 1)
+        with autocast(precision, self.device):
+            sparse, dense = self.sam.prompt_encoder(points=(xy, labels), boxes=box, masks=None)
+            low_res, iou = self.sam.mask_decoder(
+                image_embeddings=emb,
+                image_pe=self.sam.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )  # (B, 1, 256, 256), (B, 1)
+        masks = self._upsample(low_res.float())  # (B, S, S)
+        return masks.cpu().numpy(), iou[:, 0].float().cpu().numpy()
+
     def forward(self, image: Tensor) -> Tensor:
         return self.embed(image)
 
@@ -329,3 +368,14 @@ def build_sam(
         load_strict(encoder.sam, state, str(checkpoint))
         encoder.pretrained = True
     return encoder.eval().to(device)
+
+
+def point_box_pairs(
+    points_xy: np.ndarray, boxes_xyxy: np.ndarray, device: torch.device
+) -> tuple[Tensor, Tensor]:
+    """Validated (points float32 [B, 1, 2], boxes float32 [B, 4]) tensors of `decode_boxes`."""
+    pts = np.asarray(points_xy, np.float32).reshape(-1, 2)
+    box = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+    if pts.shape[0] != box.shape[0]:
+        raise ValueError(f"decode_boxes needs one point per box, got {pts.shape}, {box.shape}")
+    return torch.from_numpy(pts)[:, None].to(device), torch.from_numpy(box).to(device)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from gfsam.encoders.sam import point_box_pairs
 from gfsam.encoders.weights import EncoderSpec, load_strict, read_checkpoint
 from gfsam.precision import autocast
 from gfsam.types import FRAME
@@ -291,6 +292,30 @@ class Sam2Encoder(nn.Module):
             float(iou[0, best]),
             torch.clamp(chosen[0, 0], -32.0, 32.0).cpu().numpy(),
         )
+
+    @torch.inference_mode()
+    def decode_boxes(
+        self,
+        embedding: Tensor | np.ndarray,
+        points_xy: np.ndarray,
+        boxes_xyxy: np.ndarray,
+        *,
+        precision: str = "fp32",
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One mask per (positive point, box) pair in one decoder call (the box as two corner
+        points with labels 2 and 3 before the point, as `SAM2ImagePredictor`). Same arguments
+        and result as `SamEncoder.decode_boxes`."""
+        xy, box = point_box_pairs(points_xy, boxes_xyxy, self.device)  # (B, 1, 2), (B, 4)
+        if xy.shape[0] == 0:
+            return np.zeros((0, FRAME, FRAME), dtype=bool), np.zeros(0, dtype=np.float32)
+        image_embed, high_res = self.unpack(embedding)
+        coords = torch.cat([box.reshape(-1, 2, 2), xy], dim=1)  # (B, 3, 2)
+        labels = torch.tensor([2, 3, 1], dtype=torch.int, device=self.device)
+        labels = labels.expand(coords.shape[0], 3)  # (B, 3)
+        with autocast(precision, self.device):
+            low_res, iou = self._decode(image_embed, high_res, (coords, labels), None, False)
+        masks = self._upsample(low_res.float())  # (B, S, S)
+        return masks.cpu().numpy(), iou[:, 0].float().cpu().numpy()
 
     def forward(self, image: Tensor) -> Tensor:
         return self.embed(image)

@@ -1,4 +1,4 @@
-"""``python -m gfsam eval {fss,project,replay}``: argument parsing and dispatch.
+"""``python -m gfsam eval {fss,project,replay,find-all,draw}``: argument parsing and dispatch.
 
 Contract (other checks call it; keep flags and JSON keys): ``python -m gfsam eval project
 --data DIR --encoders oracle --oracle-noise S --oracle-confuse R --seen 1,3,5 --shots K
@@ -30,6 +30,7 @@ from gfsam.eval.data import (
 from gfsam.eval.models import EvalModel, OracleModel, RealModel
 from gfsam.eval.oracle import OracleParams
 from gfsam.eval.report import Output, plot_curve, write_json
+from gfsam.find_all import FindAllParams
 from gfsam.geometry import GeometryParams
 from gfsam.shots import ShotPolicy
 
@@ -178,6 +179,13 @@ def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -
             limit=args.limit,
             geometry=GeometryParams() if args.geometry else None,
         )
+    if args.protocol == "find-all":
+        from gfsam.eval.find_all import run_find_all
+
+        params = FindAllParams(
+            seed_ratio=args.seed_ratio, keep_ratio=args.seed_ratio, max_decodes=args.max_decodes
+        )
+        return run_find_all(ds, model, out, limit=args.limit, params=params)
     from gfsam.eval.replay import run_replay
 
     return run_replay(
@@ -302,6 +310,19 @@ def add_eval_parser(sub: Any) -> None:
     draw.add_argument("--pair-share", type=float, default=0.4, metavar="P")
     draw.add_argument("--seed", type=int, default=0)
     draw.set_defaults(func=cmd_draw)
+    fa = psub.add_parser(
+        "find-all", help='"find all like this" from one click: instance recall, decodes'
+    )
+    _common(fa)
+    fa.add_argument(
+        "--seed-ratio",
+        type=float,
+        default=FindAllParams().seed_ratio,
+        metavar="R",
+        help="cells seed a region from this share of the way to the clicked object's level "
+        "(the mask gate uses the same share)",
+    )
+    fa.add_argument("--max-decodes", type=int, default=FindAllParams().max_decodes, metavar="N")
     rep = psub.add_parser("replay", help="the correction loop under the backend's shot policy")
     _common(rep)
     rep.add_argument("--assign", type=_replay_assigns, default=["split"], metavar="argmax|split")

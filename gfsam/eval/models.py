@@ -24,7 +24,7 @@ from gfsam.eval.oracle import ORACLE_NOTE, OracleDino, OracleParams, OracleSam, 
 from gfsam.image import load_image, mask_from_frame, mask_to_frame
 from gfsam.pipeline import GFSAM
 from gfsam.points import reference_weights
-from gfsam.types import GFSAMConfig
+from gfsam.types import GFSAMConfig, PromptDecoder
 
 RANDOM_NOTE = "RANDOM WEIGHTS: every number here is MEANINGLESS"
 V = TypeVar("V")
@@ -44,6 +44,9 @@ class EvalModel(Protocol):
     def prompt_fn(self, target: TargetEncoding) -> PromptMaskFn: ...
 
     def point_masks(self, target: TargetEncoding) -> PointMasks: ...
+
+    @property
+    def decoder(self) -> PromptDecoder: ...
 
 
 class _Lru(OrderedDict[str, V]):
@@ -123,6 +126,11 @@ class OracleModel:
         """Single-point masks as GF-SAM decoded them (the split assignment's carving)."""
         return lambda xy: self.sam.decode_points(target.embedding, xy).numpy()
 
+    @property
+    def decoder(self) -> PromptDecoder:
+        """The oracle SAM's prompt decoder (clicks, find all)."""
+        return self.sam
+
 
 class RealModel:
     """`gfsam.pipeline.GFSAM` on dataset items (real or, flagged, random weights)."""
@@ -158,3 +166,8 @@ class RealModel:
         return lambda xy: (
             self.pipe.sam.decode_points(emb, xy, batch, precision=precision).cpu().numpy()
         )
+
+    @property
+    def decoder(self) -> PromptDecoder:
+        """The pipeline's prompt decoder (clicks, find all)."""
+        return self.pipe.sam

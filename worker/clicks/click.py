@@ -17,7 +17,6 @@ from collections import OrderedDict
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from backend.state.jobs import Jobs
 from backend.state.prompts import (
@@ -31,7 +30,8 @@ from backend.state.prompts import (
 from backend.state.schemas import LabelConfigSummary
 from backend.state.store import Store
 from gfsam.encodings import TargetEncoding
-from gfsam.pipeline import reference_from_target
+from gfsam.find_all import FindAllParams, find_similar
+from gfsam.image import mask_from_frame, mask_to_frame
 from worker import runtime
 from worker.clicks.edit_rules import instances, refine
 from worker.labelstudio.brush_rle import BrushError, mask_to_rle
@@ -161,7 +161,7 @@ def click(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: ClickJob) -> d
             masks, score, rule = [outcome.mask], outcome.score, outcome.rule
         else:
             clicked = refine(sam, target.embedding, prompts, size)
-            masks, score = find_all(rt, target, prompts.label, clicked.mask), clicked.score
+            masks, score = find_all(rt, target, clicked.mask), clicked.score
             rule = prompts.gesture
         result = _regions(rt, cfg, payload.to_name, prompts, masks, score)
     except (PromptError, BrushError, ValueError) as exc:
@@ -186,27 +186,34 @@ def click(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: ClickJob) -> d
 
 
 def find_all(
-    rt: runtime.Runtime, target: TargetEncoding, label: str, clicked: np.ndarray
+    rt: runtime.Runtime,
+    target: TargetEncoding,
+    clicked: np.ndarray,
+    params: FindAllParams | None = None,
 ) -> list[np.ndarray]:
-    """Every object of the image like the clicked one: GF-SAM with the clicked object as a
-    one-shot reference of its own image (no encoder pass: `reference_from_target`), cut into
-    instances (8-connected pieces); the clicked object is the first, as SAM decoded it (pieces
-    of GF-SAM's mask that touch it are that object too). Pieces below the speck size are no
-    objects; at most `MAX_FOUND` instances, the largest.
+    """Every object of the image like the clicked one (`gfsam.find_all.find_similar`: one box
+    prompt per region of similar cells, batched; at most `FIND_ALL_MAX_DECODES` masks decoded),
+    the clicked object first as SAM decoded it; at most `MAX_FOUND` instances, most similar
+    first. `params`: the defaults with the settings' decode budget unless given (benchmarks).
 
     Returns:
         bool [H, W] instance masks, the clicked object's first.
     """
     if not clicked.any():
         raise PromptError("the click found no object to look for")
-    shot = reference_from_target(target, clicked)
-    found = rt.model.pipeline.predict_labels(target, {label: [shot]})[label].mask
-    pieces = instances(found & ~clicked)
-    sizes = np.bincount(pieces.ravel())  # [n + 1] pixels per piece, 0 = background
-    same = set(np.unique(pieces[ndimage.binary_dilation(clicked)]).tolist())  # touching it
-    floor = geometry_params(rt.settings).min_area(clicked.size)
-    keep = [k for k in np.argsort(-sizes) if k and k not in same and sizes[k] >= floor]
-    return [clicked] + [pieces == k for k in keep[: MAX_FOUND - 1]]
+    framed = mask_to_frame(clicked).numpy()  # (S, S)
+    if not framed.any():
+        raise PromptError("the clicked object is too small to look for")
+    sam, embedding = rt.model.pipeline.sam, target.embedding
+
+    def decode(points: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return sam.decode_boxes(embedding, points, boxes)
+
+    params = params or FindAllParams(max_decodes=rt.settings.find_all_max_decodes)
+    result = find_similar(target.tokens, framed, decode, rt.model.pipeline.config, params)
+    logger.debug("find all: %d found, %d decodes", len(result.found), result.decodes)
+    found = [mask_from_frame(f.mask, target.image_size) for f in result.found]
+    return [clicked] + [m & ~clicked for m in found[: MAX_FOUND - 1] if (m & ~clicked).any()]
 
 
 def warm_target(rt: runtime.Runtime, store: Store, payload: WarmJob) -> str:
