@@ -193,6 +193,21 @@ class GFSAM:
             out += self._encode_batch(rgbs[i : i + batch_size], timings)
         return out
 
+    @torch.inference_mode()
+    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray:
+        """The mask engine's image embedding alone (no feature engine): what a cold click
+        needs, bit-identical to the ``embedding`` of `encode_target` of the same image.
+
+        Args:
+            image: uint8 [H, W, 3] RGB.
+
+        Returns:
+            float32 [E', 64, 64].
+        """
+        frame = to_frame(as_rgb(image)).to(self.device)  # (3, S, S)
+        pixels = frame_to_sam_uint8(frame)[None]  # (1, S, S, 3)
+        return self.sam.embed(pixels, precision=self.precision)[0].cpu().numpy()
+
     def _encode_batch(
         self, rgbs: list[np.ndarray], timings: Timings | None
     ) -> list[TargetEncoding]:

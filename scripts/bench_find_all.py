@@ -5,7 +5,7 @@ regions: geometry cleaning and RLE) with SAM ViT-H + DINOv2 ViT-L carrying RANDO
 
 Random weights make the similarity map noise, so how many masks a find all decodes on it says
 nothing; the headline is a WORST case: the cached tokens are edited to show 16 separate objects
-exactly like the clicked one (more than the decode budget, `FIND_ALL_MAX_DECODES` = 12), so the
+exactly like the clicked one (more than the decode budget, `FIND_ALL_MAX_DECODES` = 10), so the
 budget is spent; the decoder runs on the real (random-weight) embedding.
 The first version (GF-SAM with the clicked shot) decoded one mask per selected prompt, up to
 128: the decoder on 128 prompts is timed beside it. Left out: Label Studio, HTTP and the queue

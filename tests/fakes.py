@@ -71,7 +71,7 @@ class FakePipeline:
     """
 
     calls: dict[str, int] = field(
-        default_factory=lambda: {"target": 0, "reference": 0, "predict": 0}
+        default_factory=lambda: {"target": 0, "reference": 0, "predict": 0, "mask_engine": 0}
     )
     sam: FakeSam = field(default_factory=lambda: FakeSam())
     config: GFSAMConfig = field(default_factory=GFSAMConfig)
@@ -85,6 +85,10 @@ class FakePipeline:
         self, images: Sequence[np.ndarray], *, batch_size: int = 8
     ) -> list[TargetEncoding]:
         return [self.encode_target(image) for image in images]
+
+    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray:
+        self.calls["mask_engine"] += 1
+        return NO_EMBEDDING
 
     def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Reference:
         if mask.shape != image.shape[:2]:
@@ -504,6 +508,9 @@ class OraclePipeline:
         self, images: Sequence[np.ndarray], *, batch_size: int = 8
     ) -> list[TargetEncoding]:
         return [self.encode_target(image) for image in images]
+
+    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray:
+        return self.oracle.sam.embed(self._tokens(image)[0])
 
     def predict_labels(
         self,

@@ -160,5 +160,5 @@ def test_find_all_contract_keys(tmp_path: Path, capsys: pytest.CaptureFixture[st
             "decodes_max",
         }
     assert result["none"]["instance_recall"] == 0.0 and result["none"]["precision"] is None
-    assert result["regions"]["decodes_max"] <= 12  # the default decode budget
+    assert result["regions"]["decodes_max"] <= 10  # the default decode budget
     assert "NOT model quality" in capsys.readouterr().out

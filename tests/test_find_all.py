@@ -98,7 +98,7 @@ def test_the_decode_budget_is_kept() -> None:
     result = find_similar(oracle.tokens, oracle.click(100, 100), oracle.decode, params=params)
     assert result.decodes == 5 and len(result.found) == 5
     unlimited = find_similar(oracle.tokens, oracle.click(100, 100), oracle.decode)
-    assert len(unlimited.found) == 12  # the default budget: 12 decodes
+    assert len(unlimited.found) == 10  # the default budget: 10 decodes
 
 
 def test_a_part_is_replaced_by_the_whole_and_a_part_never_added() -> None:

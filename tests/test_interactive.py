@@ -5,6 +5,7 @@ answered while a batch job is held."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import time
@@ -20,6 +21,8 @@ from rq.serializers import JSONSerializer
 
 from backend.state.labelconfig import config_digest, parse_label_config
 from backend.state.schemas import StoredPrediction
+from gfsam.encodings import TargetEncoding
+from gfsam.types import GRID
 from tests.fakes import png_bytes
 from tests.service_fixtures import Service, wait_until
 from worker.clicks import click as click_lane
@@ -31,7 +34,7 @@ CONFIG = (
     '<View><Image name="image" value="$image"/>'
     '<BrushLabels name="tag" toName="image"><Label value="Cat"/><Label value="Dog"/></BrushLabels>'
     '<KeyPointLabels name="kp" toName="image" smart="true"><Label value="Cat"/>'
-    '<Label value="Bird"/></KeyPointLabels>'
+    '<Label value="Bird"/><Label value="Cat (all)"/></KeyPointLabels>'
     '<RectangleLabels name="rect" toName="image" smart="true"><Label value="Cat"/>'
     "</RectangleLabels></View>"
 )
@@ -107,7 +110,29 @@ def test_second_click_uses_memory_then_counters_show_no_encoder(svc: Service) ->
     region_mask(click(svc, task, [kp(20, 20), kp(80, 80, positive=False)]))
     stats = svc.store.progress.stats()
     assert stats["click"] == 2 and stats["click_encoded"] == 1 and stats["target_encode"] == 1
-    assert svc.pipeline.calls["target"] == 1
+    # a cold click runs the mask engine alone (issue 21): no feature engine, nothing cached
+    assert svc.pipeline.calls["mask_engine"] == 1 and svc.pipeline.calls["target"] == 0
+    cache = svc.settings.target_cache_dir
+    assert not cache.exists() or not [f for f in cache.rglob("*") if f.is_file()]
+
+
+def test_find_all_after_a_cold_click_encodes_the_features_once(
+    svc: Service, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encode = svc.pipeline.encode_target
+
+    def with_tokens(image: np.ndarray) -> TargetEncoding:  # FakePipeline's carry no features
+        tokens = np.random.default_rng(0).standard_normal((GRID * GRID, 8)).astype(np.float32)
+        return dataclasses.replace(encode(image), tokens=tokens)
+
+    monkeypatch.setattr(svc.pipeline, "encode_target", with_tokens)
+    task = setup_project(svc)
+    region_mask(click(svc, task, [kp(50, 50)]))  # mask engine only
+    found = click(svc, task, [kp(50, 50, label="Cat (all)")])
+    assert found.status_code == 200, found.text
+    assert svc.pipeline.calls["target"] == 1  # find all needs the feature tokens
+    region_mask(click(svc, task, [kp(30, 30)]))  # the whole encoding serves plain clicks too
+    assert svc.pipeline.calls == {**svc.pipeline.calls, "mask_engine": 1, "target": 1}
 
 
 def test_pre_annotated_embedding_is_a_cache_hit(svc: Service) -> None:

@@ -58,6 +58,7 @@ def test_every_model_in_use_does_what_the_contract_states(kind: str, tmp_path: P
     assert isinstance(ref, Reference) and isinstance(target, TargetEncoding)
     assert len(batch) == 2 and all(isinstance(t, TargetEncoding) for t in batch)
     assert target.image_size == (48, 64)
+    assert np.array_equal(model.encode_mask_engine(image), target.embedding)
     for decoded in (None, DecodedMasks(64)):
         preds = model.predict_labels(target, {"A": [ref], "B": [ref, ref]}, decoded=decoded)
         assert list(preds) == ["A", "B"]
@@ -95,6 +96,8 @@ class NoPrediction:
 
     def encode_targets(self, images: Any, *, batch_size: int = 8) -> Any: ...
 
+    def encode_mask_engine(self, image: np.ndarray) -> Any: ...
+
 
 def test_a_model_missing_a_member_is_refused_naming_it() -> None:
     broken = NoPrediction(GFSAMConfig(), FakePipeline().sam)
@@ -112,6 +115,7 @@ def test_a_model_missing_a_member_is_refused_naming_it() -> None:
         "encode_reference",
         "encode_target",
         "encode_targets",
+        "encode_mask_engine",
         "predict_labels",
     }
 

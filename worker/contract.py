@@ -31,6 +31,8 @@ class SegmentationModel(Protocol):
       weights: the assignment's prototypes).
     - `encode_target(image) -> TargetEncoding`, `encode_targets(images, batch_size=)` (the SAM
       embedding and DINOv2 tokens: the assignment's and discovery's token data).
+    - `encode_mask_engine(image) -> float32 [E', 64, 64]`: the SAM embedding alone, equal to
+      `encode_target(image).embedding` (a cold click: no feature engine pass).
     - `predict_labels(target, {label: [Reference, ...]}, decoded=DecodedMasks | None)` ->
       label -> `Prediction` (mask bool [H, W] and the token-level `Segmentation` the split
       assignment reads); `decoded` holds the target's SAM masks from earlier predictions.
@@ -50,6 +52,8 @@ class SegmentationModel(Protocol):
         self, images: Sequence[np.ndarray], *, batch_size: int = ...
     ) -> list[TargetEncoding]: ...
 
+    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray: ...
+
     def predict_labels(
         self,
         target: TargetEncoding,
@@ -66,6 +70,7 @@ MODEL_MEMBERS = (
     "encode_reference",
     "encode_target",
     "encode_targets",
+    "encode_mask_engine",
     "predict_labels",
 )
 DECODER_MEMBERS = ("decode_prompts", "decode_boxes")

@@ -151,7 +151,7 @@ class Settings(BaseSettings):
     teach_suffix: str = " (teach)"
     # Masks one "find all" decodes at most (one per region of similar cells, batched): its
     # latency bound, about 125 ms each for SAM's decoder on 2 CPU threads (`gfsam.find_all`).
-    find_all_max_decodes: int = Field(12, ge=1, le=128)
+    find_all_max_decodes: int = Field(10, ge=1, le=128)
 
     # --- Queues, job timeouts, retries and what Redis keeps.
     queue_high: str = "gfsam-high"

@@ -4,7 +4,9 @@ Run by `python -m worker.main --interactive`, a worker that listens only to the 
 queue, so a click never waits behind pre-annotation. A click needs only SAM's prompt decoder:
 the target encoding comes from this process's memory (last `interactive_targets_in_memory`
 tasks), else from the shared disk cache that pre-annotation fills, and only else from the
-encoders (counted: `stats` `click`, `click_encoded`, with `target_encode` / `target_cache_hit`).
+encoders: the mask engine alone for a plain click (`encode_mask_engine`: a cold click pays no
+feature engine), both for find all, teach and warm-ups (counted: `stats` `click`,
+`click_encoded`, with `target_encode` / `target_cache_hit`).
 Nothing is stored: the answer goes back to the waiting /predict as the job's return value.
 """
 
@@ -14,6 +16,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -44,24 +47,37 @@ logger = logging.getLogger(__name__)
 
 # (project, task) -> target encoding; this process only (one interactive worker
 # holds its annotators' open tasks). Bounded by settings.interactive_targets_in_memory.
-_memory: OrderedDict[tuple[int, int], TargetEncoding] = OrderedDict()
+_memory: OrderedDict[tuple[int, int], TargetEncoding | MaskOnly] = OrderedDict()
 MAX_FOUND = 50  # instances one "find all" answers at most (a person reviews each)
 
 
+@dataclass(frozen=True)
+class MaskOnly:
+    """What a plain click needs of an image: the mask engine's embedding float32 [E', 64, 64]
+    and the image's (H, W) (`SegmentationModel.encode_mask_engine`: no feature engine pass)."""
+
+    embedding: np.ndarray
+    image_size: tuple[int, int]
+
+
 def _target(
-    rt: runtime.Runtime, store: Store, p: int, t: int, data_key: str
-) -> tuple[TargetEncoding, bool]:
-    """The task's target encoding and whether this call ran the image encoders.
+    rt: runtime.Runtime, store: Store, p: int, t: int, data_key: str, *, tokens: bool = True
+) -> tuple[TargetEncoding | MaskOnly, bool]:
+    """The task's encoding and whether this call ran an encoder. From this process's memory,
+    else the shared target cache, else the encoders: both (`tokens`: find all, teach, a
+    warm-up; the encoding is cached for everyone) or the mask engine alone (a plain click: its
+    embedding is kept in memory only, the cache holds whole encodings).
 
     Raises:
         LabelStudioError: no such task, or its image cannot be fetched. ValueError: the task is
             in another project, has no image, or the image cannot be decoded.
     """
     memo = (p, t)
-    if memo in _memory:
+    known = _memory.get(memo)
+    if known is not None and (not tokens or isinstance(known, TargetEncoding)):
         _memory.move_to_end(memo)
         store.progress.incr_stat("target_memory_hit")
-        return _memory[memo], False
+        return known, False
     task = rt.ls.get_task(t, p)
     if task.project is not None and task.project != p:
         raise ValueError(f"task {t} is not in project {p}")
@@ -71,16 +87,29 @@ def _target(
     image = rt.ls.download(url, task_id=t)
     sha = hashlib.sha256(image).hexdigest()
     blob = rt.targets.get(sha)
+    target: TargetEncoding | MaskOnly
     if blob is not None:  # pre-annotation (or a warm-up) encoded it: decoder only
         store.progress.incr_stat("target_cache_hit")
         target = rt.model.target_from_bytes(blob)
     else:
         started = time.perf_counter()
-        target = rt.model.pipeline.encode_target(rt.model.load_image(image))
+        pixels = rt.model.load_image(image)
+        if tokens:
+            target = rt.model.pipeline.encode_target(pixels)
+            rt.targets.put(sha, target.to_bytes())
+        else:
+            size = (int(pixels.shape[0]), int(pixels.shape[1]))
+            target = MaskOnly(rt.model.pipeline.encode_mask_engine(pixels), size)
         store.progress.incr_stat("target_encode")
-        rt.targets.put(sha, target.to_bytes())
-        logger.info("interactive: encoded p%s t%s in %.2fs", p, t, time.perf_counter() - started)
+        logger.info(
+            "interactive: encoded p%s t%s in %.2fs%s",
+            p,
+            t,
+            time.perf_counter() - started,
+            "" if tokens else " (mask engine only)",
+        )
     _memory[memo] = target
+    _memory.move_to_end(memo)
     while len(_memory) > rt.settings.interactive_targets_in_memory:
         _memory.popitem(last=False)
     return target, blob is None
@@ -142,7 +171,8 @@ def click(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: ClickJob) -> d
     started = time.perf_counter()
     store.progress.incr_stat("click")
     try:
-        target, encoded = _target(rt, store, p, t, payload.data_key)
+        tokens = prompts.gesture != "click"  # find all and teach read the feature tokens
+        target, encoded = _target(rt, store, p, t, payload.data_key, tokens=tokens)
     except LabelStudioUnavailable:
         raise
     except (LabelStudioError, ValueError) as exc:  # missing or undecodable task image
@@ -160,6 +190,8 @@ def click(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: ClickJob) -> d
             outcome = refine(sam, target.embedding, prompts, size, prior, prior_score)
             masks, score, rule = [outcome.mask], outcome.score, outcome.rule
         else:
+            if not isinstance(target, TargetEncoding):  # `tokens` asked for the whole one
+                raise RuntimeError("find all needs the image's feature tokens")
             clicked = refine(sam, target.embedding, prompts, size)
             masks, score = find_all(rt, target, clicked.mask), clicked.score
             rule = prompts.gesture
