@@ -1,12 +1,14 @@
 """Discovery after each prediction (issue 11): unlabelled objects of a task, grouped per project.
 
 After `inference.predict_task`, on the same cached target encoding (no encoder pass; one SAM
-decoder call per token region, at most `DiscoverParams.max_prompts`): the area no accepted region
-and no human annotation covers is clustered (`gfsam.discover.discover_candidates`), the proposals
-the assignment rejected join the pool, and the kept candidates are added to the project's groups
-(`gfsam.discover.CandidateGroups`) through `Store.candidates.update`, a compare-and-set, so
-concurrent workers never lose an addition. Each member keeps a small record (task, bbox, score,
-a 256 x 256 frame mask) and a PNG crop with its mask outlined, for the API's contact sheets.
+decoder call per token region, at most `DiscoverParams.max_prompts`, none for a region prompt the
+target's mask store already holds from an earlier version, `gfsam.decoded`): the area no
+accepted region and no human annotation covers is clustered
+(`gfsam.discover.discover_candidates`), the proposals the assignment rejected join the pool, and
+the kept candidates are added to the project's groups (`gfsam.discover.CandidateGroups`) through
+`Store.candidates.update`, a compare-and-set, so concurrent workers never lose an addition. Each
+member keeps a small record (task, bbox, score, a 256 x 256 frame mask) and a PNG crop with its
+mask outlined, for the API's contact sheets.
 
 With ``CANDIDATE_LABEL`` set and present in the BrushLabels control, the task's candidates are
 also added to its prediction as regions of that label (group id in ``meta``, low score); the
@@ -47,6 +49,7 @@ from gfsam.types import FRAME
 from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.errors import LabelStudioError
 from worker.labelstudio.shapes import annotation_masks, shapes_to_result
+from worker.prediction import decoded_masks
 from worker.prediction.assignment import calibration
 from worker.prediction.inference import TaskResult, load_references
 from worker.runtime import Runtime, geometry_params
@@ -109,14 +112,17 @@ def discover_task(
     references = load_references(rt, store, refs, [lb for lb in cfg.labels if lb != _cand(rt)])
     protos = {lb: shot_prototypes(r, pipe.config, SplitParams()) for lb, r in references.items()}
     labels = [(protos[lb], _threshold(rt, refs, lb, r)) for lb, r in references.items()]
+    decoded = result.decoded
     cands = discover_candidates(
         target.tokens,
         mask_to_frame(covered).numpy(),
-        sam_prompt_fn(pipe.sam, target.embedding),
+        sam_prompt_fn(pipe.sam, target.embedding, decoded),  # region prompts decoded once
         rejected=[mask_to_frame(c.mask).numpy() for c in result.candidates],
         labels=labels,
         cfg=pipe.config,
     )
+    if decoded is not None and result.sha:
+        decoded_masks.save_regions(rt, store, result.sha, decoded)
     if not cands:
         return []
     image = rt.model.load_image(image_bytes)
