@@ -16,6 +16,7 @@ from gfsam.assign import (
     instance_proposals,
     mask_consistency,
     paint_exclusive,
+    shot_prototypes,
     split_match,
 )
 from gfsam.encodings import Prediction, Reference, TargetEncoding
@@ -116,6 +117,21 @@ def test_one_shot_floor_is_a_step_above_its_background() -> None:
     half = np.array([0.6, 0.8, 0, 0], dtype=np.float32)
     lifted = calibrate_label([_reference(obj, bg=half)], CFG, SplitParams(presence_mix=0.3))
     assert lifted.floor == pytest.approx(0.6 + 0.3 * (1 - 0.6), abs=1e-5)
+
+
+def test_calibration_keeps_the_prototypes_it_pooled() -> None:
+    """The assignment and discovery read the shots' prototypes from the cached calibration:
+    the same bits as pooling the shots again, recomputed for another pool_power."""
+    a = np.array([1, 0, 0, 0], dtype=np.float32)
+    close = np.array([0.9, 0, np.sqrt(1 - 0.81), 0], dtype=np.float32)
+    refs = [_reference(a), _reference(close, bg=np.array([0, 1, 0, 0], np.float32))]
+    cal = calibrate_label(refs, CFG, SplitParams())
+    fresh = shot_prototypes(refs, CFG, SplitParams())
+    assert cal.prototypes is not None and np.array_equal(cal.prototypes, fresh)
+    assert cal.shot_prototypes(refs, CFG, SplitParams()) is cal.prototypes
+    other = SplitParams(pool_power=3.0)
+    assert np.array_equal(cal.shot_prototypes(refs, CFG, other), shot_prototypes(refs, CFG, other))
+    assert cal == calibrate_label(refs, CFG, SplitParams())  # compared without the arrays
 
 
 def test_a_tiny_shot_gets_the_tiny_floor_not_its_inflated_background() -> None:

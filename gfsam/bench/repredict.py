@@ -44,7 +44,6 @@ from gfsam.assign import (
     SplitParams,
     assign_split,
     calibrate_label,
-    shot_prototypes,
 )
 from gfsam.bench.synthetic import random_pipeline, synthetic_pair
 from gfsam.decoded import DecodedMasks
@@ -137,7 +136,7 @@ class _Task:
             covered,
             sam_prompt_fn(pipe.sam, target.embedding, store),
             rejected=[mask_to_frame(i.mask).numpy() for i in asg.candidates],
-            labels=[(shot_prototypes(shots, cfg, params), cal.match)],
+            labels=[(cal.shot_prototypes(shots, cfg, params), cal.match)],
             cfg=cfg,
         )
         self.region_hits, self.regions = store.region_hits, store.region_hits + store.region_misses

@@ -35,7 +35,7 @@ from backend.state.schemas import (
     StoredPrediction,
 )
 from backend.state.store import Store
-from gfsam.assign import SplitParams, shot_prototypes
+from gfsam.assign import LabelCalibration, SplitParams
 from gfsam.discover import (
     Candidate,
     CandidateGroups,
@@ -110,8 +110,11 @@ def discover_task(
     target, task = result.target, result.prediction.task
     covered = _covered(rt, store, p, cfg, task, result)
     references = load_references(rt, store, refs, [lb for lb in cfg.labels if lb != _cand(rt)])
-    protos = {lb: shot_prototypes(r, pipe.config, SplitParams()) for lb, r in references.items()}
-    labels = [(protos[lb], _threshold(rt, refs, lb, r)) for lb, r in references.items()]
+    cals = {lb: _calibration(rt, refs, lb, r) for lb, r in references.items()}
+    protos = {
+        lb: cals[lb].shot_prototypes(r, pipe.config, SplitParams()) for lb, r in references.items()
+    }
+    labels = [(protos[lb], cals[lb].match) for lb in references]
     decoded = result.decoded
     cands = discover_candidates(
         target.tokens,
@@ -173,12 +176,13 @@ def _covered(
     return covered
 
 
-def _threshold(rt: Runtime, refs: ReferenceSet, label: str, references: list[Reference]) -> float:
-    """The label's "already this label" level (`LabelCalibration.match`), from the calibration
-    cache `worker.prediction.assignment` filled for this task."""
+def _calibration(
+    rt: Runtime, refs: ReferenceSet, label: str, references: list[Reference]
+) -> LabelCalibration:
+    """The label's calibration (its ``match`` is the "already this label" level, its prototypes
+    the shots'), from the calibration cache `worker.prediction.assignment` filled for this task."""
     shas = [s.ref for s in refs.shots[label]]
-    cal = calibration(references, rt.model.pipeline.config, shas, model_key=rt.model.key)
-    return cal.match
+    return calibration(references, rt.model.pipeline.config, shas, model_key=rt.model.key)
 
 
 def _member_keys(state: CandidateGroups) -> set[str]:
