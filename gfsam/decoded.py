@@ -58,6 +58,8 @@ def pack_masks(masks: Tensor) -> Tensor:
     Returns:
         uint8 [P, S, S / 8] on the same device.
     """
+    if masks.device.type == "cpu":  # numpy's C packing: the same bits, several times faster
+        return torch.from_numpy(np.packbits(masks.numpy().astype(bool, copy=False), axis=-1))
     p, h, w = masks.shape
     weights = torch.tensor(_BITS, dtype=torch.uint8, device=masks.device)
     bits = masks.reshape(p, h, w // 8, 8).to(torch.uint8) * weights  # (P, S, S/8, 8)

@@ -301,3 +301,25 @@ def test_carving_rescues_an_object_a_wrong_decode_joined_to_the_background() -> 
     assert np.array_equal(carved.label_masks()["A"], obj)
     assert [c.mask[600, 600] for c in carved.candidates] == [True]
     assert decodes == [[(100, 100), (600, 600)]]  # the gated prompts inside, once
+
+
+def test_unit_tokens_are_memoised_by_content() -> None:
+    """`pool_features` and discovery share one normalisation per token set: the same bits as
+    computing it, read-only, and a changed token is another entry."""
+    import torch
+    import torch.nn.functional as F
+
+    from gfsam.assign.proposals import unit_tokens
+    from gfsam.points import normalize_tokens
+
+    tokens = np.random.default_rng(3).standard_normal((TOKENS, 16)).astype(np.float32)
+    ref = F.normalize(normalize_tokens(torch.from_numpy(tokens.copy()), CFG), dim=-1).numpy()
+    unit = unit_tokens(tokens, CFG)
+    assert np.array_equal(unit, ref) and not unit.flags.writeable
+    assert unit_tokens(tokens.copy(), CFG) is unit  # same content, same entry
+    changed = tokens.copy()
+    changed[5, 3] += 1.0
+    assert not np.array_equal(unit_tokens(changed, CFG), unit)
+    per_token = GFSAMConfig(token_axis_norm=False, per_token_norm=True)
+    other = F.normalize(normalize_tokens(torch.from_numpy(tokens.copy()), per_token), dim=-1)
+    assert np.array_equal(unit_tokens(tokens, per_token), other.numpy())

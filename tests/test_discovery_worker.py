@@ -183,3 +183,17 @@ def test_add_label_keeps_the_config() -> None:
         except PromoteError:
             continue
         raise AssertionError("expected PromoteError")
+
+
+def test_pack_mask_is_the_half_covered_blocks() -> None:
+    """A member's stored mask: a 256-square block is set when at least half its pixels are
+    (integer counts since issue 17; the same bits as the float mean it replaced)."""
+    from gfsam.types import FRAME
+    from worker.discovery.candidates import MASK_SIDE, pack_mask
+
+    rng = np.random.default_rng(0)
+    frame = rng.random((FRAME, FRAME)) > rng.random((FRAME, 1))  # every block density
+    f = FRAME // MASK_SIDE
+    small = frame.reshape(MASK_SIDE, f, MASK_SIDE, f).mean((1, 3)) >= 0.5
+    back = unpack_mask(pack_mask(frame), (FRAME, FRAME))
+    assert np.array_equal(back, np.repeat(np.repeat(small, f, 0), f, 1))

@@ -229,8 +229,10 @@ def crop_png(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]
 def pack_mask(frame_mask: np.ndarray) -> str:
     """bool [S, S] frame mask -> `MASK_SIDE`-square, bit-packed, zlib, base64 text."""
     f = FRAME // MASK_SIDE
-    small = np.asarray(frame_mask, dtype=bool).reshape(MASK_SIDE, f, MASK_SIDE, f).mean((1, 3))
-    return base64.b64encode(zlib.compress(np.packbits(small >= 0.5).tobytes(), 9)).decode()
+    blocks = np.asarray(frame_mask, dtype=bool).reshape(MASK_SIDE, f, MASK_SIDE, f)
+    # a block is set when at least half its pixels are (an integer count: no float mean)
+    small = 2 * blocks.sum((1, 3), dtype=np.int32) >= f * f
+    return base64.b64encode(zlib.compress(np.packbits(small).tobytes(), 9)).decode()
 
 
 def unpack_mask(text: str, size: tuple[int, int]) -> np.ndarray:
