@@ -314,7 +314,8 @@ def main_null_split(args: argparse.Namespace) -> int:
         f"[null-cost model, real token data: orchestration + split + discovery, NOT model speed] "
         f"{len(images) - 1} real COCO tasks per run, one serial in-process worker, fake LS over "
         "HTTP, real Redis; target blobs of real size (tokens 1369 x 1024 float32, embedding "
-        f"256 x 64 x 64 float32), {model.prompts} gated prompts per prediction"
+        f"256 x 64 x 64 float32), {model.prompts} gated prompts per prediction (the model puts "
+        "their masks in the mask store, as a real one does)"
     )
     print(
         "# left out: the model's compute (encoders, GF-SAM's token stages, SAM decoder: "

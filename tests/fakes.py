@@ -650,8 +650,8 @@ class NullSplitPipeline:
     Everything is precomputed by `add` from each image's ground-truth class map (register the
     images before the run); a job's model calls only look it up and copy arrays. The
     "prediction" of every label is the image's largest class (prompts: up to `prompts` cells
-    at least half inside it); `decoded` is not filled (a real model fills it while it decodes:
-    that cost is the model's), so carving decodes what it needs through `sam`. Tokens: one
+    at least half inside it), decoded into the target's `DecodedMasks` as a real model does
+    (counted in the model's time), so carving reads them from the store. Tokens: one
     fixed random vector per class id plus a fixed per-cell noise (same class, similar tokens;
     the split similarity is meaningful).
     """
@@ -758,11 +758,24 @@ class NullSplitPipeline:
         *,
         decoded: DecodedMasks | None = None,
     ) -> dict[str, Prediction]:
-        """Every label: the scene's prediction (`decoded` is not filled: carving decodes the
-        few prompts it needs through `sam`, at ground-truth cost)."""
+        """Every label: the scene's prediction; its prompts' masks go into `decoded` (bound to
+        the scene), as a real model's decodes do, so the assignment's carving reads them."""
+        import torch
+
         started = time.perf_counter()
         self.calls["predict"] += 1
-        pred = self.sam.scenes[int(target.embedding.reshape(-1)[0])].prediction
+        scene = self.sam.scenes[int(target.embedding.reshape(-1)[0])]
+        pred = scene.prediction
+        if decoded is not None and references:
+            emb = target.embedding
+
+            def decode(xy: np.ndarray) -> torch.Tensor:
+                one = np.ones(1, dtype=np.int64)
+                masks = [self.sam.decode_prompts(emb, p[None], one)[0] for p in xy]
+                return torch.from_numpy(np.stack(masks))  # (N, S, S)
+
+            decoded.bind(f"null_sam/fp32/{scene.index}")
+            decoded.masks(pred.segmentation.prompt_xy, decode, torch.device("cpu"))
         out = {label: pred for label in references}
         self.seconds += time.perf_counter() - started
         return out
