@@ -8,6 +8,7 @@ squashed with torch nearest; a 1024 prediction goes back to (H, W) with torch ne
 
 from __future__ import annotations
 
+import functools
 import io
 from pathlib import Path
 
@@ -149,6 +150,25 @@ def frame_to_sam_uint8(frame: Tensor) -> Tensor:
     return (frame * 255).to(torch.uint8).permute(1, 2, 0).contiguous()  # (S, S, 3)
 
 
+@functools.lru_cache(maxsize=64)
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+    """int64 [n_out]: the source index torch's ``nearest`` picks for each output index (taken
+    from torch itself, so a gather with it is bit-identical to `F.interpolate`; 2-D nearest is
+    separable: rows and columns map independently)."""
+    ramp = torch.arange(n_in, dtype=torch.float32)[None, None, None]  # (1, 1, 1, n_in)
+    out = F.interpolate(ramp, size=(1, n_out), mode="nearest")[0, 0, 0]  # (n_out,)
+    index = out.to(torch.int64).numpy()
+    index.flags.writeable = False
+    return index
+
+
+def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """bool [H, W] -> bool [h, w], exactly as torch ``nearest`` (a gather, no float copy)."""
+    rows = _nearest_index(mask.shape[0], int(size[0]))
+    cols = _nearest_index(mask.shape[1], int(size[1]))
+    return np.take(np.take(mask, rows, axis=0), cols, axis=1)
+
+
 def mask_to_frame(mask: np.ndarray) -> Tensor:
     """Squash a boolean mask to the 1024 frame with torch nearest (HSNet loaders).
 
@@ -158,8 +178,11 @@ def mask_to_frame(mask: np.ndarray) -> Tensor:
     Returns:
         bool [S, S] on the CPU.
     """
-    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool)).float()[None, None]
-    return F.interpolate(m, size=(FRAME, FRAME), mode="nearest")[0, 0] > 0  # (S, S)
+    m = np.asarray(mask)
+    if m.ndim != 2:  # what F.interpolate would refuse, refused by it
+        t = torch.from_numpy(np.ascontiguousarray(m, dtype=bool)).float()[None, None]
+        return F.interpolate(t, size=(FRAME, FRAME), mode="nearest")[0, 0] > 0
+    return torch.from_numpy(_resize_nearest(m.astype(bool, copy=False), (FRAME, FRAME)))
 
 
 def mask_from_frame(mask: np.ndarray | Tensor, size: tuple[int, int]) -> np.ndarray:
@@ -172,9 +195,11 @@ def mask_from_frame(mask: np.ndarray | Tensor, size: tuple[int, int]) -> np.ndar
     Returns:
         bool [H, W] numpy.
     """
-    m = torch.as_tensor(mask).to(torch.float32)[None, None]  # (1, 1, S, S)
-    out = F.interpolate(m, size=tuple(size), mode="nearest")[0, 0] > 0  # (H, W)
-    return out.cpu().numpy()
+    if isinstance(mask, Tensor) and mask.device.type != "cpu":
+        m = mask.to(torch.float32)[None, None]  # (1, 1, S, S)
+        return (F.interpolate(m, size=tuple(size), mode="nearest")[0, 0] > 0).cpu().numpy()
+    arr = mask.numpy() if isinstance(mask, Tensor) else np.asarray(mask)
+    return _resize_nearest(arr > 0 if arr.dtype != bool else arr, size)
 
 
 def as_rgb(image: np.ndarray) -> np.ndarray:

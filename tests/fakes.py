@@ -600,3 +600,200 @@ def _media_handler(media: MediaServer) -> type[BaseHTTPRequestHandler]:
                 pass
 
     return Handler
+
+
+# --------------------------------------------------------------------------- null-cost split model
+
+
+def image_key(image: np.ndarray) -> str:
+    """Identity of a decoded image for `NullSplitPipeline` (a sparse sample: cheap)."""
+    import hashlib
+
+    return hashlib.sha1(np.ascontiguousarray(image[::7, ::7]).tobytes()).hexdigest()
+
+
+@dataclass
+class _Scene:
+    """What `NullSplitPipeline` precomputed for one image (nothing of it costs at job time)."""
+
+    index: int
+    framed: np.ndarray  # uint8 [S, S] class ids in the 1024 frame
+    cells: np.ndarray  # int64 [T] class id per grid cell
+    prediction: Prediction  # the image's largest class, with a token-level Segmentation
+
+
+@dataclass
+class NullSam:
+    """A prompt decoder that costs (almost) nothing: the ground-truth class under the first
+    positive point, clipped to the box, from the scene the embedding names (`NullSplitPipeline`)."""
+
+    scenes: list[_Scene] = field(default_factory=list)
+    calls: int = 0
+    seconds: float = 0.0  # time spent inside `decode_prompts`
+
+    def decode_prompts(
+        self,
+        embedding: Any,
+        points_xy: np.ndarray | None = None,
+        point_labels: np.ndarray | None = None,
+        box_xyxy: np.ndarray | None = None,
+        mask_logits: np.ndarray | None = None,
+        *,
+        multimask: bool = False,
+    ) -> tuple[np.ndarray, float, np.ndarray]:
+        from gfsam.types import FRAME
+
+        started = time.perf_counter()
+        self.calls += 1
+        framed = self.scenes[int(np.asarray(embedding).reshape(-1)[0])].framed
+        if points_xy is not None and len(points_xy):
+            x, y = np.clip(np.asarray(points_xy)[0].astype(np.int64), 0, FRAME - 1)
+            mask = framed == framed[y, x]
+        else:
+            mask = np.ones((FRAME, FRAME), dtype=bool)
+        if box_xyxy is not None:
+            x0, y0, x1, y1 = np.clip(np.asarray(box_xyxy).astype(np.int64), 0, FRAME)
+            mask[:y0], mask[y1:], mask[:, :x0], mask[:, x1:] = False, False, False, False
+        self.seconds += time.perf_counter() - started
+        return mask, 0.9, np.zeros((256, 256), dtype=np.float32)
+
+
+@dataclass
+class NullSplitPipeline:
+    """A null-cost model that meets the worker's contract AND carries what the split assignment
+    and discovery read, at real sizes (issue 17): tokens [1369, 1024] float32 (ViT-L), a SAM-sized
+    embedding [256, 64, 64] float32, and per label a `Prediction` whose `Segmentation` holds
+    the mask, gated prompts on it and a ``filtered`` map; `sam` returns ground-truth masks.
+
+    Everything is precomputed by `add` from each image's ground-truth class map (register the
+    images before the run); a job's model calls only look it up and copy arrays. The
+    "prediction" of every label is the image's largest class (prompts: up to `prompts` cells
+    at least half inside it), decoded into the target's `DecodedMasks` as a real model does
+    (counted in the model's time), so carving reads them from the store. Tokens: one
+    fixed random vector per class id plus a fixed per-cell noise (same class, similar tokens;
+    the split similarity is meaningful).
+    """
+
+    prompts: int = 32
+    dim: int = 1024
+    config: GFSAMConfig = field(default_factory=GFSAMConfig)
+    sam: NullSam = field(default_factory=NullSam)
+    calls: dict[str, int] = field(
+        default_factory=lambda: {"target": 0, "reference": 0, "predict": 0}
+    )
+    seconds: float = 0.0  # time spent inside this model's own calls (to report beside a rate)
+    _keys: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from gfsam.types import TOKENS
+
+        rng = np.random.default_rng(0)
+        self._classes = rng.standard_normal((256, self.dim)).astype(np.float32)
+        self._noise = 0.5 * rng.standard_normal((TOKENS, self.dim)).astype(np.float32)
+
+    def add(self, image: np.ndarray, classes: np.ndarray) -> None:
+        """Register an image (uint8 RGB as the worker decodes it) with its class map [H, W]."""
+        import torch
+
+        from gfsam.assign import cell_fractions
+        from gfsam.eval.oracle import frame_labels
+        from gfsam.image import mask_from_frame
+        from gfsam.types import FRAME, GRID
+
+        framed = frame_labels(np.where(classes == 255, 0, classes)).astype(np.uint8)
+        centre = ((np.arange(GRID) + 0.5) * FRAME / GRID).astype(np.int64)
+        cells = framed[centre][:, centre].astype(np.int64).ravel()  # (T,) as [y, x]
+        ids, counts = np.unique(framed[framed > 0], return_counts=True)
+        mask = framed == (ids[np.argmax(counts)] if ids.size else 0)
+        frac = cell_fractions(mask[None])[0].reshape(GRID, GRID)  # (G, G) [y, x]
+        ys, xs = np.nonzero(frac >= 0.5)
+        if not len(xs):
+            ys, xs = np.unravel_index(np.argmax(frac)[None], frac.shape)
+        pick = np.unique(np.linspace(0, len(xs) - 1, min(self.prompts, len(xs))).astype(int))
+        order = np.lexsort((ys[pick], xs[pick]))  # x-major, as GF-SAM selects
+        points = np.stack([xs[pick][order], ys[pick][order]], axis=1).astype(np.int64)  # (P, 2)
+        p = len(points)
+        seg = Segmentation(
+            mask=mask,
+            points_xy=points,
+            prompt_xy=((points + 0.5) * FRAME / GRID).astype(np.int64),
+            cluster=np.zeros(p, dtype=np.int64),
+            positive=np.ones(p, dtype=bool),
+            consistent=np.ones(p, dtype=bool),
+            state=np.ones(p, dtype=np.int64),
+            cls_score=np.ones(p, dtype=np.float32),
+            fallback=False,
+            abstained=False,
+            maps={"filtered": frac.astype(np.float32)},
+            score=float(frac[points[:, 1], points[:, 0]].mean()),
+        )
+        size = (int(image.shape[0]), int(image.shape[1]))
+        pred = Prediction(mask_from_frame(torch.from_numpy(mask), size), 0.9, False, False, seg)
+        self._keys[image_key(image)] = len(self.sam.scenes)
+        self.sam.scenes.append(_Scene(len(self.sam.scenes), framed, cells, pred))
+
+    def _scene(self, image: np.ndarray) -> _Scene:
+        return self.sam.scenes[self._keys[image_key(image)]]
+
+    def _tokens(self, scene: _Scene) -> np.ndarray:
+        return self._classes[scene.cells] + self._noise  # (T, C) float32
+
+    def encode_target(self, image: np.ndarray) -> TargetEncoding:
+        started = time.perf_counter()
+        self.calls["target"] += 1
+        scene = self._scene(image)
+        embedding = np.zeros((256, 64, 64), dtype=np.float32)  # SAM ViT's size
+        embedding[0, 0, 0] = scene.index
+        size = (int(image.shape[0]), int(image.shape[1]))
+        out = TargetEncoding(embedding, self._tokens(scene), size, "null_sam", "null_dino")
+        self.seconds += time.perf_counter() - started
+        return out
+
+    def encode_targets(
+        self, images: Sequence[np.ndarray], *, batch_size: int = 8
+    ) -> list[TargetEncoding]:
+        return [self.encode_target(image) for image in images]
+
+    def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Reference:
+        from gfsam.image import mask_to_frame
+        from gfsam.points import reference_weights
+
+        if mask.shape != image.shape[:2] or not mask.any():
+            raise ValueError(f"bad reference mask {mask.shape} for image {image.shape[:2]}")
+        started = time.perf_counter()
+        self.calls["reference"] += 1
+        fg, bg = reference_weights(mask_to_frame(mask))
+        size = (int(image.shape[0]), int(image.shape[1]))
+        tokens = self._tokens(self._scene(image))
+        ref = Reference(tokens, fg.numpy(), bg.numpy(), int(mask.sum()), size, "null_dino")
+        self.seconds += time.perf_counter() - started
+        return ref
+
+    def predict_labels(
+        self,
+        target: TargetEncoding,
+        references: Mapping[str, Sequence[Reference]],
+        *,
+        decoded: DecodedMasks | None = None,
+    ) -> dict[str, Prediction]:
+        """Every label: the scene's prediction; its prompts' masks go into `decoded` (bound to
+        the scene), as a real model's decodes do, so the assignment's carving reads them."""
+        import torch
+
+        started = time.perf_counter()
+        self.calls["predict"] += 1
+        scene = self.sam.scenes[int(target.embedding.reshape(-1)[0])]
+        pred = scene.prediction
+        if decoded is not None and references:
+            emb = target.embedding
+
+            def decode(xy: np.ndarray) -> torch.Tensor:
+                one = np.ones(1, dtype=np.int64)
+                masks = [self.sam.decode_prompts(emb, p[None], one)[0] for p in xy]
+                return torch.from_numpy(np.stack(masks))  # (N, S, S)
+
+            decoded.bind(f"null_sam/fp32/{scene.index}")
+            decoded.masks(pred.segmentation.prompt_xy, decode, torch.device("cpu"))
+        out = {label: pred for label in references}
+        self.seconds += time.perf_counter() - started
+        return out

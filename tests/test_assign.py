@@ -16,6 +16,7 @@ from gfsam.assign import (
     instance_proposals,
     mask_consistency,
     paint_exclusive,
+    shot_prototypes,
     split_match,
 )
 from gfsam.encodings import Prediction, Reference, TargetEncoding
@@ -116,6 +117,21 @@ def test_one_shot_floor_is_a_step_above_its_background() -> None:
     half = np.array([0.6, 0.8, 0, 0], dtype=np.float32)
     lifted = calibrate_label([_reference(obj, bg=half)], CFG, SplitParams(presence_mix=0.3))
     assert lifted.floor == pytest.approx(0.6 + 0.3 * (1 - 0.6), abs=1e-5)
+
+
+def test_calibration_keeps_the_prototypes_it_pooled() -> None:
+    """The assignment and discovery read the shots' prototypes from the cached calibration:
+    the same bits as pooling the shots again, recomputed for another pool_power."""
+    a = np.array([1, 0, 0, 0], dtype=np.float32)
+    close = np.array([0.9, 0, np.sqrt(1 - 0.81), 0], dtype=np.float32)
+    refs = [_reference(a), _reference(close, bg=np.array([0, 1, 0, 0], np.float32))]
+    cal = calibrate_label(refs, CFG, SplitParams())
+    fresh = shot_prototypes(refs, CFG, SplitParams())
+    assert cal.prototypes is not None and np.array_equal(cal.prototypes, fresh)
+    assert cal.shot_prototypes(refs, CFG, SplitParams()) is cal.prototypes
+    other = SplitParams(pool_power=3.0)
+    assert np.array_equal(cal.shot_prototypes(refs, CFG, other), shot_prototypes(refs, CFG, other))
+    assert cal == calibrate_label(refs, CFG, SplitParams())  # compared without the arrays
 
 
 def test_a_tiny_shot_gets_the_tiny_floor_not_its_inflated_background() -> None:
@@ -285,3 +301,25 @@ def test_carving_rescues_an_object_a_wrong_decode_joined_to_the_background() -> 
     assert np.array_equal(carved.label_masks()["A"], obj)
     assert [c.mask[600, 600] for c in carved.candidates] == [True]
     assert decodes == [[(100, 100), (600, 600)]]  # the gated prompts inside, once
+
+
+def test_unit_tokens_are_memoised_by_content() -> None:
+    """`pool_features` and discovery share one normalisation per token set: the same bits as
+    computing it, read-only, and a changed token is another entry."""
+    import torch
+    import torch.nn.functional as F
+
+    from gfsam.assign.proposals import unit_tokens
+    from gfsam.points import normalize_tokens
+
+    tokens = np.random.default_rng(3).standard_normal((TOKENS, 16)).astype(np.float32)
+    ref = F.normalize(normalize_tokens(torch.from_numpy(tokens.copy()), CFG), dim=-1).numpy()
+    unit = unit_tokens(tokens, CFG)
+    assert np.array_equal(unit, ref) and not unit.flags.writeable
+    assert unit_tokens(tokens.copy(), CFG) is unit  # same content, same entry
+    changed = tokens.copy()
+    changed[5, 3] += 1.0
+    assert not np.array_equal(unit_tokens(changed, CFG), unit)
+    per_token = GFSAMConfig(token_axis_norm=False, per_token_norm=True)
+    other = F.normalize(normalize_tokens(torch.from_numpy(tokens.copy()), per_token), dim=-1)
+    assert np.array_equal(unit_tokens(tokens, per_token), other.numpy())

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from gfsam.decoded import MASK_BYTES, DecodedMasks, decoder_key, pack_masks, unpack_masks
-from gfsam.encodings import Reference
+from gfsam.discover import discover_candidates, sam_prompt_fn
+from gfsam.encodings import Reference, _pack
 from gfsam.image import load_image, load_mask
 from gfsam.pipeline import GFSAM, build_pipeline
 from gfsam.types import FRAME, GFSAMConfig
@@ -111,6 +112,8 @@ def test_bound_evicts_least_recently_used() -> None:
     assert calls == [3, 1] and (store.hits, store.misses) == (1, 4)
     with pytest.raises(ValueError, match="max_masks"):
         DecodedMasks(max_masks=0)
+    with pytest.raises(ValueError, match="max_regions"):
+        DecodedMasks(max_regions=0)
 
 
 def test_round_trip_and_key(pipe: GFSAM, shots, target) -> None:
@@ -119,7 +122,7 @@ def test_round_trip_and_key(pipe: GFSAM, shots, target) -> None:
     back = DecodedMasks.from_bytes(store.to_bytes())
     assert back.key == store.key == decoder_key(target, "fp32") and len(back) == len(store)
     for prompt in store._masks:
-        assert np.array_equal(back._masks[prompt], store._masks[prompt])
+        assert np.array_equal(back.packed(prompt), store.packed(prompt))
     _same(first, pipe.predict(target, shots[:1], decoded=back))
     assert back.misses == 0
     assert len(DecodedMasks.from_bytes(store.to_bytes(), max_masks=2)) == 2
@@ -182,6 +185,8 @@ def test_benchmark_repredict_line_and_gpu_refusal(capsys: pytest.CaptureFixture[
             line,
         ), line
     assert any(line.startswith("# left out: brush RLE") for line in out)
+    regions = [line for line in out if line.startswith("# shared 6: discovery's region prompts")]
+    assert len(regions) == 1 and re.search(r"store (\d+)/\1$", regions[0])  # same covered area
     with pytest.raises(SystemExit, match="needs CUDA"):
         main(["benchmark", "--gpu", "--device", "cpu"])
 
@@ -197,3 +202,91 @@ def test_pinned_prompts_share_exactly_s() -> None:
         assert first[:, 0].tolist() == sorted(first[:, 0].tolist())  # x-major, as selected
     with pytest.raises(ValueError):
         pinned_cells(10, 11)
+
+
+class CountingSam:
+    """A prompt decoder that counts its calls (the oracle's SAM underneath)."""
+
+    def __init__(self, sam) -> None:
+        self.sam, self.calls = sam, 0
+
+    def decode_prompts(self, *args, **kwargs):
+        self.calls += 1
+        return self.sam.decode_prompts(*args, **kwargs)
+
+
+def test_discovery_with_a_warm_store_is_the_cold_one_without_decoding() -> None:
+    from tests.test_discover_refine import oracle_scene
+
+    framed, tokens, oracle = oracle_scene()
+    emb = oracle.embed(framed)
+    sam = CountingSam(oracle)
+    cold = discover_candidates(tokens, framed == 1, sam_prompt_fn(sam, emb))
+    calls = sam.calls
+    assert calls > 0 and cold  # the scene's unlabelled object is found with decoder calls
+    store = DecodedMasks()
+    sam.calls = 0
+    first = discover_candidates(tokens, framed == 1, sam_prompt_fn(sam, emb, store))
+    assert sam.calls == store.region_misses == store.regions == calls and store.region_hits == 0
+    warm = DecodedMasks.from_bytes(store.to_bytes())  # through the blob, as the worker does
+    sam.calls = 0
+    again = discover_candidates(tokens, framed == 1, sam_prompt_fn(sam, emb, warm))
+    assert sam.calls == 0 and warm.region_hits == calls and warm.region_misses == 0
+    for found in (first, again):
+        assert len(found) == len(cold)
+        for a, b in zip(found, cold, strict=True):
+            assert np.array_equal(a.mask, b.mask) and a.score == b.score and a.origin == b.origin
+            assert np.array_equal(a.feature, b.feature)
+    # a prompt not stored yet (another covered area) is decoded and added
+    sam.calls = 0
+    discover_candidates(tokens, np.zeros_like(framed, dtype=bool), sam_prompt_fn(sam, emb, warm))
+    assert sam.calls == warm.region_misses > 0 and warm.regions == calls + warm.region_misses
+
+
+def test_region_section_round_trip_bound_and_rebind() -> None:
+    rng = np.random.default_rng(0)
+    masks = [rng.random((FRAME, FRAME)) > 0.5 for _ in range(3)]
+    calls: list[int] = []
+
+    def decode(points: np.ndarray, box: np.ndarray) -> tuple[np.ndarray, float]:
+        calls.append(len(points))
+        return masks[(len(calls) - 1) % 3], 0.1 * len(calls) + 1e-9
+
+    store = DecodedMasks(max_regions=2)
+    store.bind("k")
+    box = np.array([0, 0, 64, 64], np.float32)
+    prompts = [np.array([[8.5, 8.5]], np.float32), np.array([[8.5, 8.5], [40, 40]], np.float32)]
+    prompts.append(np.array([[8.5, 8.5]], np.float32) + 1e-3)  # another prompt, however close
+    got = [store.region_mask(p, box, decode) for p in prompts]
+    assert calls == [1, 2, 1] and store.regions == 2  # the oldest region went
+    back = DecodedMasks.from_bytes(store.to_bytes())
+    assert back.key == "k" and back.regions == 2 and len(back) == 0
+    for k in (1, 2):
+        mask, score = back.region_mask(prompts[k], box, decode)
+        assert np.array_equal(mask, masks[k]) and score == got[k][1] and mask.dtype == bool
+    assert calls == [1, 2, 1] and back.region_hits == 2
+    back.region_mask(prompts[0], box, decode)  # evicted: decoded again
+    assert len(calls) == 4
+    back.bind("other")  # another target or decoder: both sections go
+    assert back.regions == 0 and len(back) == 0
+    assert len(DecodedMasks.from_bytes(store.to_bytes(), max_regions=1).to_bytes()) > 0
+    assert DecodedMasks.from_bytes(store.to_bytes(), max_regions=1).regions == 1
+
+
+def test_old_blob_layout_still_loads() -> None:
+    """A blob of the earlier layout (zlib over the npz, point prompts only) reads as before."""
+    rng = np.random.default_rng(1)
+    bits = np.packbits(rng.random((3, FRAME, FRAME)) > 0.5, axis=-1)  # (3, S, S/8)
+    prompts = np.array([[0, 0], [8, 16], [24, 40]], dtype=np.int64)
+    npz = _pack("DecodedMasks", {"prompts": prompts, "bits": bits}, key="sam/fp32/abc")
+    old = __import__("zlib").compress(npz, 1)
+    store = DecodedMasks.from_bytes(old)
+    assert store.key == "sam/fp32/abc" and len(store) == 3 and store.regions == 0
+    for (x, y), row in zip(prompts, bits, strict=True):
+        assert np.array_equal(store.packed((int(x), int(y))), row)
+    again = DecodedMasks.from_bytes(store.to_bytes())  # written back in the new layout
+    for (x, y), row in zip(prompts, bits, strict=True):
+        assert np.array_equal(again.packed((int(x), int(y))), row)
+    assert len(DecodedMasks.from_bytes(old, max_masks=2)) == 2
+    out = again.masks(prompts[::-1], lambda xy: pytest.fail("decoded"), torch.device("cpu"))
+    assert torch.equal(out, unpack_masks(torch.from_numpy(bits[::-1].copy())))

@@ -82,6 +82,8 @@ def test_undefined_class_forms_one_candidate_group(make_service: Callable[..., S
 def test_discovery_is_deterministic_and_idempotent(make_service: Callable[..., Service]) -> None:
     svc, _ = start(make_service)
     first = svc.store.candidates.state(P)
+    before = svc.store.progress.stats()
+    assert before.get("region_cache_miss", 0) > 0  # discovery decoded its region prompts once
     svc.conn.delete(*svc.conn.keys("gfsam:pred:*"))  # predict again: same members, no duplicates
     version = svc.store.data.current_version(P)
     for t in list(svc.ls.tasks)[1:]:
@@ -89,6 +91,9 @@ def test_discovery_is_deterministic_and_idempotent(make_service: Callable[..., S
         svc.jobs.enqueue_predict(job, high=True)
     svc.run_worker()
     assert svc.store.candidates.state(P) == first
+    after = svc.store.progress.stats()  # ... and the same version reads them from the store
+    assert after.get("region_cache_miss", 0) == before["region_cache_miss"]
+    assert after.get("region_cache_hit", 0) - before.get("region_cache_hit", 0) > 0
 
 
 def test_discovery_off(make_service: Callable[..., Service]) -> None:
@@ -178,3 +183,17 @@ def test_add_label_keeps_the_config() -> None:
         except PromoteError:
             continue
         raise AssertionError("expected PromoteError")
+
+
+def test_pack_mask_is_the_half_covered_blocks() -> None:
+    """A member's stored mask: a 256-square block is set when at least half its pixels are
+    (integer counts since issue 17; the same bits as the float mean it replaced)."""
+    from gfsam.types import FRAME
+    from worker.discovery.candidates import MASK_SIDE, pack_mask
+
+    rng = np.random.default_rng(0)
+    frame = rng.random((FRAME, FRAME)) > rng.random((FRAME, 1))  # every block density
+    f = FRAME // MASK_SIDE
+    small = frame.reshape(MASK_SIDE, f, MASK_SIDE, f).mean((1, 3)) >= 0.5
+    back = unpack_mask(pack_mask(frame), (FRAME, FRAME))
+    assert np.array_equal(back, np.repeat(np.repeat(small, f, 0), f, 1))

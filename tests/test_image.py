@@ -146,3 +146,22 @@ def test_mask_frame_resizing_is_torch_nearest() -> None:
     assert back.shape == mask.shape and back.dtype == bool
     assert (back == mask).mean() > 0.99
     assert np.array_equal(mask_from_frame(framed.numpy(), (FRAME, FRAME)), framed.numpy())
+
+
+@pytest.mark.parametrize("size", [(480, 640), (427, 640), (1024, 1024), (17, 23), (2000, 3000)])
+def test_frame_resizes_are_torch_nearest_bit_for_bit(size: tuple[int, int]) -> None:
+    """`mask_to_frame` / `mask_from_frame` gather with torch's own nearest indices: the same
+    bits as `F.interpolate` (issue 17 made them gathers), numpy, CPU torch or non-bool input."""
+    rng = np.random.default_rng(size[0])
+    small = rng.random(size) > 0.5
+    t = torch.from_numpy(small).float()[None, None]
+    ref = F.interpolate(t, size=(FRAME, FRAME), mode="nearest")[0, 0] > 0
+    assert torch.equal(mask_to_frame(small), ref) and mask_to_frame(small).dtype == torch.bool
+    frame = rng.random((FRAME, FRAME)) > 0.5
+    back = F.interpolate(torch.from_numpy(frame).float()[None, None], size=size, mode="nearest")
+    expected = (back[0, 0] > 0).numpy()
+    for given in (frame, torch.from_numpy(frame), frame.astype(np.float32), frame.astype(np.uint8)):
+        out = mask_from_frame(given, size)
+        assert out.dtype == bool and out.shape == size and np.array_equal(out, expected)
+    signed = np.where(frame, 1.0, -1.0).astype(np.float32)  # > 0, as before: negatives are off
+    assert np.array_equal(mask_from_frame(signed, size), expected)

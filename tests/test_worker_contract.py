@@ -15,7 +15,7 @@ from backend.state.settings import Settings
 from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.types import FRAME, GFSAMConfig
-from tests.fakes import FakePipeline, OraclePipeline, fake_load_image
+from tests.fakes import FakePipeline, NullSplitPipeline, OraclePipeline, fake_load_image
 from worker import main, runtime
 from worker.contract import MODEL_MEMBERS, ContractError, check_model
 from worker.runtime import Model
@@ -38,11 +38,12 @@ def _models(tmp_path: Path) -> dict[str, Any]:
     return {
         "fake": FakePipeline(),
         "oracle": OraclePipeline(),
+        "null-split": NullSplitPipeline(),
         "tiny": runtime.build_model(_settings(tmp_path)).pipeline,
     }
 
 
-@pytest.mark.parametrize("kind", ["fake", "oracle", "tiny"])
+@pytest.mark.parametrize("kind", ["fake", "oracle", "null-split", "tiny"])
 def test_every_model_in_use_does_what_the_contract_states(kind: str, tmp_path: Path) -> None:
     """Each member called as the worker calls it, with the types it states."""
     model = check_model(_models(tmp_path)[kind])
@@ -52,6 +53,8 @@ def test_every_model_in_use_does_what_the_contract_states(kind: str, tmp_path: P
     image = np.zeros((48, 64, 3), dtype=np.uint8)
     image[..., 0] = labels
     mask = labels == 1
+    if isinstance(model, NullSplitPipeline):
+        model.add(image, labels)  # it answers from precomputed ground truth
     ref = model.encode_reference(image, mask)
     target = model.encode_target(image)
     batch = model.encode_targets([image, image], batch_size=2)
@@ -134,3 +137,35 @@ def test_the_worker_refuses_such_a_model_at_start(
     assert "missing predict_labels" in caplog.text
     with pytest.raises(RuntimeError):
         runtime.get()  # nothing installed: no job can run with it
+
+
+def test_null_split_model_carries_real_sizes_and_runs_split_and_discovery() -> None:
+    """The orchestration benchmark's null-cost model (issue 17): ViT-L-sized tokens, a
+    SAM-sized embedding, a prediction the split assignment reads, ground-truth decodes."""
+    from gfsam.assign import assign_split, calibrate_label
+    from gfsam.discover import discover_candidates, sam_prompt_fn
+    from gfsam.image import mask_from_frame, mask_to_frame
+
+    model = NullSplitPipeline()
+    labels = np.zeros((120, 160), dtype=np.int32)
+    labels[10:70, 20:90] = 1  # the largest class: the "prediction"
+    labels[80:115, 100:150] = 2  # an object no label has: discovery's to find
+    image = np.zeros((120, 160, 3), dtype=np.uint8)
+    image[..., 1] = labels * 40
+    model.add(image, labels)
+    ref, target = model.encode_reference(image, labels == 1), model.encode_target(image)
+    assert target.tokens.shape == (37 * 37, 1024) and target.tokens.dtype == np.float32
+    assert target.embedding.shape == (256, 64, 64) and ref.tokens.shape == (37 * 37, 1024)
+    preds = model.predict_labels(target, {"A": [ref]})
+    squashed = mask_from_frame(mask_to_frame(labels == 1), labels.shape)  # via the 1024 frame
+    assert np.array_equal(preds["A"].mask, squashed)
+    seg = preds["A"].segmentation
+    assert 0 < len(seg.prompt_xy) <= model.prompts and (seg.state == 1).all()
+    assert seg.mask[seg.prompt_xy[:, 1], seg.prompt_xy[:, 0]].all()
+    cal = calibrate_label([ref], model.config, __import__("gfsam.assign").assign.SplitParams())
+    asg = assign_split(target, preds, {"A": [ref]}, cfg=model.config, calibrations={"A": cal})
+    assert [i.mask.sum() for i in asg.accepted["A"]] == [squashed.sum()]
+    covered = mask_to_frame(labels == 1).numpy()
+    found = discover_candidates(target.tokens, covered, sam_prompt_fn(model.sam, target.embedding))
+    assert model.sam.calls > 0 and found
+    assert any(np.array_equal(c.mask, mask_to_frame(labels == 2).numpy()) for c in found)

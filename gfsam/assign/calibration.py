@@ -36,7 +36,7 @@ calibration now gives three numbers per label (`LabelCalibration`):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -57,6 +57,10 @@ class LabelCalibration:
         cross: median nearest-other-shot cosine (nan with one shot).
         shots: K. tiny: how many shots were tiny.
         how: one line saying which rule set the floor.
+        prototypes: float32 [K, C] the shots' prototypes it was computed from
+            (`shot_prototypes`, with ``pool_power``), kept so the assignment and discovery
+            need not pool the shots again per task; None when not kept.
+        pool_power: the ``SplitParams.pool_power`` of `prototypes`.
     """
 
     floor: float
@@ -67,6 +71,17 @@ class LabelCalibration:
     shots: int
     tiny: int
     how: str
+    prototypes: np.ndarray | None = field(default=None, compare=False, repr=False)
+    pool_power: float = field(default=float("nan"), compare=False, repr=False)
+
+    def shot_prototypes(
+        self, references: Sequence[Reference], cfg: GFSAMConfig, params: SplitParams
+    ) -> np.ndarray:
+        """The kept prototypes when made with ``params.pool_power``, else computed (the same
+        bits either way: `shot_prototypes` is deterministic)."""
+        if self.prototypes is not None and self.pool_power == params.pool_power:
+            return self.prototypes
+        return shot_prototypes(references, cfg, params)
 
 
 @dataclass(frozen=True)
@@ -117,6 +132,7 @@ def calibrate_label(
         `LabelCalibration`. Depends on the shots only: recompute when they change.
     """
     protos = shot_prototypes(references, cfg, params)  # (K, C)
+    power = float(params.pool_power)
     stats = [_shot_stats(r, pr, cfg, params) for r, pr in zip(references, protos, strict=True)]
     per_shot = min(_shot_floor(s, params) for s in stats)
     match = min(_shot_match(s, params) for s in stats)
@@ -127,7 +143,9 @@ def calibrate_label(
     if len(references) < 2:
         how = "one tiny shot: tiny_floor" if tiny else "one shot: background + presence_mix step"
         scale = interiors[0] if interiors else float("nan")
-        return LabelCalibration(per_shot, scale, match, background, float("nan"), 1, tiny, how)
+        return LabelCalibration(
+            per_shot, scale, match, background, float("nan"), 1, tiny, how, protos, power
+        )
     sims = protos @ protos.T  # (K, K)
     np.fill_diagonal(sims, -np.inf)
     nearest = sims.max(axis=1)  # (K,)
@@ -140,7 +158,9 @@ def calibrate_label(
         if lifted > per_shot
         else f"{len(references)} shots: lowest per-shot floor (shots far apart)"
     )
-    return LabelCalibration(floor, cross, match, background, cross, len(references), tiny, how)
+    return LabelCalibration(
+        floor, cross, match, background, cross, len(references), tiny, how, protos, power
+    )
 
 
 def calibrate_threshold(

@@ -18,7 +18,6 @@ from gfsam.assign.proposals import (
     instance_proposals,
     mask_consistency,
     pool_features,
-    shot_prototypes,
 )
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.image import mask_from_frame
@@ -180,7 +179,7 @@ def assign_split(
     known = thresholds or {}
     thr = np.array([known.get(lb, cal[lb].floor) for lb in labels])  # (L,)
     origins = np.maximum([np.nan_to_num(cal[lb].background) for lb in labels], 0.0)  # (L,)
-    protos = {lb: shot_prototypes(references[lb], cfg, params) for lb in labels}
+    protos = {lb: cal[lb].shot_prototypes(references[lb], cfg, params) for lb in labels}
     props: list[Proposal] = []
     for k, label in enumerate(labels):
         for prop in instance_proposals(label, predictions[label], target.tokens, cfg, params):
@@ -289,7 +288,7 @@ def assign_label_gate(
             continue
         weights = cell_fractions(np.asarray(seg.mask, dtype=bool)[None]) ** params.pool_power
         feat = pool_features(target.tokens, weights, cfg)  # (1, C)
-        protos = shot_prototypes(references[label], cfg, params)
+        protos = cal[label].shot_prototypes(references[label], cfg, params)
         sim = float(class_similarity(feat, protos)[0])
         thr = known.get(label, cal[label].floor)
         sims[label] = sim

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+import threading
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -99,6 +102,41 @@ class Proposal:
     evidence: float
 
 
+_UNIT_CACHE: OrderedDict[tuple[str, tuple[int, ...], GFSAMConfig], np.ndarray] = OrderedDict()
+_UNIT_CACHE_SIZE = 4
+_UNIT_LOCK = threading.Lock()
+
+
+def unit_tokens(tokens: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
+    """Tokens normalised as the pipeline does, then each to unit length.
+
+    One task pools the same target's tokens several times (proposals, carving, discovery's
+    clusters and pool), so the result is memoised by the tokens' content digest (exact: a
+    changed token is another key) for the last few token sets.
+
+    Args:
+        tokens: [T, C] raw tokens of one image.
+
+    Returns:
+        float32 [T, C], read-only (shared by the callers).
+    """
+    raw = np.ascontiguousarray(tokens, dtype=np.float32)
+    digest = hashlib.sha1(raw.data.cast("B"), usedforsecurity=False).hexdigest()
+    key = (digest, raw.shape, cfg)
+    with _UNIT_LOCK:
+        if key in _UNIT_CACHE:
+            _UNIT_CACHE.move_to_end(key)
+            return _UNIT_CACHE[key]
+    src = torch.from_numpy(raw if raw.flags.writeable else raw.copy())
+    unit = F.normalize(normalize_tokens(src, cfg), dim=-1).numpy()
+    unit.flags.writeable = False
+    with _UNIT_LOCK:
+        _UNIT_CACHE[key] = unit
+        while len(_UNIT_CACHE) > _UNIT_CACHE_SIZE:
+            _UNIT_CACHE.popitem(last=False)
+    return unit
+
+
 def pool_features(tokens: np.ndarray, weights: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
     """Mask-pooled features.
 
@@ -109,8 +147,7 @@ def pool_features(tokens: np.ndarray, weights: np.ndarray, cfg: GFSAMConfig) -> 
     Returns:
         float32 [N, C] unit-length (zero where a weight row sums to 0).
     """
-    raw = normalize_tokens(torch.from_numpy(np.asarray(tokens, dtype=np.float32)), cfg)
-    unit = F.normalize(raw, dim=-1).numpy()  # (T, C)
+    unit = unit_tokens(tokens, cfg)  # (T, C)
     pooled = np.asarray(weights, dtype=np.float32) @ unit  # (N, C)
     norms = np.linalg.norm(pooled, axis=1, keepdims=True)
     return (pooled / np.maximum(norms, 1e-12)).astype(np.float32)

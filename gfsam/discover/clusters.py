@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
 from gfsam.assign import cell_fractions
+from gfsam.assign.proposals import unit_tokens as assign_unit_tokens
 from gfsam.discover.params import DiscoverParams
-from gfsam.points import normalize_tokens
 from gfsam.types import GRID, GFSAMConfig
 
 EIGHT = np.ones((3, 3), dtype=bool)
@@ -31,16 +29,16 @@ class Region:
 
 
 def unit_tokens(tokens: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
-    """Tokens normalised as the pipeline does, then each to unit length.
+    """Tokens normalised as the pipeline does, then each to unit length (`gfsam.assign`'s,
+    memoised: the assignment pooled the same tokens just before).
 
     Args:
         tokens: [T, C] raw tokens of one image.
 
     Returns:
-        float32 [T, C].
+        float32 [T, C], read-only.
     """
-    raw = normalize_tokens(torch.from_numpy(np.asarray(tokens, dtype=np.float32)), cfg)
-    return F.normalize(raw, dim=-1).numpy()  # (T, C)
+    return assign_unit_tokens(tokens, cfg)
 
 
 def free_cells(covered: np.ndarray, params: DiscoverParams) -> np.ndarray:

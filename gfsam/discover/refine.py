@@ -9,6 +9,7 @@ import numpy as np
 from scipy import ndimage
 
 from gfsam.assign import cell_fractions, pool_features
+from gfsam.decoded import DecodedMasks
 from gfsam.discover.clusters import Region, cluster_regions
 from gfsam.discover.params import DiscoverParams
 from gfsam.types import FRAME, GRID, GFSAMConfig, PromptDecoder
@@ -18,14 +19,29 @@ from gfsam.types import FRAME, GRID, GFSAMConfig, PromptDecoder
 PromptMaskFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, float]]
 
 
-def sam_prompt_fn(sam: PromptDecoder, embedding: np.ndarray) -> PromptMaskFn:
-    """A `PromptMaskFn` over a cached mask-engine embedding [E', 64, 64] (no new encoder pass)."""
+def sam_prompt_fn(
+    sam: PromptDecoder, embedding: np.ndarray, decoded: DecodedMasks | None = None
+) -> PromptMaskFn:
+    """A `PromptMaskFn` over a cached mask-engine embedding [E', 64, 64] (no new encoder pass).
+
+    Args:
+        decoded: the target's `DecodedMasks`, bound to it (a prediction binds it): a region
+            prompt decoded before (an earlier version of the same task) is read from its region
+            section, bit-identical, instead of being decoded again; new ones are added to it.
+    """
 
     def fn(points_xy: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:
         mask, iou, _ = sam.decode_prompts(embedding, points_xy, None, box_xyxy)
         return np.asarray(mask, dtype=bool), float(np.clip(iou, 0.0, 1.0))
 
-    return fn
+    if decoded is None:
+        return fn
+    store = decoded
+
+    def cached(points_xy: np.ndarray, box_xyxy: np.ndarray) -> tuple[np.ndarray, float]:
+        return store.region_mask(points_xy, box_xyxy, fn)
+
+    return cached
 
 
 @dataclass

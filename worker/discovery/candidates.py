@@ -1,12 +1,14 @@
 """Discovery after each prediction (issue 11): unlabelled objects of a task, grouped per project.
 
 After `inference.predict_task`, on the same cached target encoding (no encoder pass; one SAM
-decoder call per token region, at most `DiscoverParams.max_prompts`): the area no accepted region
-and no human annotation covers is clustered (`gfsam.discover.discover_candidates`), the proposals
-the assignment rejected join the pool, and the kept candidates are added to the project's groups
-(`gfsam.discover.CandidateGroups`) through `Store.candidates.update`, a compare-and-set, so
-concurrent workers never lose an addition. Each member keeps a small record (task, bbox, score,
-a 256 x 256 frame mask) and a PNG crop with its mask outlined, for the API's contact sheets.
+decoder call per token region, at most `DiscoverParams.max_prompts`, none for a region prompt the
+target's mask store already holds from an earlier version, `gfsam.decoded`): the area no
+accepted region and no human annotation covers is clustered
+(`gfsam.discover.discover_candidates`), the proposals the assignment rejected join the pool, and
+the kept candidates are added to the project's groups (`gfsam.discover.CandidateGroups`) through
+`Store.candidates.update`, a compare-and-set, so concurrent workers never lose an addition. Each
+member keeps a small record (task, bbox, score, a 256 x 256 frame mask) and a PNG crop with its
+mask outlined, for the API's contact sheets.
 
 With ``CANDIDATE_LABEL`` set and present in the BrushLabels control, the task's candidates are
 also added to its prediction as regions of that label (group id in ``meta``, low score); the
@@ -33,7 +35,7 @@ from backend.state.schemas import (
     StoredPrediction,
 )
 from backend.state.store import Store
-from gfsam.assign import SplitParams, shot_prototypes
+from gfsam.assign import LabelCalibration, SplitParams
 from gfsam.discover import (
     Candidate,
     CandidateGroups,
@@ -47,6 +49,7 @@ from gfsam.types import FRAME
 from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.errors import LabelStudioError
 from worker.labelstudio.shapes import annotation_masks, shapes_to_result
+from worker.prediction import decoded_masks
 from worker.prediction.assignment import calibration
 from worker.prediction.inference import TaskResult, load_references
 from worker.runtime import Runtime, geometry_params
@@ -107,16 +110,22 @@ def discover_task(
     target, task = result.target, result.prediction.task
     covered = _covered(rt, store, p, cfg, task, result)
     references = load_references(rt, store, refs, [lb for lb in cfg.labels if lb != _cand(rt)])
-    protos = {lb: shot_prototypes(r, pipe.config, SplitParams()) for lb, r in references.items()}
-    labels = [(protos[lb], _threshold(rt, refs, lb, r)) for lb, r in references.items()]
+    cals = {lb: _calibration(rt, refs, lb, r) for lb, r in references.items()}
+    protos = {
+        lb: cals[lb].shot_prototypes(r, pipe.config, SplitParams()) for lb, r in references.items()
+    }
+    labels = [(protos[lb], cals[lb].match) for lb in references]
+    decoded = result.decoded
     cands = discover_candidates(
         target.tokens,
         mask_to_frame(covered).numpy(),
-        sam_prompt_fn(pipe.sam, target.embedding),
+        sam_prompt_fn(pipe.sam, target.embedding, decoded),  # region prompts decoded once
         rejected=[mask_to_frame(c.mask).numpy() for c in result.candidates],
         labels=labels,
         cfg=pipe.config,
     )
+    if decoded is not None and result.sha:
+        decoded_masks.save_regions(rt, store, result.sha, decoded)
     if not cands:
         return []
     image = rt.model.load_image(image_bytes)
@@ -167,12 +176,13 @@ def _covered(
     return covered
 
 
-def _threshold(rt: Runtime, refs: ReferenceSet, label: str, references: list[Reference]) -> float:
-    """The label's "already this label" level (`LabelCalibration.match`), from the calibration
-    cache `worker.prediction.assignment` filled for this task."""
+def _calibration(
+    rt: Runtime, refs: ReferenceSet, label: str, references: list[Reference]
+) -> LabelCalibration:
+    """The label's calibration (its ``match`` is the "already this label" level, its prototypes
+    the shots'), from the calibration cache `worker.prediction.assignment` filled for this task."""
     shas = [s.ref for s in refs.shots[label]]
-    cal = calibration(references, rt.model.pipeline.config, shas, model_key=rt.model.key)
-    return cal.match
+    return calibration(references, rt.model.pipeline.config, shas, model_key=rt.model.key)
 
 
 def _member_keys(state: CandidateGroups) -> set[str]:
@@ -219,8 +229,10 @@ def crop_png(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]
 def pack_mask(frame_mask: np.ndarray) -> str:
     """bool [S, S] frame mask -> `MASK_SIDE`-square, bit-packed, zlib, base64 text."""
     f = FRAME // MASK_SIDE
-    small = np.asarray(frame_mask, dtype=bool).reshape(MASK_SIDE, f, MASK_SIDE, f).mean((1, 3))
-    return base64.b64encode(zlib.compress(np.packbits(small >= 0.5).tobytes(), 9)).decode()
+    blocks = np.asarray(frame_mask, dtype=bool).reshape(MASK_SIDE, f, MASK_SIDE, f)
+    # a block is set when at least half its pixels are (an integer count: no float mean)
+    small = 2 * blocks.sum((1, 3), dtype=np.int32) >= f * f
+    return base64.b64encode(zlib.compress(np.packbits(small).tobytes(), 9)).decode()
 
 
 def unpack_mask(text: str, size: tuple[int, int]) -> np.ndarray:

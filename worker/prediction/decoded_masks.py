@@ -3,9 +3,12 @@ prompts (issue 12; `gfsam.decoded.DecodedMasks`, architecture §1).
 
 The blob lives in the target cache under ``{image sha256}.masks`` (file ``{sha}.masks.bin``, in
 the same byte budget and LRU as the encodings). It is loaded before `predict_labels` and written
-back after, only when something new was decoded. A blob that cannot be read is ignored (logged):
-it costs decoding time, never a wrong mask (the store empties itself when its decoder key does
-not match the target). Counters: ``prompt_cache_hit`` / ``prompt_cache_miss`` in the store's stats.
+back after, only when something new was decoded; discovery (`worker.discovery.candidates`) reads
+and adds its region prompts through the same store (`save_regions` writes it again only when it
+decoded a new one). A blob that cannot be read is ignored (logged): it costs decoding time, never
+a wrong mask (the store empties itself when its decoder key does not match the target; the cache
+is per model). Counters: ``prompt_cache_hit`` / ``prompt_cache_miss`` in the store's stats, and
+``region_cache_hit`` / ``region_cache_miss`` for discovery's region prompts.
 """
 
 from __future__ import annotations
@@ -55,13 +58,22 @@ def save(rt: Runtime, store: Store, sha: str, decoded: DecodedMasks) -> None:
         rt.targets.put(sha + SUFFIX, decoded.to_bytes())
 
 
+def save_regions(rt: Runtime, store: Store, sha: str, decoded: DecodedMasks) -> None:
+    """After discovery: count its region hits and misses; store the masks when some are new."""
+    if decoded.region_hits:
+        store.progress.incr_stat("region_cache_hit", decoded.region_hits)
+    if decoded.region_misses:
+        store.progress.incr_stat("region_cache_miss", decoded.region_misses)
+        rt.targets.put(sha + SUFFIX, decoded.to_bytes())
+
+
 def predict_labels(
     rt: Runtime,
     store: Store,
     sha: str,
     target: TargetEncoding,
     references: Mapping[str, Sequence[Reference]],
-) -> tuple[dict[str, Prediction], PointMasks]:
+) -> tuple[dict[str, Prediction], PointMasks, DecodedMasks]:
     """`predict_labels` with the target's stored masks.
 
     Args:
@@ -72,12 +84,13 @@ def predict_labels(
 
     Returns:
         (label -> prediction, as `predict_labels` returns them; the prompts' SAM masks for
-        the split assignment's carving, `point_masks`).
+        the split assignment's carving, `point_masks`; the store, for discovery's region
+        prompts).
     """
     decoded = load(rt, sha, len(references))
     preds = rt.model.pipeline.predict_labels(target, references, decoded=decoded)
     save(rt, store, sha, decoded)
-    return dict(preds), point_masks(rt, target, decoded)
+    return dict(preds), point_masks(rt, target, decoded), decoded
 
 
 def point_masks(rt: Runtime, target: TargetEncoding, decoded: DecodedMasks) -> PointMasks:

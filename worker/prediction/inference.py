@@ -22,6 +22,7 @@ from backend.state.settings import Settings
 from backend.state.store import Store
 from gfsam.assign import Instance
 from gfsam.calibrate import ScoreMap
+from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Reference, TargetEncoding
 from gfsam.geometry import clean_regions
 from worker.labelstudio.shapes import shapes_to_result
@@ -84,6 +85,8 @@ class TaskResult:
     prediction: StoredPrediction
     target: TargetEncoding  # the target encoding it was predicted on (discovery reuses it)
     candidates: list[Instance] = field(default_factory=list)
+    sha: str = ""  # sha256 of the image bytes (the target cache key)
+    decoded: DecodedMasks | None = None  # the target's mask store (discovery's region prompts)
 
 
 def predict_task(
@@ -105,7 +108,7 @@ def predict_task(
     target = target_encoding(rt, store, image_bytes, sha)
     references = load_references(rt, store, refs, cfg.labels)
     # stored SAM masks reused
-    preds, point_masks = decoded_masks.predict_labels(rt, store, sha, target, references)
+    preds, point_masks, decoded = decoded_masks.predict_labels(rt, store, sha, target, references)
     store.progress.incr_stat("predict")
     shas = {label: [s.ref for s in refs.shots[label]] for label in references}
     tuning = store.quality.tuning(refs.project) if rt.settings.calibrate else None
@@ -137,7 +140,7 @@ def predict_task(
     prediction = StoredPrediction(
         task=task, result=result, score=expected(float(np.mean(raw))), model_version=refs.version
     )
-    return TaskResult(prediction, target, asg.candidates)
+    return TaskResult(prediction, target, asg.candidates, sha, decoded)
 
 
 def score_map(tuning: Tuning | None) -> ScoreMap:

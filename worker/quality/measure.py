@@ -102,7 +102,7 @@ def _case(
         ]
         for lb, shots in kept.items()
     }
-    preds, point_masks = decoded_masks.predict_labels(rt, store, sha, target, references)
+    preds, point_masks, _ = decoded_masks.predict_labels(rt, store, sha, target, references)
     shas = {lb: [s.ref for s in shots] for lb, shots in kept.items()}
     config = rt.model.pipeline.config
     defaults = default_thresholds(config, references, shas, model_key=rt.model.key)
