@@ -657,6 +657,17 @@ class NullSam:
         self.seconds += time.perf_counter() - started
         return mask, 0.9, np.zeros((256, 256), dtype=np.float32)
 
+    def decode_boxes(
+        self, embedding: Any, points_xy: np.ndarray, boxes_xyxy: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """`decode_prompts` of each (point, box) pair."""
+        out = [
+            self.decode_prompts(embedding, np.asarray([p]), None, np.asarray(b))[0]
+            for p, b in zip(np.asarray(points_xy), np.asarray(boxes_xyxy), strict=True)
+        ]
+        masks = np.stack(out) if out else np.zeros((0, 1024, 1024), dtype=bool)
+        return masks, np.full(len(out), 0.9, dtype=np.float32)
+
 
 @dataclass
 class NullSplitPipeline:
@@ -748,6 +759,9 @@ class NullSplitPipeline:
         out = TargetEncoding(embedding, self._tokens(scene), size, "null_sam", "null_dino")
         self.seconds += time.perf_counter() - started
         return out
+
+    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray:
+        return self.encode_target(image).embedding
 
     def encode_targets(
         self, images: Sequence[np.ndarray], *, batch_size: int = 8
