@@ -28,13 +28,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from scipy import ndimage
 
-from gfsam.assign.proposals import cell_fractions, pool_features
-from gfsam.points import normalize_tokens
-from gfsam.types import FRAME, GRID, GFSAMConfig
+from gfsam.assign.proposals import cell_fractions, pool_features, unit_tokens
+from gfsam.discover.params import DiscoverParams
+from gfsam.discover.refine import region_prompts
+from gfsam.types import GRID, GFSAMConfig
 
 # (points float32 [B, 2] frame pixels (x, y), boxes float32 [B, 4] x0, y0, x1, y1) ->
 # (masks bool [B, S, S], predicted IoU float32 [B]): one batched decoder call
@@ -109,24 +108,6 @@ class FindAllResult:
     keep_level: float
 
 
-def _unit_cells(tokens: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
-    """float32 [T, C] unit cell tokens after the pipeline's normalisation."""
-    raw = normalize_tokens(torch.from_numpy(np.asarray(tokens, dtype=np.float32)), cfg)
-    return F.normalize(raw, dim=-1).numpy()
-
-
-def _region_prompt(cells: np.ndarray, margin: float) -> tuple[np.ndarray, np.ndarray]:
-    """(point float32 [2]: the deepest cell's centre, box float32 [4]) of bool [G, G] cells."""
-    depth = ndimage.distance_transform_cdt(np.pad(cells, 1), metric="chessboard")[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(depth)), cells.shape)
-    cell = FRAME / GRID
-    ys, xs = np.nonzero(cells)
-    lo = (np.array([xs.min(), ys.min()]) - margin) * cell
-    hi = (np.array([xs.max(), ys.max()]) + 1 + margin) * cell
-    box = np.clip(np.concatenate([lo, hi]), 0, FRAME).astype(np.float32)
-    return np.array([(x + 0.5) * cell, (y + 0.5) * cell], dtype=np.float32), box
-
-
 class _Queue:
     """Regions waiting for a decode, most similar peak first (ties: first pushed)."""
 
@@ -179,7 +160,7 @@ def find_similar(
     cover = cell_fractions(clicked[None])[0]  # (T,)
     if not cover.any():
         raise ValueError("the clicked object covers no cell of the image")
-    unit = _unit_cells(tokens, cfg)  # (T, C)
+    unit = unit_tokens(tokens, cfg)  # (T, C)
     proto = pool_features(tokens, (cover**params.pool_power)[None], cfg)[0]  # (C,)
     sim = (unit @ proto).reshape(GRID, GRID)  # (G, G)
     grid_cover = cover.reshape(GRID, GRID)
@@ -193,6 +174,7 @@ def find_similar(
     seed = level_bg + params.seed_ratio * (level_obj - level_bg)
     keep = level_bg + params.keep_ratio * (level_obj - level_bg)
     open_cells = (sim >= seed) & ~near  # (G, G) cells still to explain
+    one_point = DiscoverParams(points=1, box_margin=params.box_margin)
     queue = _Queue()
     queue.push_regions(open_cells, sim, params.min_cells)
     found: list[Found] = []
@@ -200,8 +182,8 @@ def find_similar(
     while queue and decodes < params.max_decodes and rounds < params.max_rounds:
         rounds += 1
         batch = queue.pop(params.max_decodes - decodes)
-        prompts = [_region_prompt(cells, params.box_margin) for cells in batch]
-        points = np.stack([p for p, _ in prompts])  # (B, 2)
+        prompts = [region_prompts(cells.ravel(), one_point) for cells in batch]
+        points = np.stack([p[0] for p, _ in prompts])  # (B, 2): the deepest cell's centre
         boxes = np.stack([b for _, b in prompts])  # (B, 4)
         masks, scores = decode(points, boxes)  # (B, S, S), (B,)
         decodes += len(batch)

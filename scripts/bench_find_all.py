@@ -72,7 +72,14 @@ def main() -> int:
     target = pipe.encode_target(image)  # what the target cache holds for a warm image
     encode_s = time.perf_counter() - started
     cfg = LabelConfigSummary(from_name="tag", to_name="image", data_key="image", labels=["Obj"])
-    prompts = Prompts(label="Obj", points=[(320.0, 240.0)], positive=[True], width=640, height=480)
+    prompts = Prompts(
+        label="Obj",
+        points=[(320.0, 240.0)],
+        positive=[True],
+        width=640,
+        height=480,
+        gesture="find_all",
+    )
     decoded = [0]  # masks decoded by the last find all
     batched = pipe.sam.decode_boxes
 
