@@ -188,8 +188,9 @@ def find_similar(
         masks, scores = decode(points, boxes)  # (B, S, S), (B,)
         decodes += len(batch)
         masks = np.asarray(masks, dtype=bool)
-        feats = pool_features(tokens, cell_fractions(masks) ** params.pool_power, cfg)  # (B, C)
-        mask_cells = (cell_fractions(masks) >= 0.5).reshape(-1, GRID, GRID)  # (B, G, G)
+        fractions = cell_fractions(masks)  # (B, T)
+        feats = pool_features(tokens, fractions**params.pool_power, cfg)  # (B, C)
+        mask_cells = (fractions >= 0.5).reshape(-1, GRID, GRID)  # (B, G, G)
         for cells, mask, feat, score, covered in zip(
             batch, masks, feats, scores, mask_cells, strict=True
         ):
