@@ -42,7 +42,7 @@ from gfsam.image import (
     to_frame,
 )
 from gfsam.points import reference_weights
-from gfsam.precision import check_precision
+from gfsam.precision import check_precision, resolve_precision
 from gfsam.types import GRID, GFSAMConfig
 
 logger = logging.getLogger(__name__)
@@ -194,19 +194,23 @@ class GFSAM:
         return out
 
     @torch.inference_mode()
-    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray:
+    def encode_mask_engine(self, image: np.ndarray, *, precision: str | None = None) -> np.ndarray:
         """The mask engine's image embedding alone (no feature engine): what a cold click
-        needs, bit-identical to the ``embedding`` of `encode_target` of the same image.
+        needs, bit-identical to the ``embedding`` of `encode_target` of the same image at the
+        pipeline's own precision.
 
         Args:
             image: uint8 [H, W, 3] RGB.
+            precision: ``"fp32"``, ``"bf16"`` or ``"auto"`` (`gfsam.precision.resolve_precision`);
+                None: the pipeline's.
 
         Returns:
             float32 [E', 64, 64].
         """
+        run = self.precision if precision is None else resolve_precision(precision, self.device)
         frame = to_frame(as_rgb(image)).to(self.device)  # (3, S, S)
         pixels = frame_to_sam_uint8(frame)[None]  # (1, S, S, 3)
-        return self.sam.embed(pixels, precision=self.precision)[0].cpu().numpy()
+        return self.sam.embed(pixels, precision=run)[0].cpu().numpy()
 
     def _encode_batch(
         self, rgbs: list[np.ndarray], timings: Timings | None

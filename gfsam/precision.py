@@ -39,3 +39,22 @@ def autocast(precision: str, device: torch.device) -> AbstractContextManager[obj
         return contextlib.nullcontext()
     check_precision(precision, device)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively: a CUDA device with bf16 support, or a CPU
+    whose oneDNN has a bf16 path (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"``: ``"bf16"`` where `device` computes it natively, else ``"fp32"``; any other
+    value is checked (`check_precision`) and returned."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    check_precision(precision, device)
+    return precision

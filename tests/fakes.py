@@ -75,6 +75,7 @@ class FakePipeline:
     )
     sam: FakeSam = field(default_factory=lambda: FakeSam())
     config: GFSAMConfig = field(default_factory=GFSAMConfig)
+    mask_precisions: list[str | None] = field(default_factory=list)  # of encode_mask_engine
 
     def encode_target(self, image: np.ndarray) -> TargetEncoding:
         self.calls["target"] += 1
@@ -86,8 +87,9 @@ class FakePipeline:
     ) -> list[TargetEncoding]:
         return [self.encode_target(image) for image in images]
 
-    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray:
+    def encode_mask_engine(self, image: np.ndarray, *, precision: str | None = None) -> np.ndarray:
         self.calls["mask_engine"] += 1
+        self.mask_precisions.append(precision)
         return NO_EMBEDDING
 
     def encode_reference(self, image: np.ndarray, mask: np.ndarray) -> Reference:
@@ -509,7 +511,7 @@ class OraclePipeline:
     ) -> list[TargetEncoding]:
         return [self.encode_target(image) for image in images]
 
-    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray:
+    def encode_mask_engine(self, image: np.ndarray, *, precision: str | None = None) -> np.ndarray:
         return self.oracle.sam.embed(self._tokens(image)[0])
 
     def predict_labels(
@@ -760,7 +762,7 @@ class NullSplitPipeline:
         self.seconds += time.perf_counter() - started
         return out
 
-    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray:
+    def encode_mask_engine(self, image: np.ndarray, *, precision: str | None = None) -> np.ndarray:
         return self.encode_target(image).embedding
 
     def encode_targets(

@@ -24,6 +24,7 @@ from gfsam.encoders.weights import (
 )
 from gfsam.encodings import TargetEncoding
 from gfsam.pipeline import GFSAM, PRESETS, build_pipeline
+from gfsam.precision import native_bf16, resolve_precision
 from gfsam.types import FRAME, GRID, TOKENS, GFSAMConfig, PromptDecoder
 from worker.clicks.edit_rules import refine
 
@@ -304,6 +305,21 @@ def test_batched_box_prompts_equal_one_call_per_pair(name: str) -> None:
     assert none.shape == (0, FRAME, FRAME) and no_iou.shape == (0,)
     with pytest.raises(ValueError, match="one point per box"):
         enc.decode_boxes(emb, points, boxes[:2])
+
+
+def test_cold_click_precision_auto_is_bf16_only_where_native(pipe: GFSAM) -> None:
+    """`encode_mask_engine`: the pipeline's precision by default (equal to `encode_target`'s
+    embedding), "auto" = bf16 where the device computes it natively, close to fp32."""
+    image = _image(3)
+    exact = pipe.encode_mask_engine(image)
+    assert np.array_equal(exact, pipe.encode_target(image).embedding)
+    native = native_bf16(pipe.device)
+    assert resolve_precision("auto", pipe.device) == ("bf16" if native else "fp32")
+    bf16 = pipe.encode_mask_engine(image, precision="bf16")
+    assert bf16.shape == exact.shape and bf16.dtype == np.float32
+    assert np.abs(bf16 - exact).mean() < 0.05 * np.abs(exact).mean()
+    with pytest.raises(ValueError, match="unknown precision"):
+        pipe.encode_mask_engine(image, precision="fp8")
 
 
 # --- DINOv3 features ---------------------------------------------------------------------------

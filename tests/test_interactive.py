@@ -112,6 +112,7 @@ def test_second_click_uses_memory_then_counters_show_no_encoder(svc: Service) ->
     assert stats["click"] == 2 and stats["click_encoded"] == 1 and stats["target_encode"] == 1
     # a cold click runs the mask engine alone (issue 21): no feature engine, nothing cached
     assert svc.pipeline.calls["mask_engine"] == 1 and svc.pipeline.calls["target"] == 0
+    assert svc.pipeline.mask_precisions == ["auto"]  # INTERACTIVE_PRECISION's default
     cache = svc.settings.target_cache_dir
     assert not cache.exists() or not [f for f in cache.rglob("*") if f.is_file()]
 

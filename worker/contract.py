@@ -31,8 +31,9 @@ class SegmentationModel(Protocol):
       weights: the assignment's prototypes).
     - `encode_target(image) -> TargetEncoding`, `encode_targets(images, batch_size=)` (the SAM
       embedding and DINOv2 tokens: the assignment's and discovery's token data).
-    - `encode_mask_engine(image) -> float32 [E', 64, 64]`: the SAM embedding alone, equal to
-      `encode_target(image).embedding` (a cold click: no feature engine pass).
+    - `encode_mask_engine(image, precision=None) -> float32 [E', 64, 64]`: the SAM embedding
+      alone, equal to `encode_target(image).embedding` at the model's own precision (a cold
+      click: no feature engine pass; ``precision`` "fp32" / "bf16" / "auto" overrides it).
     - `predict_labels(target, {label: [Reference, ...]}, decoded=DecodedMasks | None)` ->
       label -> `Prediction` (mask bool [H, W] and the token-level `Segmentation` the split
       assignment reads); `decoded` holds the target's SAM masks from earlier predictions.
@@ -52,7 +53,9 @@ class SegmentationModel(Protocol):
         self, images: Sequence[np.ndarray], *, batch_size: int = ...
     ) -> list[TargetEncoding]: ...
 
-    def encode_mask_engine(self, image: np.ndarray) -> np.ndarray: ...
+    def encode_mask_engine(
+        self, image: np.ndarray, *, precision: str | None = None
+    ) -> np.ndarray: ...
 
     def predict_labels(
         self,

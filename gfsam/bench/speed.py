@@ -7,7 +7,8 @@ official code's time from ``official_timing.csv`` (2 CPU threads, median of 3 af
 
 ``--preset fast --against default`` instead compares two presets (their real engines, RANDOM
 weights: speed only): a first prediction (target encoding + prediction, the reference encoded
-beforehand) and a cold click (mask-engine encoder + one prompt decode) each, ending with the line
+beforehand) and a cold click (the interactive worker's mask-engine pass at its default
+`INTERACTIVE_PRECISION` "auto", + one prompt decode) each, ending with the line
 ``fast preset: <r>x faster first prediction (default <s>s, fast <s>s; sam .., dino ..,
 prompts <cap>)``.
 """
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from gfsam.bench.synthetic import median_timings, random_pipeline, synthetic_pair
+from gfsam.precision import resolve_precision
 from gfsam.types import FRAME, GFSAMConfig
 
 if TYPE_CHECKING:
@@ -41,6 +43,8 @@ PIPELINE_STAGES = (
 TOKEN_STAGES = PIPELINE_STAGES[2:]
 # The encoder stages by role (their timing keys keep the names of the default engines).
 DISPLAY_STAGES = ("mask_enc", "feat_enc", *TOKEN_STAGES)
+# The interactive worker's default `INTERACTIVE_PRECISION`: the cold click is timed as it runs.
+CLICK_PRECISION = "auto"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -183,7 +187,6 @@ def preset_timings(
     import time
 
     from gfsam.bench.synthetic import median_timings
-    from gfsam.image import frame_to_sam_uint8, to_frame
     from gfsam.pipeline import build_pipeline
 
     torch.manual_seed(0)
@@ -199,12 +202,11 @@ def preset_timings(
     stats = median_timings(once, args.repeat, args.warmup)
     stats["prompts"] = float(prompts[-1])
     stats["max_points"] = float(pipe.config.max_points)
-    pixels = frame_to_sam_uint8(to_frame(tgt_img))  # (S, S, 3) uint8
     point = np.array([[FRAME / 3, FRAME / 2]])
 
-    def click(timings: dict[str, float]) -> None:
+    def click(timings: dict[str, float]) -> None:  # the interactive worker's cold click
         start = time.perf_counter()
-        emb = pipe.sam.embed(pixels)[0]
+        emb = pipe.encode_mask_engine(tgt_img, precision=CLICK_PRECISION)
         timings["click_encoder"] = time.perf_counter() - start
         start = time.perf_counter()
         pipe.sam.decode_prompts(emb, point, np.array([1]), multimask=True)
@@ -212,6 +214,7 @@ def preset_timings(
 
     clicks = median_timings(click, args.repeat, args.warmup)
     stats |= {"click": clicks["total"], **{k: v for k, v in clicks.items() if k != "total"}}
+    stats["click_bf16"] = float(resolve_precision(CLICK_PRECISION, pipe.device) == "bf16")
     return (pipe.sam.spec.name, pipe.dino.spec.name), stats
 
 
@@ -239,7 +242,8 @@ def compare_presets(args: argparse.Namespace) -> list[str]:
     fast = results[args.preset]
     sam, dino = engines[args.preset]
     lines.append(
-        f"cold click ({args.preset}): {fast['click']:.2f}s = {sam} encoder "
+        f"cold click ({args.preset}, {'bf16' if fast['click_bf16'] else 'fp32'}): "
+        f"{fast['click']:.2f}s = {sam} encoder "
         f"{fast['click_encoder']:.2f}s + one decode {fast['click_decode']:.3f}s"
     )
     if args.against:

@@ -99,7 +99,10 @@ def _target(
             rt.targets.put(sha, target.to_bytes())
         else:
             size = (int(pixels.shape[0]), int(pixels.shape[1]))
-            target = MaskOnly(rt.model.pipeline.encode_mask_engine(pixels), size)
+            precision = rt.settings.interactive_precision
+            target = MaskOnly(
+                rt.model.pipeline.encode_mask_engine(pixels, precision=precision), size
+            )
         store.progress.incr_stat("target_encode")
         logger.info(
             "interactive: encoded p%s t%s in %.2fs%s",
