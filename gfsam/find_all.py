@@ -33,13 +33,38 @@ from scipy import ndimage
 from gfsam.assign.proposals import cell_fractions, pool_features, unit_tokens
 from gfsam.discover.params import DiscoverParams
 from gfsam.discover.refine import region_prompts
-from gfsam.types import GRID, GFSAMConfig
+from gfsam.types import FRAME, GRID, GFSAMConfig
 
 # (points float32 [B, 2] frame pixels (x, y), boxes float32 [B, 4] x0, y0, x1, y1) ->
 # (masks bool [B, S, S], predicted IoU float32 [B]): one batched decoder call
 # (`PromptDecoder.decode_boxes`).
 BoxMaskFn = Callable[[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
 _EIGHT = np.ones((3, 3), dtype=bool)
+
+
+def decode_boxes_one_by_one(
+    decode_prompts: Callable[..., tuple[np.ndarray, float, np.ndarray]],
+    embedding: np.ndarray,
+    points_xy: np.ndarray,
+    boxes_xyxy: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """`PromptDecoder.decode_boxes` as one `decode_prompts` call per (point, box) pair, for a
+    decoder with no batched path (the oracle SAM, test doubles).
+
+    Args:
+        decode_prompts: the decoder's `decode_prompts`. points_xy: float [B, 2]. boxes_xyxy:
+            float [B, 4] (frame pixels).
+
+    Returns:
+        (masks bool [B, S, S], decoder scores float32 [B]).
+    """
+    pts = np.asarray(points_xy, np.float32).reshape(-1, 2)
+    boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
+    if len(pts) != len(boxes):
+        raise ValueError(f"decode_boxes needs one point per box, got {pts.shape}, {boxes.shape}")
+    out = [decode_prompts(embedding, p[None], None, b) for p, b in zip(pts, boxes, strict=True)]
+    masks = np.stack([m for m, _, _ in out]) if out else np.zeros((0, FRAME, FRAME), bool)
+    return masks.astype(bool, copy=False), np.asarray([s for _, s, _ in out], dtype=np.float32)
 
 
 @dataclass(frozen=True)

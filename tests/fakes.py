@@ -23,6 +23,7 @@ from PIL import Image, ImageOps
 
 from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Prediction, Reference, TargetEncoding
+from gfsam.find_all import decode_boxes_one_by_one
 from gfsam.types import GFSAMConfig, Segmentation
 from worker.contract import SegmentationModel
 from worker.labelstudio.brush_rle import mask_to_rle
@@ -439,12 +440,7 @@ class FakeSam:
         self, embedding: Any, points_xy: np.ndarray, boxes_xyxy: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """`decode_prompts` of each (point, box) pair (one recorded call each)."""
-        out = [
-            self.decode_prompts(embedding, np.asarray([p]), None, np.asarray(b))
-            for p, b in zip(np.asarray(points_xy), np.asarray(boxes_xyxy), strict=True)
-        ]
-        masks = np.stack([m for m, _, _ in out]) if out else np.zeros((0, 1024, 1024), bool)
-        return masks, np.asarray([s for _, s, _ in out], dtype=np.float32)
+        return decode_boxes_one_by_one(self.decode_prompts, embedding, points_xy, boxes_xyxy)
 
 
 # --------------------------------------------------------------------------- oracle pipeline
@@ -663,12 +659,7 @@ class NullSam:
         self, embedding: Any, points_xy: np.ndarray, boxes_xyxy: np.ndarray
     ) -> tuple[np.ndarray, np.ndarray]:
         """`decode_prompts` of each (point, box) pair."""
-        out = [
-            self.decode_prompts(embedding, np.asarray([p]), None, np.asarray(b))[0]
-            for p, b in zip(np.asarray(points_xy), np.asarray(boxes_xyxy), strict=True)
-        ]
-        masks = np.stack(out) if out else np.zeros((0, 1024, 1024), dtype=bool)
-        return masks, np.full(len(out), 0.9, dtype=np.float32)
+        return decode_boxes_one_by_one(self.decode_prompts, embedding, points_xy, boxes_xyxy)
 
 
 @dataclass

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from gfsam.assign import SplitParams
 from gfsam.eval.data import IGNORE, Dataset, load_labels
 from gfsam.eval.discovery import MATCH_IOU, MIN_OBJECT
 from gfsam.eval.models import EvalModel
@@ -76,7 +77,7 @@ def _gfsam_found(
     found = mask_to_frame(pred.mask).numpy() & ~clicked  # (S, S)
     pieces, n = ndimage.label(found, structure=EIGHT)
     touching = set(np.unique(pieces[ndimage.binary_dilation(clicked)]).tolist())
-    floor = 64  # frame pixels: `SplitParams.min_area`, the speck size
+    floor = SplitParams().min_area  # frame pixels: the speck size
     masks = [pieces == k for k in range(1, n + 1) if k not in touching]
     seg = pred.segmentation
     return [m for m in masks if int(m.sum()) >= floor], 0 if seg is None else int(seg.n_points)

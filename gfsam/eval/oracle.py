@@ -498,13 +498,6 @@ class OracleSam:
     ) -> tuple[np.ndarray, np.ndarray]:
         """One mask per (point, box) pair: `decode_prompts` of each pair (as
         `SamEncoder.decode_boxes`: masks bool [B, S, S], scores float32 [B])."""
-        pts = np.asarray(points_xy, np.float32).reshape(-1, 2)
-        boxes = np.asarray(boxes_xyxy, np.float32).reshape(-1, 4)
-        if len(pts) != len(boxes):
-            raise ValueError(
-                f"decode_boxes needs one point per box, got {pts.shape}, {boxes.shape}"
-            )
-        pairs = zip(pts, boxes, strict=True)
-        out = [self.decode_prompts(embedding, p[None], None, b) for p, b in pairs]
-        masks = np.stack([m for m, _, _ in out]) if out else np.zeros((0, FRAME, FRAME), bool)
-        return masks, np.asarray([s for _, s, _ in out], dtype=np.float32)
+        from gfsam.find_all import decode_boxes_one_by_one
+
+        return decode_boxes_one_by_one(self.decode_prompts, embedding, points_xy, boxes_xyxy)

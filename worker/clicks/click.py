@@ -247,8 +247,8 @@ def find_all(
     params = params or FindAllParams(max_decodes=rt.settings.find_all_max_decodes)
     result = find_similar(target.tokens, framed, decode, rt.model.pipeline.config, params)
     logger.debug("find all: %d found, %d decodes", len(result.found), result.decodes)
-    found = [mask_from_frame(f.mask, target.image_size) for f in result.found]
-    return [clicked] + [m & ~clicked for m in found[: MAX_FOUND - 1] if (m & ~clicked).any()]
+    found = [mask_from_frame(f.mask, target.image_size) & ~clicked for f in result.found]
+    return [clicked] + [m for m in found[: MAX_FOUND - 1] if m.any()]
 
 
 def warm_target(rt: runtime.Runtime, store: Store, payload: WarmJob) -> str:
