@@ -213,6 +213,16 @@ class DecodedMasks:
         Returns:
             bool [P, S, S] on `device`, bit-identical to what `decode` returned for each prompt.
         """
+        packed = torch.from_numpy(self.packed_masks(prompt_xy, decode))  # (P, S, S/8)
+        return unpack_masks(packed.to(device, torch.uint8))  # (P, S, S)
+
+    def packed_masks(self, prompt_xy: np.ndarray, decode: DecodeFn) -> np.ndarray:
+        """`masks` still packed (`pack_masks`' layout): for a caller that combines or compares
+        masks as bits and unpacks only the few it keeps.
+
+        Returns:
+            uint8 [P, S, S/8] on the CPU (a new array).
+        """
         wanted = [(int(x), int(y)) for x, y in np.asarray(prompt_xy).reshape(-1, 2)]
         missing = list(dict.fromkeys(p for p in wanted if p not in self._masks))
         fresh: dict[Prompt, np.ndarray] = {}
@@ -222,8 +232,7 @@ class DecodedMasks:
         self.misses += len(missing)
         self.hits += len(wanted) - len(missing)
         rows = [fresh[p] if p in fresh else self._masks[p].bits() for p in wanted]
-        packed = torch.from_numpy(np.stack(rows)) if rows else torch.zeros(0, FRAME, FRAME // 8)
-        out = unpack_masks(packed.to(device, torch.uint8))  # (P, S, S)
+        out = np.stack(rows) if rows else np.zeros((0, FRAME, FRAME // 8), dtype=np.uint8)
         for p in wanted:  # most recently used last
             if p in self._masks:
                 self._masks.move_to_end(p)

@@ -77,6 +77,17 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.clip(np.rint(values * scale), 0, 255).astype(np.uint8), "L")
 
 
+def read_tensor(array: np.ndarray) -> Tensor:
+    """A tensor sharing `array`'s memory when it is writable, else over a copy: torch has no
+    read-only tensors (it warns and shares), and the worker freezes its targets' tokens
+    (`gfsam.assign.proposals.freeze`), which nothing may then write through.
+
+    Args:
+        array: any numpy array (e.g. [T, C] tokens).
+    """
+    return torch.from_numpy(array if array.flags.writeable else array.copy())
+
+
 def load_image(source: Source, *, max_pixels: int | None = None) -> np.ndarray:
     """Decode an image file to RGB pixels, EXIF orientation applied.
 

@@ -39,6 +39,7 @@ from gfsam.image import (
     frame_to_sam_uint8,
     mask_from_frame,
     mask_to_frame,
+    read_tensor,
     to_frame,
 )
 from gfsam.points import reference_weights
@@ -266,7 +267,7 @@ class GFSAM:
         ref = torch.from_numpy(np.stack([r.tokens for r in references])).to(dev, torch.float32)
         fg = torch.from_numpy(np.stack([r.fg for r in references])).to(dev)  # (K, T)
         bg = torch.from_numpy(np.stack([r.bg for r in references])).to(dev)  # (K, T)
-        tgt = torch.from_numpy(target.tokens).to(dev, torch.float32)  # (T, C)
+        tgt = read_tensor(target.tokens).to(dev, torch.float32)  # (T, C)
         emb = torch.from_numpy(target.embedding).to(dev)[None]  # (1, E', 64, 64)
 
         def decode(prompt_xy: np.ndarray) -> torch.Tensor:

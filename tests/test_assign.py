@@ -293,7 +293,8 @@ def test_carving_rescues_an_object_a_wrong_decode_joined_to_the_background() -> 
 
     def point_masks(xy: np.ndarray) -> np.ndarray:
         decodes.append([tuple(p) for p in xy.tolist()])
-        return np.stack([obj if x < 300 else spill for x, _ in xy.tolist()])
+        masks = np.stack([obj if x < 300 else spill for x, _ in xy.tolist()])
+        return np.packbits(masks, axis=-1)  # `PointMasks` answer packed
 
     whole = assign_split(target, preds, refs, cfg=CFG)
     assert not whole.label_masks()  # the joined component fails as a whole
@@ -323,3 +324,25 @@ def test_unit_tokens_are_memoised_by_content() -> None:
     per_token = GFSAMConfig(token_axis_norm=False, per_token_norm=True)
     other = F.normalize(normalize_tokens(torch.from_numpy(tokens.copy()), per_token), dim=-1)
     assert np.array_equal(unit_tokens(tokens, per_token), other.numpy())
+
+
+def test_frozen_tokens_are_memoised_by_identity() -> None:
+    """The worker freezes its targets' tokens: `unit_tokens` then knows them by identity (no
+    content hash), with the same values; a view is copied before freezing, and torch reads a
+    frozen array through a copy (`read_tensor`), never writing into it."""
+    from gfsam.assign.proposals import freeze, frozen, unit_tokens
+    from gfsam.image import read_tensor
+
+    tokens = np.random.default_rng(4).standard_normal((TOKENS, 16)).astype(np.float32)
+    ref = unit_tokens(tokens.copy(), CFG)  # the content-hashed path
+    fixed = freeze(tokens.copy())
+    assert frozen(fixed) and not fixed.flags.writeable
+    unit = unit_tokens(fixed, CFG)
+    assert np.array_equal(unit, ref) and unit_tokens(fixed, CFG) is unit
+    view = freeze(tokens[:, :8])  # a view does not own its memory: frozen as a copy
+    assert frozen(view) and view.base is None and np.array_equal(view, tokens[:, :8])
+    assert not frozen(tokens) and tokens.flags.writeable  # the original untouched
+    shared = read_tensor(tokens)
+    assert shared.data_ptr() == tokens.ctypes.data  # writable: shared
+    copied = read_tensor(fixed)
+    assert copied.data_ptr() != fixed.ctypes.data and np.array_equal(copied.numpy(), fixed)

@@ -290,3 +290,23 @@ def test_old_blob_layout_still_loads() -> None:
     assert len(DecodedMasks.from_bytes(old, max_masks=2)) == 2
     out = again.masks(prompts[::-1], lambda xy: pytest.fail("decoded"), torch.device("cpu"))
     assert torch.equal(out, unpack_masks(torch.from_numpy(bits[::-1].copy())))
+
+
+def test_packed_masks_are_the_masks_bits() -> None:
+    """`packed_masks` answers what `masks` does, still packed (`np.packbits` along the last
+    axis), with the same hits, misses and decodes."""
+    rng = np.random.default_rng(2)
+    bits = {x: torch.from_numpy(rng.random((FRAME, FRAME)) < 0.3) for x in (0, 8, 16)}
+
+    def decode(xy: np.ndarray) -> torch.Tensor:
+        return torch.stack([bits[int(x)] for x, _ in xy])
+
+    one, two = DecodedMasks(), DecodedMasks()
+    prompts = np.array([[0, 0], [8, 0], [0, 0]])
+    packed = one.packed_masks(prompts, decode)
+    masks = two.masks(prompts, decode, torch.device("cpu"))
+    assert packed.dtype == np.uint8 and packed.shape == (3, FRAME, FRAME // 8)
+    assert np.array_equal(np.unpackbits(packed, axis=-1).astype(bool), masks.numpy())
+    assert (one.hits, one.misses) == (two.hits, two.misses) == (1, 2)
+    again = one.packed_masks(np.array([[16, 0], [8, 0]]), decode)  # one stored, one new
+    assert np.array_equal(again[1], packed[1]) and (one.hits, one.misses) == (2, 3)

@@ -103,16 +103,39 @@ class Proposal:
 
 
 _UNIT_CACHE: OrderedDict[tuple[str, tuple[int, ...], GFSAMConfig], np.ndarray] = OrderedDict()
+_UNIT_SOURCES: OrderedDict[tuple[int, GFSAMConfig], tuple[np.ndarray, np.ndarray]] = OrderedDict()
 _UNIT_CACHE_SIZE = 4
 _UNIT_LOCK = threading.Lock()
+
+
+def frozen(tokens: np.ndarray) -> bool:
+    """True when `tokens` can no longer change: read-only and owning its memory (no writable view
+    can be made of it since), so its identity stands for its content (see `freeze`)."""
+    return not tokens.flags.writeable and tokens.flags.owndata
+
+
+def freeze(tokens: np.ndarray) -> np.ndarray:
+    """`tokens` made read-only for good (a copy when it does not own its memory), so that
+    `unit_tokens` recognises it by identity instead of hashing its content on every call.
+
+    Args:
+        tokens: [T, C] raw tokens (the worker's own cached copy: the flag is flipped in place).
+
+    Returns:
+        The same values, `frozen`.
+    """
+    out = tokens if tokens.flags.owndata else tokens.copy()
+    out.setflags(write=False)
+    return out
 
 
 def unit_tokens(tokens: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
     """Tokens normalised as the pipeline does, then each to unit length.
 
     One task pools the same target's tokens several times (proposals, carving, discovery's
-    clusters and pool), so the result is memoised by the tokens' content digest (exact: a
-    changed token is another key) for the last few token sets.
+    clusters and pool), so the result is memoised for the last few token sets: by identity for
+    `frozen` tokens (the worker freezes its targets' tokens), else by the tokens' content digest
+    (exact: a changed token is another key).
 
     Args:
         tokens: [T, C] raw tokens of one image.
@@ -120,6 +143,18 @@ def unit_tokens(tokens: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
     Returns:
         float32 [T, C], read-only (shared by the callers).
     """
+    if isinstance(tokens, np.ndarray) and frozen(tokens):
+        with _UNIT_LOCK:
+            seen = _UNIT_SOURCES.get((id(tokens), cfg))
+            if seen is not None and seen[0] is tokens:
+                _UNIT_SOURCES.move_to_end((id(tokens), cfg))
+                return seen[1]
+        unit = _normalised(tokens, cfg)
+        with _UNIT_LOCK:  # the source is held, so its id cannot be reused while it is listed
+            _UNIT_SOURCES[(id(tokens), cfg)] = (tokens, unit)
+            while len(_UNIT_SOURCES) > _UNIT_CACHE_SIZE:
+                _UNIT_SOURCES.popitem(last=False)
+        return unit
     raw = np.ascontiguousarray(tokens, dtype=np.float32)
     digest = hashlib.sha1(raw.data.cast("B"), usedforsecurity=False).hexdigest()
     key = (digest, raw.shape, cfg)
@@ -127,13 +162,20 @@ def unit_tokens(tokens: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
         if key in _UNIT_CACHE:
             _UNIT_CACHE.move_to_end(key)
             return _UNIT_CACHE[key]
-    src = torch.from_numpy(raw if raw.flags.writeable else raw.copy())
-    unit = F.normalize(normalize_tokens(src, cfg), dim=-1).numpy()
-    unit.flags.writeable = False
+    unit = _normalised(raw, cfg)
     with _UNIT_LOCK:
         _UNIT_CACHE[key] = unit
         while len(_UNIT_CACHE) > _UNIT_CACHE_SIZE:
             _UNIT_CACHE.popitem(last=False)
+    return unit
+
+
+def _normalised(tokens: np.ndarray, cfg: GFSAMConfig) -> np.ndarray:
+    """[T, C] raw tokens -> float32 [T, C] unit tokens, read-only (`unit_tokens` uncached)."""
+    raw = np.ascontiguousarray(tokens, dtype=np.float32)
+    src = torch.from_numpy(raw if raw.flags.writeable else raw.copy())
+    unit = F.normalize(normalize_tokens(src, cfg), dim=-1).numpy()
+    unit.flags.writeable = False
     return unit
 
 
@@ -214,8 +256,10 @@ def instance_proposals(
 
 
 PointMasks = Callable[[np.ndarray], np.ndarray]
-"""Decode of prompt pixels: int [P, 2] (x, y, 1024 frame) -> bool [P, S, S] SAM masks (the
-masks GF-SAM merged; the worker reads them from the target's `DecodedMasks`)."""
+"""Decode of prompt pixels: int [P, 2] (x, y, 1024 frame) -> uint8 [P, S, S / 8] their SAM
+masks (the masks GF-SAM merged) bit-packed along the last axis, `np.packbits(masks, axis=-1)`
+(`gfsam.decoded.pack_masks`' layout: the worker reads them packed from the target's
+`DecodedMasks`, and carving compares and combines them as bits, unpacking only the few kept)."""
 
 
 def carve_proposal(
@@ -252,12 +296,15 @@ def carve_proposal(
     inside = prop.mask[gated[:, 1], gated[:, 0]] if len(gated) else np.zeros(0, dtype=bool)
     if not inside.any():
         return [prop]
-    masks = np.asarray(point_masks(gated[inside]), dtype=bool) & prop.mask[None]  # (Q', S, S)
+    side = prop.mask.shape[-1]
+    rows = np.asarray(point_masks(gated[inside]), dtype=np.uint8)  # (Q', S, S/8) packed
+    rows = rows & np.packbits(prop.mask, axis=-1)[None]  # each mask inside the component
     # one entry per distinct non-empty mask: prompts on one object often decode to the same mask
-    distinct = {np.packbits(m).tobytes(): i for i, m in enumerate(masks) if m.any()}
+    distinct = {r.tobytes(): i for i, r in enumerate(rows) if r.any()}
     if len(distinct) < 2:
         return [prop]
-    masks = masks[sorted(distinct.values())]  # (U, S, S)
+    keep = rows[sorted(distinct.values())]  # (U, S, S/8)
+    masks = np.unpackbits(keep, axis=-1, count=side).view(bool)  # (U, S, S)
     feats = pool_features(tokens, cell_fractions(masks) ** params.pool_power, cfg)  # (Q', C)
     good = class_similarity(feats, prototypes) >= floor  # (Q',)
     if not good.any() or good.all():
@@ -266,7 +313,7 @@ def carve_proposal(
     rest = prop.mask & ~carved
     out = []
     for part in (carved, rest):
-        if int(part.sum()) >= params.min_area:
+        if np.count_nonzero(part) >= params.min_area:
             feat = pool_features(tokens, cell_fractions(part[None]) ** params.pool_power, cfg)[0]
             n = int(part[gated[:, 1], gated[:, 0]].sum())
             out.append(Proposal(prop.source, part, feat, n, prop.evidence))
@@ -294,6 +341,6 @@ def mask_consistency(masks: np.ndarray, label_mask: np.ndarray) -> np.ndarray:
     Returns:
         float32 [N] in [0, 1].
     """
-    inter = (masks & label_mask[None]).reshape(len(masks), -1).sum(axis=1)
-    area = masks.reshape(len(masks), -1).sum(axis=1)
+    inter = np.count_nonzero((masks & label_mask[None]).reshape(len(masks), -1), axis=1)
+    area = np.count_nonzero(masks.reshape(len(masks), -1), axis=1)
     return (inter / np.maximum(area, 1)).astype(np.float32)

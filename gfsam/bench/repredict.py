@@ -155,7 +155,7 @@ class _Task:
 
 
 def _point_masks(pipe: GFSAM, target: TargetEncoding, store: DecodedMasks) -> PointMasks:
-    """The worker's `point_masks`: prompt pixels -> SAM masks from the store (one positive
+    """The worker's `point_masks`: prompt pixels -> packed SAM masks from the store (one positive
     point through `decode_prompts` for a prompt evicted since)."""
 
     def decode(prompt_xy: np.ndarray) -> torch.Tensor:
@@ -167,7 +167,7 @@ def _point_masks(pipe: GFSAM, target: TargetEncoding, store: DecodedMasks) -> Po
         return torch.from_numpy(np.stack(masks).astype(bool))  # (N, S, S)
 
     def masks(prompt_xy: np.ndarray) -> np.ndarray:
-        return store.masks(prompt_xy, decode, torch.device("cpu")).numpy()  # (P, S, S)
+        return store.packed_masks(prompt_xy, decode)  # (P, S, S/8)
 
     return masks
 

@@ -121,7 +121,7 @@ def refine_regions(
 def border_share(mask: np.ndarray) -> float:
     """Share of the frame's perimeter pixels the mask covers (bool [S, S] -> [0, 1])."""
     edge = np.concatenate([mask[0], mask[-1], mask[1:-1, 0], mask[1:-1, -1]])
-    return float(edge.mean())
+    return np.count_nonzero(edge) / edge.size
 
 
 def keep_mask(
@@ -132,12 +132,12 @@ def keep_mask(
     Args:
         mask: bool [S, S]. score: its ranking score. covered: bool [S, S] or None (no check).
     """
-    area = int(mask.sum())
+    area = np.count_nonzero(mask)
     if not params.min_area * mask.size <= area <= params.max_area * mask.size:
         return False
     if border_share(mask) > params.max_border or score < params.min_score:
         return False
-    return covered is None or int((mask & covered).sum()) <= params.max_covered * area
+    return covered is None or np.count_nonzero(mask & covered) <= params.max_covered * area
 
 
 def mask_nms(masks: Sequence[np.ndarray], iou: float, limit: int) -> list[int]:
@@ -153,8 +153,11 @@ def mask_nms(masks: Sequence[np.ndarray], iou: float, limit: int) -> list[int]:
     for i, m in enumerate(masks):
         if len(kept) == limit:
             break
-        area = int(m.sum())
-        if all(int((m & masks[k]).sum()) <= iou * int((m | masks[k]).sum()) for k in kept) and area:
+        if not np.any(m):
+            continue
+        if all(
+            np.count_nonzero(m & masks[k]) <= iou * np.count_nonzero(m | masks[k]) for k in kept
+        ):
             kept.append(i)
     return kept
 

@@ -17,11 +17,12 @@ import torch
 
 from gfsam.assign import PointMasks
 from gfsam.core import segment_weighted
+from gfsam.decoded import pack_masks
 from gfsam.discover import PromptMaskFn, sam_prompt_fn
 from gfsam.encodings import Prediction, Reference, TargetEncoding
 from gfsam.eval.data import Item, load_labels
 from gfsam.eval.oracle import ORACLE_NOTE, OracleDino, OracleParams, OracleSam, frame_labels
-from gfsam.image import load_image, mask_from_frame, mask_to_frame
+from gfsam.image import load_image, mask_from_frame, mask_to_frame, read_tensor
 from gfsam.pipeline import GFSAM
 from gfsam.points import reference_weights
 from gfsam.types import GFSAMConfig, PromptDecoder
@@ -104,7 +105,7 @@ class OracleModel:
         ref = torch.from_numpy(np.stack([r.tokens for r in references])).float()  # (K, T, d)
         fg = torch.from_numpy(np.stack([r.fg for r in references]))  # (K, T)
         bg = torch.from_numpy(np.stack([r.bg for r in references]))  # (K, T)
-        tgt = torch.from_numpy(target.tokens).float()  # (T, d)
+        tgt = read_tensor(target.tokens).float()  # (T, d)
 
         def mask_fn(prompt_xy: np.ndarray) -> torch.Tensor:
             return self.sam.decode_points(target.embedding, prompt_xy)
@@ -123,8 +124,8 @@ class OracleModel:
         return sam_prompt_fn(self.sam, target.embedding)
 
     def point_masks(self, target: TargetEncoding) -> PointMasks:
-        """Single-point masks as GF-SAM decoded them (the split assignment's carving)."""
-        return lambda xy: self.sam.decode_points(target.embedding, xy).numpy()
+        """Single-point masks as GF-SAM decoded them, packed (the split assignment's carving)."""
+        return lambda xy: np.packbits(self.sam.decode_points(target.embedding, xy).numpy(), axis=-1)
 
     @property
     def decoder(self) -> PromptDecoder:
@@ -160,12 +161,12 @@ class RealModel:
         return sam_prompt_fn(self.pipe.sam, target.embedding)
 
     def point_masks(self, target: TargetEncoding) -> PointMasks:
-        """Single-point masks through the pipeline's decoder, as GF-SAM decodes them."""
+        """Single-point masks through the pipeline's decoder, as GF-SAM decodes them, packed."""
         emb = torch.from_numpy(target.embedding).to(self.pipe.device)[None]
         batch, precision = self.pipe.config.prompt_batch, self.pipe.precision
-        return lambda xy: (
-            self.pipe.sam.decode_points(emb, xy, batch, precision=precision).cpu().numpy()
-        )
+        return lambda xy: pack_masks(
+            self.pipe.sam.decode_points(emb, xy, batch, precision=precision)
+        ).numpy()
 
     @property
     def decoder(self) -> PromptDecoder:

@@ -94,9 +94,9 @@ def predict_labels(
 
 
 def point_masks(rt: Runtime, target: TargetEncoding, decoded: DecodedMasks) -> PointMasks:
-    """Prompt pixels -> their SAM masks, read from `decoded` (the prediction just put every
-    gated prompt there); a prompt evicted since is decoded again, one positive point through
-    the model's prompt decoder (the contract's `decode_prompts`)."""
+    """Prompt pixels -> their SAM masks, packed (`PointMasks`), read from `decoded` (the
+    prediction just put every gated prompt there); a prompt evicted since is decoded again, one
+    positive point through the model's prompt decoder (the contract's `decode_prompts`)."""
     sam = rt.model.pipeline.sam
 
     def decode(prompt_xy: np.ndarray) -> torch.Tensor:
@@ -108,6 +108,6 @@ def point_masks(rt: Runtime, target: TargetEncoding, decoded: DecodedMasks) -> P
         return torch.from_numpy(np.stack(masks).astype(bool))  # (N, S, S)
 
     def masks(prompt_xy: np.ndarray) -> np.ndarray:
-        return decoded.masks(prompt_xy, decode, torch.device("cpu")).numpy()  # (P, S, S)
+        return decoded.packed_masks(prompt_xy, decode)  # (P, S, S/8)
 
     return masks

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPredic
 from backend.state.settings import Settings
 from backend.state.store import Store
 from gfsam.assign import Instance
+from gfsam.assign.proposals import freeze
 from gfsam.calibrate import ScoreMap
 from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Reference, TargetEncoding
@@ -46,13 +47,19 @@ def target_encoding(
     blob = rt.targets.get(sha)
     if blob is not None:
         store.progress.incr_stat("target_cache_hit")
-        return rt.model.target_from_bytes(blob)
+        return _frozen(rt.model.target_from_bytes(blob))
     started = time.perf_counter()
     target = prefetch.encode_target(rt, store, image_bytes, sha)  # batched when prefetched
     store.progress.incr_stat("target_encode")
     rt.targets.put(sha, target.to_bytes())
     logger.debug("encoded target %s in %.2fs", sha[:12], time.perf_counter() - started)
-    return target
+    return _frozen(target)
+
+
+def _frozen(target: TargetEncoding) -> TargetEncoding:
+    """The target with read-only tokens: nothing in a job writes them, and the assignment's and
+    discovery's token normalisation then recognise them without hashing them each time."""
+    return replace(target, tokens=freeze(target.tokens))
 
 
 def load_references(
