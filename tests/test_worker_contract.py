@@ -169,3 +169,26 @@ def test_null_split_model_carries_real_sizes_and_runs_split_and_discovery() -> N
     found = discover_candidates(target.tokens, covered, sam_prompt_fn(model.sam, target.embedding))
     assert model.sam.calls > 0 and found
     assert any(np.array_equal(c.mask, mask_to_frame(labels == 2).numpy()) for c in found)
+
+
+def test_install_limits_numpy_blas_threads() -> None:
+    """`BLAS_THREADS` (default 1) caps numpy's BLAS pool when a model is installed; 0 leaves it."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from tests.fakes import FakePipeline, fake_model
+    from worker import runtime
+
+    def blas() -> list[int]:
+        return [p["num_threads"] for p in threadpool_info() if p["user_api"] == "blas"]
+
+    with threadpool_limits(limits=2, user_api="blas"):  # restored after the test
+        settings = Settings(label_studio_api_key="k", _env_file=None)  # type: ignore[call-arg]
+        assert settings.blas_threads == 1
+        runtime.install(settings, fake_model(FakePipeline()))
+        assert blas() and set(blas()) == {1}
+        threadpool_limits(limits=2, user_api="blas")
+        before = blas()
+        off = settings.model_copy(update={"blas_threads": 0})
+        runtime.install(off, fake_model(FakePipeline()))
+        assert blas() == before  # 0: left as it was
+    runtime.reset()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from backend.state.settings import Settings
 from gfsam.geometry import GeometryParams
@@ -177,6 +178,8 @@ def install(settings: Settings, model: Model, ls: LabelStudioClient | None = Non
     """
     global _runtime
     check_model(model.pipeline)
+    if settings.blas_threads:  # process-wide, as torch's own thread count
+        threadpool_limits(settings.blas_threads, user_api="blas")
     _runtime = Runtime(
         settings=settings,
         model=model,

@@ -41,7 +41,7 @@ def thumbnail_png(image: np.ndarray, mask: np.ndarray, size: int = THUMB_PX) -> 
     out[inside] = out[inside] * (1 - FILL_ALPHA) + tint * FILL_ALPHA
     out[_dilated(edge)] = tint
     buf = io.BytesIO()
-    Image.fromarray(out.astype(np.uint8)).save(buf, format="PNG", optimize=True)
+    Image.fromarray(out.astype(np.uint8)).save(buf, format="PNG")  # optimize: 2x the time
     return buf.getvalue()
 
 

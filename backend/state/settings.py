@@ -189,6 +189,11 @@ class Settings(BaseSettings):
     # `deliver_queue` waiting (0 threads: posted by the job itself, as before).
     deliver_threads: int = Field(0, ge=0, le=16)
     deliver_queue: int = Field(16, ge=1, le=1024)
+    # Threads of numpy's BLAS in a worker (0: the library's own default, one per core). Torch
+    # runs the models on its own threads; numpy's matmuls (the assignment, discovery's k-means)
+    # are small, and two thread pools waiting on the same cores made them ~3x slower on the
+    # 2-core machine (issue 17, scripts/bench_orchestration.py --null-split).
+    blas_threads: int = Field(1, ge=0, le=256)
 
     # --- Self-measurement and tuning (issue 19): after each new version, a background job
     # predicts the most recent annotated tasks with references that exclude their own shots,

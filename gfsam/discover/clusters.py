@@ -150,12 +150,13 @@ def token_clusters(unit: np.ndarray, free: np.ndarray, params: DiscoverParams) -
         bool [T] cell sets, one per merged cluster (largest leader first).
     """
     idx = np.flatnonzero(free)  # (N,)
+    points = unit[idx]  # (N, C): the free tokens, gathered once for every scale
     clusters: list[np.ndarray] = []
     for window in params.windows:
         seeds = window_seeds(unit, free, min(window, GRID), params)  # (k, C)
         if len(seeds) == 0:
             continue
-        assign = spherical_kmeans(unit[idx], seeds, params.kmeans_iters)  # (N,)
+        assign = spherical_kmeans(points, seeds, params.kmeans_iters)  # (N,)
         for k in np.unique(assign):
             cells = np.zeros(len(free), dtype=bool)
             cells[idx[assign == k]] = True
