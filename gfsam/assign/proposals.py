@@ -305,8 +305,8 @@ def carve_proposal(
         return [prop]
     keep = rows[sorted(distinct.values())]  # (U, S, S/8)
     masks = np.unpackbits(keep, axis=-1, count=side).view(bool)  # (U, S, S)
-    feats = pool_features(tokens, cell_fractions(masks) ** params.pool_power, cfg)  # (Q', C)
-    good = class_similarity(feats, prototypes) >= floor  # (Q',)
+    feats = pool_features(tokens, cell_fractions(masks) ** params.pool_power, cfg)  # (U, C)
+    good = class_similarity(feats, prototypes) >= floor  # (U,)
     if not good.any() or good.all():
         return [prop]
     carved = np.logical_or.reduce(masks[good])

@@ -208,7 +208,8 @@ def run(args: argparse.Namespace) -> list[str]:
     cal_s = time.perf_counter() - start
     lines = [
         f"# repredict: sam={args.sam} dino={args.dino} device={args.device} "
-        f"threads={torch.get_num_threads()} max_points={args.max_points}; RANDOM WEIGHTS: "
+        f"threads={torch.get_num_threads()} blas_threads={args.blas_threads or 'numpy'} "
+        f"max_points={args.max_points}; RANDOM WEIGHTS: "
         "timing only, masks are meaningless",
         "# per task: target + mask blobs through the on-disk cache, predict, split assignment, "
         f"discovery (its decoder calls); warm-up {args.warmup}, median of {args.repeat}",

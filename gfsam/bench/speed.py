@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from threadpoolctl import threadpool_limits
 
 from gfsam.bench.synthetic import median_timings, random_pipeline, synthetic_pair
 from gfsam.precision import resolve_precision
@@ -52,6 +53,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeat", type=int, default=3, help="timed runs per measurement (median)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (CI machines: 2)")
+    p.add_argument(
+        "--blas-threads",
+        type=int,
+        default=1,
+        help="numpy's BLAS threads, as the worker's BLAS_THREADS (default 1; 0: numpy's own)",
+    )
     p.add_argument("--max-points", type=int, default=128, help="pipeline part: prompt cap")
     p.add_argument("--golden", type=Path, default=DEFAULT_GOLDEN, help="golden cases folder")
     p.add_argument("--cases", help="comma-separated case names (default: all)")
@@ -271,7 +278,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if torch.device(args.device).type == "cpu":
         torch.set_num_threads(args.threads)
-    with torch.inference_mode():
+    # the worker's BLAS_THREADS: numpy's small matmuls off torch's cores (restored on return)
+    blas = threadpool_limits(args.blas_threads or None, user_api="blas")
+    with blas, torch.inference_mode():
         if args.repredict:
             from gfsam.bench.repredict import run as run_repredict
 
