@@ -39,3 +39,26 @@ def test_reference_cache(tmp_path: Path) -> None:
     assert fetched == ["x", "y", "z", "x"]
     with pytest.raises(KeyError):
         cache.get("missing", fetch, int)
+
+
+def test_target_cache_put_scans_only_when_due(tmp_path: Path) -> None:
+    """A put adds its size to the last scan's total; the directory is scanned (and evicted) when
+    that passes the budget or every `RESCAN_PUTS` puts, so files another process wrote meanwhile
+    are counted and evicted too."""
+    from worker.cache import RESCAN_PUTS
+
+    cache = TargetCache(tmp_path / "t", max_bytes=10_000)
+    cache.put("first", bytes(100))  # nothing known yet: one scan
+    assert cache.scans == 1
+    for i in range(RESCAN_PUTS - 1):
+        cache.put(f"k{i}", bytes(10))  # well under budget: no scan
+    assert cache.scans == 1
+    other = TargetCache(tmp_path / "t", max_bytes=10_000)  # another process on the machine
+    for i in range(3):
+        other.put(f"o{i}", bytes(3500))
+        os.utime(tmp_path / "t" / f"o{i}.bin", (1000 + i, 1000 + i))  # the oldest files
+    cache.put("due", bytes(10))  # the RESCAN_PUTS-th put: scans, finds the other's 10500 bytes
+    assert cache.scans == 2 and cache.size_bytes() <= 10_000
+    assert cache.get("o0") is None and cache.get("due") is not None
+    cache.put("big", bytes(9000))  # its own count passes the budget: scans at once
+    assert cache.scans == 3 and cache.size_bytes() <= 10_000 and cache.get("big") is not None

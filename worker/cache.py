@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
@@ -21,17 +22,27 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 
+RESCAN_PUTS = 64  # puts between two directory scans at most (other processes write here too)
+
+
 class TargetCache:
     """Files ``{dir}/{sha256}.bin`` holding `TargetEncoding.to_bytes()`; LRU by mtime.
 
     Several worker processes on one machine may share the directory: writes are atomic renames
-    and eviction tolerates files vanishing under it.
+    and eviction tolerates files vanishing under it. A put does not scan the directory (a large
+    project holds tens of thousands of files): the process adds what it writes to the total the
+    last scan found and scans (and evicts) when that passes the budget, or after `RESCAN_PUTS`
+    puts, so other processes' writes are counted within that many puts of this one.
     """
 
     def __init__(self, directory: Path, max_bytes: int) -> None:
         self.dir = Path(directory)
         self.max_bytes = max_bytes
         self.dir.mkdir(parents=True, exist_ok=True)
+        self.scans = 0  # directory scans so far (a put's cost)
+        self._total: int | None = None  # bytes at the last scan + what this process wrote since
+        self._puts = 0  # puts since the last scan
+        self._lock = threading.Lock()
 
     def _path(self, sha: str) -> Path:
         return self.dir / f"{sha}.bin"
@@ -56,10 +67,18 @@ class TargetCache:
         with os.fdopen(fd, "wb") as f:
             f.write(blob)
         os.replace(tmp, self._path(sha))
-        self.evict()
+        with self._lock:
+            self._puts += 1
+            if self._total is not None:
+                self._total += len(blob)  # a replaced file counts twice: a scan comes sooner
+            due = self._total is None or self._total > self.max_bytes or self._puts >= RESCAN_PUTS
+        if due:
+            self.evict()
 
     def evict(self) -> int:
-        """Delete least recently used files until the total fits. Returns files deleted."""
+        """Scan the directory and delete least recently used files until the total fits.
+        Returns files deleted."""
+        self.scans += 1
         entries = []
         for entry in os.scandir(self.dir):
             if entry.name.endswith(".bin"):
@@ -79,6 +98,8 @@ class TargetCache:
             except FileNotFoundError:
                 pass
             total -= size
+        with self._lock:
+            self._total, self._puts = total, 0
         return deleted
 
     def size_bytes(self) -> int:
