@@ -96,9 +96,13 @@ def region_prompts(cells: np.ndarray, params: DiscoverParams) -> tuple[np.ndarra
 
 def agreement(cells: np.ndarray, mask: np.ndarray) -> float:
     """Cell IoU of a token region and its SAM mask (cells at least half covered count)."""
-    mask_cells = cell_fractions(mask[None])[0] >= 0.5  # (T,)
-    union = int((cells | mask_cells).sum())
-    return int((cells & mask_cells).sum()) / union if union else 0.0
+    return _cell_iou(cells, cell_fractions(mask[None])[0] >= 0.5)
+
+
+def _cell_iou(cells: np.ndarray, mask_cells: np.ndarray) -> float:
+    """IoU of two bool [T] cell sets (0 when both are empty)."""
+    union = np.count_nonzero(cells | mask_cells)
+    return np.count_nonzero(cells & mask_cells) / union if union else 0.0
 
 
 def refine_regions(
@@ -109,12 +113,21 @@ def refine_regions(
     Returns:
         (mask bool [S, S], score = SAM score x `agreement`) per refined region.
     """
+    return [(mask, score) for mask, score, _ in _refined(regions, mask_fn, params)]
+
+
+def _refined(
+    regions: Sequence[Region], mask_fn: PromptMaskFn, params: DiscoverParams
+) -> list[tuple[np.ndarray, float, np.ndarray]]:
+    """`refine_regions` with each mask's cell fractions, float32 [T] (the agreement computes
+    them; the candidates' pooling reuses them)."""
     out = []
     for region in regions[: params.max_prompts]:
         points, box = region_prompts(region.cells, params)
         mask, sam_score = mask_fn(points, box)
         mask = np.asarray(mask, dtype=bool)
-        out.append((mask, float(sam_score) * agreement(region.cells, mask)))
+        fractions = cell_fractions(mask[None])[0]  # (T,)
+        out.append((mask, float(sam_score) * _cell_iou(region.cells, fractions >= 0.5), fractions))
     return out
 
 
@@ -194,16 +207,22 @@ def discover_candidates(
     cfg, params = cfg or GFSAMConfig(), params or DiscoverParams()
     covered = np.asarray(covered, dtype=bool)
     regions = cluster_regions(tokens, covered, cfg, params, restrict=restrict)
-    pool = [(m, s, "cluster") for m, s in refine_regions(regions, mask_fn, params)]
+    refined = _refined(regions, mask_fn, params)
+    pool = [(m, s, "cluster") for m, s, _ in refined]
     pool += [(np.asarray(m, dtype=bool), params.rejected_score, "rejected") for m in rejected]
+    known = {i: f for i, (_, _, f) in enumerate(refined)}  # cell fractions computed so far
     check = covered if restrict else None
-    pool = [p for p in pool if keep_mask(p[0], p[1], check, params)]
-    if not pool:
+    kept = [i for i, (m, s, _) in enumerate(pool) if keep_mask(m, s, check, params)]
+    if not kept:
         return []
-    weights = cell_fractions(np.stack([m for m, _, _ in pool])) ** params.pool_power  # (N, T)
+    missing = [i for i in kept if i not in known]
+    if missing:  # the rejected proposals', in one call
+        fresh = cell_fractions(np.stack([pool[i][0] for i in missing]))  # (M, T)
+        known.update(zip(missing, fresh, strict=True))
+    weights = np.stack([known[i] for i in kept]) ** params.pool_power  # (N, T)
     feats = pool_features(tokens, weights, cfg)  # (N, C)
     new = ~looks_like_label(feats, labels)  # (N,)
-    cands = [Candidate(m, s, o, f) for (m, s, o), f, ok in zip(pool, feats, new, strict=True) if ok]
+    cands = [Candidate(*pool[i], f) for i, f, ok in zip(kept, feats, new, strict=True) if ok]
     cands.sort(key=lambda c: -c.score)  # stable: clusters before rejected proposals on ties
     keep = mask_nms([c.mask for c in cands], params.nms_iou, params.max_candidates)
     return [cands[i] for i in keep]
