@@ -331,6 +331,14 @@ def main_null_split(args: argparse.Namespace) -> int:
             f"model's own calls {statistics.median(model_ms[mode]):.1f} ms/task"
             f"{'; goal >= 10' if mode == 'on' else ''})"
         )
+    for mode in ("off", "on"):  # what the worker itself spends per task, the model's calls out
+        name = "split + discovery" if mode == "on" else "argmax, no discovery"
+        task_ms = 1000 / statistics.median(rates[mode])
+        own_ms = task_ms - statistics.median(model_ms[mode])
+        print(
+            f"# per task, {name}: {task_ms:.0f} ms, of which the worker's own {own_ms:.0f} ms "
+            f"(without the model's calls: {1000 / own_ms:.1f} tasks/s)"
+        )
     return 0
 
 
