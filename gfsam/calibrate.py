@@ -28,6 +28,14 @@ that function's business, so tuning works on an **offset** added to whatever the
    offset chosen on the OTHER tasks (a nested leave-one-out), so tuning never runs on the task
    it is scored on; `tune` keeps a move only when this estimate beats the default.
 
+**Mode tuning.** The assignment mode (``split``, ``label-gate``, ``argmax``: `gfsam.assign`) is
+the project's setting; with `tune(modes=...)` each other mode, at its default threshold, is one
+more candidate of the same sweep (a `Setting` is an offset in the project's mode, a float, or
+the name of another mode, a str), chosen by the same rule and confirmed by the same nested
+leave-one-out: a label changes mode only when that measures better on tasks it was not chosen
+on. Ties go to the project's mode (an offset), so evidence is needed to switch. A task with
+labels in several modes is assigned by `gfsam.assign.assign_mixed`.
+
 **Scores.** `fit_score_map` fits, on held-out (raw score, task IoU) pairs, a monotone map from
 the raw score a prediction carries to the IoU a person will accept: isotonic regression
 (`scipy.optimize.isotonic_regression`, pool adjacent violators), linear between its blocks,
@@ -167,8 +175,17 @@ def offset_grid(observed: Sequence[float], size: int = GRID_SIZE) -> list[float]
     return sorted(picks)
 
 
-# label -> offset -> Counts: one task's (or many tasks') counts at every candidate offset
-Sweep = dict[str, dict[float, Counts]]
+# A candidate setting of one label: an offset (float) added to its default threshold in the
+# project's mode, or the name (str) of another assignment mode at its default threshold.
+Setting = float | str
+
+# label -> setting -> Counts: one task's (or many tasks') counts at every candidate setting
+Sweep = dict[str, dict[Setting, Counts]]
+
+
+def _setting_order(s: Setting) -> tuple[int, float, str]:
+    """Offsets ascending, then mode names (a total order over mixed keys)."""
+    return (1, 0.0, s) if isinstance(s, str) else (0, float(s), "")
 
 
 @dataclass
@@ -176,14 +193,15 @@ class Choice:
     """The threshold offset chosen for one label, with its evidence.
 
     Attributes:
-        offset: added to the default threshold (0: the default).
+        offset: added to the default threshold (0: the default; 0 with a `mode`).
+        mode: another assignment mode chosen for the label (None: the project's mode).
         how: ``tuned`` (the highest held-out IoU), ``default`` (the default was best or tied),
             ``too-few`` (fewer than ``min_tasks`` tasks hold the label), ``unconfirmed`` (`tune`:
             the best offset on all tasks did not beat the default when each task was scored at
             the offset chosen on the others, so the default stays).
         n: scored tasks holding the label. iou_default / iou_chosen: summed IoU at offset 0 and
             at the chosen offset over the tasks it was chosen on (None: undefined).
-        candidates: the offsets tried.
+        candidates: the offsets tried (other modes tried: `modes_tried`).
     """
 
     offset: float
@@ -192,6 +210,13 @@ class Choice:
     iou_default: float | None
     iou_chosen: float | None
     candidates: list[float] = field(default_factory=list)
+    mode: str | None = None
+    modes_tried: list[str] = field(default_factory=list)
+
+    @property
+    def setting(self) -> Setting:
+        """The sweep key of this choice."""
+        return self.mode if self.mode is not None else self.offset
 
     def summary(self) -> dict[str, Any]:
         def r(x: float | None) -> float | None:
@@ -199,39 +224,49 @@ class Choice:
 
         return {
             "offset": self.offset,
+            "mode": self.mode,
             "how": self.how,
             "n": self.n,
             "iou_default": r(self.iou_default),
             "iou_chosen": r(self.iou_chosen),
             "candidates": [round(c, 6) for c in self.candidates],
+            "modes_tried": list(self.modes_tried),
         }
 
 
-def choose_offset(sweep: Mapping[float, Counts], min_tasks: int = MIN_TASKS) -> Choice:
-    """The offset of the highest IoU over the tasks in `sweep` (one label).
+def choose_offset(sweep: Mapping[Setting, Counts], min_tasks: int = MIN_TASKS) -> Choice:
+    """The setting of the highest IoU over the tasks in `sweep` (one label).
 
     Args:
-        sweep: offset -> counts summed over the tasks tuned on; must hold offset 0.
+        sweep: setting (offset, or another mode's name) -> counts summed over the tasks tuned
+            on; must hold offset 0.
         min_tasks: below this many tasks holding the label, keep the default.
 
     Returns:
-        `Choice` (ties go to the offset nearest 0, then the stricter one).
+        `Choice` (ties go to an offset of the project's mode, the one nearest 0, then the
+        stricter one: another mode must measure strictly better).
     """
     if 0.0 not in sweep:
         raise ValueError("the sweep must include offset 0 (the default threshold)")
     base = sweep[0.0]
     n = base.n
-    cands = sorted(sweep)
+    offs = sorted(float(o) for o in sweep if not isinstance(o, str))
+    modes = sorted(o for o in sweep if isinstance(o, str))
     if n < min_tasks:
-        return Choice(0.0, "too-few", n, base.iou, base.iou, cands)
+        return Choice(0.0, "too-few", n, base.iou, base.iou, offs, None, modes)
 
-    def key(o: float) -> tuple[float, float, float]:
+    def key(o: Setting) -> tuple[float, int, float, float]:
         iou = sweep[o].iou
-        return (-1.0 if iou is None else iou, -abs(o), o)
+        score = -1.0 if iou is None else iou
+        if isinstance(o, str):
+            return (score, 0, -math.inf, 0.0)
+        return (score, 1, -abs(o), o)
 
-    best = max(cands, key=key)
-    how = "default" if best == 0.0 else "tuned"
-    return Choice(best, how, n, base.iou, sweep[best].iou, cands)
+    best = max(sorted(sweep, key=_setting_order), key=key)
+    how = "default" if best == 0.0 and not isinstance(best, str) else "tuned"
+    if isinstance(best, str):
+        return Choice(0.0, how, n, base.iou, sweep[best].iou, offs, best, modes)
+    return Choice(float(best), how, n, base.iou, sweep[best].iou, offs, None, modes)
 
 
 def sum_sweeps(sweeps: Iterable[Sweep]) -> Sweep:
@@ -255,7 +290,7 @@ def held_out_choice(
 ) -> tuple[dict[str, Counts], dict[str, Counts]]:
     """What tuning gives, measured without ever tuning on the scored task.
 
-    Each task is scored at the offset chosen (`choose_offset`) on the other tasks alone.
+    Each task is scored at the setting chosen (`choose_offset`) on the other tasks alone.
 
     Args:
         sweeps: task -> its sweep (every task swept over the same candidate offsets).
@@ -270,7 +305,7 @@ def held_out_choice(
         for label, by_off in sw.items():
             default[label] = default.get(label, Counts()) + by_off[0.0]
             choice = others.get(label)
-            off = choice.offset if choice is not None and choice.offset in by_off else 0.0
+            off = choice.setting if choice is not None and choice.setting in by_off else 0.0
             tuned[label] = tuned.get(label, Counts()) + by_off[off]
     return default, tuned
 
@@ -403,9 +438,11 @@ class TaskCase:
     Attributes:
         key: the task (never scored with its own shots: the caller built `assign_at` on
             `loo_references`).
-        assign_at: thresholds (label -> value, higher = stricter) -> the assignment of the
-            task's predictions under them (`gfsam.assign.assign_split` or the worker's
-            `assign`); called 1 + len(grid) + 1 times.
+        assign_at: thresholds (label -> value, higher = stricter) and, only when `tune` is
+            given other modes, ``modes`` (label -> mode; absent labels: the project's) -> the
+            assignment of the task's predictions under them (`gfsam.assign.assign_split` /
+            `assign_mixed` or the worker's `assign`); called 1 + len(grid) + len(modes) + 1
+            times.
         defaults: label -> the default threshold for the references used (the labels scored).
         truth: label -> bool [H, W] the annotator's mask (every label of `defaults`).
         valid: bool [H, W] pixels that count, or None.
@@ -414,7 +451,7 @@ class TaskCase:
     """
 
     key: Hashable
-    assign_at: Callable[[Mapping[str, float]], _Assigned]
+    assign_at: Callable[..., _Assigned]
     defaults: dict[str, float]
     truth: dict[str, np.ndarray]
     valid: np.ndarray | None = None
@@ -494,14 +531,28 @@ def sweep_steps(grids: Mapping[str, Sequence[float]]) -> list[dict[str, float]]:
     return steps
 
 
-def sweep_task(case: TaskCase, grids: Mapping[str, Sequence[float]]) -> Sweep:
-    """Assign `case` once per `sweep_steps` step; label -> offset -> its counts."""
+def sweep_task(
+    case: TaskCase, grids: Mapping[str, Sequence[float]], modes: Sequence[str] = ()
+) -> Sweep:
+    """Assign `case` once per `sweep_steps` step, then once per other mode (every label in
+    it, at the default thresholds); label -> setting -> its counts."""
     out: Sweep = {label: {} for label in case.defaults}
     for offs in sweep_steps({lb: g for lb, g in grids.items() if lb in case.defaults}):
         res = outcome(case, case.assign_at(thresholds_at(case.defaults, offs)))
         for label, c in res.counts.items():
             out[label].setdefault(float(offs.get(label, 0.0)), c)
+    for mode in modes:
+        res = outcome(case, case.assign_at(case.defaults, {lb: mode for lb in case.defaults}))
+        for label, c in res.counts.items():
+            out[label][mode] = c
     return out
+
+
+def assign_chosen(case: TaskCase, choices: Mapping[str, Choice]) -> _Assigned:
+    """`case` assigned at the chosen settings (modes passed only when some label has one)."""
+    thresholds = thresholds_at(case.defaults, {lb: ch.offset for lb, ch in choices.items()})
+    modes = {lb: ch.mode for lb, ch in choices.items() if ch.mode and lb in case.defaults}
+    return case.assign_at(thresholds, modes) if modes else case.assign_at(thresholds)
 
 
 def remember_default(case: TaskCase) -> TaskCase:
@@ -510,9 +561,9 @@ def remember_default(case: TaskCase) -> TaskCase:
     cached: list[_Assigned] = []
     inner = case.assign_at
 
-    def assign_at(thresholds: Mapping[str, float]) -> _Assigned:
-        if dict(thresholds) != case.defaults:
-            return inner(thresholds)
+    def assign_at(thresholds: Mapping[str, float], *modes: Mapping[str, str]) -> _Assigned:
+        if dict(thresholds) != case.defaults or any(modes):
+            return inner(thresholds, *modes)
         if not cached:
             cached.append(inner(thresholds))
         return cached[0]
@@ -543,15 +594,24 @@ class Tuning:
     def offsets(self) -> dict[str, float]:
         return {label: ch.offset for label, ch in self.choices.items()}
 
+    def modes(self) -> dict[str, str]:
+        """label -> the other mode chosen for it (labels keeping the project's are absent)."""
+        return {label: ch.mode for label, ch in self.choices.items() if ch.mode}
+
 
 def tune(
-    cases: Sequence[TaskCase], min_tasks: int = MIN_TASKS, grid_size: int = GRID_SIZE
+    cases: Sequence[TaskCase],
+    min_tasks: int = MIN_TASKS,
+    grid_size: int = GRID_SIZE,
+    modes: Sequence[str] = (),
 ) -> Tuning:
     """Measure, choose thresholds and fit the score map on `cases` (each already leave-one-out).
 
     1. every task at the default thresholds: the proposals' offsets give each label's grid
        (`offset_grid`); 2. every task swept over the grids; 3. per label the offset of the best
-       summed IoU (`choose_offset`), and the nested leave-one-out estimate (`held_out_choice`);
+       summed IoU (`choose_offset`; each of `modes`, other assignment modes at their default
+       threshold, is one more candidate), and the nested leave-one-out estimate
+       (`held_out_choice`);
        a move that estimate does not confirm (tuned IoU <= default IoU) is dropped
        (``unconfirmed``); 4. every task at the chosen offsets: (raw score, task IoU) pairs ->
        `fit_score_map`.
@@ -562,20 +622,23 @@ def tune(
         for label, offs in observed_offsets(case.assign_at(case.defaults), case.defaults).items():
             observed.setdefault(label, []).extend(offs)
     grids = {label: offset_grid(v, grid_size) for label, v in observed.items()}
-    sweeps = {case.key: sweep_task(case, grids) for case in cases}
+    sweeps = {case.key: sweep_task(case, grids, modes) for case in cases}
     choices = choose_offsets(sweeps.values(), min_tasks)
     default, held = held_out_choice(sweeps, min_tasks)
     for label, ch in choices.items():  # a move must also pay off held out (nested LOO)
         base, kept = default[label].iou, held[label].iou
         if ch.how == "tuned" and (base is None or kept is None or kept <= base):
             choices[label] = Choice(
-                0.0, "unconfirmed", ch.n, ch.iou_default, ch.iou_default, ch.candidates
+                0.0,
+                "unconfirmed",
+                ch.n,
+                ch.iou_default,
+                ch.iou_default,
+                ch.candidates,
+                None,
+                ch.modes_tried,
             )
-    offsets = {label: ch.offset for label, ch in choices.items()}
-    outcomes = {
-        case.key: outcome(case, case.assign_at(thresholds_at(case.defaults, offsets)))
-        for case in cases
-    }
+    outcomes = {case.key: outcome(case, assign_chosen(case, choices)) for case in cases}
     score_map = fit_score_map(
         [o.raw_score for o in outcomes.values()], [o.iou for o in outcomes.values()], min_tasks
     )

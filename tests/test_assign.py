@@ -9,6 +9,7 @@ from gfsam.assign import (
     SplitParams,
     assign_argmax,
     assign_label_gate,
+    assign_mixed,
     assign_split,
     calibrate_label,
     calibrate_threshold,
@@ -346,3 +347,48 @@ def test_frozen_tokens_are_memoised_by_identity() -> None:
     assert shared.data_ptr() == tokens.ctypes.data  # writable: shared
     copied = read_tensor(fixed)
     assert copied.data_ptr() != fixed.ctypes.data and np.array_equal(copied.numpy(), fixed)
+
+
+def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
+    return a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_mixed_with_one_mode_is_exactly_that_rule() -> None:
+    target, true_box, other_box = _scene()
+    preds = {"A": _pred(true_box, 0.2), "B": _pred(other_box | true_box, 0.9)}
+    refs = {"A": [_reference(E[0])], "B": [_reference(E[3])]}
+    rules = {
+        "split": assign_split(target, preds, refs, cfg=CFG),
+        "label-gate": assign_label_gate(target, preds, refs, cfg=CFG),
+        "argmax": assign_argmax(preds, ["A", "B"]),
+    }
+    for mode, expected in rules.items():
+        got = assign_mixed({"A": mode, "B": mode}, target, preds, refs, ["A", "B"], cfg=CFG)
+        assert _same(got.label_masks(), expected.label_masks()), mode
+        assert [c.label for c in got.candidates] == [c.label for c in expected.candidates]
+    with pytest.raises(ValueError):
+        assign_mixed({"A": "split"}, target, preds, refs, ["A", "B"], cfg=CFG)
+    with pytest.raises(ValueError):
+        assign_mixed({"A": "split", "B": "vote"}, target, preds, refs, ["A", "B"], cfg=CFG)
+
+
+def test_mixed_split_instances_claim_first_whole_masks_fill_the_rest() -> None:
+    """A by split (cuts its look-alike off), B by argmax (its whole mask, higher score): B gets
+    only what A's instance left; B by label-gate fails its gate and becomes a candidate."""
+    target, true_box, other_box = _scene()
+    small = _box(600, 700, 600, 700)
+    preds = {
+        "A": _pred(true_box | small, 0.2, prompts=((100, 100), (650, 650))),
+        "B": _pred(true_box | other_box, 0.9),
+    }
+    refs = {"A": [_reference(E[0])], "B": [_reference(E[3])]}
+    mixed = assign_mixed({"A": "split", "B": "argmax"}, target, preds, refs, ["A", "B"], cfg=CFG)
+    masks = mixed.label_masks()
+    assert np.array_equal(masks["A"], true_box)  # split's instance, whatever B's score
+    assert np.array_equal(masks["B"], other_box)  # B's whole mask minus A's pixels
+    assert all(c.label == "A" for c in mixed.candidates)  # split's own rejects only
+    gated = assign_mixed(
+        {"A": "split", "B": "label-gate"}, target, preds, refs, ["A", "B"], cfg=CFG
+    )
+    assert gated.label_masks().keys() == {"A"}
+    assert "B" in [c.label for c in gated.candidates]

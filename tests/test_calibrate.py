@@ -228,3 +228,69 @@ def test_tune_keeps_only_moves_the_nested_estimate_confirms(
     )
     found = cal.tune(cases)
     assert found.choices["x"].how == "unconfirmed" and found.choices["x"].offset == 0.0
+
+
+# --- per-label assignment modes (issue 19: "and, if that measures better, the mode") ---------
+
+
+def _mode_case(key: str, outcomes: dict[float | str, Counts]) -> TaskCase:
+    """`_case` whose assignment also depends on the mode asked for label x (a str key)."""
+    base = _case(key, {k: v for k, v in outcomes.items() if not isinstance(k, str)})
+    by_mode = {k: _case(key, {0.0: v}) for k, v in outcomes.items() if isinstance(k, str)}
+    calls: list[dict[str, str]] = []
+
+    def assign_at(th: Mapping[str, float], modes: Mapping[str, str] | None = None) -> object:
+        calls.append(dict(modes or {}))
+        if modes and "x" in modes:
+            return by_mode[modes["x"]].assign_at(th)
+        return base.assign_at(th)
+
+    case = TaskCase(key, assign_at, base.defaults, base.truth)
+    case.calls = calls  # type: ignore[attr-defined]
+    return case
+
+
+def test_choice_switches_mode_only_when_it_measures_strictly_better() -> None:
+    sweep: dict[float | str, Counts] = {
+        0.0: _c(6, 2, 2),
+        0.1: _c(7, 0, 1),
+        "label-gate": _c(8, 0, 0),
+    }
+    ch = choose_offset(sweep)
+    assert (ch.mode, ch.offset, ch.how, ch.setting) == ("label-gate", 0.0, "tuned", "label-gate")
+    assert ch.iou_chosen == 1.0 and ch.modes_tried == ["label-gate"]
+    assert ch.summary()["mode"] == "label-gate" and ch.candidates == [0.0, 0.1]
+    tie = {0.0: _c(6, 2, 2), 0.1: _c(7, 0, 1), "argmax": _c(7, 0, 1)}
+    assert choose_offset(tie).mode is None and choose_offset(tie).offset == 0.1  # a tie: no switch
+    few = {0.0: _c(1, 9, 0, n=2), "argmax": _c(1, 0, 0, n=2)}
+    assert choose_offset(few, min_tasks=3).how == "too-few" and choose_offset(few).mode is None
+
+
+def test_tune_chooses_a_mode_with_evidence_and_never_on_the_scored_task(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import gfsam.calibrate as cal
+
+    monkeypatch.setattr(cal, "offset_grid", lambda values, size=7: [0.0, 0.2])
+    # label-gate paints the truth exactly on every task; split's offsets never do
+    better = {0.0: Counts(tp=4, fp=3), 0.2: Counts(tp=2), "label-gate": Counts(tp=4)}
+    cases = [_mode_case(k, better) for k in "abcd"]
+    found = cal.tune(cases, modes=["label-gate"])
+    assert found.choices["x"].mode == "label-gate" and found.choices["x"].how == "tuned"
+    assert found.modes() == {"x": "label-gate"} and found.held_out["x"].iou == 1.0
+    assert all({"x": "label-gate"} in c.calls for c in cases)  # type: ignore[attr-defined]
+    assert all(o.iou == 1.0 for o in found.outcomes.values())  # predictions use the mode
+    # without `modes` the mode is never asked for (a caller without per-label modes works)
+    plain = [_mode_case(k, better) for k in "abcd"]
+    assert cal.tune(plain).modes() == {}
+    assert all(c == {} for p in plain for c in p.calls)  # type: ignore[attr-defined]
+    # the mode wins on one task only: in-sample it wins on all four, but every task scored at
+    # the choice made on the other three loses it -> unconfirmed, the project's mode stays
+    win = {0.0: Counts(tp=1, fp=3), "argmax": Counts(tp=4)}
+    lose = {0.0: Counts(tp=4), "argmax": Counts(tp=3)}
+    cases = [_mode_case("a", win), *(_mode_case(k, lose) for k in "bcd")]
+    sweeps = [cal.sweep_task(c, {"x": [0.0]}, ["argmax"]) for c in cases]
+    assert cal.choose_offsets(sweeps)["x"].mode == "argmax"
+    found = cal.tune(cases, modes=["argmax"])
+    assert found.choices["x"].how == "unconfirmed" and found.choices["x"].mode is None
+    assert found.modes() == {}

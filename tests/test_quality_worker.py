@@ -132,6 +132,10 @@ def test_tuning_on_held_out_annotations_beats_the_defaults(
     sm = ScoreMap.from_json(rep.score_map.model_dump())
     assert pred["score"] == sm(old["score"])  # same masks, same raw score: now calibrated
     assert pred["score"] != old["score"]
+    rep2 = svc.store.quality.reports(P)[-1]  # the new version, compared on its own tasks
+    assert rep2.version == after and rep2.previous is not None
+    assert rep2.previous.version == before and rep2.previous.tasks == len(rep2.tasks)
+    assert rep2.previous.default["Cat"].iou is not None
 
 
 def test_measurement_waits_behind_every_other_queue(make_service: Callable[..., Service]) -> None:
@@ -182,3 +186,83 @@ def test_measurement_stops_at_a_task_boundary_when_predictions_wait(
     again = [r for r in svc.store.quality.reports(1) if r.version == version][0]
     assert again.stopped_early and len(again.tasks) == 1 and calls == [1]
     assert measure.calibrate_project(rt, svc.store, 1, "gfsam-p1-v0", busy) == "stale"
+
+
+def test_each_version_is_compared_with_the_previous_one_on_the_same_tasks(
+    make_service: Callable[..., Service],
+) -> None:
+    """Issue 19 "and the same for the previous version": a version's report scores the version
+    measured before it again, on the very tasks it was scored on (same leave-one-out, defaults
+    on both sides); when that version's shots are gone it says so instead (fake pipeline:
+    wiring only)."""
+    from tests.fakes import box_mask
+    from tests.project_helpers import annotate, setup_project
+    from worker.quality import measure
+
+    svc = make_service(calibrate=True)
+    tasks = setup_project(svc, 4)
+    versions = []
+    for k, task in enumerate(tasks[:3]):
+        annotate(svc, task, box_mask(48, 64, 5 + k, 30 + k, 10, 40 + k))
+        svc.run_worker()
+        versions.append(svc.store.data.current_version(1))
+    ordered = svc.store.quality.reports(1)  # v1 (one task, its own shot) has nothing to score
+    assert len(ordered) >= 2 and ordered[0].previous is None  # the first: nothing before it
+    reports = {r.version: r for r in ordered}
+    last = reports[versions[-1]]
+    prev = last.previous
+    assert prev is not None and prev.reason == ""
+    measured_before = max(
+        (r for r in reports.values() if r.n < last.n), key=lambda r: r.n
+    )  # the version measured just before
+    assert prev.version == measured_before.version and prev.n == measured_before.n
+    assert prev.tasks == len(last.tasks)  # every task this version was scored on
+    assert prev.default["Object"].n == last.default["Object"].n  # the same tasks hold it
+    assert prev.default["Object"].iou is not None
+    measured = svc.store.quality.measured(1)
+    assert measured is not None and measured.version == versions[-1]
+    api = svc.client.get("/projects/1/quality").json()
+    assert api["versions"][-1]["previous"]["version"] == prev.version
+    # the measured set's shots expired: not silently skipped, the reason is recorded
+    gone = measured.model_copy(update={"n": measured.n - 1})
+    shot = next(iter(gone.shots.values()))[0]
+    gone.shots = {"Object": [shot.model_copy(update={"ref": "0" * 64})]}
+    svc.store.quality.put_report(last, None, gone)
+    assert measure.calibrate_project(runtime.get(), svc.store, 1, versions[-1]).startswith(
+        "measured"
+    )
+    again = [r for r in svc.store.quality.reports(1) if r.version == versions[-1]][0]
+    assert again.previous is not None and again.previous.tasks == 0
+    assert "no longer stored" in again.previous.reason and again.previous.default == {}
+
+
+def test_a_label_tuned_to_another_mode_is_predicted_in_it(
+    make_service: Callable[..., Service],
+) -> None:
+    """Predictions apply the per-label mode the measurement chose (`Tuning.modes`): with two
+    agreeing Cat shots split leaves NO_CAT's look-alike unpainted; once Cat is tuned to argmax
+    it paints Cat's whole mask there, while Dog keeps split."""
+    from backend.state.schemas import Tuning
+    from tests.test_assign_worker import CROWD, NO_CAT, region, regions_by_label, start
+    from tests.test_assign_worker import webhook as ann_webhook
+    from worker.prediction import inference
+
+    svc, (_, crowd, no_cat) = start(make_service, calibrate=True)
+    ann = svc.ls.annotate(crowd, [region(CROWD == 1, "Cat"), region(CROWD == 3, "Dog")])
+    ann_webhook(svc, ann, "ANNOTATION_CREATED")
+    svc.run_worker()
+    rt, cfg, refs = runtime.get(), svc.store.data.config(P), svc.store.data.reference_set(P)
+    assert cfg is not None
+    image = svc.ls.media[svc.ls.tasks[no_cat]["data"]["image"]]
+
+    def cat_on_look_alike(modes: dict[str, str]) -> float:
+        tuning = Tuning(version=refs.version, modes=modes)
+        svc.store.quality.put_report(
+            QualityReport(project=P, version=refs.version, n=refs.n), tuning
+        )
+        got = inference.predict_task(rt, svc.store, cfg, refs, no_cat, image).prediction
+        cats = [m for m, _ in regions_by_label(got.model_dump()).get("Cat", [])]
+        return float(np.logical_or.reduce(cats)[NO_CAT == 2].mean()) if cats else 0.0
+
+    assert cat_on_look_alike({}) == 0.0
+    assert cat_on_look_alike({"Cat": "argmax"}) > 0.9

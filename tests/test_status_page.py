@@ -245,7 +245,13 @@ def test_project_page_bounds_the_id(svc: Service, project: str) -> None:
 
 def measured(store: Store) -> None:
     """Project 1 measured at v1 and v2 (issue 19), reports as the worker writes them."""
-    from backend.state.schemas import LabelQuality, LabelTuning, QualityReport, Tuning
+    from backend.state.schemas import (
+        LabelQuality,
+        LabelTuning,
+        PreviousQuality,
+        QualityReport,
+        Tuning,
+    )
 
     for n, (iou, tuned) in enumerate(((0.5, 0.6), (0.7, 0.9)), start=1):
         report = QualityReport(
@@ -258,7 +264,15 @@ def measured(store: Store) -> None:
                 "<b>B</b>": LabelQuality(n=1, tasks=3, iou=0.25, false_paint=0.5),
             },
             tuned={"A": LabelQuality(n=3, tasks=3, iou=tuned), "<b>B</b>": LabelQuality(n=1)},
-            choices={"A": LabelTuning(offset=0.125, how="tuned", n=3), "<b>B</b>": LabelTuning()},
+            choices={
+                "A": LabelTuning(offset=0.125, how="tuned", n=3),
+                "<b>B</b>": LabelTuning(mode="argmax", how="tuned", n=1),
+            },
+            previous=None
+            if n == 1
+            else PreviousQuality(
+                version="gfsam-p1-v1", n=1, tasks=3, default={"A": LabelQuality(n=3, iou=0.45)}
+            ),
         )
         store.quality.put_report(report, Tuning(version=report.version, offsets={"A": 0.125}))
 
@@ -277,8 +291,12 @@ def test_quality_section_in_headless_chromium(svc: Service, tmp_path: Path) -> N
     rows = re.findall(r'<tr class="quality-row" data-label="([^"]+)" data-n="(\d+)"', section)
     assert rows == [("A", "3"), ("&lt;b&gt;B&lt;/b&gt;", "1")]  # escaped, in report order
     assert "0.700" in section and "0.900" in section and "tuned +0.125" in section
+    assert "0.450" in section and "gfsam-p1-v1 on the same 3 task(s)" in section  # previous
+    assert "mode argmax" in section
+    assert api["versions"][1]["previous"]["default"]["A"]["iou"] == 0.45
     assert 'aria-label="held-out IoU per version"' in section
     assert "v1: mean IoU 0.600 over 3 annotated task(s)" in section  # the tuned IoU per version
     metrics = svc.client.get("/metrics").text
     assert 'gfsam_quality{figure="iou",label="A",project="1"} 0.7' in metrics
     assert 'gfsam_threshold_offset{label="A",project="1"} 0.125' in metrics
+    assert 'gfsam_quality{figure="previous_iou",label="A",project="1"} 0.45' in metrics

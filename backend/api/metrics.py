@@ -47,7 +47,8 @@ class StoreCollector:
         quality = GaugeMetricFamily(
             "gfsam_quality",
             "Held-out figures of the newest measured version per label (issue 19): n, iou, "
-            "precision, recall, false_paint; tuned_iou at the offsets chosen on other tasks",
+            "precision, recall, false_paint; tuned_iou at the offsets chosen on other tasks; "
+            "previous_iou: the version measured before, on the same tasks",
             labels=["project", "label", "figure"],
         )
         offset = GaugeMetricFamily(
@@ -81,6 +82,7 @@ class StoreCollector:
         reports = self.store.quality.reports(p)
         if reports:
             last = reports[-1]
+            before = last.previous.default if last.previous else {}
             for label, q in last.default.items():
                 figures = {
                     "n": q.n,
@@ -89,6 +91,7 @@ class StoreCollector:
                     "recall": q.recall,
                     "false_paint": q.false_paint,
                     "tuned_iou": last.tuned[label].iou if label in last.tuned else None,
+                    "previous_iou": before[label].iou if label in before else None,
                 }
                 for name, value in figures.items():
                     if value is not None:

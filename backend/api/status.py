@@ -165,12 +165,14 @@ def quality_view(store: Store, p: int) -> dict[str, Any] | None:
         if ious:
             points.append((r.n, round(sum(ious) / len(ious), 4), len(r.tasks)))
     last = reports[-1]
+    before = last.previous.default if last.previous and last.previous.version else {}
     rows = [
         {
             "label": label,
             "n": q.n,
             "iou": q.iou,
             "tuned_iou": last.tuned[label].iou if label in last.tuned else None,
+            "previous_iou": before[label].iou if label in before else None,
             "precision": q.precision,
             "recall": q.recall,
             "false_paint": q.false_paint,
@@ -181,6 +183,7 @@ def quality_view(store: Store, p: int) -> dict[str, Any] | None:
     return {
         "version": last.version,
         "tasks": len(last.tasks),
+        "previous": last.previous,
         "rows": rows,
         "tuning": store.quality.tuning(p),
         "chart": Markup(charts.quality_svg(tuple(points))) if points else None,

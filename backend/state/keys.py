@@ -31,7 +31,8 @@ KEYS: dict[str, str] = {
     "p:{p}:feed:{v}": "tasks still to pre-annotate at version v, in Label Studio's order",
     # self-measurement and tuning (backend/state/quality.py, issue 19)
     "p:{p}:quality": "version counter n -> that version's QualityReport (JSON), the last few",
-    "p:{p}:tuning": "the Tuning predictions apply: per-label offsets and the score map",
+    "p:{p}:tuning": "the Tuning predictions apply: per-label offsets, modes and the score map",
+    "p:{p}:measured": "the ReferenceSet last measured (the next version is compared with it)",
     # coordination (backend/state/coordination.py)
     "lock:refit:{p}": "serialises re-fits of a project",
     "lock:deliver:{p}:{t}:{v}": "serialises 'check Label Studio, then POST'",

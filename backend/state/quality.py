@@ -7,27 +7,32 @@ from __future__ import annotations
 from redis import Redis
 
 from backend.state.keys import key
-from backend.state.schemas import QualityReport, Tuning
+from backend.state.schemas import QualityReport, ReferenceSet, Tuning
 from backend.state.settings import Settings
 
 KEEP_REPORTS = 30  # versions whose report is kept (the progress keeps as many)
 
 
 class Quality:
-    """`p:{p}:quality` (n -> report) and `p:{p}:tuning`."""
+    """`p:{p}:quality` (n -> report), `p:{p}:tuning` and `p:{p}:measured`."""
 
     def __init__(self, conn: Redis, settings: Settings) -> None:
         self.r = conn
         self.settings = settings
 
-    def put_report(self, report: QualityReport, tuning: Tuning | None) -> None:
+    def put_report(
+        self, report: QualityReport, tuning: Tuning | None, measured: ReferenceSet | None = None
+    ) -> None:
         """Store a version's report (the oldest beyond `KEEP_REPORTS` go) and, when given, the
-        tuning predictions apply from now on, in one transaction."""
+        tuning predictions apply from now on and the reference set measured (the next
+        version's report scores it again on its own tasks), in one transaction."""
         k = key("p:{p}:quality", p=report.project)
         with self.r.pipeline() as pipe:
             pipe.hset(k, str(report.n), report.model_dump_json())
             if tuning is not None:
                 pipe.set(key("p:{p}:tuning", p=report.project), tuning.model_dump_json())
+            if measured is not None:
+                pipe.set(key("p:{p}:measured", p=report.project), measured.model_dump_json())
             pipe.execute()
         ns = sorted(int(x) for x in self.r.hkeys(k))
         if len(ns) > KEEP_REPORTS:
@@ -42,3 +47,8 @@ class Quality:
     def tuning(self, p: int) -> Tuning | None:
         raw = self.r.get(key("p:{p}:tuning", p=p))
         return Tuning.model_validate_json(raw) if raw else None
+
+    def measured(self, p: int) -> ReferenceSet | None:
+        """The reference set of the last version measured (None before the first report)."""
+        raw = self.r.get(key("p:{p}:measured", p=p))
+        return ReferenceSet.model_validate_json(raw) if raw else None

@@ -248,11 +248,25 @@ class LabelTuning(BaseModel):
     """The threshold offset chosen for one label (`gfsam.calibrate.Choice.summary`)."""
 
     offset: float = 0.0  # added to the default threshold; higher = stricter
+    mode: str | None = None  # the assignment mode chosen instead of ASSIGN (None: ASSIGN)
     how: str = "default"  # tuned | default | too-few | unconfirmed
     n: int = 0
     iou_default: float | None = None
     iou_chosen: float | None = None
     candidates: list[float] = []
+    modes_tried: list[str] = []  # other assignment modes that competed
+
+
+class PreviousQuality(BaseModel):
+    """The version measured before, scored on the same tasks (same leave-one-out, default
+    thresholds and mode on both sides): the comparison with ``QualityReport.default`` says
+    whether the last correction helped. ``version`` empty: not measured (``reason`` says why)."""
+
+    version: str = ""
+    n: int = 0  # its version counter
+    tasks: int = 0  # tasks scored (those where it could predict some label)
+    default: dict[str, LabelQuality] = {}
+    reason: str = ""  # why it was not measured ("" when it was)
 
 
 class ScoreCalibration(BaseModel):
@@ -279,6 +293,7 @@ class QualityReport(BaseModel):
     choices: dict[str, LabelTuning] = {}
     score_map: ScoreCalibration = ScoreCalibration()
     score_iou_spearman: float | None = None  # on the scored tasks (the fit's own data)
+    previous: PreviousQuality | None = None  # the version measured before, on these tasks
     mode: str = "split"
     stopped_early: bool = False  # other work arrived: fewer than CALIBRATE_TASKS scored
     wall_s: float = 0.0
@@ -290,6 +305,7 @@ class Tuning(BaseModel):
 
     version: str = ""  # the version it was measured on
     offsets: dict[str, float] = {}
+    modes: dict[str, str] = {}  # label -> the assignment mode it uses instead of ASSIGN
     score_map: ScoreCalibration = ScoreCalibration()
 
 

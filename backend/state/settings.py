@@ -202,6 +202,9 @@ class Settings(BaseSettings):
     calibrate_tasks: int = Field(20, ge=0, le=500)  # annotated tasks scored per version
     # Tasks holding a label before its threshold may move from the default.
     calibrate_min_tasks: int = Field(3, ge=1)
+    # Per label, the other assignment modes (at their default threshold) compete with the
+    # threshold offsets; one is chosen only when it measures better held out.
+    calibrate_modes: bool = True
 
     # --- Worker caches and liveness.
     target_cache_bytes: int = 4 * 1024**3  # disk, LRU by access time

@@ -22,6 +22,7 @@ Three rules, one result type (`Assignment`: per-label accepted `Instance`s + rej
      floor is first carved along the SAM masks it is made of (`carve_proposal`, when the
      caller passes them); everything else joins the candidates (kept for discovery), never
      another label; 4. pixel exclusivity: accepted instances claim pixels in ascending cost.
+- `assign_mixed` (issue 19): each label by its own rule, as a project tuned per label.
 - `assign_label_gate`: the strongest simple alternative to split (issue 17): one gate per label
   on the pooled feature of its whole mask with split's presence floors, then argmax among the labels
   that pass. The evaluation harness also scores ``present`` (argmax over the labels truly in
@@ -33,10 +34,12 @@ each token to unit length, then weighted means, then unit length.
 
 from gfsam.assign.calibration import LabelCalibration, calibrate_label, calibrate_threshold
 from gfsam.assign.match import (
+    MODES,
     Assignment,
     Instance,
     assign_argmax,
     assign_label_gate,
+    assign_mixed,
     assign_split,
     paint_exclusive,
     split_match,
@@ -55,6 +58,7 @@ from gfsam.assign.proposals import (
 )
 
 __all__ = [
+    "MODES",
     "Assignment",
     "Instance",
     "LabelCalibration",
@@ -63,6 +67,7 @@ __all__ = [
     "SplitParams",
     "assign_argmax",
     "assign_label_gate",
+    "assign_mixed",
     "assign_split",
     "calibrate_label",
     "calibrate_threshold",

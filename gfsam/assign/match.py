@@ -304,3 +304,103 @@ def assign_label_gate(
             inst.similarity = sims[label]
         result.accepted[label] = insts
     return result
+
+
+# --- per-label modes (issue 19's tuning): additive, the rules above are unchanged ------------
+
+MODES = ("split", "label-gate", "argmax")  # the assignment rules, by their `ASSIGN` names
+
+
+def assign_mixed(
+    modes: Mapping[str, str],
+    target: TargetEncoding,
+    predictions: Mapping[str, Prediction],
+    references: Mapping[str, Sequence[Reference]],
+    order: Sequence[str],
+    *,
+    cfg: GFSAMConfig | None = None,
+    params: SplitParams | None = None,
+    thresholds: Mapping[str, float] | None = None,
+    calibrations: Mapping[str, LabelCalibration] | None = None,
+    point_masks: PointMasks | None = None,
+) -> Assignment:
+    """Each label assigned by its own rule (a project tuned per label, `gfsam.calibrate`).
+
+    One mode for every label: exactly that rule (`assign_split`, `assign_label_gate`,
+    `assign_argmax`). Several: split runs on every label (its matching compares all of them)
+    and its labels keep their instances; a label-gate label keeps its whole mask when it passes
+    its gate, an argmax label keeps its whole mask; these whole masks share their pixels by
+    label score (`assign_argmax`) and get only what split's instances left (split's decisions
+    are per instance, the others' per label: the more specific claim wins).
+
+    Args:
+        modes: label -> one of `MODES` (every label of `predictions`).
+        target, predictions, references, cfg, params, thresholds, calibrations, point_masks:
+            as `assign_split`. order: labels in config order (argmax tie-break).
+
+    Returns:
+        `Assignment`: accepted instances pairwise disjoint; candidates: split's rejected
+        proposals best matching a split label and the whole masks of labels failing their gate.
+    """
+    unknown = {m for m in modes.values() if m not in MODES}
+    if unknown or set(modes) != set(predictions):
+        raise ValueError(f"modes must give one of {MODES} for every label: {dict(modes)}")
+    kinds = set(modes.values())
+    cfg, params = cfg or GFSAMConfig(), params or SplitParams()
+
+    def split_all() -> Assignment:
+        return assign_split(
+            target,
+            predictions,
+            references,
+            cfg=cfg,
+            params=params,
+            thresholds=thresholds,
+            calibrations=calibrations,
+            point_masks=point_masks,
+        )
+
+    def gate_on(preds: Mapping[str, Prediction]) -> Assignment:
+        refs = {lb: references[lb] for lb in preds}
+        return assign_label_gate(
+            target,
+            preds,
+            refs,
+            cfg=cfg,
+            params=params,
+            thresholds=thresholds,
+            calibrations=calibrations,
+        )
+
+    if kinds == {"argmax"}:
+        return assign_argmax(predictions, order)
+    if kinds == {"label-gate"}:
+        return gate_on(predictions)
+    split_labels = [lb for lb in predictions if modes[lb] == "split"]
+    if len(split_labels) == len(predictions):
+        return split_all()
+    result = Assignment(accepted={label: [] for label in predictions})
+    claimed = np.zeros(tuple(target.image_size), dtype=bool)
+    if split_labels:
+        split = split_all()
+        for label in split_labels:
+            result.accepted[label] = split.accepted[label]
+            for inst in split.accepted[label]:
+                claimed |= inst.mask
+        result.candidates += [c for c in split.candidates if c.label in split_labels]
+    gate = {lb: p for lb, p in predictions.items() if modes[lb] == "label-gate"}
+    whole = {lb: p for lb, p in predictions.items() if modes[lb] == "argmax"}
+    sims: dict[str, float] = {}
+    if gate:
+        gated = gate_on(gate)
+        failed = {c.label for c in gated.candidates}
+        whole |= {lb: p for lb, p in gate.items() if lb not in failed}
+        result.candidates += gated.candidates
+        sims = {i.label: i.similarity for insts in gated.accepted.values() for i in insts}
+    shared = assign_argmax({lb: p for lb, p in predictions.items() if lb in whole}, order)
+    for label, insts in shared.accepted.items():
+        for inst in insts:
+            inst.mask = inst.mask & ~claimed
+            inst.similarity = sims.get(label, inst.similarity)
+        result.accepted[label] = [i for i in insts if i.mask.any()]
+    return result

@@ -8,9 +8,11 @@ images remain), with the shots the loop holds then:
   (`Replay.left_out`), swept over candidate threshold offsets; per class the offset of the
   best IoU with at least ``min_tasks`` images holding it (else the default), and the score map;
 - **measured on the images not annotated yet** (never seen by the tuning), with the current
-  shots: ``default`` (default thresholds), ``calibrated`` (the chosen offsets), ``best_fixed``
-  (per class the best candidate offset chosen in hindsight ON these images: the ceiling of any
-  threshold choice from the same candidates; the grid comes from these images' own proposals);
+  shots: ``default`` (default thresholds), ``calibrated`` (the chosen offsets and, with
+  ``modes``, per-class modes), ``best_fixed`` (per class the best candidate offset chosen in
+  hindsight ON these images: the ceiling of any threshold choice from the same candidates; the
+  grid comes from these images' own proposals), ``best_fixed_modes`` (the same ceiling when the
+  other modes are candidates too);
   and, at the chosen offsets, the posted score (`ScoreMap` of the raw score) against each
   image's IoU: ``score_iou_spearman`` and ``low20_correction_share`` (0.2: a random order).
 
@@ -26,13 +28,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from gfsam.assign import Assignment, assign_split
+from gfsam.assign import Assignment, assign_mixed, assign_split
 from gfsam.calibrate import (
     GRID_SIZE,
     MIN_TASKS,
     Counts,
     Outcome,
+    Sweep,
     TaskCase,
+    assign_chosen,
     choose_offset,
     low20_correction_share,
     observed_offsets,
@@ -42,7 +46,6 @@ from gfsam.calibrate import (
     spearman,
     sum_sweeps,
     sweep_task,
-    thresholds_at,
     tune,
 )
 from gfsam.encodings import Prediction, Reference
@@ -66,8 +69,15 @@ def _case(
     preds = {str(c): p for c, (_, _, p) in per_class.items()}
     target = loop.model.encode_target(item)
 
-    def assign_at(thresholds: Mapping[str, float]) -> Assignment:
-        return assign_split(target, preds, refs, cfg=loop.cfg, thresholds=thresholds)
+    def assign_at(
+        thresholds: Mapping[str, float], modes: Mapping[str, str] | None = None
+    ) -> Assignment:
+        if not modes:
+            return assign_split(target, preds, refs, cfg=loop.cfg, thresholds=thresholds)
+        every = {lb: modes.get(lb, "split") for lb in preds}
+        return assign_mixed(
+            every, target, preds, refs, list(preds), cfg=loop.cfg, thresholds=thresholds
+        )
 
     return TaskCase(
         key=item.key,
@@ -97,12 +107,13 @@ def checkpoint(
     tasks: int,
     min_tasks: int = MIN_TASKS,
     grid_size: int = GRID_SIZE,
+    modes: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Tune on the last `tasks` of `annotated` (leave-one-out), measure on `held_out`."""
+    """Tune on the last `tasks` of `annotated` (leave-one-out; `modes`: other assignment modes
+    competing per class, `gfsam.calibrate.tune`), measure on `held_out`."""
     recent = list(annotated)[-tasks:][::-1]  # most recent first, as the worker takes them
     cases = [c for c in (_case(loop, i, loop.left_out(i)) for i in recent) if c is not None]
-    tuning = tune(cases, min_tasks=min_tasks, grid_size=grid_size)
-    offsets = tuning.offsets()
+    tuning = tune(cases, min_tasks=min_tasks, grid_size=grid_size, modes=modes)
     found = [_case(loop, i, _current(loop, i)) for i in held_out]
     rest = [remember_default(c) for c in found if c is not None]
     default: dict[str, Counts] = {}
@@ -114,14 +125,21 @@ def checkpoint(
         for label, offs in observed_offsets(asg0, case.defaults).items():
             observed.setdefault(label, []).extend(offs)
         base = outcome(case, asg0)
-        tuned = outcome(case, case.assign_at(thresholds_at(case.defaults, offsets)))
+        tuned = outcome(case, assign_chosen(case, tuning.choices))
         for label in case.defaults:
             default[label] = default.get(label, Counts()) + base.counts[label]
             calibrated[label] = calibrated.get(label, Counts()) + tuned.counts[label]
         outs.append(tuned)
     grids = {label: offset_grid(v, grid_size) for label, v in observed.items()}
-    hindsight = sum_sweeps(sweep_task(case, grids) for case in rest)
-    best = {label: sw[choose_offset(sw, min_tasks=0).offset] for label, sw in hindsight.items()}
+    hindsight = sum_sweeps(sweep_task(case, grids, modes) for case in rest)
+    offsets_only: Sweep = {
+        label: {k: c for k, c in sw.items() if not isinstance(k, str)}
+        for label, sw in hindsight.items()
+    }
+    best = {label: sw[choose_offset(sw, min_tasks=0).setting] for label, sw in offsets_only.items()}
+    best_any = {
+        label: sw[choose_offset(sw, min_tasks=0).setting] for label, sw in hindsight.items()
+    }
     present = sorted(label for label, c in default.items() if c.n > 0)
     posted = [tuning.score_map(o.raw_score) for o in outs]
     return {
@@ -132,6 +150,7 @@ def checkpoint(
         "default_miou": _miou(default, present),
         "calibrated_miou": _miou(calibrated, present),
         "best_fixed_miou": _miou(best, present),
+        "best_fixed_modes_miou": _miou(best_any, present),
         "score_iou_spearman": spearman(posted, [o.iou for o in outs]),
         "low20_correction_share": low20_correction_share(posted, [o.corrections for o in outs]),
         "score_map_fitted": tuning.score_map.fitted,
@@ -154,6 +173,7 @@ def summarise(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "default_miou",
         "calibrated_miou",
         "best_fixed_miou",
+        "best_fixed_modes_miou",
         "score_iou_spearman",
         "low20_correction_share",
     )

@@ -199,6 +199,7 @@ def _run(args: argparse.Namespace, ds: Dataset, model: EvalModel, out: Output) -
         calibrate=args.calibrate,
         calibrate_every=args.calibrate_every,
         calibrate_tasks=args.calibrate_tasks,
+        calibrate_modes=args.calibrate_modes == "on",
     )
 
 
@@ -340,4 +341,10 @@ def add_eval_parser(sub: Any) -> None:
         default=20,
         metavar="N",
         help="tune on the N most recent annotated images (the worker's CALIBRATE_TASKS)",
+    )
+    rep.add_argument(
+        "--calibrate-modes",
+        choices=["on", "off"],
+        default="on",
+        help="per class, label-gate and argmax compete with split's offsets (CALIBRATE_MODES)",
     )

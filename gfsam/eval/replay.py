@@ -132,6 +132,7 @@ def run_replay(
     calibrate: bool = False,
     calibrate_every: int = 5,
     calibrate_tasks: int = 20,
+    calibrate_modes: bool = True,
 ) -> dict[str, Any]:
     """Replay the loop on the first `limit` images.
 
@@ -168,7 +169,13 @@ def run_replay(
         left = len(items) - step - 1
         due = calibrate and (step + 1) % calibrate_every == 0 and left >= MIN_HELD_OUT
         if due and loop.shots:  # nothing to measure before the first shot
-            cp = checkpoint(loop, items[: step + 1], items[step + 1 :], tasks=calibrate_tasks)
+            cp = checkpoint(
+                loop,
+                items[: step + 1],
+                items[step + 1 :],
+                tasks=calibrate_tasks,
+                modes=("label-gate", "argmax") if calibrate_modes else (),
+            )
             steps.append(cp)
             out.line(_checkpoint_line(cp))
         meter = IoUMeter()
@@ -201,6 +208,7 @@ def run_replay(
         out.line(
             "calibration (mean over {checkpoints} checkpoints): default_miou {default_miou} "
             "calibrated_miou {calibrated_miou} best_fixed_miou {best_fixed_miou} "
+            "best_fixed_modes_miou {best_fixed_modes_miou} "
             "score_iou_spearman {score_iou_spearman} "
             "low20_correction_share {low20_correction_share}".format(**result)
         )
@@ -208,10 +216,13 @@ def run_replay(
 
 
 def _checkpoint_line(cp: dict[str, Any]) -> str:
-    tuned = {lb: ch["offset"] for lb, ch in cp["choices"].items() if ch["how"] == "tuned"}
+    tuned = {
+        lb: ch["mode"] or ch["offset"] for lb, ch in cp["choices"].items() if ch["how"] == "tuned"
+    }
     return (
         f"after {cp['annotated']} images (tuned on {cp['tuned_on']}, held out {cp['held_out']}): "
         f"default {cp['default_miou']} calibrated {cp['calibrated_miou']} "
-        f"best fixed {cp['best_fixed_miou']} spearman {cp['score_iou_spearman']} "
+        f"best fixed {cp['best_fixed_miou']} (with modes {cp['best_fixed_modes_miou']}) "
+        f"spearman {cp['score_iou_spearman']} "
         f"low20 {cp['low20_correction_share']} offsets {tuned or 'none moved'}"
     )

@@ -27,12 +27,14 @@ import numpy as np
 
 from backend.state.schemas import LabelRejects
 from gfsam.assign import (
+    MODES,
     Assignment,
     LabelCalibration,
     PointMasks,
     SplitParams,
     assign_argmax,
     assign_label_gate,
+    assign_mixed,
     assign_split,
     calibrate_label,
 )
@@ -99,6 +101,7 @@ def assign(
     cache: ThresholdCache = THRESHOLDS,
     point_masks: PointMasks | None = None,
     offsets: Mapping[str, float] | None = None,
+    modes: Mapping[str, str] | None = None,
 ) -> Assignment:
     """Turn per-label predictions of one target into accepted instances and candidates.
 
@@ -115,11 +118,28 @@ def assign(
         point_masks: the target's prompt masks (split carves proposals along them).
         offsets: issue 19's hook (`worker.quality`): label -> added to its presence floor
             (higher = stricter); absent labels keep the calibrated floor.
+        modes: issue 19's per-label modes: label -> the mode it uses instead of `mode`
+            (`gfsam.assign.assign_mixed`); absent labels use `mode`.
 
     Returns:
         `Assignment`: label -> accepted instances (bool [H, W] original size, pairwise
         disjoint, each with its score), and the rejected candidates (split, label-gate).
     """
+    per_label = {label: (modes or {}).get(label, mode) for label in predictions}
+    if any(m != mode for m in per_label.values()):
+        return _assign_mixed(
+            per_label,
+            config,
+            target,
+            predictions,
+            references,
+            shas,
+            order,
+            model_key=model_key,
+            cache=cache,
+            point_masks=point_masks,
+            offsets=offsets,
+        )
     if mode in ("split", "label-gate"):
         cals = {
             label: calibration(
@@ -166,6 +186,40 @@ def reject_counts(asg: Assignment) -> dict[str, LabelRejects]:
 
 
 # --- issue 19 hook (per-project tuning, `worker.quality`): kept apart from the rules above ------
+
+ASSIGN_MODES = MODES  # the values of `Settings.assign`, each a candidate of per-label tuning
+
+
+def _assign_mixed(
+    modes: Mapping[str, str],
+    config: GFSAMConfig,
+    target: TargetEncoding,
+    predictions: Mapping[str, Prediction],
+    references: Mapping[str, Sequence[Reference]],
+    shas: Mapping[str, Sequence[str]],
+    order: Sequence[str],
+    *,
+    model_key: str,
+    cache: ThresholdCache,
+    point_masks: PointMasks | None,
+    offsets: Mapping[str, float] | None,
+) -> Assignment:
+    """`assign` when tuning gave some label another mode (`gfsam.assign.assign_mixed`)."""
+    cals = {
+        label: calibration(references[label], config, shas[label], model_key=model_key, cache=cache)
+        for label in predictions
+    }
+    return assign_mixed(
+        modes,
+        target,
+        predictions,
+        references,
+        order,
+        cfg=config,
+        thresholds=with_offsets({label: cal.floor for label, cal in cals.items()}, offsets),
+        calibrations=cals,
+        point_masks=point_masks,
+    )
 
 
 def default_thresholds(

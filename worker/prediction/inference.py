@@ -108,7 +108,8 @@ def predict_task(
 
     The item score is the mean score of the regions, or the mean of all label scores when no
     region is kept (then `result` is empty). Once the project has been measured (issue 19,
-    `worker.quality`), its tuned offsets are added to the thresholds and every score posted
+    `worker.quality`), its tuned offsets are added to the thresholds (and a label tuned to
+    another assignment mode uses it) and every score posted
     (task and region) is the expected IoU of the score map fitted on held-out annotations.
     """
     sha = hashlib.sha256(image_bytes).hexdigest()
@@ -130,6 +131,7 @@ def predict_task(
         model_key=rt.model.key,
         point_masks=point_masks,
         offsets=tuning.offsets if tuning is not None else None,
+        modes=tuning.modes if tuning is not None else None,
     )
     if rt.settings.assign != "argmax":
         store.progress.record_rejects(refs.project, refs.version, task, reject_counts(asg))

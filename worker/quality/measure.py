@@ -32,6 +32,7 @@ from backend.state.schemas import (
     LabelConfigSummary,
     LabelQuality,
     LabelTuning,
+    PreviousQuality,
     QualityReport,
     ReferenceSet,
     ScoreCalibration,
@@ -40,12 +41,12 @@ from backend.state.schemas import (
 from backend.state.store import Store
 from backend.state.versions import version_number
 from gfsam.assign import Assignment
-from gfsam.calibrate import TaskCase, loo_references, spearman, tune
-from gfsam.encodings import Reference
+from gfsam.calibrate import Counts, TaskCase, loo_references, outcome, spearman, tune
+from gfsam.encodings import Reference, TargetEncoding
 from worker.labelstudio.errors import LabelStudioNotFound
 from worker.labelstudio.shapes import annotation_masks
 from worker.prediction import decoded_masks, inference
-from worker.prediction.assignment import assign, default_thresholds
+from worker.prediction.assignment import ASSIGN_MODES, assign, default_thresholds
 from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -75,26 +76,34 @@ def _truth(
     return out
 
 
-def _case(
-    rt: Runtime,
-    store: Store,
-    cfg: LabelConfigSummary,
-    refs: ReferenceSet,
-    p: int,
-    task: int,
-    truth: Mapping[str, np.ndarray],
-) -> TaskCase | None:
-    """Task `task` predicted without its own shots, ready to be assigned at any thresholds."""
-    pairs = {label: [(s.task, s) for s in shots] for label, shots in refs.shots.items()}
-    kept = {lb: s for lb, s in loo_references(pairs, task).items() if lb in cfg.labels}
-    if not kept:
-        return None
+def _target(
+    rt: Runtime, store: Store, cfg: LabelConfigSummary, p: int, task: int
+) -> tuple[TargetEncoding, str] | None:
+    """Task `task`'s cached target encoding and image sha (None: no image)."""
     url = rt.ls.get_task(task, p).image_url(cfg.data_key)
     if url is None:
         return None
     image = rt.ls.download(url, task_id=task)
     sha = hashlib.sha256(image).hexdigest()
-    target = inference.target_encoding(rt, store, image, sha)
+    return inference.target_encoding(rt, store, image, sha), sha
+
+
+def _case(
+    rt: Runtime,
+    store: Store,
+    cfg: LabelConfigSummary,
+    refs: ReferenceSet,
+    task: int,
+    truth: Mapping[str, np.ndarray],
+    encoded: tuple[TargetEncoding, str],
+) -> TaskCase | None:
+    """Task `task` predicted without its own shots, ready to be assigned at any thresholds
+    (and, per label, any mode)."""
+    pairs = {label: [(s.task, s) for s in shots] for label, shots in refs.shots.items()}
+    kept = {lb: s for lb, s in loo_references(pairs, task).items() if lb in cfg.labels}
+    if not kept:
+        return None
+    target, sha = encoded
     references: dict[str, list[Reference]] = {
         lb: [
             rt.references.get(s.ref, store.data.get_blob, rt.model.reference_from_bytes)
@@ -112,7 +121,9 @@ def _case(
         return None
     full = {lb: truth.get(lb, np.zeros(shape, dtype=bool)) for lb in references}
 
-    def assign_at(thresholds: Mapping[str, float]) -> Assignment:
+    def assign_at(
+        thresholds: Mapping[str, float], modes: Mapping[str, str] | None = None
+    ) -> Assignment:
         offsets = {lb: thresholds[lb] - defaults[lb] for lb in defaults}
         return assign(
             rt.settings.assign,
@@ -125,10 +136,27 @@ def _case(
             model_key=rt.model.key,
             point_masks=point_masks,
             offsets=offsets,
+            modes=modes,
         )
 
     scores = [float(pr.score) for pr in preds.values()]
     return TaskCase(task, assign_at, defaults, full, None, float(np.mean(scores)))
+
+
+def _previous(
+    store: Store, p: int, refs: ReferenceSet
+) -> tuple[ReferenceSet | None, PreviousQuality | None]:
+    """The reference set measured before `refs` (to score on the same tasks), or why not."""
+    prev = store.quality.measured(p)
+    if prev is None:
+        return None, None  # the first measurement: nothing to compare with
+    if prev.n >= refs.n:
+        return None, None  # this very version measured again
+    gone = [s.ref for shots in prev.shots.values() for s in shots if not store.data.has_blob(s.ref)]
+    if gone:
+        why = f"its shots are no longer stored ({len(gone)} expired after the re-fit)"
+        return None, PreviousQuality(version=prev.version, n=prev.n, reason=why)
+    return prev, None
 
 
 def calibrate_project(
@@ -152,6 +180,9 @@ def calibrate_project(
     scored: list[int] = []
     truths = _truth(rt, store, cfg, p)
     stopped = False
+    prev, previous = _previous(store, p, refs)
+    before: dict[str, Counts] = {}  # the previous version on the same tasks, at its defaults
+    before_tasks = 0
     for task, truth in truths:
         if cases and busy is not None and busy():
             stopped = True
@@ -159,7 +190,14 @@ def calibrate_project(
         if store.data.current_version(p) != version:
             return "stale"
         try:
-            case = _case(rt, store, cfg, refs, p, task, truth)
+            encoded = _target(rt, store, cfg, p, task)
+            case = None if encoded is None else _case(rt, store, cfg, refs, task, truth, encoded)
+            if case is not None and prev is not None and encoded is not None:
+                old = _case(rt, store, cfg, prev, task, truth, encoded)
+                if old is not None:
+                    before_tasks += 1
+                    for lb, c in outcome(old, old.assign_at(old.defaults)).counts.items():
+                        before[lb] = before.get(lb, Counts()) + c
         except LabelStudioNotFound:
             continue  # deleted meanwhile
         if case is not None:
@@ -167,7 +205,16 @@ def calibrate_project(
             scored.append(task)
     if not cases:
         return "no annotated task to score"
-    found = tune(cases, min_tasks=rt.settings.calibrate_min_tasks)
+    if prev is not None:
+        previous = PreviousQuality(
+            version=prev.version,
+            n=prev.n,
+            tasks=before_tasks,
+            default={lb: LabelQuality(**c.summary()) for lb, c in sorted(before.items())},
+        )
+    others = [m for m in ASSIGN_MODES if m != rt.settings.assign]
+    modes = others if rt.settings.calibrate_modes else []
+    found = tune(cases, min_tasks=rt.settings.calibrate_min_tasks, modes=modes)
     outs = list(found.outcomes.values())
     sm = found.score_map
     report = QualityReport(
@@ -180,15 +227,18 @@ def calibrate_project(
         choices={lb: LabelTuning(**ch.summary()) for lb, ch in sorted(found.choices.items())},
         score_map=ScoreCalibration(**sm.to_json()),
         score_iou_spearman=spearman([sm(o.raw_score) for o in outs], [o.iou for o in outs]),
+        previous=previous,
         mode=rt.settings.assign,
         stopped_early=stopped,
         wall_s=round(time.perf_counter() - started, 3),
         at=time.time(),
     )
-    tuning = Tuning(version=version, offsets=found.offsets(), score_map=report.score_map)
+    tuning = Tuning(
+        version=version, offsets=found.offsets(), modes=found.modes(), score_map=report.score_map
+    )
     current = store.quality.tuning(p)
     newer = current is not None and current.version and version_number(current.version) > report.n
-    store.quality.put_report(report, None if newer else tuning)
+    store.quality.put_report(report, None if newer else tuning, None if newer else refs)
     logger.info(
         "project %s: measured %s on %d task(s) in %.1fs; offsets %s",
         p,
