@@ -53,6 +53,8 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from gfsam.taskscore import task_features
+
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 
@@ -466,6 +468,7 @@ class Outcome:
     raw_score: float
     iou: float
     corrections: int
+    features: dict[str, float] = field(default_factory=dict)  # `gfsam.taskscore.task_features`
 
 
 def observed_offsets(asg: _Assigned, defaults: Mapping[str, float]) -> dict[str, list[float]]:
@@ -504,11 +507,13 @@ def outcome(case: TaskCase, asg: _Assigned) -> Outcome:
     scores = [float(i.score) for group in asg.accepted.values() for i in group]
     raw = float(np.mean(scores)) if scores else float(case.fallback_score)
     shown, truth = _label_map(masks, order, shape), _label_map(case.truth, order, shape)
+    accepted = [i for group in asg.accepted.values() for i in group]
     return Outcome(
         counts,
         raw,
         task_iou(shown, truth, case.valid),
         correction_pixels(shown, truth, case.valid),
+        task_features(accepted, list(asg.candidates), case.defaults, shape),
     )
 
 

@@ -154,6 +154,11 @@ def checkpoint(
         "score_iou_spearman": spearman(posted, [o.iou for o in outs]),
         "low20_correction_share": low20_correction_share(posted, [o.corrections for o in outs]),
         "score_map_fitted": tuning.score_map.fitted,
+        "held_out_tasks": [  # per task, for studying what ranks tasks (`gfsam.taskscore`)
+            {"iou": round(o.iou, 4), "corrections": o.corrections, "raw": round(o.raw_score, 4)}
+            | {k: round(v, 5) for k, v in o.features.items()}
+            for o in outs
+        ],
         "choices": {label: ch.summary() for label, ch in sorted(tuning.choices.items())},
         "held_out_tuning": {
             label: {"default": tuning.default[label].summary(), "tuned": c.summary()}

@@ -1,0 +1,74 @@
+"""What one task's assignment says about the work it leaves (issue 19's task score).
+
+`task_features` reads an assignment (`gfsam.assign.Assignment`: accepted instances and the
+rejected candidates) and returns plain numbers known at prediction time, without any truth:
+areas as shares of the image, instance scores, and similarity margins to the thresholds the
+assignment used. `gfsam.calibrate` records them per scored task so that what ranks tasks by
+the work they need can be measured (`python -m gfsam eval replay --calibrate`).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+
+def _union(masks: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    out = np.zeros(shape, dtype=bool)
+    for m in masks:
+        out |= np.asarray(m, dtype=bool)
+    return out
+
+
+def task_features(
+    accepted: Sequence[Any],
+    candidates: Sequence[Any],
+    thresholds: Mapping[str, float],
+    shape: tuple[int, ...],
+) -> dict[str, float]:
+    """Numbers about one task's assignment (no truth involved).
+
+    Args:
+        accepted: the accepted instances (``label``, ``mask`` bool [H, W], ``score``,
+            ``similarity``). candidates: the rejected ones (same fields).
+        thresholds: label -> the presence floor used. shape: (H, W).
+
+    Returns:
+        ``painted`` / ``rejected``: shares of the image painted / covered by candidates and
+        not painted; ``n_painted``, ``n_rejected``; ``score_mean``, ``score_min``,
+        ``score_area`` (area-weighted mean score; 0 when nothing is painted); ``margin_min``
+        (lowest similarity minus threshold among accepted instances, 0 when none or
+        undefined), ``cand_margin_max`` (highest among candidates: the closest call; -1 when
+        none), ``cand_near`` (share of the image covered by candidates within 0.05 of their
+        threshold).
+    """
+    size = float(max(1, int(np.prod(shape))))
+    painted = _union([i.mask for i in accepted], shape)
+    rejected = _union([c.mask for c in candidates], shape) & ~painted
+    areas = np.array([np.count_nonzero(i.mask) for i in accepted], dtype=np.float64)
+    scores = np.array([float(i.score) for i in accepted], dtype=np.float64)
+
+    def margin(inst: Any) -> float:
+        sim = float(getattr(inst, "similarity", math.nan))
+        thr = thresholds.get(inst.label)
+        return sim - thr if thr is not None and math.isfinite(sim) else math.nan
+
+    acc_m = [m for m in map(margin, accepted) if math.isfinite(m)]
+    cand = [(margin(c), c) for c in candidates]
+    cand_m = [m for m, _ in cand if math.isfinite(m)]
+    near = _union([c.mask for m, c in cand if math.isfinite(m) and m > -0.05], shape) & ~painted
+    return {
+        "painted": float(painted.sum()) / size,
+        "rejected": float(rejected.sum()) / size,
+        "n_painted": float(len(accepted)),
+        "n_rejected": float(len(candidates)),
+        "score_mean": float(scores.mean()) if len(scores) else 0.0,
+        "score_min": float(scores.min()) if len(scores) else 0.0,
+        "score_area": float((scores * areas).sum() / areas.sum()) if areas.sum() else 0.0,
+        "margin_min": min(acc_m) if acc_m else 0.0,
+        "cand_margin_max": max(cand_m) if cand_m else -1.0,
+        "cand_near": float(near.sum()) / size,
+    }

@@ -1,0 +1,43 @@
+"""gfsam.taskscore on hand-checkable assignments."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from gfsam.taskscore import task_features
+
+
+@dataclass
+class Inst:
+    label: str
+    mask: np.ndarray
+    score: float
+    similarity: float
+
+
+def _box(y0: int, y1: int, x0: int, x1: int) -> np.ndarray:
+    m = np.zeros((10, 10), dtype=bool)
+    m[y0:y1, x0:x1] = True
+    return m
+
+
+def test_features_by_hand() -> None:
+    acc = [Inst("a", _box(0, 2, 0, 5), 0.8, 0.7), Inst("b", _box(5, 10, 0, 2), 0.4, 0.52)]
+    cand = [Inst("a", _box(0, 4, 0, 5), 0.3, 0.48), Inst("b", _box(8, 10, 8, 10), 0.1, 0.1)]
+    f = task_features(acc, cand, {"a": 0.5, "b": 0.5}, (10, 10))
+    assert f["painted"] == pytest.approx(0.2) and f["n_painted"] == 2
+    assert f["rejected"] == pytest.approx(0.14)  # 10 + 4 pixels outside what is painted
+    assert f["score_mean"] == pytest.approx(0.6) and f["score_min"] == pytest.approx(0.4)
+    assert f["score_area"] == pytest.approx(0.6)  # two instances of 10 pixels each
+    assert f["margin_min"] == pytest.approx(0.02) and f["cand_margin_max"] == pytest.approx(-0.02)
+    assert f["cand_near"] == pytest.approx(0.10)  # only the -0.02 candidate is a close call
+
+
+def test_features_of_an_empty_assignment() -> None:
+    f = task_features([], [], {}, (4, 4))
+    assert f["painted"] == 0 and f["score_mean"] == 0 and f["cand_margin_max"] == -1.0
+    nan = [Inst("a", _box(0, 2, 0, 2), 0.5, float("nan"))]  # argmax: no similarity
+    assert task_features(nan, [], {"a": 0.5}, (10, 10))["margin_min"] == 0.0
