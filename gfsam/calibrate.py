@@ -53,7 +53,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from gfsam.taskscore import task_features
+from gfsam.taskscore import task_features, task_raw_score
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
@@ -448,8 +448,6 @@ class TaskCase:
         defaults: label -> the default threshold for the references used (the labels scored).
         truth: label -> bool [H, W] the annotator's mask (every label of `defaults`).
         valid: bool [H, W] pixels that count, or None.
-        fallback_score: the raw task score when nothing is painted (the worker's: the mean
-            label score).
     """
 
     key: Hashable
@@ -457,7 +455,6 @@ class TaskCase:
     defaults: dict[str, float]
     truth: dict[str, np.ndarray]
     valid: np.ndarray | None = None
-    fallback_score: float = 0.0
 
 
 @dataclass
@@ -504,10 +501,9 @@ def outcome(case: TaskCase, asg: _Assigned) -> Outcome:
         c = Counts()
         c.add(masks.get(label, np.zeros(shape, dtype=bool)), case.truth[label], case.valid)
         counts[label] = c
-    scores = [float(i.score) for group in asg.accepted.values() for i in group]
-    raw = float(np.mean(scores)) if scores else float(case.fallback_score)
-    shown, truth = _label_map(masks, order, shape), _label_map(case.truth, order, shape)
     accepted = [i for group in asg.accepted.values() for i in group]
+    raw = task_raw_score([(i.mask, float(i.score)) for i in accepted], shape)
+    shown, truth = _label_map(masks, order, shape), _label_map(case.truth, order, shape)
     return Outcome(
         counts,
         raw,
@@ -573,7 +569,7 @@ def remember_default(case: TaskCase) -> TaskCase:
             cached.append(inner(thresholds))
         return cached[0]
 
-    return TaskCase(case.key, assign_at, case.defaults, case.truth, case.valid, case.fallback_score)
+    return TaskCase(case.key, assign_at, case.defaults, case.truth, case.valid)
 
 
 @dataclass

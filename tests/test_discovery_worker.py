@@ -14,15 +14,17 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from backend.state.schemas import CandidateMember, PredictJob
+from gfsam.taskscore import task_raw_score
 from tests.fakes import class_png
 from tests.service_fixtures import Service
-from tests.test_assign_worker import FIXTURES, region, scene, webhook
+from tests.test_assign_worker import FIXTURES, H, W, region, scene, webhook
 from worker.discovery.candidates import unpack_mask
 from worker.discovery.promote import PromoteError, add_label
-from worker.labelstudio.brush_rle import annotation_masks
+from worker.labelstudio.brush_rle import annotation_masks, rle_to_mask
 from worker.prediction.assignment import THRESHOLDS
 
 P = 2
@@ -115,7 +117,10 @@ def test_candidate_label_regions(make_service: Callable[..., Service]) -> None:
         assert len(cands) == 1 and cands[0]["meta"]["group"] == gid
         assert cands[0]["score"] <= 0.05
         real = [r["score"] for r in pred["result"] if r not in cands]
-        assert pred["score"] == np.mean(real)  # the item score is the real labels'
+        # the item score counts the real labels' regions only (`gfsam.taskscore`)
+        masks = [rle_to_mask(r["value"]["rle"], W, H) for r in pred["result"] if r not in cands]
+        regions = list(zip(masks, real, strict=True))
+        assert pred["score"] == pytest.approx(task_raw_score(regions, (H, W)))
         mask = annotation_masks(pred["result"], from_name="tag")["New?"]
         assert (OTHERS[tasks.index(t) - 1][mask] == 5).mean() > 0.9
 

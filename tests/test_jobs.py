@@ -227,7 +227,9 @@ def test_abstaining_prediction_is_empty_result_with_score(svc: Service) -> None:
     body["project"]["label_config"] = setup["schema"]
     svc.client.post("/webhook", json=body)
     svc.run_worker()
-    assert svc.ls.posts == [{"task": b, "result": [], "score": 0.1, "model_version": "gfsam-p1-v1"}]
+    # nothing painted, nothing expected to be painted wrong (`gfsam.taskscore.task_raw_score`;
+    # a miss is invisible at prediction time): the score of an unmeasured project is 1
+    assert svc.ls.posts == [{"task": b, "result": [], "score": 1.0, "model_version": "gfsam-p1-v1"}]
 
 
 def test_sync_recovers_missed_webhooks(svc: Service) -> None:

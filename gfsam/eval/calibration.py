@@ -85,7 +85,6 @@ def _case(
         defaults={str(c): t for c, (_, t, _) in per_class.items()},
         truth={str(c): labels == c for c in per_class},
         valid=labels != IGNORE,
-        fallback_score=float(np.mean([float(p.score) for p in preds.values()])),
     )
 
 

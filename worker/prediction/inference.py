@@ -26,6 +26,7 @@ from gfsam.calibrate import ScoreMap
 from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Reference, TargetEncoding
 from gfsam.geometry import clean_regions
+from gfsam.taskscore import region_raw_score, task_raw_score
 from worker.labelstudio.shapes import shapes_to_result
 from worker.prediction import decoded_masks, prefetch
 from worker.prediction.assignment import assign, reject_counts
@@ -106,11 +107,14 @@ def predict_task(
 ) -> TaskResult:
     """Predict every label that has references; assign instances; keep the candidates.
 
-    The item score is the mean score of the regions, or the mean of all label scores when no
-    region is kept (then `result` is empty). Once the project has been measured (issue 19,
+    The item score is `gfsam.taskscore.task_raw_score` (1 minus the share of the image
+    expected to be painted wrong; 1 when no region is kept, then `result` is empty), each
+    region's its matching score. Once the project has been
+    measured (issue 19,
     `worker.quality`), its tuned offsets are added to the thresholds (and a label tuned to
-    another assignment mode uses it) and every score posted
-    (task and region) is the expected IoU of the score map fitted on held-out annotations.
+    another assignment mode uses it) and every score posted is the expected IoU of the score
+    map fitted on held-out annotations (a region's: of its raw score were it the task's only
+    region, `gfsam.taskscore.region_raw_score`).
     """
     sha = hashlib.sha256(image_bytes).hexdigest()
     target = target_encoding(rt, store, image_bytes, sha)
@@ -139,15 +143,16 @@ def predict_task(
         [(i.label, i.mask, i.score) for lb in cfg.labels for i in asg.accepted.get(lb, [])],
         rt.settings,
     )
-    result = shapes_to_result(regions, cfg, geometry_params(rt.settings))
-    raw = [float(r["score"]) for r in result]
-    raw = raw or [float(p.score) for p in preds.values()] or [0.0]
-    expected = score_map(tuning)
-    if expected.fitted:
-        for r in result:
-            r["score"] = expected(float(r["score"]))
+    shape = tuple(target.image_size)
+    expected = score_map(tuning)  # raw scores: `gfsam.taskscore` (issue 19)
+    if expected.fitted:  # measured: a region's expected IoU were it the task's only region
+        regions_out = [(lb, m, expected(region_raw_score(m, s, shape))) for lb, m, s in regions]
+    else:  # unmeasured: its matching score, as before
+        regions_out = regions
+    result = shapes_to_result(regions_out, cfg, geometry_params(rt.settings))
+    raw = task_raw_score([(m, s) for _, m, s in regions], shape)
     prediction = StoredPrediction(
-        task=task, result=result, score=expected(float(np.mean(raw))), model_version=refs.version
+        task=task, result=result, score=expected(raw), model_version=refs.version
     )
     return TaskResult(prediction, target, asg.candidates, sha, decoded)
 

@@ -139,8 +139,7 @@ def _case(
             modes=modes,
         )
 
-    scores = [float(pr.score) for pr in preds.values()]
-    return TaskCase(task, assign_at, defaults, full, None, float(np.mean(scores)))
+    return TaskCase(task, assign_at, defaults, full, None)
 
 
 def _previous(
