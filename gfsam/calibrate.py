@@ -185,6 +185,11 @@ Setting = float | str
 Sweep = dict[str, dict[Setting, Counts]]
 
 
+def setting_name(s: Setting) -> str:
+    """A setting as text: an offset signed with 6 decimals ("+0.012500"), a mode by its name."""
+    return s if isinstance(s, str) else f"{float(s):+.6f}"
+
+
 def _setting_order(s: Setting) -> tuple[int, float, str]:
     """Offsets ascending, then mode names (a total order over mixed keys)."""
     return (1, 0.0, s) if isinstance(s, str) else (0, float(s), "")
@@ -204,6 +209,8 @@ class Choice:
         n: scored tasks holding the label. iou_default / iou_chosen: summed IoU at offset 0 and
             at the chosen offset over the tasks it was chosen on (None: undefined).
         candidates: the offsets tried (other modes tried: `modes_tried`).
+        ious: each setting tried (`setting_name`) -> its IoU over the tasks it was chosen on
+            (the evidence; None: undefined).
     """
 
     offset: float
@@ -214,6 +221,7 @@ class Choice:
     candidates: list[float] = field(default_factory=list)
     mode: str | None = None
     modes_tried: list[str] = field(default_factory=list)
+    ious: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def setting(self) -> Setting:
@@ -233,6 +241,7 @@ class Choice:
             "iou_chosen": r(self.iou_chosen),
             "candidates": [round(c, 6) for c in self.candidates],
             "modes_tried": list(self.modes_tried),
+            "ious": {k: r(v) for k, v in self.ious.items()},
         }
 
 
@@ -254,8 +263,9 @@ def choose_offset(sweep: Mapping[Setting, Counts], min_tasks: int = MIN_TASKS) -
     n = base.n
     offs = sorted(float(o) for o in sweep if not isinstance(o, str))
     modes = sorted(o for o in sweep if isinstance(o, str))
+    ious = {setting_name(o): sweep[o].iou for o in sorted(sweep, key=_setting_order)}
     if n < min_tasks:
-        return Choice(0.0, "too-few", n, base.iou, base.iou, offs, None, modes)
+        return Choice(0.0, "too-few", n, base.iou, base.iou, offs, None, modes, ious)
 
     def key(o: Setting) -> tuple[float, int, float, float]:
         iou = sweep[o].iou
@@ -267,8 +277,8 @@ def choose_offset(sweep: Mapping[Setting, Counts], min_tasks: int = MIN_TASKS) -
     best = max(sorted(sweep, key=_setting_order), key=key)
     how = "default" if best == 0.0 and not isinstance(best, str) else "tuned"
     if isinstance(best, str):
-        return Choice(0.0, how, n, base.iou, sweep[best].iou, offs, best, modes)
-    return Choice(float(best), how, n, base.iou, sweep[best].iou, offs, None, modes)
+        return Choice(0.0, how, n, base.iou, sweep[best].iou, offs, best, modes, ious)
+    return Choice(float(best), how, n, base.iou, sweep[best].iou, offs, None, modes, ious)
 
 
 def sum_sweeps(sweeps: Iterable[Sweep]) -> Sweep:
@@ -638,6 +648,7 @@ def tune(
                 ch.candidates,
                 None,
                 ch.modes_tried,
+                ch.ious,
             )
     outcomes = {case.key: outcome(case, assign_chosen(case, choices)) for case in cases}
     score_map = fit_score_map(

@@ -260,6 +260,7 @@ def test_choice_switches_mode_only_when_it_measures_strictly_better() -> None:
     assert (ch.mode, ch.offset, ch.how, ch.setting) == ("label-gate", 0.0, "tuned", "label-gate")
     assert ch.iou_chosen == 1.0 and ch.modes_tried == ["label-gate"]
     assert ch.summary()["mode"] == "label-gate" and ch.candidates == [0.0, 0.1]
+    assert ch.summary()["ious"] == {"+0.000000": 0.6, "+0.100000": 0.875, "label-gate": 1.0}
     tie = {0.0: _c(6, 2, 2), 0.1: _c(7, 0, 1), "argmax": _c(7, 0, 1)}
     assert choose_offset(tie).mode is None and choose_offset(tie).offset == 0.1  # a tie: no switch
     few = {0.0: _c(1, 9, 0, n=2), "argmax": _c(1, 0, 0, n=2)}

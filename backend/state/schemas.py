@@ -255,6 +255,7 @@ class LabelTuning(BaseModel):
     iou_chosen: float | None = None
     candidates: list[float] = []
     modes_tried: list[str] = []  # other assignment modes that competed
+    ious: dict[str, float | None] = {}  # each setting tried -> its IoU (the evidence)
 
 
 class PreviousQuality(BaseModel):
