@@ -8,7 +8,8 @@ What the worker's `calibrate_project` runs once a task's encodings are cached: t
 predicted with references that exclude its own shots (`gfsam.calibrate.loo_references`;
 `predict_labels` with a decoded-mask store, cold: no SAM mask of the task stored, warm: the
 masks of an earlier prediction of the task stored), then `gfsam.calibrate.tune` (the split
-assignment once per candidate threshold). The encoders' time (target encodings, cached by the
+assignment once per candidate threshold, then once per other assignment mode, as
+`CALIBRATE_MODES` does). The encoders' time (target encodings, cached by the
 worker; the references are built from the target's own tokens, as `encode_reference` computes
 them) is printed apart and not counted. Two persons and cars per image (coco128 images holding
 both), 2 labels.
@@ -30,7 +31,7 @@ def main() -> None:
     import torch
 
     from gfsam import DecodedMasks, build_pipeline, load_image
-    from gfsam.assign import SplitParams, assign_split, calibrate_threshold
+    from gfsam.assign import MODES, SplitParams, assign_mixed, assign_split, calibrate_threshold
     from gfsam.calibrate import TaskCase, loo_references, tune
     from gfsam.encodings import Reference, TargetEncoding
     from gfsam.eval.data import load_labels, read_label_folder
@@ -96,6 +97,7 @@ def main() -> None:
         f"{NOTE} encoders (cached in the worker, not counted): {encode_s:.1f} s for "
         f"{encoded} target(s); the references reuse the targets' tokens"
     )
+    others = [m for m in MODES if m != "split"]  # CALIBRATE_MODES with ASSIGN=split (defaults)
     for warm in (False, True):
         stores = {k: DecodedMasks(max_masks=512) for k in targets}
         if warm:  # an earlier prediction of each task left its SAM masks next to its encoding
@@ -112,20 +114,27 @@ def main() -> None:
                 n: calibrate_threshold(r, pipe.config, SplitParams()) for n, r in refs.items()
             }
 
-            def at(th, target=target, preds=preds, refs=refs):  # noqa: ANN001, ANN202
+            def at(th, modes=None, target=target, preds=preds, refs=refs):  # noqa: ANN001, ANN202
+                if modes:  # a label in another mode (CALIBRATE_MODES), as the worker assigns it
+                    order = list(refs)
+                    return assign_mixed(
+                        modes, target, preds, refs, order, cfg=pipe.config, thresholds=th
+                    )
                 return assign_split(target, preds, refs, cfg=pipe.config, thresholds=th)
 
             cases.append(TaskCase(k, at, defaults, {n: truths[k][n] for n in refs}))
         predict_s = time.perf_counter() - started
-        found = tune(cases)
+        found = tune(cases, modes=others)
         total = time.perf_counter() - started
         per = total / len(cases)
         grid = max(len(g) for g in found.grids.values()) if found.grids else 1
         print(
             f"{NOTE} {'warm' if warm else 'cold'} decoded masks: {len(cases)} tasks, "
             f"leave-one-out predict {predict_s:.1f} s, tune {total - predict_s:.1f} s "
-            f"(grid {grid}), {per:.1f} s per annotated task; engines {engines}, "
-            f"{args.threads} threads"
+            f"(grid {grid}, modes {'+'.join(others)}), {per:.1f} s per annotated task; "
+            f"engines {engines}, {args.threads} threads; from a project's second measured "
+            f"version on, its previous version is predicted on the same tasks: "
+            f"+{predict_s / len(cases):.1f} s per task"
         )
 
 
