@@ -33,9 +33,7 @@ from gfsam.assign import (
     PointMasks,
     SplitParams,
     assign_argmax,
-    assign_label_gate,
     assign_mixed,
-    assign_split,
     calibrate_label,
 )
 from gfsam.encodings import Prediction, Reference, TargetEncoding
@@ -126,47 +124,24 @@ def assign(
         disjoint, each with its score), and the rejected candidates (split, label-gate).
     """
     per_label = {label: (modes or {}).get(label, mode) for label in predictions}
-    if any(m != mode for m in per_label.values()):
-        return _assign_mixed(
-            per_label,
-            config,
-            target,
-            predictions,
-            references,
-            shas,
-            order,
-            model_key=model_key,
-            cache=cache,
-            point_masks=point_masks,
-            offsets=offsets,
-        )
-    if mode in ("split", "label-gate"):
-        cals = {
-            label: calibration(
-                references[label], config, shas[label], model_key=model_key, cache=cache
-            )
-            for label in predictions
-        }
-        thresholds = with_offsets({label: cal.floor for label, cal in cals.items()}, offsets)
-        if mode == "label-gate":
-            return assign_label_gate(
-                target,
-                predictions,
-                references,
-                cfg=config,
-                thresholds=thresholds,
-                calibrations=cals,
-            )
-        return assign_split(
-            target,
-            predictions,
-            references,
-            cfg=config,
-            thresholds=thresholds,
-            calibrations=cals,
-            point_masks=point_masks,
-        )
-    return assign_argmax(predictions, order)
+    if all(m == "argmax" for m in per_label.values()):
+        return assign_argmax(predictions, order)  # no floor needed: no calibration computed
+    cals = {
+        label: calibration(references[label], config, shas[label], model_key=model_key, cache=cache)
+        for label in predictions
+    }
+    # one mode for every label is exactly that rule (`assign_split`, `assign_label_gate`)
+    return assign_mixed(
+        per_label,
+        target,
+        predictions,
+        references,
+        order,
+        cfg=config,
+        thresholds=with_offsets({label: cal.floor for label, cal in cals.items()}, offsets),
+        calibrations=cals,
+        point_masks=point_masks,
+    )
 
 
 def reject_counts(asg: Assignment) -> dict[str, LabelRejects]:
@@ -188,38 +163,6 @@ def reject_counts(asg: Assignment) -> dict[str, LabelRejects]:
 # --- issue 19 hook (per-project tuning, `worker.quality`): kept apart from the rules above ------
 
 ASSIGN_MODES = MODES  # the values of `Settings.assign`, each a candidate of per-label tuning
-
-
-def _assign_mixed(
-    modes: Mapping[str, str],
-    config: GFSAMConfig,
-    target: TargetEncoding,
-    predictions: Mapping[str, Prediction],
-    references: Mapping[str, Sequence[Reference]],
-    shas: Mapping[str, Sequence[str]],
-    order: Sequence[str],
-    *,
-    model_key: str,
-    cache: ThresholdCache,
-    point_masks: PointMasks | None,
-    offsets: Mapping[str, float] | None,
-) -> Assignment:
-    """`assign` when tuning gave some label another mode (`gfsam.assign.assign_mixed`)."""
-    cals = {
-        label: calibration(references[label], config, shas[label], model_key=model_key, cache=cache)
-        for label in predictions
-    }
-    return assign_mixed(
-        modes,
-        target,
-        predictions,
-        references,
-        order,
-        cfg=config,
-        thresholds=with_offsets({label: cal.floor for label, cal in cals.items()}, offsets),
-        calibrations=cals,
-        point_masks=point_masks,
-    )
 
 
 def default_thresholds(
