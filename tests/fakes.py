@@ -618,6 +618,7 @@ class _Scene:
     framed: np.ndarray  # uint8 [S, S] class ids in the 1024 frame
     cells: np.ndarray  # int64 [T] class id per grid cell
     prediction: Prediction  # the image's largest class, with a token-level Segmentation
+    class_masks: dict[int, np.ndarray] = field(default_factory=dict)  # id -> bool [S, S], lazy
 
 
 @dataclass
@@ -792,15 +793,21 @@ class NullSplitPipeline:
         scene = self.sam.scenes[int(target.embedding.reshape(-1)[0])]
         pred = scene.prediction
         if decoded is not None and references:
-            emb = target.embedding
-
-            def decode(xy: np.ndarray) -> torch.Tensor:
-                one = np.ones(1, dtype=np.int64)
-                masks = [self.sam.decode_prompts(emb, p[None], one)[0] for p in xy]
-                return torch.from_numpy(np.stack(masks))  # (N, S, S)
-
             decoded.bind(f"null_sam/fp32/{scene.index}")
-            decoded.masks(pred.segmentation.prompt_xy, decode, torch.device("cpu"))
+            # the prompts' masks into the store, as a real model's decodes put them there (the
+            # graph stage's unpacked copy is the model's business, and costs a null model nothing);
+            # what `sam.decode_prompts` answers for one positive point: the class under it
+            xy = pred.segmentation.prompt_xy  # (P, 2)
+            ids = scene.framed[xy[:, 1], xy[:, 0]]  # (P,)
+            for c in np.unique(ids).tolist():
+                if c not in scene.class_masks:
+                    scene.class_masks[c] = scene.framed == c  # (S, S)
+                mask = scene.class_masks[c]
+
+                def decode(pts: np.ndarray, mask: np.ndarray = mask) -> torch.Tensor:
+                    return torch.from_numpy(mask).expand(len(pts), *mask.shape)  # (N, S, S)
+
+                decoded.packed_masks(xy[ids == c], decode)
         out = {label: pred for label in references}
         self.seconds += time.perf_counter() - started
         return out

@@ -202,6 +202,20 @@ def test_instance_proposals_are_components_with_their_evidence() -> None:
     assert props[0].evidence == pytest.approx(0.8) and props[1].evidence == 0.0
 
 
+def test_component_masks_equal_the_full_frame_comparison() -> None:
+    from scipy import ndimage
+
+    from gfsam.assign.proposals import component_masks
+
+    rng = np.random.default_rng(3)
+    mask = ndimage.binary_opening(rng.random((FRAME, FRAME)) < 0.55, iterations=2)
+    comp, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    ids = [int(k) for k in rng.permutation(np.arange(1, n + 1))[:40]]  # any order, a subset
+    assert n > 40
+    assert np.array_equal(component_masks(comp, ids), np.stack([comp == k for k in ids]))
+    assert component_masks(comp, []).shape == (0, FRAME, FRAME)
+
+
 def test_a_fragmented_mask_yields_at_most_max_proposals_largest_first() -> None:
     """Hundreds of specks (random weights, a noisy mask) must not cost hundreds of proposals."""
     mask = np.zeros((FRAME, FRAME), dtype=bool)

@@ -222,6 +222,23 @@ def shot_prototypes(
     )
 
 
+def component_masks(comp: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """``np.stack([comp == k for k in ids])``, comparing only inside each component's box.
+
+    Args:
+        comp: int [S, S] component labels (`ndimage.label`). ids: labels present in `comp`.
+
+    Returns:
+        bool [len(ids), S, S].
+    """
+    boxes = ndimage.find_objects(comp, max_label=max(ids, default=0))
+    out = np.zeros((len(ids), *comp.shape), dtype=bool)  # (N, S, S)
+    for i, k in enumerate(ids):
+        box = boxes[k - 1]
+        out[i][box] = comp[box] == k
+    return out
+
+
 def instance_proposals(
     label: str, pred: Prediction, tokens: np.ndarray, cfg: GFSAMConfig, params: SplitParams
 ) -> list[Proposal]:
@@ -243,7 +260,7 @@ def instance_proposals(
     keep = keep[: params.max_proposals]
     if not keep:
         return []
-    masks = np.stack([comp == k for k in keep])  # (N, S, S)
+    masks = component_masks(comp, keep)  # (N, S, S)
     feats = pool_features(tokens, cell_fractions(masks) ** params.pool_power, cfg)  # (N, C)
     gated = seg.prompt_xy[seg.state == 1]  # (Q, 2)
     cell_score = seg.maps["filtered"][seg.points_xy[:, 1], seg.points_xy[:, 0]][seg.state == 1]
