@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -501,25 +501,33 @@ def _label_map(
     return out
 
 
-def outcome(case: TaskCase, asg: _Assigned) -> Outcome:
-    """Score one assignment of `case` against its truth."""
-    order = sorted(case.defaults)
+def label_counts(case: TaskCase, asg: _Assigned) -> dict[str, Counts]:
+    """Per-label counts of one assignment of `case` against its truth (all a sweep needs)."""
     masks = asg.label_masks()
     shape = next(iter(case.truth.values())).shape
     counts: dict[str, Counts] = {}
-    for label in order:
+    for label in sorted(case.defaults):
         c = Counts()
         c.add(masks.get(label, np.zeros(shape, dtype=bool)), case.truth[label], case.valid)
         counts[label] = c
+    return counts
+
+
+def outcome(case: TaskCase, asg: _Assigned, *, features: bool = False) -> Outcome:
+    """Score one assignment of `case` against its truth; `features`: also record
+    `gfsam.taskscore.task_features` (for studying what ranks tasks; not needed to tune)."""
+    order = sorted(case.defaults)
+    masks = asg.label_masks()
+    shape = next(iter(case.truth.values())).shape
     accepted = [i for group in asg.accepted.values() for i in group]
     raw = task_raw_score([(i.mask, float(i.score)) for i in accepted], shape)
     shown, truth = _label_map(masks, order, shape), _label_map(case.truth, order, shape)
     return Outcome(
-        counts,
+        label_counts(case, asg),
         raw,
         task_iou(shown, truth, case.valid),
         correction_pixels(shown, truth, case.valid),
-        task_features(accepted, list(asg.candidates), case.defaults, shape),
+        task_features(accepted, list(asg.candidates), case.defaults, shape) if features else {},
     )
 
 
@@ -549,12 +557,12 @@ def sweep_task(
     it, at the default thresholds); label -> setting -> its counts."""
     out: Sweep = {label: {} for label in case.defaults}
     for offs in sweep_steps({lb: g for lb, g in grids.items() if lb in case.defaults}):
-        res = outcome(case, case.assign_at(thresholds_at(case.defaults, offs)))
-        for label, c in res.counts.items():
+        res = label_counts(case, case.assign_at(thresholds_at(case.defaults, offs)))
+        for label, c in res.items():
             out[label].setdefault(float(offs.get(label, 0.0)), c)
     for mode in modes:
-        res = outcome(case, case.assign_at(case.defaults, {lb: mode for lb in case.defaults}))
-        for label, c in res.counts.items():
+        res = label_counts(case, case.assign_at(case.defaults, {lb: mode for lb in case.defaults}))
+        for label, c in res.items():
             out[label][mode] = c
     return out
 
@@ -639,16 +647,8 @@ def tune(
     for label, ch in choices.items():  # a move must also pay off held out (nested LOO)
         base, kept = default[label].iou, held[label].iou
         if ch.how == "tuned" and (base is None or kept is None or kept <= base):
-            choices[label] = Choice(
-                0.0,
-                "unconfirmed",
-                ch.n,
-                ch.iou_default,
-                ch.iou_default,
-                ch.candidates,
-                None,
-                ch.modes_tried,
-                ch.ious,
+            choices[label] = replace(
+                ch, offset=0.0, how="unconfirmed", iou_chosen=ch.iou_default, mode=None
             )
     outcomes = {case.key: outcome(case, assign_chosen(case, choices)) for case in cases}
     score_map = fit_score_map(

@@ -124,7 +124,7 @@ def checkpoint(
         for label, offs in observed_offsets(asg0, case.defaults).items():
             observed.setdefault(label, []).extend(offs)
         base = outcome(case, asg0)
-        tuned = outcome(case, assign_chosen(case, tuning.choices))
+        tuned = outcome(case, assign_chosen(case, tuning.choices), features=True)
         for label in case.defaults:
             default[label] = default.get(label, Counts()) + base.counts[label]
             calibrated[label] = calibrated.get(label, Counts()) + tuned.counts[label]

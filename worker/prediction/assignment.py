@@ -27,7 +27,6 @@ import numpy as np
 
 from backend.state.schemas import LabelRejects
 from gfsam.assign import (
-    MODES,
     Assignment,
     LabelCalibration,
     PointMasks,
@@ -161,8 +160,6 @@ def reject_counts(asg: Assignment) -> dict[str, LabelRejects]:
 
 
 # --- issue 19 hook (per-project tuning, `worker.quality`): kept apart from the rules above ------
-
-ASSIGN_MODES = MODES  # the values of `Settings.assign`, each a candidate of per-label tuning
 
 
 def default_thresholds(

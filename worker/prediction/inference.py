@@ -109,8 +109,7 @@ def predict_task(
 
     The item score is `gfsam.taskscore.task_raw_score` (1 minus the share of the image
     expected to be painted wrong; 1 when no region is kept, then `result` is empty), each
-    region's its matching score. Once the project has been
-    measured (issue 19,
+    region's its matching score. Once the project has been measured (issue 19,
     `worker.quality`), its tuned offsets are added to the thresholds (and a label tuned to
     another assignment mode uses it) and every score posted is the expected IoU of the score
     map fitted on held-out annotations (a region's: of its raw score were it the task's only

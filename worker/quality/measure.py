@@ -40,13 +40,13 @@ from backend.state.schemas import (
 )
 from backend.state.store import Store
 from backend.state.versions import version_number
-from gfsam.assign import Assignment
-from gfsam.calibrate import Counts, TaskCase, loo_references, outcome, spearman, tune
+from gfsam.assign import MODES, Assignment
+from gfsam.calibrate import Counts, TaskCase, label_counts, loo_references, spearman, tune
 from gfsam.encodings import Reference, TargetEncoding
 from worker.labelstudio.errors import LabelStudioNotFound
 from worker.labelstudio.shapes import annotation_masks
 from worker.prediction import decoded_masks, inference
-from worker.prediction.assignment import ASSIGN_MODES, assign, default_thresholds
+from worker.prediction.assignment import assign, default_thresholds
 from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
@@ -195,7 +195,7 @@ def calibrate_project(
                 old = _case(rt, store, cfg, prev, task, truth, encoded)
                 if old is not None:
                     before_tasks += 1
-                    for lb, c in outcome(old, old.assign_at(old.defaults)).counts.items():
+                    for lb, c in label_counts(old, old.assign_at(old.defaults)).items():
                         before[lb] = before.get(lb, Counts()) + c
         except LabelStudioNotFound:
             continue  # deleted meanwhile
@@ -211,7 +211,7 @@ def calibrate_project(
             tasks=before_tasks,
             default={lb: LabelQuality(**c.summary()) for lb, c in sorted(before.items())},
         )
-    others = [m for m in ASSIGN_MODES if m != rt.settings.assign]
+    others = [m for m in MODES if m != rt.settings.assign]  # `Settings.assign`'s values
     modes = others if rt.settings.calibrate_modes else []
     found = tune(cases, min_tasks=rt.settings.calibrate_min_tasks, modes=modes)
     outs = list(found.outcomes.values())
