@@ -409,6 +409,41 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(spearmanr(a, b).statistic)
 
 
+def spearman_ceiling(ious: Sequence[float], unpainted: Sequence[bool]) -> float | None:
+    """The highest `spearman` against `ious` that a score can reach when it must give every
+    task in `unpainted` the same value: perfect on the other tasks (it is their IoU), the tied
+    group put wherever it scores best.
+
+    Why (issue 19): a task where the assignment painted nothing is either truly empty (IoU 1)
+    or a complete miss (IoU 0), and a score computed from the assignment has nothing painted
+    to tell the two apart; this is how high any such score can rank tasks, so that a figure
+    below a target can be read as the score's fault or as the assignment's misses.
+
+    Args:
+        ious: per task IoU. unpainted: per task, True when nothing was painted.
+
+    Returns:
+        The ceiling; None where `spearman` is None for every placement (e.g. below 3 tasks).
+    """
+    iou = np.asarray(ious, dtype=np.float64)
+    tied = np.asarray(unpainted, dtype=bool)
+    if iou.shape != tied.shape:
+        raise ValueError(f"lengths differ: {iou.shape} vs {tied.shape}")
+    levels = np.unique(iou[~tied])  # (L,) the painted tasks' scores, ascending
+    if not tied.any():
+        return spearman(list(iou), list(iou))
+    # the tied value below, at, between and above every painted score: all distinct orders
+    edges = np.concatenate([[levels[0] - 1.0], levels]) if len(levels) else np.zeros(1)
+    mids = (edges[:-1] + edges[1:]) / 2 if len(edges) > 1 else np.zeros(0)
+    best: float | None = None
+    for c in np.concatenate([edges, mids, [edges[-1] + 1.0]]):
+        score = np.where(tied, c, iou)
+        value = spearman(list(score), list(iou))
+        if value is not None and (best is None or value > best):
+            best = value
+    return best
+
+
 def low20_correction_share(
     scores: Sequence[float], corrections: Sequence[float], share: float = 0.2
 ) -> float | None:

@@ -19,6 +19,7 @@ from gfsam.calibrate import (
     low20_correction_share,
     offset_grid,
     spearman,
+    spearman_ceiling,
     sweep_steps,
     task_iou,
 )
@@ -169,6 +170,33 @@ def test_spearman_and_low20() -> None:
     assert low20_correction_share(scores, [0] * 10) is None
     # ceil: 6 tasks -> 2 taken
     assert low20_correction_share([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1]) == pytest.approx(2 / 6)
+
+
+def test_spearman_ceiling_by_hand() -> None:
+    # nothing tied: the task's own IoU ranks perfectly
+    assert spearman_ceiling([0.1, 0.7, 0.4], [False] * 3) == pytest.approx(1.0)
+    # tied tasks that are all truly empty (IoU 1) go on top: nothing lost
+    assert spearman_ceiling([1.0, 1.0, 0.2, 0.5], [True, True, False, False]) == pytest.approx(1.0)
+    # an empty (1) and a miss (0) tied, one painted task at 0.5: wherever the pair goes, the
+    # ranks are (2.5, 2.5, 1) or (1.5, 1.5, 3) against (3, 1, 2): a correlation of 0 either way
+    assert spearman_ceiling([1.0, 0.0, 0.5], [True, True, False]) == pytest.approx(0.0)
+    assert spearman_ceiling([1.0, 0.0, 1.0], [True, True, True]) is None  # one value for all
+    with pytest.raises(ValueError):
+        spearman_ceiling([1.0, 0.0], [True])
+
+
+def test_spearman_ceiling_bounds_every_score_that_ties_the_unpainted() -> None:
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(3, 12))
+        iou = np.round(rng.random(n), 1)
+        tied = rng.random(n) < 0.4
+        iou[tied] = rng.integers(0, 2, int(tied.sum()))  # empties (1) and misses (0)
+        ceiling = spearman_ceiling(list(iou), list(tied))
+        score = np.where(tied, rng.random(), rng.random(n))  # any score with the group tied
+        value = spearman(list(score), list(iou))
+        if value is not None:
+            assert ceiling is not None and value <= ceiling + 1e-12
 
 
 def test_sweep_steps_start_at_the_default_and_cover_every_candidate() -> None:

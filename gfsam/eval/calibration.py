@@ -14,7 +14,9 @@ images remain), with the shots the loop holds then:
   grid comes from these images' own proposals), ``best_fixed_modes`` (the same ceiling when the
   other modes are candidates too);
   and, at the chosen offsets, the posted score (`ScoreMap` of the raw score) against each
-  image's IoU: ``score_iou_spearman`` and ``low20_correction_share`` (0.2: a random order).
+  image's IoU: ``score_iou_spearman`` and ``low20_correction_share`` (0.2: a random order);
+  ``score_iou_spearman_ceiling`` beside it: the most any score could reach that has to tie
+  the images where nothing was painted (`gfsam.calibrate.spearman_ceiling`).
 
 mIoU: mean over the classes that have shots and appear in the held-out images of the IoU
 accumulated over them, in %. Each figure of the result is the mean over checkpoints (each
@@ -44,6 +46,7 @@ from gfsam.calibrate import (
     outcome,
     remember_default,
     spearman,
+    spearman_ceiling,
     sum_sweeps,
     sweep_task,
     tune,
@@ -151,6 +154,9 @@ def checkpoint(
         "best_fixed_miou": _miou(best, present),
         "best_fixed_modes_miou": _miou(best_any, present),
         "score_iou_spearman": spearman(posted, [o.iou for o in outs]),
+        "score_iou_spearman_ceiling": spearman_ceiling(
+            [o.iou for o in outs], [o.features["n_painted"] == 0 for o in outs]
+        ),
         "low20_correction_share": low20_correction_share(posted, [o.corrections for o in outs]),
         "score_map_fitted": tuning.score_map.fitted,
         "held_out_tasks": [  # per task, for studying what ranks tasks (`gfsam.taskscore`)
@@ -179,6 +185,7 @@ def summarise(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "best_fixed_miou",
         "best_fixed_modes_miou",
         "score_iou_spearman",
+        "score_iou_spearman_ceiling",
         "low20_correction_share",
     )
     return {k: mean(k) for k in keys} | {"checkpoints": len(steps)}

@@ -210,6 +210,7 @@ def run_replay(
             "calibrated_miou {calibrated_miou} best_fixed_miou {best_fixed_miou} "
             "best_fixed_modes_miou {best_fixed_modes_miou} "
             "score_iou_spearman {score_iou_spearman} "
+            "(ceiling with nothing-painted images tied {score_iou_spearman_ceiling}) "
             "low20_correction_share {low20_correction_share}".format(**result)
         )
     return result
@@ -223,6 +224,6 @@ def _checkpoint_line(cp: dict[str, Any]) -> str:
         f"after {cp['annotated']} images (tuned on {cp['tuned_on']}, held out {cp['held_out']}): "
         f"default {cp['default_miou']} calibrated {cp['calibrated_miou']} "
         f"best fixed {cp['best_fixed_miou']} (with modes {cp['best_fixed_modes_miou']}) "
-        f"spearman {cp['score_iou_spearman']} "
+        f"spearman {cp['score_iou_spearman']} (ceiling {cp['score_iou_spearman_ceiling']}) "
         f"low20 {cp['low20_correction_share']} offsets {tuned or 'none moved'}"
     )
