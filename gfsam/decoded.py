@@ -8,11 +8,11 @@ of discovery (`region_mask`: points + box in one decoder call, keyed by the exac
 with SAM's IoU score; issue 17).
 
 Memory: masks are kept bit-packed, ``MASK_BYTES`` = 128 KiB each (8x less than bool), bounded by
-``max_masks`` (and ``max_regions``) with least-recently-used eviction. Storage: `to_bytes` writes
-an npz (no pickle) of per-mask zlib streams; a mask read from a blob is decompressed only when
-asked for, and its stream is written back as read, so a re-prediction compresses only the masks
-it decoded. `from_bytes` restores the same bits, and still reads the older layout (one zlib
-stream over the whole npz, point prompts only).
+``max_masks`` (and ``max_regions``) with least-recently-used eviction. Storage: `to_bytes`
+writes a blob (`gfsam.encodings._pack`, no pickle) of per-mask zlib streams; a mask read from a
+blob is decompressed only when asked for, and its stream is written back as read, so a
+re-prediction compresses only the masks it decoded. `from_bytes` restores the same bits, and
+still reads the older layout (one zlib stream over the whole npz, point prompts only).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gfsam.encodings import TargetEncoding, _pack, _unpack
+from gfsam.encodings import TargetEncoding, _pack, _unpack, is_blob
 from gfsam.types import FRAME
 
 logger = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ class DecodedMasks:
         return mask, float(score)
 
     def to_bytes(self, level: int = BLOB_LEVEL) -> bytes:
-        """Serialise (npz without pickle of per-mask zlib streams); `from_bytes` restores every
+        """Serialise (a blob without pickle of per-mask zlib streams); `from_bytes` restores every
         bit. Streams read from a blob are written back as read (no recompression)."""
         prompts = np.asarray(list(self._masks), dtype=np.int64).reshape(-1, 2)  # (N, 2), LRU order
         sizes, chunks = _streams(list(self._masks.values()), level)
@@ -298,7 +298,7 @@ class DecodedMasks:
         """Inverse of `to_bytes` (keeps the newest `max_masks` / `max_regions`), also of the
         older layout (one zlib stream, point prompts only). Raises ValueError otherwise."""
         store = cls(max_masks, max_regions)
-        if blob[:2] != b"PK":  # layout 1: zlib over the npz
+        if not is_blob(blob):  # layout 1: zlib over the npz
             try:
                 npz = zlib.decompress(blob)
             except zlib.error as exc:

@@ -1,12 +1,14 @@
 """Cacheable encodings and results of `gfsam.pipeline.GFSAM` (numpy on the CPU).
 
-`Reference` and `TargetEncoding` serialise to npz blobs without pickle, so they can be shared
-between processes (e.g. content-addressed in Redis) and restored bit-exactly.
+`Reference` and `TargetEncoding` serialise to blobs without pickle (`_pack`: a JSON header and
+the raw arrays; the npz blobs of earlier versions still read), so they can be shared between
+processes (e.g. content-addressed in Redis) and restored bit-exactly.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,19 +21,72 @@ from gfsam.types import Segmentation
 BLOB_VERSION = 1
 
 
+# Blob container (issue 17): MAGIC, the little-endian uint64 offset where the arrays begin, a
+# JSON header listing each array's name, dtype, shape and byte offset from there, then the
+# arrays' bytes, each starting at a multiple of ALIGN. Writing is one join of the arrays'
+# buffers and reading one copy of each, where the npz before it (still read: `_unpack`) paid a
+# zip CRC over every byte both ways: ~12 ms to write and ~5 ms to read a ViT-L + ViT-H target.
+MAGIC = b"GFSAMBLOB\x01"
+ALIGN = 64
+_HEAD = len(MAGIC) + 8
+
+
 def _pack(kind: str, arrays: Mapping[str, np.ndarray], **meta: object) -> bytes:
-    """npz blob (no pickle): arrays as stored, scalars/tuples/strings as small numpy arrays."""
-    buf = io.BytesIO()
+    """A blob (no pickle): arrays as stored, scalars/tuples/strings as small numpy arrays;
+    `_unpack` restores every array bit-exactly."""
     extra = {f"meta_{k}": np.asarray(v) for k, v in meta.items()}
     entries: dict[str, Any] = {"kind": np.asarray(kind), "version": np.asarray(BLOB_VERSION)}
-    np.savez(buf, **(entries | dict(arrays) | extra))
-    return buf.getvalue()
+    named = {k: np.asarray(v, order="C") for k, v in (entries | dict(arrays) | extra).items()}
+    table, offset = [], 0
+    for name, a in named.items():
+        if a.dtype.hasobject:
+            raise ValueError(f"{name}: object arrays cannot be stored without pickle")
+        table.append([name, a.dtype.str, list(a.shape), offset])
+        offset += -(-a.nbytes // ALIGN) * ALIGN
+    header = json.dumps(table).encode()
+    start = -(-(_HEAD + len(header)) // ALIGN) * ALIGN  # the arrays begin aligned
+    parts: list[bytes | memoryview] = [MAGIC, start.to_bytes(8, "little"), header]
+    parts.append(bytes(start - _HEAD - len(header)))
+    for a in named.values():
+        parts.append(a.reshape(-1).view(np.uint8).data if a.size else b"")
+        parts.append(bytes(-(-a.nbytes // ALIGN) * ALIGN - a.nbytes))
+    return b"".join(parts)
+
+
+def is_blob(data: bytes) -> bool:
+    """True when `data` starts like a blob `_pack` wrote (or the npz it wrote before)."""
+    return data[: len(MAGIC)] == MAGIC or data[:2] == b"PK"
+
+
+def _read(blob: bytes) -> dict[str, np.ndarray]:
+    """The arrays of a `_pack` blob (copies). Raises ValueError."""
+    start = int.from_bytes(blob[len(MAGIC) : _HEAD], "little")
+    end = start
+    try:
+        table = json.loads(blob[_HEAD:start].rstrip(b"\0"))
+        data = {}
+        for name, dtype, shape, offset in table:
+            dt = np.dtype(dtype)
+            count = int(np.prod(shape, dtype=np.int64))
+            if dt.hasobject or offset < 0:
+                raise ValueError(f"bad entry {name}")
+            view = np.frombuffer(blob, dtype=dt, count=count, offset=start + int(offset))
+            data[str(name)] = view.reshape(shape).copy()  # writable, owning its memory, as before
+            end = max(end, start + int(offset) + count * dt.itemsize)
+    except (TypeError, ValueError, json.JSONDecodeError) as exc:
+        raise ValueError(f"bad blob header: {exc}") from exc
+    if end > len(blob):
+        raise ValueError("truncated blob")
+    return data
 
 
 def _unpack(blob: bytes, kind: str) -> dict[str, np.ndarray]:
     try:
-        with np.load(io.BytesIO(blob), allow_pickle=False) as z:
-            data = {k: z[k] for k in z.files}
+        if blob[: len(MAGIC)] == MAGIC:
+            data = _read(blob)
+        else:  # the npz blobs written before (caches and Redis keep them)
+            with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
     except (OSError, ValueError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not a {kind} blob: {exc}") from exc
     if str(data.get("kind")) != kind or int(data.get("version", -1)) != BLOB_VERSION:
@@ -59,7 +114,7 @@ class Reference:
     encoder: str
 
     def to_bytes(self) -> bytes:
-        """Serialise to an npz blob (no pickle); `from_bytes` restores it bit-exactly."""
+        """Serialise to a blob (no pickle); `from_bytes` restores it bit-exactly."""
         arrays = {"tokens": self.tokens, "fg": self.fg, "bg": self.bg}
         return _pack(
             "Reference",
@@ -103,7 +158,7 @@ class TargetEncoding:
     dino_encoder: str
 
     def to_bytes(self) -> bytes:
-        """Serialise to an npz blob (no pickle)."""
+        """Serialise to a blob (no pickle); `from_bytes` restores it bit-exactly."""
         arrays = {"embedding": self.embedding, "tokens": self.tokens}
         return _pack(
             "TargetEncoding",
