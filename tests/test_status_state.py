@@ -85,6 +85,18 @@ def test_thumbnail_outlines_the_mask_and_expires_with_its_blob(store: Store) -> 
     assert store.r.ttl(key("thumb:{sha}", sha="ab")) > 0
 
 
+def test_thumbnail_of_a_crop_view_is_the_thumbnail_of_its_pixels() -> None:
+    """Discovery passes crops as strided views of the image: the same PNG as from a copy."""
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, (240, 320, 3), dtype=np.uint8)
+    mask = rng.random((240, 320)) < 0.3
+    view, part = image[30:200, 50:290], mask[30:200, 50:290]
+    assert not view.flags.c_contiguous
+    png = thumbnail_png(view, part, 96)
+    assert png == thumbnail_png(view.copy(), part.copy(), 96)
+    assert np.asarray(Image.open(io.BytesIO(png))).shape == (68, 96, 3)
+
+
 def test_candidate_groups_hook(store: Store) -> None:
     assert store.data.candidate_groups(1) == []
     store.r.set(key("p:{p}:groups", p=1), json.dumps([{"name": "round things", "size": 12}]))

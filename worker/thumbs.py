@@ -31,9 +31,10 @@ def thumbnail_png(image: np.ndarray, mask: np.ndarray, size: int = THUMB_PX) -> 
     h, w = mask.shape
     scale = min(1.0, size / max(h, w))
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))
-    small = np.asarray(
-        Image.fromarray(image).convert("RGB").resize((tw, th), Image.Resampling.BILINEAR)
-    )
+    # a crop is a strided view: PIL copies one pixel at a time from those (~2 ms for 400 x 400),
+    # numpy's copy to a contiguous block first takes ~0.02 ms (the same pixels)
+    pixels = Image.fromarray(np.ascontiguousarray(image)).convert("RGB")
+    small = np.asarray(pixels.resize((tw, th), Image.Resampling.BILINEAR))
     inside = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((tw, th))) >= 128
     edge = inside & ~_eroded(inside)
     out = small.astype(np.float32)
