@@ -202,3 +202,37 @@ def test_pack_mask_is_the_half_covered_blocks() -> None:
     small = frame.reshape(MASK_SIDE, f, MASK_SIDE, f).mean((1, 3)) >= 0.5
     back = unpack_mask(pack_mask(frame), (FRAME, FRAME))
     assert np.array_equal(back, np.repeat(np.repeat(small, f, 0), f, 1))
+
+
+def test_parsed_states_hand_over_only_the_text_they_were_written_as() -> None:
+    """The worker keeps the grouping state it wrote parsed: the same text read back gives that
+    object (once: a retry parses afresh), any other text is parsed, and continuing the kept
+    object writes what parsing its text and continuing would."""
+    from gfsam.discover import CandidateGroups
+    from worker.discovery.candidates import GROUP_PARAMS, ParsedStates
+
+    rng = np.random.default_rng(5)
+    feats = rng.standard_normal((30, 16)).astype(np.float32)
+    cache, plain = ParsedStates(projects=2), None
+    text: str | None = None
+    for i, f in enumerate(feats):
+        state = cache.take(P, text)
+        fresh = CandidateGroups.from_json(text) if text else CandidateGroups(GROUP_PARAMS)
+        if i:
+            assert cache.take(P, text) is not state  # handed over once
+        state.add(f"k{i}", f)
+        fresh.add(f"k{i}", f)
+        text = state.to_json()
+        assert text == fresh.to_json()
+        cache.keep(P, text, state)
+        plain = fresh
+    assert plain is not None and cache.take(P, text).to_json() == plain.to_json()
+    other = CandidateGroups(GROUP_PARAMS)
+    other.add("x", feats[0])
+    cache.keep(P, text, plain)
+    assert cache.take(P, other.to_json()) is not plain  # another writer's text: parsed
+    kept = other.to_json()
+    for q in (1, 2, 3):
+        cache.keep(q, kept, other)
+    assert cache.take(1, kept) is not other  # only the last 2 projects are kept
+    assert cache.take(3, kept) is other

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import time
 import zlib
+from collections import OrderedDict
 
 import numpy as np
 
@@ -132,10 +133,10 @@ def discover_task(
     members = [_member(task, c, target.image_size, image) for c in cands]
     gids: list[int] = []
 
+    written: list[tuple[str, CandidateGroups]] = []
+
     def compute(state_text: str | None) -> DiscoveryUpdate:
-        state = (
-            CandidateGroups.from_json(state_text) if state_text else CandidateGroups(GROUP_PARAMS)
-        )
+        state = _PARSED.take(p, state_text)
         before = _member_keys(state)
         gids[:] = [state.add(m.key, c.feature) for (m, _, _), c in zip(members, cands, strict=True)]
         after = _member_keys(state)
@@ -144,16 +145,46 @@ def discover_task(
             for (m, png, _), g in zip(members, gids, strict=True)
             if m.key in after - before
         }
+        written[:] = [(state.to_json(), state)]
         return DiscoveryUpdate(
-            state=state.to_json(),
+            state=written[0][0],
             groups=groups_view(state, protos),
             members={k: m for k, (m, _) in new.items()},
             crops={k: png for k, (_, png) in new.items()},
             dropped=sorted(before - after),
         )
 
-    store.candidates.update(p, compute)
+    if store.candidates.update(p, compute):
+        _PARSED.keep(p, *written[0])
     return [(g, mask, c.score) for g, (_, _, mask), c in zip(gids, members, cands, strict=True)]
+
+
+class ParsedStates:
+    """The grouping state this process wrote last, per project, kept parsed: the next task of
+    the project usually reads back that very text, and parsing it (JSON and base64 of up to
+    32 groups x 8 embeddings) costs more than the grouping. Bounded to `projects` entries."""
+
+    def __init__(self, projects: int = 4) -> None:
+        self.projects = projects
+        self._held: OrderedDict[int, tuple[str, CandidateGroups]] = OrderedDict()
+
+    def take(self, p: int, text: str | None) -> CandidateGroups:
+        """The state `text` parsed (a new state when None): the one kept when it is that text,
+        handed over (an attempt that then loses the compare-and-set parses afresh)."""
+        held = self._held.pop(p, None)
+        if held is not None and text is not None and held[0] == text:
+            return held[1]
+        return CandidateGroups.from_json(text) if text else CandidateGroups(GROUP_PARAMS)
+
+    def keep(self, p: int, text: str, state: CandidateGroups) -> None:
+        """Remember `state`, just written as `text`."""
+        self._held[p] = (text, state)
+        self._held.move_to_end(p)
+        while len(self._held) > self.projects:
+            self._held.popitem(last=False)
+
+
+_PARSED = ParsedStates()
 
 
 def _cand(rt: Runtime) -> str:
