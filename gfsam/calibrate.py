@@ -555,7 +555,7 @@ def outcome(case: TaskCase, asg: _Assigned, *, features: bool = False) -> Outcom
     masks = asg.label_masks()
     shape = next(iter(case.truth.values())).shape
     accepted = [i for group in asg.accepted.values() for i in group]
-    raw = task_raw_score([(i.mask, float(i.score)) for i in accepted], shape)
+    raw = task_raw_score([(i.mask, float(i.score)) for i in accepted], shape, asg.candidates)
     shown, truth = _label_map(masks, order, shape), _label_map(case.truth, order, shape)
     return Outcome(
         label_counts(case, asg),

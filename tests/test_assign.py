@@ -280,6 +280,31 @@ def test_label_gate_drops_a_label_whose_whole_mask_is_a_look_alike() -> None:
     assert loose.label_masks().keys() == {"B"}
 
 
+def test_instances_carry_the_floor_they_were_judged_by() -> None:
+    """Accepted instances and candidates know their label's presence floor (how close a call
+    each was: the task score's near misses), under every rule and in a mix of rules."""
+    target, true_box, other_box = _scene()
+    preds = {"A": _pred(true_box, 0.2), "B": _pred(other_box | true_box, 0.9)}
+    refs = {"A": [_reference(E[0])], "B": [_reference(E[3])]}
+    floors = {"A": 0.41, "B": 0.37}
+    for asg in (
+        assign_split(target, preds, refs, cfg=CFG, thresholds=floors),
+        assign_label_gate(target, preds, refs, cfg=CFG, thresholds=floors),
+        assign_mixed(
+            {"A": "label-gate", "B": "split"},
+            target,
+            preds,
+            refs,
+            ["A", "B"],
+            cfg=CFG,
+            thresholds=floors,
+        ),
+    ):
+        judged = [i for insts in asg.accepted.values() for i in insts] + asg.candidates
+        assert judged and all(i.floor == pytest.approx(floors[i.label]) for i in judged)
+    assert all(np.isnan(i.floor) for i in assign_argmax(preds, ["A", "B"]).accepted["B"])
+
+
 def test_label_gate_cannot_cut_a_mask_split_can() -> None:
     """One mask over the true object and a smaller look-alike: the whole-mask feature passes,
     so the gate paints the look-alike too; split cuts it off as a candidate."""

@@ -7,7 +7,13 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 
-from gfsam.taskscore import task_features
+from gfsam.taskscore import (
+    NEAR_MISS,
+    near_miss_pixels,
+    region_raw_score,
+    task_features,
+    task_raw_score,
+)
 
 
 @dataclass
@@ -41,3 +47,31 @@ def test_features_of_an_empty_assignment() -> None:
     assert f["painted"] == 0 and f["score_mean"] == 0 and f["cand_margin_max"] == -1.0
     nan = [Inst("a", _box(0, 2, 0, 2), 0.5, float("nan"))]  # argmax: no similarity
     assert task_features(nan, [], {"a": 0.5}, (10, 10))["margin_min"] == 0.0
+
+
+@dataclass
+class Cand:
+    mask: np.ndarray
+    similarity: float
+    floor: float
+
+
+def test_near_misses_and_the_raw_score_by_hand() -> None:
+    painted = _box(0, 2, 0, 5)  # 10 pixels, one region scored 0.8
+    cands = [
+        Cand(_box(0, 4, 0, 5), 0.48, 0.5),  # 0.02 below its floor: 10 unpainted pixels count
+        Cand(_box(8, 10, 8, 10), 0.40, 0.5),  # 0.10 below: no
+        Cand(_box(5, 6, 0, 10), 0.70, 0.5),  # above its floor (rejected for another reason)
+        Cand(_box(9, 10, 0, 10), float("nan"), 0.5),  # no similarity (argmax): no
+        Cand(_box(7, 8, 0, 10), 0.7, float("nan")),  # no floor: no
+    ]
+    assert near_miss_pixels(cands, painted) == 20
+    assert near_miss_pixels(cands[1:2], painted) == 0
+    assert near_miss_pixels([], painted) == 0
+    regions = [(painted, 0.8)]
+    alone = 1 - 10 * 0.2 / 100
+    assert task_raw_score(regions, (10, 10)) == pytest.approx(alone)
+    assert task_raw_score(regions, (10, 10), cands) == pytest.approx(alone - NEAR_MISS * 20 / 100)
+    assert task_raw_score([], (10, 10), cands[1:2]) == 1.0  # nothing painted, nothing near
+    assert task_raw_score([], (10, 10), cands[:1]) == pytest.approx(1 - NEAR_MISS * 20 / 100)
+    assert region_raw_score(painted, 0.8, (10, 10)) == pytest.approx(alone)

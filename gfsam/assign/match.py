@@ -35,6 +35,8 @@ class Instance:
         similarity: class-level similarity to `label` (argmax: nan).
         consistency: mask-level consistency with `label` (argmax: 1).
         source: the label whose GF-SAM run proposed it.
+        floor: `label`'s presence floor in the rule that judged it (split, label-gate; argmax:
+            nan), so that ``similarity - floor`` says how close a call it was.
     """
 
     label: str
@@ -43,6 +45,7 @@ class Instance:
     similarity: float
     consistency: float
     source: str
+    floor: float = float("nan")
 
 
 @dataclass
@@ -212,7 +215,13 @@ def assign_split(
     def instance(n: int, lab: int, cost: float, mask: np.ndarray) -> Instance:
         score = float(np.clip(1.0 - cost, 0.0, 1.0))
         return Instance(
-            labels[lab], mask, score, float(sim[n, lab]), float(cons[n, lab]), props[n].source
+            labels[lab],
+            mask,
+            score,
+            float(sim[n, lab]),
+            float(cons[n, lab]),
+            props[n].source,
+            float(thr[lab]),
         )
 
     full = [mask_from_frame(props[n].mask, size) for n, _, _ in accepted]
@@ -281,6 +290,7 @@ def assign_label_gate(
     known = thresholds or {}
     passed: dict[str, Prediction] = {}
     sims: dict[str, float] = {}
+    floors: dict[str, float] = {}
     candidates: list[Instance] = []
     for label, pred in predictions.items():
         seg = pred.segmentation
@@ -291,17 +301,17 @@ def assign_label_gate(
         protos = cal[label].shot_prototypes(references[label], cfg, params)
         sim = float(class_similarity(feat, protos)[0])
         thr = known.get(label, cal[label].floor)
-        sims[label] = sim
+        sims[label], floors[label] = sim, thr
         if sim >= thr:
             passed[label] = pred
         else:
             mask = np.asarray(pred.mask, dtype=bool)
-            candidates.append(Instance(label, mask, float(pred.score), sim, 1.0, label))
+            candidates.append(Instance(label, mask, float(pred.score), sim, 1.0, label, thr))
     out = assign_argmax(passed, list(predictions))
     result = Assignment(accepted={label: [] for label in predictions}, candidates=candidates)
     for label, insts in out.accepted.items():
         for inst in insts:
-            inst.similarity = sims[label]
+            inst.similarity, inst.floor = sims[label], floors[label]
         result.accepted[label] = insts
     return result
 
@@ -391,16 +401,19 @@ def assign_mixed(
     gate = {lb: p for lb, p in predictions.items() if modes[lb] == "label-gate"}
     whole = {lb: p for lb, p in predictions.items() if modes[lb] == "argmax"}
     sims: dict[str, float] = {}
+    floors: dict[str, float] = {}
     if gate:
         gated = gate_on(gate)
         failed = {c.label for c in gated.candidates}
         whole |= {lb: p for lb, p in gate.items() if lb not in failed}
         result.candidates += gated.candidates
         sims = {i.label: i.similarity for insts in gated.accepted.values() for i in insts}
+        floors = {i.label: i.floor for insts in gated.accepted.values() for i in insts}
     shared = assign_argmax({lb: p for lb, p in predictions.items() if lb in whole}, order)
     for label, insts in shared.accepted.items():
         for inst in insts:
             inst.mask = inst.mask & ~claimed
             inst.similarity = sims.get(label, inst.similarity)
+            inst.floor = floors.get(label, inst.floor)
         result.accepted[label] = [i for i in insts if i.mask.any()]
     return result

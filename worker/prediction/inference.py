@@ -108,7 +108,8 @@ def predict_task(
     """Predict every label that has references; assign instances; keep the candidates.
 
     The item score is `gfsam.taskscore.task_raw_score` (1 minus the share of the image
-    expected to be painted wrong; 1 when no region is kept, then `result` is empty), each
+    expected to be painted wrong or missed: the regions, and the rejected candidates that came
+    near their label's floor; 1 when neither, then `result` is empty), each
     region's its matching score. Once the project has been measured (issue 19,
     `worker.quality`), its tuned offsets are added to the thresholds (and a label tuned to
     another assignment mode uses it) and every score posted is the expected IoU of the score
@@ -149,7 +150,7 @@ def predict_task(
     else:  # unmeasured: its matching score, as before
         regions_out = regions
     result = shapes_to_result(regions_out, cfg, geometry_params(rt.settings))
-    raw = task_raw_score([(m, s) for _, m, s in regions], shape)
+    raw = task_raw_score([(m, s) for _, m, s in regions], shape, asg.candidates)
     prediction = StoredPrediction(
         task=task, result=result, score=expected(raw), model_version=refs.version
     )
