@@ -18,6 +18,15 @@ from typing import Any
 
 import numpy as np
 
+# A rejected candidate whose similarity is within NEAR_MARGIN below its label's floor (or
+# above it: rejected for another reason) is a near miss, and NEAR_MISS of its unpainted pixels
+# count as expected wrong in `task_raw_score` (`task_features`' ``cand_near`` is their share of
+# the image). origin: the margin reasoned (issue 19's first feature study); the weight reasoned
+# (that close a call is about as likely a missed instance as a look-alike); on coco128's tune
+# half every weight from 0.5 to 8 ranked the tasks alike (see `task_raw_score`).
+NEAR_MARGIN = 0.05
+NEAR_MISS = 0.5
+
 
 def _union(masks: Sequence[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
     out = np.zeros(shape, dtype=bool)
@@ -45,8 +54,8 @@ def task_features(
         ``score_area`` (area-weighted mean score; 0 when nothing is painted); ``margin_min``
         (lowest similarity minus threshold among accepted instances, 0 when none or
         undefined), ``cand_margin_max`` (highest among candidates: the closest call; -1 when
-        none), ``cand_near`` (share of the image covered by candidates within 0.05 of their
-        threshold).
+        none), ``cand_near`` (share of the image covered by candidates within `NEAR_MARGIN`
+        below their threshold, or above it).
     """
     size = float(max(1, int(np.prod(shape))))
     painted = _union([i.mask for i in accepted], shape)
@@ -62,7 +71,8 @@ def task_features(
     acc_m = [m for m in map(margin, accepted) if math.isfinite(m)]
     cand = [(margin(c), c) for c in candidates]
     cand_m = [m for m, _ in cand if math.isfinite(m)]
-    near = _union([c.mask for m, c in cand if math.isfinite(m) and m > -0.05], shape) & ~painted
+    near = _union([c.mask for m, c in cand if math.isfinite(m) and m > -NEAR_MARGIN], shape)
+    near &= ~painted
     return {
         "painted": float(painted.sum()) / size,
         "rejected": float(rejected.sum()) / size,
@@ -75,16 +85,6 @@ def task_features(
         "cand_margin_max": max(cand_m) if cand_m else -1.0,
         "cand_near": float(near.sum()) / size,
     }
-
-
-# A rejected candidate whose similarity is within NEAR_MARGIN below its label's floor (or
-# above it: rejected for another reason) is a near miss, and NEAR_MISS of its unpainted pixels
-# count as expected wrong in `task_raw_score`. origin: the margin as `task_features`'
-# ``cand_near`` (reasoned); the weight reasoned (that close a call is about as likely a missed
-# instance as a look-alike); on coco128's tune half every weight from 0.5 to 8 ranked the
-# tasks alike (see `task_raw_score`).
-NEAR_MARGIN = 0.05
-NEAR_MISS = 0.5
 
 
 def near_miss_pixels(candidates: Sequence[Any], painted: np.ndarray) -> int:
