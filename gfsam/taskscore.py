@@ -135,9 +135,12 @@ def task_raw_score(
     The near-miss term (2026-12-04): misses (objects nobody painted) are invisible to the first
     term, and a complete miss is the worst task there is; a rejected candidate just below its
     floor is the one trace of a miss the assignment leaves. Chosen on coco128's tune half
-    (oracle replay, harsh knobs: Spearman +0.36 -> +0.45, low20 0.59 -> 0.74; easy knobs: +0.53
-    -> +0.52, 0.88 -> 0.88; any weight from 0.5 to 8 the same); the report half and FSS-1000
-    were printed in the same analysis (not blind): report harsh low20 0.41 -> 0.48, FSS harsh
+    (oracle replay's per-task dumps, raw score, harsh knobs: Spearman +0.36 -> +0.45, low20
+    0.59 -> 0.74; easy knobs: +0.53 -> +0.52, 0.88 -> 0.88; any weight from 0.5 to 8 the same);
+    the report half and FSS-1000 were printed in the same analysis (not blind): report harsh
+    low20 0.41 -> 0.48, FSS harsh unchanged. The replay's posted score (after the score map),
+    `eval replay --calibrate`: tune harsh +0.31 -> +0.41 and 0.53 -> 0.60, tune easy +0.48 ->
+    +0.47 and 0.74 -> 0.74, report harsh -0.01 -> +0.02 and 0.41 -> 0.44, report easy and FSS
     unchanged. Misses with no candidate near stay invisible.
 
     Args:
