@@ -412,35 +412,37 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
     return float(spearmanr(a, b).statistic)
 
 
-def spearman_ceiling(ious: Sequence[float], unpainted: Sequence[bool]) -> float | None:
+def spearman_ceiling(ious: Sequence[float], tied: Sequence[bool]) -> float | None:
     """The highest `spearman` against `ious` that a score can reach when it must give every
-    task in `unpainted` the same value: perfect on the other tasks (it is their IoU), the tied
-    group put wherever it scores best.
+    `tied` task the same value: perfect on the other tasks (it is their IoU), the tied group
+    put wherever it scores best.
 
-    Why (issue 19): a task where the assignment painted nothing is either truly empty (IoU 1)
-    or a complete miss (IoU 0), and a score computed from the assignment has nothing painted
-    to tell the two apart; this is how high any such score can rank tasks, so that a figure
-    below a target can be read as the score's fault or as the assignment's misses.
+    Why (issue 19): a task on which the assignment left no trace (nothing painted, no near
+    miss: raw score 1) is either truly empty (IoU 1) or a complete miss (IoU 0), and a score
+    computed from the assignment has nothing to tell the two apart; this is how high any such
+    score can rank tasks, so that a figure below a target can be read as the score's fault or
+    as the assignment's misses.
 
     Args:
-        ious: per task IoU. unpainted: per task, True when nothing was painted.
+        ious: per task IoU. tied: per task, True when the score cannot tell it from the others
+            so marked.
 
     Returns:
         The ceiling; None where `spearman` is None for every placement (e.g. below 3 tasks).
     """
     iou = np.asarray(ious, dtype=np.float64)
-    tied = np.asarray(unpainted, dtype=bool)
-    if iou.shape != tied.shape:
-        raise ValueError(f"lengths differ: {iou.shape} vs {tied.shape}")
-    levels = np.unique(iou[~tied])  # (L,) the painted tasks' scores, ascending
-    if not tied.any():
+    same = np.asarray(tied, dtype=bool)
+    if iou.shape != same.shape:
+        raise ValueError(f"lengths differ: {iou.shape} vs {same.shape}")
+    levels = np.unique(iou[~same])  # (L,) the other tasks' scores, ascending
+    if not same.any():
         return spearman(list(iou), list(iou))
-    # the tied value below, at, between and above every painted score: all distinct orders
+    # the tied value below, at, between and above every other score: all distinct orders
     edges = np.concatenate([[levels[0] - 1.0], levels]) if len(levels) else np.zeros(1)
     mids = (edges[:-1] + edges[1:]) / 2 if len(edges) > 1 else np.zeros(0)
     best: float | None = None
     for c in np.concatenate([edges, mids, [edges[-1] + 1.0]]):
-        score = np.where(tied, c, iou)
+        score = np.where(same, c, iou)
         value = spearman(list(score), list(iou))
         if value is not None and (best is None or value > best):
             best = value

@@ -125,6 +125,9 @@ def test_replay_calibrate_contract(tmp_path: Path) -> None:
     assert step["best_fixed_miou"] >= step["default_miou"]
     if step["tuned_on"] < 3:
         assert all(ch["how"] == "too-few" for ch in step["choices"].values())
+    for cp in res["calibration"]:  # the posted score ties the images it has no trace on
+        sp, ceiling = cp["score_iou_spearman"], cp["score_iou_spearman_ceiling"]
+        assert sp is None or (ceiling is not None and sp <= ceiling + 1e-9)
 
 
 @needs_data

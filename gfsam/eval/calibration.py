@@ -16,7 +16,8 @@ images remain), with the shots the loop holds then:
   and, at the chosen offsets, the posted score (`ScoreMap` of the raw score) against each
   image's IoU: ``score_iou_spearman`` and ``low20_correction_share`` (0.2: a random order);
   ``score_iou_spearman_ceiling`` beside it: the most any score could reach that has to tie
-  the images where nothing was painted (`gfsam.calibrate.spearman_ceiling`).
+  the images the assignment left no trace on, nothing painted and no near miss (raw score 1,
+  `gfsam.taskscore.task_raw_score`; `gfsam.calibrate.spearman_ceiling`).
 
 mIoU: mean over the classes that have shots and appear in the held-out images of the IoU
 accumulated over them, in %. Each figure of the result is the mean over checkpoints (each
@@ -154,8 +155,9 @@ def checkpoint(
         "best_fixed_miou": _miou(best, present),
         "best_fixed_modes_miou": _miou(best_any, present),
         "score_iou_spearman": spearman(posted, [o.iou for o in outs]),
-        "score_iou_spearman_ceiling": spearman_ceiling(
-            [o.iou for o in outs], [o.features["n_painted"] == 0 for o in outs]
+        "score_iou_spearman_ceiling": spearman_ceiling(  # tied: no trace (raw score 1)
+            [o.iou for o in outs],
+            [o.features["n_painted"] == 0 and o.raw_score >= 1.0 for o in outs],
         ),
         "low20_correction_share": low20_correction_share(posted, [o.corrections for o in outs]),
         "score_map_fitted": tuning.score_map.fitted,

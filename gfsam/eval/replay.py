@@ -210,7 +210,7 @@ def run_replay(
             "calibrated_miou {calibrated_miou} best_fixed_miou {best_fixed_miou} "
             "best_fixed_modes_miou {best_fixed_modes_miou} "
             "score_iou_spearman {score_iou_spearman} "
-            "(ceiling with nothing-painted images tied {score_iou_spearman_ceiling}) "
+            "(ceiling, images with nothing painted or near tied: {score_iou_spearman_ceiling}) "
             "low20_correction_share {low20_correction_share}".format(**result)
         )
     return result
