@@ -226,7 +226,8 @@ def test_parsed_states_hand_over_only_the_text_they_were_written_as() -> None:
         assert text == fresh.to_json()
         cache.keep(P, text, state)
         plain = fresh
-    assert plain is not None and cache.take(P, text).to_json() == plain.to_json()
+    assert plain is not None and text is not None
+    assert cache.take(P, text).to_json() == plain.to_json()
     other = CandidateGroups(GROUP_PARAMS)
     other.add("x", feats[0])
     cache.keep(P, text, plain)
@@ -236,3 +237,35 @@ def test_parsed_states_hand_over_only_the_text_they_were_written_as() -> None:
         cache.keep(q, kept, other)
     assert cache.take(1, kept) is not other  # only the last 2 projects are kept
     assert cache.take(3, kept) is other
+
+
+def test_posted_score_counts_the_assignments_near_misses(
+    make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A rejected candidate just below its floor lowers the task score the worker posts by
+    half its unpainted area (`gfsam.taskscore.task_raw_score`); the regions' part is as
+    before. The candidate is added to the real assignment of each task."""
+    import worker.prediction.inference as inference
+    from gfsam.assign import Instance
+    from gfsam.taskscore import NEAR_MISS
+
+    corner = np.zeros((H, W), dtype=bool)
+    corner[:6, :6] = True  # background in every scene
+    real = inference.assign
+
+    def assign(*args: Any, **kwargs: Any) -> Any:
+        asg = real(*args, **kwargs)
+        asg.candidates.append(Instance("Cat", corner, 0.1, 0.49, 1.0, "Cat", 0.5))
+        return asg
+
+    monkeypatch.setattr(inference, "assign", assign)
+    svc, tasks = start(make_service, discover=False)
+    for t in tasks[1:]:
+        (pred,) = [p for p in svc.ls.posts if p["task"] == t]
+        masks = [rle_to_mask(r["value"]["rle"], W, H) for r in pred["result"]]
+        regions = list(zip(masks, [r["score"] for r in pred["result"]], strict=True))
+        painted = np.logical_or.reduce(masks) if masks else np.zeros((H, W), dtype=bool)
+        near = int((corner & ~painted).sum())
+        assert near == 36
+        without = task_raw_score(regions, (H, W))
+        assert pred["score"] == pytest.approx(without - NEAR_MISS * near / (H * W))
