@@ -438,10 +438,14 @@ def spearman_ceiling(ious: Sequence[float], tied: Sequence[bool]) -> float | Non
     if not same.any():
         return spearman(list(iou), list(iou))
     # the tied value below, at, between and above every other score: all distinct orders
-    edges = np.concatenate([[levels[0] - 1.0], levels]) if len(levels) else np.zeros(1)
-    mids = (edges[:-1] + edges[1:]) / 2 if len(edges) > 1 else np.zeros(0)
+    mids = (levels[:-1] + levels[1:]) / 2
+    places = (
+        np.concatenate([levels, mids, [levels[0] - 1.0, levels[-1] + 1.0]])
+        if len(levels)
+        else [0.0]
+    )
     best: float | None = None
-    for c in np.concatenate([edges, mids, [edges[-1] + 1.0]]):
+    for c in places:
         score = np.where(same, c, iou)
         value = spearman(list(score), list(iou))
         if value is not None and (best is None or value > best):

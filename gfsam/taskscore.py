@@ -94,15 +94,19 @@ def near_miss_pixels(candidates: Sequence[Any], painted: np.ndarray) -> int:
         candidates: rejected instances (``mask`` bool [H, W], ``similarity``, ``floor``; a
             candidate without a finite margin is not a near miss). painted: bool [H, W].
     """
-    near = [
+    near = _near_masks(candidates)
+    if not near:
+        return 0
+    return int(np.count_nonzero(_union(near, painted.shape) & ~painted))
+
+
+def _near_masks(candidates: Sequence[Any]) -> list[np.ndarray]:
+    return [
         c.mask
         for c in candidates
         if math.isfinite(margin := float(c.similarity) - float(getattr(c, "floor", math.nan)))
         and margin > -NEAR_MARGIN
     ]
-    if not near:
-        return 0
-    return int(np.count_nonzero(_union(near, painted.shape) & ~painted))
 
 
 def region_raw_score(mask: np.ndarray, score: float, shape: tuple[int, ...]) -> float:
@@ -152,7 +156,8 @@ def task_raw_score(
     wrong = sum(
         float(np.count_nonzero(m)) * (1.0 - float(np.clip(s, 0.0, 1.0))) for m, s in regions
     )
-    if candidates:
+    near = _near_masks(candidates)
+    if near:  # the painted union only when some candidate came near
         painted = _union([m for m, _ in regions], shape)
-        wrong += NEAR_MISS * near_miss_pixels(candidates, painted)
+        wrong += NEAR_MISS * int(np.count_nonzero(_union(near, shape) & ~painted))
     return float(np.clip(1.0 - wrong / size, 0.0, 1.0))
