@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -88,8 +89,9 @@ def test_offset_grid_holds_zero_and_observed_values() -> None:
     assert len(offset_grid(list(np.linspace(-1, 1, 100)), size=5)) <= 5
 
 
-def _c(tp: int, fp: int, fn: int, n: int = 3) -> Counts:
-    return Counts(tp=tp, fp=fp, fn=fn, n=n, tasks=n)
+def _c(tp: int, fp: int, fn: int, n: int = 3, absent: int = 3) -> Counts:
+    """Counts over n tasks holding the label and `absent` tasks without it."""
+    return Counts(tp=tp, fp=fp, fn=fn, n=n, tasks=n + absent)
 
 
 def test_choice_takes_the_best_iou_and_keeps_the_default_on_ties() -> None:
@@ -108,6 +110,33 @@ def test_choice_needs_evidence() -> None:
     assert choose_offset(sweep, min_tasks=2).offset == 0.3
     with pytest.raises(ValueError):
         choose_offset({0.1: _c(1, 0, 0)})
+
+
+def test_a_looser_setting_needs_tasks_without_the_label() -> None:
+    # every scored task holds the label: painting more (a lower offset, another mode) gains
+    # the missed pixels and costs only those around the object; what it paints where the label
+    # is absent is unseen, so it may not compete (the FSS harsher case, 2026-12-04)
+    only_present = {
+        -0.2: _c(9, 10, 0, absent=0),
+        0.0: _c(2, 0, 7, absent=0),
+        0.1: _c(1, 0, 8, absent=0),
+        "argmax": _c(9, 12, 0, absent=0),
+    }
+    ch = choose_offset(only_present)
+    assert (ch.offset, ch.mode, ch.how) == (0.0, None, "unchecked")
+    assert choose_offset(only_present, min_absent=0).offset == -0.2  # the rule is what holds it
+    # a stricter offset needs no absent task: it can only paint less
+    stricter = {
+        -0.2: _c(9, 10, 0, absent=0),
+        0.0: _c(5, 6, 4, absent=0),
+        0.1: _c(5, 0, 4, absent=0),
+    }
+    assert (choose_offset(stricter).offset, choose_offset(stricter).how) == (0.1, "tuned")
+    # with enough tasks without the label, the looser setting competes (its paint there is in
+    # its fp) and wins when it still measures better
+    checked = {k: replace(c, tasks=c.n + 3) for k, c in only_present.items()}
+    assert choose_offset(checked).offset == -0.2 and choose_offset(checked).how == "tuned"
+    assert choose_offset(checked, min_absent=4).how == "unchecked"
 
 
 def test_held_out_choice_never_tunes_on_the_scored_task() -> None:
@@ -209,11 +238,11 @@ def test_sweep_steps_start_at_the_default_and_cover_every_candidate() -> None:
     assert len({tuple(sorted(s.items())) for s in steps}) == len(steps)
 
 
-def _case(key: str, outcomes: dict[float, Counts]) -> TaskCase:
+def _case(key: str, outcomes: dict[float, Counts], absent: bool = False) -> TaskCase:
     """A one-label task whose assignment at default + offset paints what `outcomes` says: the
-    truth is 4 pixels, the prediction painted tp of them plus fp outside."""
+    truth is 4 pixels (none when `absent`), the prediction painted tp of them plus fp outside."""
     truth = np.zeros((4, 4), dtype=bool)
-    truth[0] = True
+    truth[0] = not absent
 
     class Asg:
         def __init__(self, c: Counts) -> None:
@@ -261,10 +290,10 @@ def test_tune_keeps_only_moves_the_nested_estimate_confirms(
 # --- per-label assignment modes (issue 19: "and, if that measures better, the mode") ---------
 
 
-def _mode_case(key: str, outcomes: dict[float | str, Counts]) -> TaskCase:
+def _mode_case(key: str, outcomes: dict[float | str, Counts], absent: bool = False) -> TaskCase:
     """`_case` whose assignment also depends on the mode asked for label x (a str key)."""
-    base = _case(key, {k: v for k, v in outcomes.items() if not isinstance(k, str)})
-    by_mode = {k: _case(key, {0.0: v}) for k, v in outcomes.items() if isinstance(k, str)}
+    base = _case(key, {k: v for k, v in outcomes.items() if not isinstance(k, str)}, absent)
+    by_mode = {k: _case(key, {0.0: v}, absent) for k, v in outcomes.items() if isinstance(k, str)}
     calls: list[dict[str, str]] = []
 
     def assign_at(th: Mapping[str, float], modes: Mapping[str, str] | None = None) -> object:
@@ -303,7 +332,10 @@ def test_tune_chooses_a_mode_with_evidence_and_never_on_the_scored_task(
     monkeypatch.setattr(cal, "offset_grid", lambda values, size=7: [0.0, 0.2])
     # label-gate paints the truth exactly on every task; split's offsets never do
     better = {0.0: Counts(tp=4, fp=3), 0.2: Counts(tp=2), "label-gate": Counts(tp=4)}
-    cases = [_mode_case(k, better) for k in "abcd"]
+    # three tasks without the label, where no setting paints: a mode may compete
+    clean = {0.0: Counts(), 0.2: Counts(), "label-gate": Counts()}
+    cases = [_mode_case(k, better) for k in "abcd"] + [_mode_case(k, clean, True) for k in "efg"]
+    assert cal.tune(cases[:4], modes=["label-gate"]).choices["x"].how == "unchecked"
     found = cal.tune(cases, modes=["label-gate"])
     assert found.choices["x"].mode == "label-gate" and found.choices["x"].how == "tuned"
     assert found.modes() == {"x": "label-gate"} and found.held_out["x"].iou == 1.0
@@ -317,7 +349,9 @@ def test_tune_chooses_a_mode_with_evidence_and_never_on_the_scored_task(
     # the choice made on the other three loses it -> unconfirmed, the project's mode stays
     win = {0.0: Counts(tp=1, fp=3), "argmax": Counts(tp=4)}
     lose = {0.0: Counts(tp=4), "argmax": Counts(tp=3)}
+    empty = {0.0: Counts(), "argmax": Counts()}
     cases = [_mode_case("a", win), *(_mode_case(k, lose) for k in "bcd")]
+    cases += [_mode_case(k, empty, True) for k in "efg"]
     sweeps = [cal.sweep_task(c, {"x": [0.0]}, ["argmax"]) for c in cases]
     assert cal.choose_offsets(sweeps)["x"].mode == "argmax"
     found = cal.tune(cases, modes=["argmax"])

@@ -81,7 +81,13 @@ def test_quality_after_three_annotations(ls: LabelStudio, measuring_backend: Bac
         figures = report["default"][label]
         assert figures["n"] == 3 and figures["tasks"] == 3
         assert isinstance(figures["iou"], float) and 0.0 <= figures["iou"] <= 1.0
-        assert report["choices"][label]["how"] in ("default", "tuned", "too-few", "unconfirmed")
+        assert report["choices"][label]["how"] in (
+            "default",
+            "tuned",
+            "too-few",
+            "unconfirmed",
+            "unchecked",
+        )
     page = requests.get(f"{url}/status/projects/{project}", timeout=10).text
     assert 'id="quality"' in page
     for label in LABELS:

@@ -233,7 +233,8 @@ class ProjectQuality(BaseModel):
     and the tuning predictions apply now. Per report and label: ``default`` (n, IoU,
     precision, recall, false paint at the default thresholds, each task predicted without its
     own shots), ``tuned`` (each task at the offsets or modes chosen on the other tasks),
-    ``choices`` (offset, mode, how: tuned | default | too-few | unconfirmed, the evidence),
+    ``choices`` (offset, mode, how: tuned | default | too-few | unconfirmed | unchecked, the
+    evidence),
     ``previous`` (the version measured before, predicted again on the same tasks with the same
     leave-one-out at its defaults: compare with ``default`` to see whether the last correction
     helped)."""

@@ -249,7 +249,7 @@ class LabelTuning(BaseModel):
 
     offset: float = 0.0  # added to the default threshold; higher = stricter
     mode: str | None = None  # the assignment mode chosen instead of ASSIGN (None: ASSIGN)
-    how: str = "default"  # tuned | default | too-few | unconfirmed
+    how: str = "default"  # tuned | default | too-few | unconfirmed | unchecked
     n: int = 0
     iou_default: float | None = None
     iou_chosen: float | None = None
