@@ -262,11 +262,13 @@ def measured(store: Store) -> None:
             default={
                 "A": LabelQuality(n=3, tasks=3, iou=iou, precision=0.8, recall=0.9),
                 "<b>B</b>": LabelQuality(n=1, tasks=3, iou=0.25, false_paint=0.5),
+                "C": LabelQuality(n=3, tasks=3, iou=0.4),
             },
             tuned={"A": LabelQuality(n=3, tasks=3, iou=tuned), "<b>B</b>": LabelQuality(n=1)},
             choices={
                 "A": LabelTuning(offset=0.125, how="tuned", n=3),
                 "<b>B</b>": LabelTuning(mode="argmax", how="tuned", n=1),
+                "C": LabelTuning(how="unchecked", n=3),  # every task holds C: no looser move
             },
             previous=None
             if n == 1
@@ -289,7 +291,8 @@ def test_quality_section_in_headless_chromium(svc: Service, tmp_path: Path) -> N
         dom = chromium(f"{url}/status/projects/1", tmp_path, "--dump-dom")
     section = dom[dom.index('id="quality"') :]
     rows = re.findall(r'<tr class="quality-row" data-label="([^"]+)" data-n="(\d+)"', section)
-    assert rows == [("A", "3"), ("&lt;b&gt;B&lt;/b&gt;", "1")]  # escaped, in report order
+    assert rows == [("A", "3"), ("&lt;b&gt;B&lt;/b&gt;", "1"), ("C", "3")]  # escaped, in order
+    assert "default (a looser setting needs tasks without the label)" in section
     assert "0.700" in section and "0.900" in section and "tuned +0.125" in section
     assert "0.450" in section and "gfsam-p1-v1 on the same 3 task(s)" in section  # previous
     assert "mode argmax" in section
