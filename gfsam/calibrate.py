@@ -299,8 +299,8 @@ def choose_offset(
         return (score, 1, -abs(o), o)
 
     ordered = sorted(sweep, key=_setting_order)
-    absent = base.tasks - base.n
-    allowed = [o for o in ordered if is_stricter(o) or absent >= _or(min_absent, min_tasks)]
+    looser_ok = base.tasks - base.n >= (min_tasks if min_absent is None else min_absent)
+    allowed = [o for o in ordered if looser_ok or is_stricter(o)]
     best = max(allowed, key=key)
     if best == 0.0 and not isinstance(best, str):
         how = "unchecked" if max(ordered, key=key) not in allowed else "default"
@@ -309,10 +309,6 @@ def choose_offset(
     if isinstance(best, str):
         return Choice(0.0, how, n, base.iou, sweep[best].iou, offs, best, modes, ious)
     return Choice(float(best), how, n, base.iou, sweep[best].iou, offs, None, modes, ious)
-
-
-def _or(value: int | None, fallback: int) -> int:
-    return fallback if value is None else value
 
 
 def sum_sweeps(sweeps: Iterable[Sweep]) -> Sweep:
