@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,42 @@ def test_target_cache_put_scans_only_when_due(tmp_path: Path) -> None:
     assert cache.get("o0") is None and cache.get("due") is not None
     cache.put("big", bytes(9000))  # its own count passes the budget: scans at once
     assert cache.scans == 3 and cache.size_bytes() <= 10_000 and cache.get("big") is not None
+
+
+def test_put_later_answers_from_memory_until_written(tmp_path: Path) -> None:
+    """A deferred write (`put_later`) is readable at once in this process, on disk after
+    `flush`; the writer serialises on its own thread."""
+    cache = TargetCache(tmp_path / "t", max_bytes=10_000)
+    release = threading.Event()
+    threads: list[str] = []
+
+    def produce() -> bytes:
+        threads.append(threading.current_thread().name)
+        release.wait(10)
+        return b"blob-a"
+
+    cache.put_later("a", produce)
+    assert cache.contains("a") and not (tmp_path / "t" / "a.bin").exists()
+    release.set()
+    assert cache.get("a") == b"blob-a"  # waits for the pending entry, not the disk
+    cache.flush()
+    assert (tmp_path / "t" / "a.bin").read_bytes() == b"blob-a"
+    assert threads and threads[0] != threading.current_thread().name
+    cache.put_later("a", lambda: b"blob-1")  # one writer thread, in order: the last one wins
+    cache.put_later("a", lambda: b"blob-2")
+    cache.flush()
+    assert cache.get("a") == b"blob-2" == (tmp_path / "t" / "a.bin").read_bytes()
+
+
+def test_put_later_failure_is_a_miss_never_an_error(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    cache = TargetCache(tmp_path / "t", max_bytes=10_000)
+
+    def broken() -> bytes:
+        raise RuntimeError("serialisation failed")
+
+    cache.put_later("b", broken)
+    cache.flush()  # does not raise
+    assert cache.get("b") is None and not cache.contains("b")
+    assert "b not written" in caplog.text

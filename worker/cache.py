@@ -13,6 +13,7 @@ import tempfile
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,11 +44,21 @@ class TargetCache:
         self._total: int | None = None  # bytes at the last scan + what this process wrote since
         self._puts = 0  # puts since the last scan
         self._lock = threading.Lock()
+        # `put_later`: one writer thread, the entries it has not written yet (sha -> its bytes)
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: dict[str, Future[bytes]] = {}
 
     def _path(self, sha: str) -> Path:
         return self.dir / f"{sha}.bin"
 
     def get(self, sha: str) -> bytes | None:
+        with self._lock:
+            pending = self._pending.get(sha)
+        if pending is not None:  # written later by this process: its bytes, not the disk's
+            try:
+                return pending.result()
+            except Exception:  # logged by the writer thread: a miss, as a cache may answer
+                return None
         path = self._path(sha)
         try:
             data = path.read_bytes()
@@ -57,8 +68,51 @@ class TargetCache:
         return data
 
     def contains(self, sha: str) -> bool:
-        """True when `sha` is cached (no read, no LRU touch)."""
+        """True when `sha` is cached or about to be (no read, no LRU touch)."""
+        with self._lock:
+            if sha in self._pending:
+                return True
         return self._path(sha).exists()
+
+    def put_later(self, sha: str, produce: Callable[[], bytes]) -> None:
+        """`put(sha, produce())` on this cache's writer thread; returns at once.
+
+        The serialisation and the file write of a ~10 MB target overlap the job's next steps.
+        Until written, `get` and `contains` answer from the pending entry (this process only:
+        other processes see the file once it lands). `produce` must only read what it
+        serialises, and nothing may change it meanwhile. A failure is logged and the entry
+        dropped (a cache miss later, never a wrong blob). `flush` waits for every write.
+        """
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="target-cache")
+            future = self._writer.submit(self._write_later, sha, produce)
+            self._pending[sha] = future
+        future.add_done_callback(lambda done: self._settled(sha, done))
+
+    def _write_later(self, sha: str, produce: Callable[[], bytes]) -> bytes:
+        try:
+            blob = produce()
+            self.put(sha, blob)
+        except Exception:
+            logger.exception("target cache: %s not written", sha[:12])
+            raise
+        return blob
+
+    def _settled(self, sha: str, done: Future[bytes]) -> None:
+        with self._lock:
+            if self._pending.get(sha) is done:
+                del self._pending[sha]
+
+    def flush(self) -> None:
+        """Wait until every `put_later` so far is on disk (or failed and logged)."""
+        with self._lock:
+            futures = list(self._pending.values())
+        wait(futures)
+        with self._lock:  # a future's waiters wake before its done-callbacks run
+            for sha, future in list(self._pending.items()):
+                if future.done():
+                    del self._pending[sha]
 
     def put(self, sha: str, blob: bytes) -> None:
         if len(blob) > self.max_bytes:

@@ -46,7 +46,7 @@ from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.errors import LabelStudioError, LabelStudioNotFound, LabelStudioUnavailable
 from worker.labelstudio.project_config import refresh_config
 from worker.labelstudio.replies import LSTask
-from worker.prediction import delivery, inference, prefetch
+from worker.prediction import decoded_masks, delivery, inference, prefetch
 from worker.quality import measure
 
 logger = logging.getLogger(__name__)
@@ -112,6 +112,8 @@ def predict_task(raw: dict[str, Any]) -> str:
     except Exception as exc:
         _failed(store, p, job_id, f"task:{t}", exc)
         raise
+    finally:  # the target cache writes this job started (`put_later`) land before it ends
+        rt.targets.flush()
     store.progress.job_ended(p, job_id, "stale" if outcome in ("stale", "skipped") else "done")
     logger.info("predict p%s t%s %s: %s", p, t, v, outcome)
     return outcome
@@ -141,6 +143,8 @@ def _predict(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: PredictJob)
         image = prefetch.download(rt, store, jobs, predict_job_id(p, t, v), t, url)
         found = inference.predict_task(rt, store, cfg, refs, t, image)
         pred = candidates.after_predict(rt, store, p, cfg, refs, image, found)  # issue 11
+        if found.decoded is not None:  # once, with discovery's region prompts
+            decoded_masks.save(rt, store, found.sha, found.decoded, later=True)
         store.data.put_prediction(p, pred)
         store.progress.clear_failure(p, f"task:{t}")
     return delivery.deliver(rt, store, jobs, p, pred)  # the POST off this thread when enabled

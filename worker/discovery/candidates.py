@@ -50,7 +50,6 @@ from gfsam.types import FRAME
 from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.errors import LabelStudioError
 from worker.labelstudio.shapes import annotation_masks, shapes_to_result
-from worker.prediction import decoded_masks
 from worker.prediction.assignment import calibration
 from worker.prediction.inference import TaskResult, load_references
 from worker.runtime import Runtime, geometry_params
@@ -125,8 +124,6 @@ def discover_task(
         labels=labels,
         cfg=pipe.config,
     )
-    if decoded is not None and result.sha:
-        decoded_masks.save_regions(rt, store, result.sha, decoded)
     if not cands:
         return []
     image = rt.model.load_image(image_bytes)

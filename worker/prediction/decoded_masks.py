@@ -49,22 +49,26 @@ def load(rt: Runtime, sha: str, labels: int) -> DecodedMasks:
     return DecodedMasks(size)
 
 
-def save(rt: Runtime, store: Store, sha: str, decoded: DecodedMasks) -> None:
-    """Count this prediction's prompt hits and misses; store the masks when some are new."""
-    if decoded.hits:
-        store.progress.incr_stat("prompt_cache_hit", decoded.hits)
-    if decoded.misses:
-        store.progress.incr_stat("prompt_cache_miss", decoded.misses)
-        rt.targets.put(sha + SUFFIX, decoded.to_bytes())
-
-
-def save_regions(rt: Runtime, store: Store, sha: str, decoded: DecodedMasks) -> None:
-    """After discovery: count its region hits and misses; store the masks when some are new."""
-    if decoded.region_hits:
-        store.progress.incr_stat("region_cache_hit", decoded.region_hits)
-    if decoded.region_misses:
-        store.progress.incr_stat("region_cache_miss", decoded.region_misses)
-        rt.targets.put(sha + SUFFIX, decoded.to_bytes())
+def save(
+    rt: Runtime, store: Store, sha: str, decoded: DecodedMasks, *, later: bool = False
+) -> None:
+    """Count the store's point and region prompt hits and misses; store the masks when some
+    are new. A pre-annotation saves once, after discovery added its region prompts, and
+    ``later`` (`TargetCache.put_later`: compressed and written on the cache's thread while the
+    job stores and delivers; nothing touches `decoded` after this call)."""
+    for name, amount in (
+        ("prompt_cache_hit", decoded.hits),
+        ("prompt_cache_miss", decoded.misses),
+        ("region_cache_hit", decoded.region_hits),
+        ("region_cache_miss", decoded.region_misses),
+    ):
+        if amount:
+            store.progress.incr_stat(name, amount)
+    if decoded.misses or decoded.region_misses:
+        if later:
+            rt.targets.put_later(sha + SUFFIX, decoded.to_bytes)
+        else:
+            rt.targets.put(sha + SUFFIX, decoded.to_bytes())
 
 
 def predict_labels(
@@ -73,6 +77,8 @@ def predict_labels(
     sha: str,
     target: TargetEncoding,
     references: Mapping[str, Sequence[Reference]],
+    *,
+    keep: bool = False,
 ) -> tuple[dict[str, Prediction], PointMasks, DecodedMasks]:
     """`predict_labels` with the target's stored masks.
 
@@ -81,6 +87,7 @@ def predict_labels(
         store: for the hit / miss counters.
         sha: sha256 of the image bytes (the target cache key).
         target: its encoding. references: label -> shots, in config order.
+        keep: the caller `save`s the store itself (after discovery); else saved here.
 
     Returns:
         (label -> prediction, as `predict_labels` returns them; the prompts' SAM masks for
@@ -89,7 +96,8 @@ def predict_labels(
     """
     decoded = load(rt, sha, len(references))
     preds = rt.model.pipeline.predict_labels(target, references, decoded=decoded)
-    save(rt, store, sha, decoded)
+    if not keep:
+        save(rt, store, sha, decoded)
     return dict(preds), point_masks(rt, target, decoded), decoded
 
 

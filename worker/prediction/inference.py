@@ -52,7 +52,7 @@ def target_encoding(
     started = time.perf_counter()
     target = prefetch.encode_target(rt, store, image_bytes, sha)  # batched when prefetched
     store.progress.incr_stat("target_encode")
-    rt.targets.put(sha, target.to_bytes())
+    rt.targets.put_later(sha, target.to_bytes)  # written while the job goes on
     logger.debug("encoded target %s in %.2fs", sha[:12], time.perf_counter() - started)
     return _frozen(target)
 
@@ -120,7 +120,9 @@ def predict_task(
     target = target_encoding(rt, store, image_bytes, sha)
     references = load_references(rt, store, refs, cfg.labels)
     # stored SAM masks reused
-    preds, point_masks, decoded = decoded_masks.predict_labels(rt, store, sha, target, references)
+    preds, point_masks, decoded = decoded_masks.predict_labels(
+        rt, store, sha, target, references, keep=True
+    )  # saved once the job's discovery added its region prompts (`decoded_masks.save`)
     store.progress.incr_stat("predict")
     shas = {label: [s.ref for s in refs.shots[label]] for label in references}
     tuning = store.quality.tuning(refs.project) if rt.settings.calibrate else None
