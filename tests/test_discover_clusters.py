@@ -52,6 +52,30 @@ def test_window_seeds_one_per_window_with_enough_free_cells() -> None:
     assert window_seeds(unit, np.zeros(TOKENS, dtype=bool), 18, DiscoverParams()).shape == (0, C)
 
 
+def test_window_seeds_are_each_windows_mean_free_token() -> None:
+    """The box sums equal averaging each window's free tokens one by one (float32 rounding)."""
+    rng = np.random.default_rng(5)
+    params = DiscoverParams()
+    for trial in range(6):
+        unit = rng.standard_normal((TOKENS, 32)).astype(np.float32)
+        unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+        free = rng.random(TOKENS) < (0.3, 0.6, 0.9)[trial % 3]
+        for window in (18, 12, 8, GRID, 2):
+            starts = sorted({*range(0, GRID - window + 1, max(window // 2, 1)), GRID - window})
+            grid_free, grid_tok = free.reshape(GRID, GRID), unit.reshape(GRID, GRID, -1)
+            expected = []
+            for y in starts:
+                for x in starts:
+                    inside = grid_free[y : y + window, x : x + window]
+                    if inside.mean() >= params.min_window_free:
+                        mean = grid_tok[y : y + window, x : x + window][inside].mean(axis=0)
+                        expected.append(mean / np.linalg.norm(mean))
+            got = window_seeds(unit, free, window, params)
+            assert got.shape == (len(expected), 32)
+            if expected:
+                np.testing.assert_allclose(got, np.stack(expected), rtol=0, atol=1e-6)
+
+
 def test_spherical_kmeans_separates_two_directions() -> None:
     x = np.array([[1, 0], [0.9, 0.1], [0, 1], [0.1, 0.9]], dtype=np.float32)
     x /= np.linalg.norm(x, axis=1, keepdims=True)
