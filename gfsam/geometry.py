@@ -105,8 +105,12 @@ def _thin(piece: np.ndarray, sliver_px: float) -> bool:
     """True when the piece is nowhere thicker than `sliver_px` (twice its inscribed radius)."""
     if sliver_px <= 0:
         return False
-    depth = ndimage.distance_transform_edt(np.pad(piece, 1))
-    return bool(2.0 * float(depth.max()) <= sliver_px)
+    # OpenCV's precise L2 transform is the exact Euclidean one (scipy's `distance_transform_edt`
+    # gives the same distances, ~8x slower: tests/test_geometry.py); compared squared, in integers
+    padded = np.pad(piece, 1).astype(np.uint8)
+    depth = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
+    squared = round(float(depth.max()) ** 2)  # the largest squared distance to the background
+    return 4 * squared <= sliver_px * sliver_px
 
 
 def _fill_small_holes(mask: np.ndarray, max_hole: int) -> np.ndarray:

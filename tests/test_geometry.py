@@ -168,3 +168,26 @@ def test_the_harness_counts_defects_before_and_after_cleaning() -> None:
         "holes": 0.0,
         "duplicates": 0.0,
     }
+
+
+def test_sliver_test_matches_scipys_exact_distance_transform() -> None:
+    """`_thin` (OpenCV's precise L2 transform, compared squared) decides as the definition
+    does: twice the largest Euclidean distance to the background (scipy's EDT) <= sliver_px."""
+    from scipy import ndimage
+
+    from gfsam.geometry import _thin
+
+    rng = np.random.default_rng(11)
+    thin_seen = thick_seen = 0
+    for _ in range(200):
+        h, w = (int(v) for v in rng.integers(3, 120, 2))
+        piece = ndimage.binary_opening(rng.random((h, w)) < rng.uniform(0.3, 0.95))
+        if not piece.any():
+            continue
+        depth = float(ndimage.distance_transform_edt(np.pad(piece, 1)).max())
+        for sliver_px in (1.0, 2.0, 2.5, 2.0 * np.sqrt(2.0), 4.0, 6.0, 9.0):
+            expected = 2.0 * depth <= sliver_px
+            assert _thin(piece, sliver_px) == expected, (h, w, sliver_px)
+            thin_seen += expected
+            thick_seen += not expected
+    assert thin_seen and thick_seen  # both answers were exercised
