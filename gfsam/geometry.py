@@ -13,6 +13,7 @@ plane; boxes are (x0, y0, x1, y1) in pixels, x1/y1 exclusive.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import cv2
@@ -105,12 +106,13 @@ def _thin(piece: np.ndarray, sliver_px: float) -> bool:
     """True when the piece is nowhere thicker than `sliver_px` (twice its inscribed radius)."""
     if sliver_px <= 0:
         return False
-    # OpenCV's precise L2 transform is the exact Euclidean one (scipy's `distance_transform_edt`
-    # gives the same distances, ~8x slower: tests/test_geometry.py); compared squared, in integers
+    # OpenCV's precise L2 transform is the exact Euclidean one, in float32 (scipy's
+    # `distance_transform_edt` gives the same distances ~8x slower, tests/test_geometry.py): the
+    # largest squared distance is an integer, and its float64 root is scipy's to the bit
     padded = np.pad(piece, 1).astype(np.uint8)
     depth = cv2.distanceTransform(padded, cv2.DIST_L2, cv2.DIST_MASK_PRECISE)
-    squared = round(float(depth.max()) ** 2)  # the largest squared distance to the background
-    return 4 * squared <= sliver_px * sliver_px
+    squared = round(float(depth.max()) ** 2)
+    return 2.0 * math.sqrt(squared) <= sliver_px
 
 
 def _fill_small_holes(mask: np.ndarray, max_hole: int) -> np.ndarray:

@@ -88,6 +88,12 @@ def test_put_later_answers_from_memory_until_written(tmp_path: Path) -> None:
     cache.put_later("a", lambda: b"blob-2")
     cache.flush()
     assert cache.get("a") == b"blob-2" == (tmp_path / "t" / "a.bin").read_bytes()
+    slow = threading.Event()
+    cache.put_later("a", lambda: slow.wait(10) and b"blob-old")  # still pending...
+    threading.Timer(0.2, slow.set).start()
+    cache.put("a", b"blob-new")  # ... a direct put waits for it, so the newer bytes stay
+    cache.flush()
+    assert cache.get("a") == b"blob-new" == (tmp_path / "t" / "a.bin").read_bytes()
 
 
 def test_put_later_failure_is_a_miss_never_an_error(

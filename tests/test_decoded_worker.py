@@ -75,3 +75,62 @@ def test_repredict_after_refit_decodes_only_new_prompts(
     third = inference.predict_task(rt, svc.store, cfg, refs, c, images[2]).decoded
     assert third is not None  # counted when the job saves it (`decoded_masks.save`), once
     assert third.misses == 0 and third.hits == cold.hits + cold.misses
+
+
+def test_a_predict_job_ends_with_its_cache_writes_on_disk(
+    make_service: Callable[..., Service], monkeypatch: Any
+) -> None:
+    """The target encoding and the mask store are written on the cache's writer thread while
+    the job goes on (`TargetCache.put_later`); the job waits for them before it ends, so
+    another process finds them the moment the job is done, however slow the writes are."""
+    import time
+
+    from gfsam.encodings import TargetEncoding
+
+    svc = make_service(model="tiny", gfsam_max_points=12)
+    rt = runtime.get()
+    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
+    svc.ls.configs[P] = setup["schema"]
+    svc.client.post("/setup", json=setup)
+    images = [png_bytes(W, H, seed=i) for i in range(2)]
+    a, b = (svc.ls.add_task(P, img)["id"] for img in images)
+    serialise = TargetEncoding.to_bytes
+
+    def slow_to_bytes(self: TargetEncoding) -> bytes:
+        time.sleep(0.5)  # a slow disk or a huge target
+        return serialise(self)
+
+    monkeypatch.setattr(TargetEncoding, "to_bytes", slow_to_bytes)
+    webhook(svc, svc.ls.annotate(a, [brush_region(box_mask(H, W, 5, 30, 5, 40), "Cat")]))
+    svc.run_worker()  # b is pre-annotated: its target and masks are written later, then waited for
+    assert [p["task"] for p in svc.ls.posts] == [b]
+    sha = hashlib.sha256(images[1]).hexdigest()
+    assert (rt.targets.dir / f"{sha}.bin").exists()
+    assert (rt.targets.dir / f"{sha}{decoded_masks.SUFFIX}.bin").exists()
+
+
+def test_a_job_failing_after_decoding_keeps_the_masks_for_its_retry(
+    make_service: Callable[..., Service], monkeypatch: Any
+) -> None:
+    """The mask store is saved once a job's discovery is done, and also when something after
+    the decoder raises: the retry reads the masks instead of decoding them again."""
+    from worker.discovery import candidates
+
+    svc = make_service(model="tiny", gfsam_max_points=12)
+    rt = runtime.get()
+    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
+    svc.ls.configs[P] = setup["schema"]
+    svc.client.post("/setup", json=setup)
+    images = [png_bytes(W, H, seed=i) for i in range(2)]
+    a, b = (svc.ls.add_task(P, img)["id"] for img in images)
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise KeyError("a bug after the decoder")
+
+    monkeypatch.setattr(candidates, "after_predict", broken)
+    webhook(svc, svc.ls.annotate(a, [brush_region(box_mask(H, W, 5, 30, 5, 40), "Cat")]))
+    svc.run_worker()  # b's prediction fails (and is left to RQ's retry)
+    assert svc.ls.posts == []
+    sha = hashlib.sha256(images[1]).hexdigest()
+    assert (rt.targets.dir / f"{sha}{decoded_masks.SUFFIX}.bin").exists()
+    assert prompt_stats(svc)[1] > 0  # its decodes were counted

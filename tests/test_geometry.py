@@ -185,7 +185,8 @@ def test_sliver_test_matches_scipys_exact_distance_transform() -> None:
         if not piece.any():
             continue
         depth = float(ndimage.distance_transform_edt(np.pad(piece, 1)).max())
-        for sliver_px in (1.0, 2.0, 2.5, 2.0 * np.sqrt(2.0), 4.0, 6.0, 9.0):
+        boundaries = [2.0 * float(np.sqrt(k)) for k in (2, 5, 13, 18, 26, 29, 37)]
+        for sliver_px in (1.0, 2.0, 2.5, 4.0, 6.0, 9.0, *boundaries):
             expected = 2.0 * depth <= sliver_px
             assert _thin(piece, sliver_px) == expected, (h, w, sliver_px)
             thin_seen += expected

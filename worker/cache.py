@@ -85,7 +85,7 @@ class TargetCache:
         """
         with self._lock:
             if self._writer is None:
-                self._writer = ThreadPoolExecutor(1, thread_name_prefix="target-cache")
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="target-cache-writer")
             future = self._writer.submit(self._write_later, sha, produce)
             self._pending[sha] = future
         future.add_done_callback(lambda done: self._settled(sha, done))
@@ -93,7 +93,7 @@ class TargetCache:
     def _write_later(self, sha: str, produce: Callable[[], bytes]) -> bytes:
         try:
             blob = produce()
-            self.put(sha, blob)
+            self._write(sha, blob)
         except Exception:
             logger.exception("target cache: %s not written", sha[:12])
             raise
@@ -115,6 +115,13 @@ class TargetCache:
                     del self._pending[sha]
 
     def put(self, sha: str, blob: bytes) -> None:
+        with self._lock:
+            pending = self._pending.get(sha)
+        if pending is not None:  # an older deferred write of this key lands first
+            wait([pending])
+        self._write(sha, blob)
+
+    def _write(self, sha: str, blob: bytes) -> None:
         if len(blob) > self.max_bytes:
             return
         fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")

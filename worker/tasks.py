@@ -141,10 +141,12 @@ def _predict(rt: runtime.Runtime, store: Store, jobs: Jobs, payload: PredictJob)
         if url is None:
             raise ValueError(f"task {t} has no image URL under {cfg.data_key!r} in Label Studio")
         image = prefetch.download(rt, store, jobs, predict_job_id(p, t, v), t, url)
-        found = inference.predict_task(rt, store, cfg, refs, t, image)
-        pred = candidates.after_predict(rt, store, p, cfg, refs, image, found)  # issue 11
-        if found.decoded is not None:  # once, with discovery's region prompts
-            decoded_masks.save(rt, store, found.sha, found.decoded, later=True)
+        found = inference.predict_task(rt, store, cfg, refs, t, image, later=True)
+        try:
+            pred = candidates.after_predict(rt, store, p, cfg, refs, image, found)  # issue 11
+        finally:  # once, with discovery's region prompts (kept for a retry if it raised)
+            if found.decoded is not None:
+                decoded_masks.save(rt, store, found.sha, found.decoded, later=True)
         store.data.put_prediction(p, pred)
         store.progress.clear_failure(p, f"task:{t}")
     return delivery.deliver(rt, store, jobs, p, pred)  # the POST off this thread when enabled

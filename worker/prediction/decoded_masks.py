@@ -2,13 +2,14 @@
 prompts (issue 12; `gfsam.decoded.DecodedMasks`, architecture §1).
 
 The blob lives in the target cache under ``{image sha256}.masks`` (file ``{sha}.masks.bin``, in
-the same byte budget and LRU as the encodings). It is loaded before `predict_labels` and written
-back after, only when something new was decoded; discovery (`worker.discovery.candidates`) reads
-and adds its region prompts through the same store (`save_regions` writes it again only when it
-decoded a new one). A blob that cannot be read is ignored (logged): it costs decoding time, never
-a wrong mask (the store empties itself when its decoder key does not match the target; the cache
-is per model). Counters: ``prompt_cache_hit`` / ``prompt_cache_miss`` in the store's stats, and
-``region_cache_hit`` / ``region_cache_miss`` for discovery's region prompts.
+the same byte budget and LRU as the encodings). It is loaded before `predict_labels`; discovery
+(`worker.discovery.candidates`) reads and adds its region prompts through the same store; `save`
+writes it back once, only when something new was decoded: a pre-annotation after its discovery
+(or when the job raised after decoding), through the cache's writer thread. A blob that cannot
+be read is ignored (logged): it costs decoding time, never a wrong mask (the store empties
+itself when its decoder key does not match the target; the cache is per model). Counters:
+``prompt_cache_hit`` / ``prompt_cache_miss`` in the store's stats, and ``region_cache_hit`` /
+``region_cache_miss`` for discovery's region prompts.
 """
 
 from __future__ import annotations

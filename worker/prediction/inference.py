@@ -36,13 +36,15 @@ logger = logging.getLogger(__name__)
 
 
 def target_encoding(
-    rt: Runtime, store: Store, image_bytes: bytes, sha: str | None = None
+    rt: Runtime, store: Store, image_bytes: bytes, sha: str | None = None, *, later: bool = False
 ) -> TargetEncoding:
     """The target encoding of an image, from the disk cache when the same bytes were seen.
 
     Args:
         rt: the runtime. store: for the counters. image_bytes: the image file.
         sha: sha256 hex of `image_bytes` when the caller has it already.
+        later: a new encoding is written by the cache's writer thread (`TargetCache.put_later`)
+            while the caller goes on; only for a job that `flush`es before it ends.
     """
     sha = sha or hashlib.sha256(image_bytes).hexdigest()
     blob = rt.targets.get(sha)
@@ -52,7 +54,10 @@ def target_encoding(
     started = time.perf_counter()
     target = prefetch.encode_target(rt, store, image_bytes, sha)  # batched when prefetched
     store.progress.incr_stat("target_encode")
-    rt.targets.put_later(sha, target.to_bytes)  # written while the job goes on
+    if later:
+        rt.targets.put_later(sha, target.to_bytes)  # written while the job goes on
+    else:
+        rt.targets.put(sha, target.to_bytes())
     logger.debug("encoded target %s in %.2fs", sha[:12], time.perf_counter() - started)
     return _frozen(target)
 
@@ -104,8 +109,14 @@ def predict_task(
     refs: ReferenceSet,
     task: int,
     image_bytes: bytes,
+    *,
+    later: bool = False,
 ) -> TaskResult:
     """Predict every label that has references; assign instances; keep the candidates.
+
+    The caller saves the target's mask store (`TaskResult.decoded`, `decoded_masks.save`)
+    once its discovery has added region prompts; when this raises after decoding, it is saved
+    here. ``later``: cache writes go through `TargetCache.put_later` (a job that `flush`es).
 
     The item score is `gfsam.taskscore.task_raw_score` (1 minus the share of the image
     expected to be painted wrong or missed: the regions, and the rejected candidates that came
@@ -117,46 +128,51 @@ def predict_task(
     region, `gfsam.taskscore.region_raw_score`).
     """
     sha = hashlib.sha256(image_bytes).hexdigest()
-    target = target_encoding(rt, store, image_bytes, sha)
+    target = target_encoding(rt, store, image_bytes, sha, later=later)
     references = load_references(rt, store, refs, cfg.labels)
     # stored SAM masks reused
     preds, point_masks, decoded = decoded_masks.predict_labels(
         rt, store, sha, target, references, keep=True
     )  # saved once the job's discovery added its region prompts (`decoded_masks.save`)
-    store.progress.incr_stat("predict")
-    shas = {label: [s.ref for s in refs.shots[label]] for label in references}
-    tuning = store.quality.tuning(refs.project) if rt.settings.calibrate else None
-    asg = assign(
-        rt.settings.assign,
-        rt.model.pipeline.config,
-        target,
-        preds,
-        references,
-        shas,
-        cfg.labels,
-        model_key=rt.model.key,
-        point_masks=point_masks,
-        offsets=tuning.offsets if tuning is not None else None,
-        modes=tuning.modes if tuning is not None else None,
-    )
-    if rt.settings.assign != "argmax":
-        store.progress.record_rejects(refs.project, refs.version, task, reject_counts(asg))
-    regions = clean_geometry(
-        [(i.label, i.mask, i.score) for lb in cfg.labels for i in asg.accepted.get(lb, [])],
-        rt.settings,
-    )
-    shape = tuple(target.image_size)
-    expected = score_map(tuning)  # raw scores: `gfsam.taskscore` (issue 19)
-    if expected.fitted:  # measured: a region's expected IoU were it the task's only region
-        regions_out = [(lb, m, expected(region_raw_score(m, s, shape))) for lb, m, s in regions]
-    else:  # unmeasured: its matching score, as before
-        regions_out = regions
-    result = shapes_to_result(regions_out, cfg, geometry_params(rt.settings))
-    raw = task_raw_score([(m, s) for _, m, s in regions], shape, asg.candidates)
-    prediction = StoredPrediction(
-        task=task, result=result, score=expected(raw), model_version=refs.version
-    )
-    return TaskResult(prediction, target, asg.candidates, sha, decoded)
+    try:  # a failure from here on still keeps what was decoded, for the retry
+        store.progress.incr_stat("predict")
+        shas = {label: [s.ref for s in refs.shots[label]] for label in references}
+        tuning = store.quality.tuning(refs.project) if rt.settings.calibrate else None
+        asg = assign(
+            rt.settings.assign,
+            rt.model.pipeline.config,
+            target,
+            preds,
+            references,
+            shas,
+            cfg.labels,
+            model_key=rt.model.key,
+            point_masks=point_masks,
+            offsets=tuning.offsets if tuning is not None else None,
+            modes=tuning.modes if tuning is not None else None,
+        )
+        if rt.settings.assign != "argmax":
+            store.progress.record_rejects(refs.project, refs.version, task, reject_counts(asg))
+        regions = clean_geometry(
+            [(i.label, i.mask, i.score) for lb in cfg.labels for i in asg.accepted.get(lb, [])],
+            rt.settings,
+        )
+        shape = tuple(target.image_size)
+        expected = score_map(tuning)  # raw scores: `gfsam.taskscore` (issue 19)
+        if expected.fitted:  # measured: a region's expected IoU were it the task's only region
+            regions_out = [(lb, m, expected(region_raw_score(m, s, shape))) for lb, m, s in regions]
+        else:  # unmeasured: its matching score, as before
+            regions_out = regions
+        result = shapes_to_result(regions_out, cfg, geometry_params(rt.settings))
+        raw = task_raw_score([(m, s) for _, m, s in regions], shape, asg.candidates)
+        prediction = StoredPrediction(
+            task=task, result=result, score=expected(raw), model_version=refs.version
+        )
+        return TaskResult(prediction, target, asg.candidates, sha, decoded)
+
+    except BaseException:
+        decoded_masks.save(rt, store, sha, decoded, later=later)
+        raise
 
 
 def score_map(tuning: Tuning | None) -> ScoreMap:
