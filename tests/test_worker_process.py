@@ -174,6 +174,8 @@ def test_real_worker_seeds_and_preannotates(env: Env) -> None:
         env.start_worker()
         wait_until(lambda: len(env.ls.posts) == 3, 240, "3 predictions posted")
         assert client.post("/setup", json=SETUP).json()["model_version"] == "gfsam-p1-v1"
+        # a job counts itself done after its POST and its cache writes (`TargetCache.flush`)
+        wait_until(lambda: client.get("/projects/1").json()["counts"]["done"] == 3, 30, "done")
         status = client.get("/projects/1").json()
     by_task = {p["task"]: p for p in env.ls.posts}
     assert sorted(by_task) == sorted([*targets, rotated])

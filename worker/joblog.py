@@ -14,6 +14,7 @@ same fields are top-level keys of the line (`backend.state.logs`).
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 PAYLOAD_FIELDS = ("project", "task", "version", "annotation")
 RESULT_CHARS = 120
+STOP_WAIT_S = 1.0  # longest wait for RQ's command thread at shutdown (RQ's own join timeout)
 ERROR_CHARS = 300
 
 
@@ -58,6 +60,26 @@ class JobLoggingWorker(SimpleWorker):
 
     _job_error: str | None = None
     on_job: Callable[[str | None], None] | None = None
+
+    def unsubscribe(self) -> None:
+        """RQ's, with its wait for the command thread bounded on every redis-py: 8.2.0's
+        `PubSubWorkerThread.stop()` itself waits, without bound, for a thread RQ leaves blocked
+        in a 60 s read, so a shutdown that lost the race hung a minute (requirements.txt keeps
+        redis-py below 8.2 as well; tests/test_worker_shutdown.py). The thread is a daemon: it
+        ends on its own at its next wake-up or with the process."""
+        thread, pubsub = self.pubsub_thread, self.pubsub
+        if thread is None or pubsub is None:
+            return
+        self.log.info(
+            "Worker %s: unsubscribing from channel %s", self.name, self.pubsub_channel_name
+        )
+        pubsub.unsubscribe()
+        deadline = time.monotonic() + STOP_WAIT_S
+        stopper = threading.Thread(target=thread.stop, name="rq-pubsub-stop", daemon=True)
+        stopper.start()  # clears the thread's flag (and, on redis-py 8.2, waits for it)
+        stopper.join(STOP_WAIT_S)
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        pubsub.close()
 
     def execute_job(self, job: Job, queue: Queue) -> None:
         if self.on_job is not None:
