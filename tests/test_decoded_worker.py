@@ -30,6 +30,19 @@ def webhook(svc: Service, ann: dict[str, Any]) -> None:
     assert svc.client.post("/webhook", json=body).status_code == 200
 
 
+def multilabel_project(
+    make_service: Callable[..., Service], n: int
+) -> tuple[Service, list[bytes], list[int]]:
+    """A service with the tiny model, project P set up with the multilabel config and `n`
+    tasks of distinct random images: (service, the images, their task ids)."""
+    svc = make_service(model="tiny", gfsam_max_points=12)
+    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
+    svc.ls.configs[P] = setup["schema"]
+    svc.client.post("/setup", json=setup)
+    images = [png_bytes(W, H, seed=i) for i in range(n)]
+    return svc, images, [svc.ls.add_task(P, img)["id"] for img in images]
+
+
 def prompt_stats(svc: Service) -> tuple[int, int]:
     stats = svc.store.progress.stats()
     return stats.get("prompt_cache_hit", 0), stats.get("prompt_cache_miss", 0)
@@ -38,13 +51,8 @@ def prompt_stats(svc: Service) -> tuple[int, int]:
 def test_repredict_after_refit_decodes_only_new_prompts(
     make_service: Callable[..., Service],
 ) -> None:
-    svc = make_service(model="tiny", gfsam_max_points=12)
+    svc, images, (a, b, c) = multilabel_project(make_service, 3)
     rt = runtime.get()
-    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
-    svc.ls.configs[P] = setup["schema"]
-    svc.client.post("/setup", json=setup)
-    images = [png_bytes(W, H, seed=i) for i in range(3)]
-    a, b, c = (svc.ls.add_task(P, img)["id"] for img in images)
     webhook(svc, svc.ls.annotate(a, [brush_region(box_mask(H, W, 5, 30, 5, 40), "Cat")]))
     svc.run_worker()  # v1 (Cat): b and c predicted, every prompt decoded once per target
     hit1, miss1 = prompt_stats(svc)
@@ -87,13 +95,8 @@ def test_a_predict_job_ends_with_its_cache_writes_on_disk(
 
     from gfsam.encodings import TargetEncoding
 
-    svc = make_service(model="tiny", gfsam_max_points=12)
+    svc, images, (a, b) = multilabel_project(make_service, 2)
     rt = runtime.get()
-    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
-    svc.ls.configs[P] = setup["schema"]
-    svc.client.post("/setup", json=setup)
-    images = [png_bytes(W, H, seed=i) for i in range(2)]
-    a, b = (svc.ls.add_task(P, img)["id"] for img in images)
     serialise = TargetEncoding.to_bytes
 
     def slow_to_bytes(self: TargetEncoding) -> bytes:
@@ -116,13 +119,8 @@ def test_a_job_failing_after_decoding_keeps_the_masks_for_its_retry(
     the decoder raises: the retry reads the masks instead of decoding them again."""
     from worker.discovery import candidates
 
-    svc = make_service(model="tiny", gfsam_max_points=12)
+    svc, images, (a, b) = multilabel_project(make_service, 2)
     rt = runtime.get()
-    setup = json.loads((FIXTURES / "setup_multilabel.json").read_text())
-    svc.ls.configs[P] = setup["schema"]
-    svc.client.post("/setup", json=setup)
-    images = [png_bytes(W, H, seed=i) for i in range(2)]
-    a, b = (svc.ls.add_task(P, img)["id"] for img in images)
 
     def broken(*args: Any, **kwargs: Any) -> Any:
         raise KeyError("a bug after the decoder")

@@ -44,7 +44,8 @@ class TargetCache:
         self._total: int | None = None  # bytes at the last scan + what this process wrote since
         self._puts = 0  # puts since the last scan
         self._lock = threading.Lock()
-        # `put_later`: one writer thread, the entries it has not written yet (sha -> its bytes)
+        # `put_later`: one writer thread, the entries written since the last `flush` (sha -> its
+        # bytes; `get` answers from them)
         self._writer: ThreadPoolExecutor | None = None
         self._pending: dict[str, Future[bytes]] = {}
 
@@ -78,17 +79,15 @@ class TargetCache:
         """`put(sha, produce())` on this cache's writer thread; returns at once.
 
         The serialisation and the file write of a ~10 MB target overlap the job's next steps.
-        Until written, `get` and `contains` answer from the pending entry (this process only:
-        other processes see the file once it lands). `produce` must only read what it
+        Until the next `flush`, `get` and `contains` answer from the pending entry (this process
+        only: other processes see the file once it lands). `produce` must only read what it
         serialises, and nothing may change it meanwhile. A failure is logged and the entry
         dropped (a cache miss later, never a wrong blob). `flush` waits for every write.
         """
         with self._lock:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(1, thread_name_prefix="target-cache-writer")
-            future = self._writer.submit(self._write_later, sha, produce)
-            self._pending[sha] = future
-        future.add_done_callback(lambda done: self._settled(sha, done))
+            self._pending[sha] = self._writer.submit(self._write_later, sha, produce)
 
     def _write_later(self, sha: str, produce: Callable[[], bytes]) -> bytes:
         try:
@@ -99,19 +98,14 @@ class TargetCache:
             raise
         return blob
 
-    def _settled(self, sha: str, done: Future[bytes]) -> None:
-        with self._lock:
-            if self._pending.get(sha) is done:
-                del self._pending[sha]
-
     def flush(self) -> None:
         """Wait until every `put_later` so far is on disk (or failed and logged)."""
         with self._lock:
-            futures = list(self._pending.values())
-        wait(futures)
-        with self._lock:  # a future's waiters wake before its done-callbacks run
-            for sha, future in list(self._pending.items()):
-                if future.done():
+            waited = dict(self._pending)
+        wait(waited.values())
+        with self._lock:  # written: read from disk again (an entry added meanwhile stays)
+            for sha, future in waited.items():
+                if self._pending.get(sha) is future:
                     del self._pending[sha]
 
     def put(self, sha: str, blob: bytes) -> None:
