@@ -216,6 +216,27 @@ def test_component_masks_equal_the_full_frame_comparison() -> None:
     assert component_masks(comp, []).shape == (0, FRAME, FRAME)
 
 
+@pytest.mark.parametrize("shape", [(1024, 1024), (1000, 1024), (100, 333), (37, 37), (20, 20)])
+def test_cell_fractions_equal_torchs_adaptive_average_pool_to_the_bit(
+    shape: tuple[int, int],
+) -> None:
+    """The integral-image cells are torch's adaptive pooling cells (overlapping by a pixel where
+    the side is not a multiple of 37; repeated pixels where it is under 37), divided as torch
+    divides: equal to the bit at every density, so no proposal feature moves."""
+    import torch
+    import torch.nn.functional as F
+
+    from gfsam.assign.proposals import cell_fractions
+
+    rng = np.random.default_rng(shape[0] + shape[1])
+    masks = np.stack([rng.random(shape) < p for p in (0.0, 0.01, 0.3, 0.5, 0.9, 1.0)])
+    masks[1, : shape[0] // 3, : shape[1] // 2] = True  # a block: whole and partial cells
+    ref = F.adaptive_avg_pool2d(torch.from_numpy(masks.astype(np.float32))[:, None], GRID)
+    got = cell_fractions(masks)
+    assert got.shape == (len(masks), GRID * GRID) and got.dtype == np.float32
+    assert np.array_equal(got, ref.flatten(1).numpy())
+
+
 def test_a_fragmented_mask_yields_at_most_max_proposals_largest_first() -> None:
     """Hundreds of specks (random weights, a noisy mask) must not cost hundreds of proposals."""
     mask = np.zeros((FRAME, FRAME), dtype=bool)

@@ -133,3 +133,23 @@ def test_spherical_kmeans_equals_the_classic_loop() -> None:
         x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
         seeds = x[rng.choice(600, k, replace=False)]
         assert np.array_equal(spherical_kmeans(x, seeds, 10), _classic_kmeans(x, seeds, 10))
+
+
+def test_member_sums_and_cluster_means_equal_numpys_to_the_bit() -> None:
+    """The sparse indicator product adds each cluster's members in numpy's order: its sums (the
+    k-means centroids) and the means built from them (the merge's centroids) are numpy's own,
+    listed clusters only, in the order asked, an empty one zeros."""
+    from gfsam.discover.clusters import member_sums
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1369, 1024)).astype(np.float32)
+    assign = rng.integers(0, 81, len(x))
+    assign[assign == 40] = 39  # cluster 40 has no members
+    listed = np.array([80, 3, 40, 0, 39])
+    sums = member_sums(x, assign, listed)
+    assert sums.dtype == np.float32 and sums.shape == (5, 1024)
+    for row, k in zip(sums, listed, strict=True):
+        assert np.array_equal(row, x[assign == k].sum(axis=0))
+    ids, counts = np.unique(assign, return_counts=True)
+    means = (member_sums(x, assign, ids) / counts[:, None]).astype(np.float32)
+    assert np.array_equal(means, np.stack([x[assign == k].mean(axis=0) for k in ids]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, sparse
 
 from gfsam.assign import cell_fractions
 from gfsam.assign.proposals import unit_tokens as assign_unit_tokens
@@ -121,11 +121,9 @@ def spherical_kmeans(x: np.ndarray, seeds: np.ndarray, iters: int) -> np.ndarray
     # classic loop's result for a fraction of its matmuls once a few clusters still move.
     moved = np.arange(len(centroids))  # the first round moves every seed to its members' mean
     for _ in range(iters):
-        for k in moved:
-            members = x[assign == k]
-            if len(members):
-                mean = members.sum(axis=0)
-                centroids[k] = mean / max(float(np.linalg.norm(mean)), 1e-12)
+        live = moved[np.bincount(assign, minlength=len(centroids))[moved] > 0]  # (m,)
+        for k, total in zip(live, member_sums(x, assign, live), strict=True):  # an empty one
+            centroids[k] = total / max(float(np.linalg.norm(total)), 1e-12)  # keeps its own
         sims[:, moved] = x @ centroids[moved].T  # (N, |moved|)
         new = np.argmax(sims, axis=1)  # (N,)
         changed = new != assign
@@ -136,16 +134,40 @@ def spherical_kmeans(x: np.ndarray, seeds: np.ndarray, iters: int) -> np.ndarray
     return assign
 
 
-def _merge(clusters: list[np.ndarray], unit: np.ndarray, merge_cos: float) -> list[np.ndarray]:
-    """Merge near-duplicate clusters (bool [T] each) without chaining.
+def member_sums(x: np.ndarray, assign: np.ndarray, clusters: np.ndarray) -> np.ndarray:
+    """Each listed cluster's member sum: ``x[assign == k].sum(axis=0)`` for k in `clusters`.
+
+    One sparse indicator product (scipy's CSR kernel adds each row's members in index order,
+    from zero, in float32: numpy's additions in numpy's order, equal to the bit;
+    tests/test_discover_clusters.py) instead of one boolean gather per cluster.
+
+    Args:
+        x: float32 [N, C]. assign: int [N] cluster of each row. clusters: int [m] distinct ids.
+
+    Returns:
+        float32 [m, C] (a cluster without members sums to zeros).
+    """
+    row = np.full(max(int(assign.max(initial=-1)), int(clusters.max(initial=-1))) + 1, -1)
+    row[clusters] = np.arange(len(clusters))
+    of = row[assign]  # (N,) row of each vector's cluster, -1 when not listed
+    listed = of >= 0
+    ones = np.ones(int(listed.sum()), dtype=np.float32)
+    indicator = sparse.csr_matrix(
+        (ones, (of[listed], np.flatnonzero(listed))), shape=(len(clusters), len(x))
+    )  # (m, N)
+    return np.asarray(indicator @ x, dtype=np.float32)
+
+
+def _merge(clusters: list[np.ndarray], means: np.ndarray, merge_cos: float) -> list[np.ndarray]:
+    """Merge near-duplicate clusters (bool [T] each, mean unit token float32 [L, C]) without
+    chaining.
 
     Largest first, each cluster joins the first leader whose centroid is at least `merge_cos`
     close, else leads a merged cluster of its own. Comparing with leaders only, a chain of
     boundary clusters (graded mixes of an object and its surroundings) cannot glue the object
     to the background.
     """
-    cents = np.stack([unit[c].mean(axis=0) for c in clusters])  # (L, C)
-    cents /= np.maximum(np.linalg.norm(cents, axis=1, keepdims=True), 1e-12)
+    cents = means / np.maximum(np.linalg.norm(means, axis=1, keepdims=True), 1e-12)  # (L, C)
     order = sorted(range(len(clusters)), key=lambda i: (-int(clusters[i].sum()), i))
     leaders: list[int] = []
     merged: dict[int, np.ndarray] = {}
@@ -172,16 +194,20 @@ def token_clusters(unit: np.ndarray, free: np.ndarray, params: DiscoverParams) -
     points = unit[idx]  # (N, C): the free tokens, gathered once for every scale
     kept = np.where(free[:, None], unit, np.float32(0))  # (T, C): masked once for every scale
     clusters: list[np.ndarray] = []
+    means: list[np.ndarray] = []  # (k', C) per scale: each non-empty cluster's mean unit token
     for window in params.windows:
         seeds = _window_seeds(kept, free, min(window, GRID), params)  # (k, C)
         if len(seeds) == 0:
             continue
         assign = spherical_kmeans(points, seeds, params.kmeans_iters)  # (N,)
-        for k in np.unique(assign):
+        ids, counts = np.unique(assign, return_counts=True)  # (k',)
+        # numpy's mean of each cluster's tokens to the bit: float32 sums, divided in float64
+        means.append((member_sums(points, assign, ids) / counts[:, None]).astype(np.float32))
+        for k in ids:
             cells = np.zeros(len(free), dtype=bool)
             cells[idx[assign == k]] = True
             clusters.append(cells)
-    return _merge(clusters, unit, params.merge_cos) if clusters else []
+    return _merge(clusters, np.concatenate(means), params.merge_cos) if clusters else []
 
 
 def cluster_regions(
