@@ -202,18 +202,49 @@ def test_instance_proposals_are_components_with_their_evidence() -> None:
     assert props[0].evidence == pytest.approx(0.8) and props[1].evidence == 0.0
 
 
+@pytest.mark.parametrize("cv_threads", [1, 2])
+def test_components_are_scipys_labels_areas_and_boxes(cv_threads: int) -> None:
+    """OpenCV's SAUF numbers components as scipy does (raster order of the first pixel), on
+    one thread or several: the same label image, areas and boxes, so proposals keep their
+    order (largest first, ties to the lower label) and their masks."""
+    import cv2
+    from scipy import ndimage
+
+    from gfsam.assign.proposals import components
+
+    rng = np.random.default_rng(5)
+    before = cv2.getNumThreads()
+    cv2.setNumThreads(cv_threads)
+    try:
+        for density, opening in [(0.3, 0), (0.55, 2), (0.6, 1), (0.7, 2), (0.0, 0), (1.0, 0)]:
+            mask = rng.random((FRAME, FRAME)) < density
+            if opening:
+                mask = ndimage.binary_opening(mask, iterations=opening)
+            ref, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+            comp, areas, boxes = components(mask)
+            assert np.array_equal(comp, ref)
+            assert np.array_equal(areas, np.bincount(ref.ravel(), minlength=n + 1)[1:])
+            slices = ndimage.find_objects(ref)
+            assert [tuple(b) for b in boxes.tolist()] == [
+                (s[0].start, s[1].start, s[0].stop, s[1].stop) for s in slices
+            ]
+    finally:
+        cv2.setNumThreads(before)
+
+
 def test_component_masks_equal_the_full_frame_comparison() -> None:
     from scipy import ndimage
 
-    from gfsam.assign.proposals import component_masks
+    from gfsam.assign.proposals import component_masks, components
 
     rng = np.random.default_rng(3)
     mask = ndimage.binary_opening(rng.random((FRAME, FRAME)) < 0.55, iterations=2)
-    comp, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+    comp, _, boxes = components(mask)
+    n = int(comp.max())
     ids = [int(k) for k in rng.permutation(np.arange(1, n + 1))[:40]]  # any order, a subset
     assert n > 40
-    assert np.array_equal(component_masks(comp, ids), np.stack([comp == k for k in ids]))
-    assert component_masks(comp, []).shape == (0, FRAME, FRAME)
+    assert np.array_equal(component_masks(comp, ids, boxes), np.stack([comp == k for k in ids]))
+    assert component_masks(comp, [], boxes).shape == (0, FRAME, FRAME)
 
 
 @pytest.mark.parametrize("shape", [(1024, 1024), (1000, 1024), (100, 333), (37, 37), (20, 20)])
