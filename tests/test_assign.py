@@ -268,6 +268,32 @@ def test_cell_fractions_equal_torchs_adaptive_average_pool_to_the_bit(
     assert np.array_equal(got, ref.flatten(1).numpy())
 
 
+def test_cell_fractions_and_consistency_inside_boxes_equal_the_whole_frame() -> None:
+    """A mask is empty outside its box: counting inside the box (any box holding it, tight or
+    not, at the frame's edge or a single pixel) gives the whole frame's fractions and
+    consistency to the bit."""
+    from scipy import ndimage
+
+    from gfsam.assign.proposals import cell_fractions, components, mask_consistency
+
+    rng = np.random.default_rng(9)
+    mask = ndimage.binary_opening(rng.random((FRAME, FRAME)) < 0.6, iterations=2)
+    mask[0, 0] = True  # a one-pixel component in the corner
+    comp, _, boxes = components(mask)
+    ids = np.arange(1, int(comp.max()) + 1)[:30]
+    masks = np.stack([comp == k for k in ids])  # (N, S, S)
+    tight = boxes[ids - 1]  # (N, 4)
+    loose = np.clip(tight + np.array([-7, -3, 11, 5]), 0, FRAME)  # still holding each mask
+    for given in (tight, loose):
+        assert np.array_equal(cell_fractions(masks, given), cell_fractions(masks))
+    label = rng.random((FRAME, FRAME)) < 0.5
+    whole = mask_consistency(masks, label)
+    assert np.array_equal(mask_consistency(masks, label, [tuple(b) for b in tight]), whole)
+    mixed = [tuple(b) if i % 2 else None for i, b in enumerate(loose.tolist())]
+    assert np.array_equal(mask_consistency(list(masks), label, mixed), whole)
+    assert cell_fractions(masks[:1], np.array([[5, 5, 5, 9]])).sum() == 0  # an empty box
+
+
 def test_a_fragmented_mask_yields_at_most_max_proposals_largest_first() -> None:
     """Hundreds of specks (random weights, a noisy mask) must not cost hundreds of proposals."""
     mask = np.zeros((FRAME, FRAME), dtype=bool)

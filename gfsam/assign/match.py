@@ -204,10 +204,11 @@ def assign_split(
     result = Assignment(accepted={label: [] for label in labels})
     if not props:
         return result
-    feats, masks = np.stack([p.feature for p in props]), np.stack([p.mask for p in props])
+    feats, masks = np.stack([p.feature for p in props]), [p.mask for p in props]
+    boxes = [p.box for p in props]
     sim = np.stack([class_similarity(feats, protos[lb]) for lb in labels], 1)  # (N, L)
     cons = np.stack(
-        [mask_consistency(masks, predictions[lb].segmentation.mask) for lb in labels], 1
+        [mask_consistency(masks, predictions[lb].segmentation.mask, boxes) for lb in labels], 1
     )
     accepted, rejected = split_match(props, sim, cons, thr, params, origins)
     size = target.image_size
