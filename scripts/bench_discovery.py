@@ -6,7 +6,7 @@
 Per image, as a predict job with discovery does it: target encoding, `predict_labels` (two
 labels, one shot each), split assignment, then discovery (`discover_candidates` on the cached
 encodings: token clustering, one SAM decoder call per region, filters, pooling) and the member
-records (original-size mask, packed mask, PNG crop). Random weights: masks are meaningless, the
+records (original-size mask, packed mask, JPEG crop). Random weights: masks are meaningless, the
 timings are not (the same layers run). Discovery's decoder calls are counted; its worst case
 (``max_prompts`` regions) is timed separately with forced prompts.
 """

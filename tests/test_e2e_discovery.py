@@ -51,7 +51,7 @@ from tests.e2e_helpers import (
 )
 from tests.lsserver import LabelStudio, free_port
 from tests.service_fixtures import start_redis, stop_process
-from worker.discovery.candidates import GROUP_PARAMS, crop_png, groups_view, pack_mask
+from worker.discovery.candidates import GROUP_PARAMS, crop_jpeg, groups_view, pack_mask
 from worker.labelstudio.brush_rle import annotation_masks, rle_to_mask
 
 pytestmark = pytest.mark.e2e
@@ -128,7 +128,7 @@ def _member(task: int, path: Path, mask: np.ndarray) -> tuple[CandidateMember, b
         origin="cluster",
         mask=packed,
     )
-    return member, crop_png(_image(path), mask, (x0, y0, x1, y1))
+    return member, crop_jpeg(_image(path), mask, (x0, y0, x1, y1))
 
 
 def _orthogonal_feature(state: CandidateGroups, dim: int) -> np.ndarray:

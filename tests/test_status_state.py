@@ -97,6 +97,28 @@ def test_thumbnail_of_a_crop_view_is_the_thumbnail_of_its_pixels() -> None:
     assert np.asarray(Image.open(io.BytesIO(png))).shape == (68, 96, 3)
 
 
+def test_discovery_crop_is_a_jpeg_of_the_same_picture_and_sheets_paste_both_formats() -> None:
+    """Discovery's crops are JPEGs of the thumbnail's picture (lossy: close, not equal); a
+    contact sheet pastes them beside the PNG crops that workers before them stored."""
+    from backend.api.candidates import CELL_PX, sheet_png
+    from worker.thumbs import thumbnail_jpeg, thumbnail_pixels
+
+    yy, xx = np.mgrid[0:240, 0:320]
+    image = np.stack([xx * 255 // 320, yy * 255 // 240, (xx + yy) % 256], -1).astype(np.uint8)
+    image[100:140, 20:300] = (200, 180, 40)  # a flat band across the mask's edge
+    mask = np.zeros((240, 320), bool)
+    mask[60:180, 80:240] = True
+    jpeg, png = thumbnail_jpeg(image, mask, 96), thumbnail_png(image, mask, 96)
+    with Image.open(io.BytesIO(jpeg)) as im:
+        assert im.format == "JPEG"
+        decoded = np.asarray(im.convert("RGB")).astype(int)
+    exact = thumbnail_pixels(image, mask, 96).astype(int)
+    assert decoded.shape == exact.shape == (72, 96, 3)
+    assert np.abs(decoded - exact).mean() < 4  # lossy, but the same picture
+    with Image.open(io.BytesIO(sheet_png([jpeg, png]))) as sheet:
+        assert sheet.size == (2 * CELL_PX, CELL_PX)
+
+
 def test_candidate_groups_hook(store: Store) -> None:
     assert store.data.candidate_groups(1) == []
     store.r.set(key("p:{p}:groups", p=1), json.dumps([{"name": "round things", "size": 12}]))

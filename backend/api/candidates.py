@@ -3,7 +3,7 @@
 - `GET /projects/{id}/candidates`: the groups (size, member tasks and regions, a
   representative, similarity to each label), read from what the workers wrote.
 - `GET /projects/{id}/candidates/{group}.png`: a contact sheet of member crops (mask outlined),
-  pasted together with Pillow from the workers' PNG crops (no numpy here).
+  pasted together with Pillow from the workers' JPEG crops (no numpy here).
 - `POST /projects/{id}/candidates/{group}/promote` `{"label": "Bicycle"}`: validated here, done
   by `worker.tasks.promote_group` (202 with the job id).
 
@@ -110,7 +110,7 @@ def contact_sheet(project: ProjectId, group: GroupId, store: StoreDep) -> Respon
 
 
 def sheet_png(crops: list[bytes]) -> bytes:
-    """Crops (PNG bytes) on a grid of `SHEET_COLUMNS`, each centred in a `CELL_PX` cell."""
+    """Crops (JPEG or PNG bytes) on a grid of `SHEET_COLUMNS`, each centred in a `CELL_PX` cell."""
     cols = max(1, min(SHEET_COLUMNS, len(crops)))
     rows = max(1, -(-len(crops) // cols))
     sheet = Image.new("RGB", (cols * CELL_PX, rows * CELL_PX), (32, 32, 32))

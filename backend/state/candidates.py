@@ -35,7 +35,7 @@ class DiscoveryUpdate:
         state: the new grouping state (JSON text).
         groups: the new view for the API and the status page (`p:{p}:groups`).
         members: new members' JSON (`CandidateMember`) by key.
-        crops: new members' PNG crops by key.
+        crops: new members' JPEG crops by key (PNG in states written before 2026-12).
         dropped: member keys no longer in any group (their data and crops are deleted).
     """
 
@@ -114,6 +114,6 @@ class Candidates:
         return [CandidateMember.model_validate_json(r) if r else None for r in raws]
 
     def crops(self, p: int, keys: list[str]) -> list[bytes | None]:
-        """PNG crops by key, None for a key without one."""
+        """Image crops by key (JPEG; PNG from older workers), None for a key without one."""
         raws = self.r.hmget(key("p:{p}:crops", p=p), keys) if keys else []
         return [r if isinstance(r, bytes) or r is None else str(r).encode() for r in raws]

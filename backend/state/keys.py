@@ -26,7 +26,7 @@ KEYS: dict[str, str] = {
     "p:{p}:groups": "view of the candidate groups (JSON list of CandidateGroup)",
     "p:{p}:discover": "discovery's grouping state (gfsam CandidateGroups JSON), compare-and-set",
     "p:{p}:members": "candidate member -> its JSON (task, bbox, score, small mask)",
-    "p:{p}:crops": "candidate member -> PNG crop with the mask outlined (contact sheets)",
+    "p:{p}:crops": "candidate member -> JPEG crop with the mask outlined (contact sheets)",
     "p:{p}:pending": "annotation@fingerprint states waiting for the debounced re-fit",
     "p:{p}:feed:{v}": "tasks still to pre-annotate at version v, in Label Studio's order",
     # self-measurement and tuning (backend/state/quality.py, issue 19)

@@ -7,7 +7,7 @@ accepted region and no human annotation covers is clustered
 (`gfsam.discover.discover_candidates`), the proposals the assignment rejected join the pool, and
 the kept candidates are added to the project's groups (`gfsam.discover.CandidateGroups`) through
 `Store.candidates.update`, a compare-and-set, so concurrent workers never lose an addition. Each
-member keeps a small record (task, bbox, score, a 256 x 256 frame mask) and a PNG crop with its
+member keeps a small record (task, bbox, score, a 256 x 256 frame mask) and a JPEG crop with its
 mask outlined, for the API's contact sheets.
 
 With ``CANDIDATE_LABEL`` set and present in the BrushLabels control, the task's candidates are
@@ -53,7 +53,7 @@ from worker.labelstudio.shapes import annotation_masks, shapes_to_result
 from worker.prediction.assignment import calibration
 from worker.prediction.inference import TaskResult, load_references
 from worker.runtime import Runtime, geometry_params
-from worker.thumbs import thumbnail_png
+from worker.thumbs import thumbnail_jpeg
 
 logger = logging.getLogger(__name__)
 
@@ -220,12 +220,12 @@ def _member_keys(state: CandidateGroups) -> set[str]:
 def _member(
     task: int, cand: Candidate, size: tuple[int, int], image: np.ndarray
 ) -> tuple[CandidateMember, bytes, np.ndarray]:
-    """A candidate's record (group filled in later), its PNG crop and its original-size mask."""
+    """A candidate's record (group filled in later), its JPEG crop and its original-size mask."""
     mask = mask_from_frame(cand.mask, size)
     h, w = size
     packed = pack_mask(cand.mask)
     digest = hashlib.sha1(packed.encode()).hexdigest()[:10]
-    ys, xs = np.nonzero(mask)
+    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))  # the box's
     if not len(xs):  # squashed away at the original size: keep the frame's box
         ys, xs = np.nonzero(cand.mask)
         ys, xs = ys * h // FRAME, xs * w // FRAME
@@ -242,16 +242,16 @@ def _member(
         origin=cand.origin,
         mask=packed,
     )
-    return member, crop_png(image, mask, (x0, y0, x1, y1)), mask
+    return member, crop_jpeg(image, mask, (x0, y0, x1, y1)), mask
 
 
-def crop_png(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
-    """The mask's box with some context, at most `CROP_PX`, mask tinted and outlined (PNG)."""
+def crop_jpeg(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int]) -> bytes:
+    """The mask's box with some context, at most `CROP_PX`, mask tinted and outlined (JPEG)."""
     x0, y0, x1, y1 = box
     h, w = mask.shape
     mx, my = int((x1 - x0) * CROP_MARGIN) + 2, int((y1 - y0) * CROP_MARGIN) + 2
     x0, y0, x1, y1 = max(0, x0 - mx), max(0, y0 - my), min(w, x1 + mx), min(h, y1 + my)
-    return thumbnail_png(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], CROP_PX)
+    return thumbnail_jpeg(image[y0:y1, x0:x1], mask[y0:y1, x0:x1], CROP_PX)
 
 
 def pack_mask(frame_mask: np.ndarray) -> str:
