@@ -153,3 +153,21 @@ def test_member_sums_and_cluster_means_equal_numpys_to_the_bit() -> None:
     ids, counts = np.unique(assign, return_counts=True)
     means = (member_sums(x, assign, ids) / counts[:, None]).astype(np.float32)
     assert np.array_equal(means, np.stack([x[assign == k].mean(axis=0) for k in ids]))
+
+
+def test_kmeans_runs_in_lockstep_equal_the_runs_one_by_one() -> None:
+    """Several seed sets over the same vectors (discovery's three window scales): each run's
+    clusters are what it gives alone, whether it converges first, last or not at all."""
+    from gfsam.discover.clusters import kmeans_runs
+
+    rng = np.random.default_rng(13)
+    for noise, iters in [(1.0, 10), (2.0, 10), (3.0, 2), (0.2, 10)]:
+        classes = rng.standard_normal((9, 256)).astype(np.float32)
+        x = classes[rng.integers(0, 9, 900)] + noise * rng.standard_normal((900, 256))
+        x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+        seeds = [x[rng.choice(900, k, replace=False)] for k in (16, 36, 81, 1)]
+        together = kmeans_runs(x, seeds, iters)
+        alone = [spherical_kmeans(x, s, iters) for s in seeds]
+        assert all(np.array_equal(a, b) for a, b in zip(together, alone, strict=True))
+        for a, s in zip(alone, seeds, strict=True):
+            assert np.array_equal(a, _classic_kmeans(x, s, iters))

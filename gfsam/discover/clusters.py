@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -113,24 +114,50 @@ def spherical_kmeans(x: np.ndarray, seeds: np.ndarray, iters: int) -> np.ndarray
     Returns:
         int64 [N] cluster of each vector (clusters may end up empty).
     """
-    centroids = seeds.copy()
-    sims = x @ centroids.T  # (N, k)
-    assign = np.argmax(sims, axis=1)  # (N,)
+    return kmeans_runs(x, [seeds], iters)[0]
+
+
+def kmeans_runs(x: np.ndarray, seeds: Sequence[np.ndarray], iters: int) -> list[np.ndarray]:
+    """Independent `spherical_kmeans` runs over the same vectors (one per seed set: discovery's
+    window scales), in lockstep: each round, one matmul for the centroids that moved in any run
+    still going, so the vectors are read once a round instead of once a run (a round that moves
+    a few centroids is bound by that read). Each run's rounds and result are its own
+    (tests/test_discover_clusters.py compares with the runs one by one).
+
+    Args:
+        x: [N, C] unit vectors. seeds: per run, [k_r, C] unit vectors, k_r >= 1. iters: rounds.
+
+    Returns:
+        Per run, int64 [N] cluster of each vector (clusters may end up empty).
+    """
+    sizes = [len(s) for s in seeds]
+    start = np.cumsum([0, *sizes])  # run r's clusters are the columns start[r]:start[r + 1]
+    centroids = np.concatenate(seeds)  # (K, C): every run's, a new array
+    sims = x @ centroids.T  # (N, K)
+    assign = [np.argmax(sims[:, start[r] : start[r + 1]], axis=1) for r in range(len(sizes))]
     # Only a cluster whose members changed gets a new centroid (the same members give the same
     # mean), so only those centroids and their similarity columns are computed again: the
     # classic loop's result for a fraction of its matmuls once a few clusters still move.
-    moved = np.arange(len(centroids))  # the first round moves every seed to its members' mean
+    moved: dict[int, np.ndarray] = {r: np.arange(k) for r, k in enumerate(sizes)}  # running
     for _ in range(iters):
-        live = moved[np.bincount(assign, minlength=len(centroids))[moved] > 0]  # (m,)
-        for k, total in zip(live, member_sums(x, assign, live), strict=True):  # an empty one
-            centroids[k] = total / max(float(np.linalg.norm(total)), 1e-12)  # keeps its own
-        sims[:, moved] = x @ centroids[moved].T  # (N, |moved|)
-        new = np.argmax(sims, axis=1)  # (N,)
-        changed = new != assign
-        if not changed.any():
+        # A moved cluster goes to its members' mean (the first round: every seed); one left
+        # without members keeps its centroid.
+        for r, mv in moved.items():
+            live = mv[np.bincount(assign[r], minlength=sizes[r])[mv] > 0]  # (m,)
+            for k, total in zip(live, member_sums(x, assign[r], live), strict=True):
+                centroids[start[r] + k] = total / max(float(np.linalg.norm(total)), 1e-12)
+        cols = np.concatenate([start[r] + mv for r, mv in moved.items()])  # every run's moved
+        sims[:, cols] = x @ centroids[cols].T  # (N, |cols|)
+        for r in list(moved):
+            new = np.argmax(sims[:, start[r] : start[r + 1]], axis=1)  # (N,)
+            changed = new != assign[r]
+            if not changed.any():
+                del moved[r]  # converged: its clusters stay as they are
+                continue
+            moved[r] = np.union1d(assign[r][changed], new[changed])
+            assign[r] = new
+        if not moved:
             break
-        moved = np.union1d(assign[changed], new[changed])
-        assign = new
     return assign
 
 
@@ -193,13 +220,11 @@ def token_clusters(unit: np.ndarray, free: np.ndarray, params: DiscoverParams) -
     idx = np.flatnonzero(free)  # (N,)
     points = unit[idx]  # (N, C): the free tokens, gathered once for every scale
     kept = np.where(free[:, None], unit, np.float32(0))  # (T, C): masked once for every scale
+    seeds = [_window_seeds(kept, free, min(w, GRID), params) for w in params.windows]  # (k, C)
+    seeds = [s for s in seeds if len(s)]  # a scale without a free enough window adds nothing
     clusters: list[np.ndarray] = []
     means: list[np.ndarray] = []  # (k', C) per scale: each non-empty cluster's mean unit token
-    for window in params.windows:
-        seeds = _window_seeds(kept, free, min(window, GRID), params)  # (k, C)
-        if len(seeds) == 0:
-            continue
-        assign = spherical_kmeans(points, seeds, params.kmeans_iters)  # (N,)
+    for assign in kmeans_runs(points, seeds, params.kmeans_iters) if seeds else []:  # (N,)
         ids, counts = np.unique(assign, return_counts=True)  # (k',)
         # numpy's mean of each cluster's tokens to the bit: float32 sums, divided in float64
         means.append((member_sums(points, assign, ids) / counts[:, None]).astype(np.float32))
