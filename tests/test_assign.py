@@ -203,31 +203,47 @@ def test_instance_proposals_are_components_with_their_evidence() -> None:
 
 
 @pytest.mark.parametrize("cv_threads", [1, 2])
-def test_components_are_scipys_labels_areas_and_boxes(cv_threads: int) -> None:
-    """OpenCV's SAUF numbers components as scipy does (raster order of the first pixel), on
-    one thread or several: the same label image, areas and boxes, so proposals keep their
-    order (largest first, ties to the lower label) and their masks."""
+def test_largest_components_are_scipys_in_scipys_order(cv_threads: int) -> None:
+    """OpenCV numbers components its own way; the largest ones, in the order the scipy
+    labelling gave proposals (area, then raster order of the first pixel), are the same
+    pixel sets in the same order, on one thread or several, ties at the cut included; areas
+    and boxes describe OpenCV's label image."""
     import cv2
     from scipy import ndimage
 
-    from gfsam.assign.proposals import components
+    from gfsam.assign.proposals import components, largest_components
 
     rng = np.random.default_rng(5)
+    grid = np.zeros((FRAME, FRAME), dtype=bool)
+    for y in range(40, FRAME - 60, 90):  # 126 equal squares: ties everywhere; in each row,
+        for i, x in enumerate(range(30, FRAME - 60, 70)):  # tops alternate between rows y and
+            grid[y + i % 2 : y + i % 2 + 40, x : x + 40] = True  # y + 1 (one block row for
+            # OpenCV's 2 x 2 block scan, which numbers them left to right, not row y first)
+    grid |= rng.random((FRAME, FRAME)) < 0.002  # and specks
+    masks = [grid]
+    for density, opening in [(0.3, 0), (0.55, 2), (0.6, 1), (0.7, 2), (0.0, 0), (1.0, 0)]:
+        mask = rng.random((FRAME, FRAME)) < density
+        masks.append(ndimage.binary_opening(mask, iterations=opening) if opening else mask)
     before = cv2.getNumThreads()
     cv2.setNumThreads(cv_threads)
     try:
-        for density, opening in [(0.3, 0), (0.55, 2), (0.6, 1), (0.7, 2), (0.0, 0), (1.0, 0)]:
-            mask = rng.random((FRAME, FRAME)) < density
-            if opening:
-                mask = ndimage.binary_opening(mask, iterations=opening)
+        for mask in masks:
             ref, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+            ref_areas = np.bincount(ref.ravel(), minlength=n + 1)[1:]
             comp, areas, boxes = components(mask)
-            assert np.array_equal(comp, ref)
-            assert np.array_equal(areas, np.bincount(ref.ravel(), minlength=n + 1)[1:])
-            slices = ndimage.find_objects(ref)
+            assert comp.max() == n
+            assert np.array_equal(areas, np.bincount(comp.ravel(), minlength=n + 1)[1:])
+            slices = ndimage.find_objects(comp)
             assert [tuple(b) for b in boxes.tolist()] == [
                 (s[0].start, s[1].start, s[0].stop, s[1].stop) for s in slices
             ]
+            for min_area, limit in [(64, 32), (1, 7), (1600, 50)]:  # ties at the cut: 1600
+                want = [k + 1 for k in np.argsort(-ref_areas, kind="stable")]
+                want = [k for k in want if ref_areas[k - 1] >= min_area][:limit]
+                got = largest_components(comp, areas, boxes, min_area, limit)
+                assert len(got) == len(want)
+                for k, r in zip(got, want, strict=True):
+                    assert np.array_equal(comp == k, ref == r)
     finally:
         cv2.setNumThreads(before)
 
@@ -262,6 +278,9 @@ def test_cell_fractions_equal_torchs_adaptive_average_pool_to_the_bit(
     rng = np.random.default_rng(shape[0] + shape[1])
     masks = np.stack([rng.random(shape) < p for p in (0.0, 0.01, 0.3, 0.5, 0.9, 1.0)])
     masks[1, : shape[0] // 3, : shape[1] // 2] = True  # a block: whole and partial cells
+    small = np.zeros((1, *shape), dtype=bool)
+    small[0, -3:, 2:5] = True  # a speck at the bottom edge: its box is all that is counted
+    masks = np.concatenate([masks, small])
     ref = F.adaptive_avg_pool2d(torch.from_numpy(masks.astype(np.float32))[:, None], GRID)
     got = cell_fractions(masks)
     assert got.shape == (len(masks), GRID * GRID) and got.dtype == np.float32

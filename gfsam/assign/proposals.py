@@ -208,14 +208,14 @@ def cell_fractions(masks: np.ndarray, boxes: np.ndarray | None = None) -> np.nda
     ``F.adaptive_avg_pool2d(masks, 37)`` to the bit (tests/test_assign.py): its cells (row i
     spans ``[floor(i*H/37), ceil((i+1)*H/37))``, neighbours share a pixel) counted exactly from
     OpenCV's integral image, then ``count / rows / cols`` in float32 as torch divides. ~3.5x
-    faster than torch on one thread: no float32 copy of the masks. Given each mask's box, only
-    the box is integrated (a mask is empty outside it: the same counts), which makes a small
-    component's fractions nearly free.
+    faster than torch on one thread: no float32 copy of the masks. Only each mask's box is
+    integrated (a mask is empty outside it: the same counts), which makes a small mask's
+    fractions nearly free.
 
     Args:
         masks: bool [N, H, W].
         boxes: int [N, 4] (y0, x0, y1, x1), ends exclusive, holding every pixel of its mask;
-            None: the whole frame.
+            None: each mask's tight box, found here (OpenCV's boundingRect).
 
     Returns:
         float32 [N, T].
@@ -228,7 +228,11 @@ def cell_fractions(masks: np.ndarray, boxes: np.ndarray | None = None) -> np.nda
     cols = (xe - xs).astype(np.float32)[None, :]  # (1, G)
     out = np.zeros((n, GRID, GRID), dtype=np.float32)
     for i in range(n):
-        y0, x0, y1, x1 = (0, 0, h, w) if boxes is None else (int(v) for v in boxes[i])
+        if boxes is None:  # the tight box of the mask's pixels: one fast pass
+            bx, by, bw, bh = cv2.boundingRect(np.ascontiguousarray(m[i]).view(np.uint8))
+            y0, x0, y1, x1 = by, bx, by + bh, bx + bw
+        else:
+            y0, x0, y1, x1 = (int(v) for v in boxes[i])
         if y1 <= y0 or x1 <= x0:
             continue
         cy = np.flatnonzero((ye > y0) & (ys < y1))  # (gy,) cells meeting the box
@@ -263,12 +267,11 @@ def shot_prototypes(
 
 
 def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """8-connected components of a mask, numbered as ``ndimage.label`` numbers them (3x3 structure).
+    """8-connected components of a mask, with their areas and boxes, in one OpenCV pass.
 
-    OpenCV's pixel-scan union-find (SAUF) labels components in the raster order of their first
-    pixel, scipy's order, so the label images are equal (tests/test_assign.py); with their
-    areas and boxes from the same pass it takes ~1/4 of scipy's label, bincount and
-    find_objects. (OpenCV's default block-based scans number components in another order.)
+    OpenCV's block-based scan (Spaghetti) is the fastest labelling it has (~1/3 of scipy's
+    label, bincount and find_objects) but numbers components in an order of its own;
+    `largest_components` orders them as ``ndimage.label`` would have.
 
     Args:
         mask: bool [H, W].
@@ -279,11 +282,37 @@ def components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     pixels = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)  # (H, W) 0/1
     count, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
-        pixels, 8, cv2.CV_32S, cv2.CCL_SAUF
+        pixels, 8, cv2.CV_32S, cv2.CCL_SPAGHETTI
     )
     st = stats[1:count].astype(np.int64)  # (n, 5): x, y, w, h, area
     x, y, w, h = (st[:, i] for i in range(4))
     return labels, st[:, cv2.CC_STAT_AREA], np.stack([y, x, y + h, x + w], axis=1)
+
+
+def largest_components(
+    labels: np.ndarray, areas: np.ndarray, boxes: np.ndarray, min_area: int, limit: int
+) -> list[int]:
+    """The `limit` largest components of at least `min_area` pixels, largest first; equal
+    areas in the raster order of their first pixel (the order ``ndimage.label`` numbers them,
+    so the proposals are those the scipy labelling gave, in its order; tests/test_assign.py).
+
+    Args:
+        labels, areas, boxes: `components`' output. min_area: pixels. limit: most returned.
+
+    Returns:
+        Component labels (1..n).
+    """
+    big = np.flatnonzero(areas >= min_area)  # (b,) indices (label - 1)
+    if len(big) > limit:  # only those that can make the cut: ties at the cut need the order
+        cut = np.sort(areas[big])[-limit]
+        big = big[areas[big] >= cut]
+    first: list[tuple[int, int, int]] = []  # (-area, first row, first column in that row)
+    for i in big.tolist():
+        y0, x0, _, x1 = (int(v) for v in boxes[i])
+        top = labels[y0, x0:x1]  # (w,): the component's top row meets its box's top edge
+        first.append((-int(areas[i]), y0, x0 + int(np.argmax(top == i + 1))))
+    order = sorted(range(len(big)), key=first.__getitem__)
+    return [int(big[j]) + 1 for j in order[:limit]]
 
 
 def component_masks(comp: np.ndarray, ids: Sequence[int], boxes: np.ndarray) -> np.ndarray:
@@ -319,8 +348,7 @@ def instance_proposals(
     if pred.abstained or not seg.mask.any():
         return []
     comp, areas, boxes = components(seg.mask)  # (S, S), (n,), (n, 4)
-    keep = [k + 1 for k in np.argsort(-areas, kind="stable") if areas[k] >= params.min_area]
-    keep = keep[: params.max_proposals]
+    keep = largest_components(comp, areas, boxes, params.min_area, params.max_proposals)
     if not keep:
         return []
     masks = component_masks(comp, keep, boxes)  # (N, S, S)
