@@ -174,9 +174,15 @@ def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
 
 
 def _resize_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """bool [H, W] -> bool [h, w], exactly as torch ``nearest`` (a gather, no float copy)."""
+    """bool [H, W] -> bool [h, w], exactly as torch ``nearest`` (a gather, no float copy).
+
+    Rows are whole-row copies, columns one element at a time: the columns are gathered on
+    whichever has fewer rows, the source or the result (an image squashed to the frame: ~2x
+    faster than gathering them on the frame's 1024 rows)."""
     rows = _nearest_index(mask.shape[0], int(size[0]))
     cols = _nearest_index(mask.shape[1], int(size[1]))
+    if len(rows) > mask.shape[0]:
+        return np.take(np.take(mask, cols, axis=1), rows, axis=0)
     return np.take(np.take(mask, rows, axis=0), cols, axis=1)
 
 

@@ -148,7 +148,9 @@ def test_mask_frame_resizing_is_torch_nearest() -> None:
     assert np.array_equal(mask_from_frame(framed.numpy(), (FRAME, FRAME)), framed.numpy())
 
 
-@pytest.mark.parametrize("size", [(480, 640), (427, 640), (1024, 1024), (17, 23), (2000, 3000)])
+@pytest.mark.parametrize(
+    "size", [(480, 640), (427, 640), (1024, 1024), (17, 23), (2000, 3000), (700, 1500)]
+)
 def test_frame_resizes_are_torch_nearest_bit_for_bit(size: tuple[int, int]) -> None:
     """`mask_to_frame` / `mask_from_frame` gather with torch's own nearest indices: the same
     bits as `F.interpolate` (issue 17 made them gathers), numpy, CPU torch or non-bool input."""
