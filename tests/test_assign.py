@@ -441,6 +441,38 @@ def test_carving_rescues_an_object_a_wrong_decode_joined_to_the_background() -> 
     assert decodes == [[(100, 100), (600, 600)]]  # the gated prompts inside, once
 
 
+def test_carving_inside_the_components_box_equals_the_whole_frame() -> None:
+    """Carving works on the component's box, widened to whole bytes of the packed masks: for a
+    box off the byte grid on both sides, the carved and the rest proposals (masks, features,
+    points) are those of the whole-frame computation."""
+    from dataclasses import replace
+
+    from gfsam.assign.proposals import carve_proposal, instance_proposals, shot_prototypes
+
+    obj, spill = _box(100, 300, 203, 351), _box(150, 400, 350, 517)  # columns 203 .. 516
+    tokens = np.tile(E[1], (TOKENS, 1))
+    tokens[_cells(obj)] = E[0]
+    pred = _pred(obj | spill, prompts=((250, 200), (450, 300), (260, 210)))
+    params = SplitParams()
+    (prop,) = instance_proposals("A", pred, tokens, CFG, params)
+    assert prop.box == (100, 203, 400, 517)
+    protos = shot_prototypes([_reference(E[0])], CFG, params)
+
+    def point_masks(xy: np.ndarray) -> np.ndarray:
+        masks = np.stack([obj if x < 350 else spill | _box(600, 700, 0, 50) for x, _ in xy])
+        return np.packbits(masks, axis=-1)  # a decode reaching outside the component too
+
+    boxed = carve_proposal(prop, pred, tokens, protos, 0.9, point_masks, CFG, params)
+    whole = carve_proposal(
+        replace(prop, box=None), pred, tokens, protos, 0.9, point_masks, CFG, params
+    )
+    assert len(boxed) == len(whole) == 2
+    assert np.array_equal(boxed[0].mask, obj) and np.array_equal(boxed[1].mask, spill & ~obj)
+    for b, w in zip(boxed, whole, strict=True):
+        assert np.array_equal(b.mask, w.mask) and np.array_equal(b.feature, w.feature)
+        assert b.points == w.points and b.box == (100, 200, 400, 520)
+
+
 def test_unit_tokens_are_memoised_by_content() -> None:
     """`pool_features` and discovery share one normalisation per token set: the same bits as
     computing it, read-only, and a changed token is another entry."""

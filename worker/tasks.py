@@ -108,7 +108,8 @@ def predict_task(raw: dict[str, Any]) -> str:
     p, t, v = payload.project, payload.task, payload.version
     store.progress.job_started(p, job_id)
     try:
-        outcome = _predict(rt, store, jobs, payload)
+        with store.progress.stats_held():  # its counters in one round trip at the end
+            outcome = _predict(rt, store, jobs, payload)
     except Exception as exc:
         _failed(store, p, job_id, f"task:{t}", exc)
         raise

@@ -4,7 +4,11 @@ acceptance IoU and worker counters."""
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from redis import Redis
@@ -49,6 +53,7 @@ class Progress:
     def __init__(self, conn: Redis, settings: Settings) -> None:
         self.r = conn
         self.settings = settings
+        self._held = threading.local()  # .stats: this thread's increments held (`stats_held`)
 
     # --- predict jobs ---------------------------------------------------------------------------
 
@@ -269,7 +274,31 @@ class Progress:
     # --- process-wide counters ------------------------------------------------------------------
 
     def incr_stat(self, name: str, amount: int = 1) -> None:
+        held: Counter[str] | None = getattr(self._held, "stats", None)
+        if held is not None:
+            held[name] += amount
+            return
         self.r.hincrby(key("stats"), name, amount)
+
+    @contextmanager
+    def stats_held(self) -> Iterator[None]:
+        """This thread's `incr_stat` calls inside the block reach Redis together when it ends,
+        raising or not (a pre-annotation job's half-dozen counters: one round trip, not one
+        each). Other threads count at once; an inner block is part of the outer one."""
+        if getattr(self._held, "stats", None) is not None:
+            yield
+            return
+        held: Counter[str] = Counter()
+        self._held.stats = held
+        try:
+            yield
+        finally:
+            self._held.stats = None
+            if held:
+                with self.r.pipeline(transaction=False) as pipe:
+                    for name, amount in held.items():
+                        pipe.hincrby(key("stats"), name, amount)
+                    pipe.execute()
 
     def stats(self) -> dict[str, int]:
         return {str(text(k)): int(v) for k, v in self.r.hgetall(key("stats")).items()}

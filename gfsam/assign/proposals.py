@@ -406,16 +406,25 @@ def carve_proposal(
     inside = prop.mask[gated[:, 1], gated[:, 0]] if len(gated) else np.zeros(0, dtype=bool)
     if not inside.any():
         return [prop]
-    side = prop.mask.shape[-1]
-    rows = np.asarray(point_masks(gated[inside]), dtype=np.uint8)  # (Q', S, S/8) packed
-    rows = rows & np.packbits(prop.mask, axis=-1)[None]  # each mask inside the component
+    height, side = prop.mask.shape
+    # Everything happens inside the component's box (the masks are cut to it), its columns
+    # widened to whole bytes of the packed rows: (y0, c0) .. (y1, c1).
+    y0, x0, y1, x1 = prop.box if prop.box is not None else (0, 0, height, side)
+    b0, b1 = x0 // 8, -(-x1 // 8)  # the bytes holding columns x0 .. x1 - 1
+    c0, c1 = 8 * b0, min(8 * b1, side)
+    window = np.packbits(prop.mask[y0:y1, c0:c1], axis=-1)  # (h', b') the full packing's bytes
+    rows = np.asarray(point_masks(gated[inside]), dtype=np.uint8)[:, y0:y1, b0:b1]  # (Q', h', b')
+    rows = rows & window[None]  # each mask inside the component (zero outside its box)
     # one entry per distinct non-empty mask: prompts on one object often decode to the same mask
     distinct = {r.tobytes(): i for i, r in enumerate(rows) if r.any()}
     if len(distinct) < 2:
         return [prop]
-    keep = rows[sorted(distinct.values())]  # (U, S, S/8)
-    masks = np.unpackbits(keep, axis=-1, count=side).view(bool)  # (U, S, S)
-    feats = pool_features(tokens, cell_fractions(masks) ** params.pool_power, cfg)  # (U, C)
+    keep = rows[sorted(distinct.values())]  # (U, h', b')
+    masks = np.zeros((len(keep), height, side), dtype=bool)  # (U, S, S)
+    masks[:, y0:y1, c0:c1] = np.unpackbits(keep, axis=-1, count=c1 - c0).view(bool)
+    box = (y0, c0, y1, c1)
+    weights = cell_fractions(masks, np.array([box] * len(keep))) ** params.pool_power  # (U, T)
+    feats = pool_features(tokens, weights, cfg)  # (U, C)
     good = class_similarity(feats, prototypes) >= floor  # (U,)
     if not good.any() or good.all():
         return [prop]
@@ -424,9 +433,10 @@ def carve_proposal(
     out = []
     for part in (carved, rest):
         if np.count_nonzero(part) >= params.min_area:
-            feat = pool_features(tokens, cell_fractions(part[None]) ** params.pool_power, cfg)[0]
+            part_weights = cell_fractions(part[None], np.array([box])) ** params.pool_power
+            feat = pool_features(tokens, part_weights, cfg)[0]
             n = int(part[gated[:, 1], gated[:, 0]].sum())
-            out.append(Proposal(prop.source, part, feat, n, prop.evidence))
+            out.append(Proposal(prop.source, part, feat, n, prop.evidence, box))
     return out if out and out[0].mask is carved else [prop]
 
 
