@@ -127,3 +127,45 @@ def test_candidates_that_look_like_an_existing_label_are_dropped() -> None:
     protos = np.stack([found[0].feature])  # a label whose shot is exactly this object
     assert discover_candidates(tokens, framed == 1, fn, labels=[(protos, 0.9)]) == []
     assert len(discover_candidates(tokens, framed == 1, fn, labels=[(-protos, 0.9)])) == 1
+
+
+def test_nms_and_filters_counting_inside_boxes_equal_the_whole_frame() -> None:
+    """`mask_nms` and `keep_mask` count inside the masks' boxes: the same decisions as the
+    whole-frame counts (random blobs, overlapping or not, some empty, some on the border)."""
+    from scipy import ndimage
+
+    from gfsam.discover.refine import border_share
+
+    rng = np.random.default_rng(21)
+    masks = []
+    for _ in range(40):
+        y, x = rng.integers(-100, FRAME, 2)
+        h, w = rng.integers(1, 400, 2)
+        m = np.zeros((FRAME, FRAME), dtype=bool)
+        m[max(y, 0) : y + h, max(x, 0) : x + w] = True
+        masks.append(ndimage.binary_erosion(m, iterations=int(rng.integers(0, 3))))
+    masks.append(np.zeros((FRAME, FRAME), dtype=bool))
+
+    def nms_whole(ms: list[np.ndarray], iou: float, limit: int) -> list[int]:
+        kept: list[int] = []
+        for i, m in enumerate(ms):
+            if len(kept) == limit:
+                break
+            if m.any() and all(
+                np.count_nonzero(m & ms[k]) <= iou * np.count_nonzero(m | ms[k]) for k in kept
+            ):
+                kept.append(i)
+        return kept
+
+    for iou, limit in [(0.5, 100), (0.1, 100), (0.0, 100), (0.5, 5)]:
+        assert mask_nms(masks, iou, limit) == nms_whole(masks, iou, limit)
+    p = DiscoverParams(min_area=0.0005, max_area=0.1, max_border=0.3, max_covered=0.25)
+    covered = rng.random((FRAME, FRAME)) < 0.2
+    for m in masks:
+        area = np.count_nonzero(m)
+        whole = (
+            p.min_area * m.size <= area <= p.max_area * m.size
+            and border_share(m) <= p.max_border
+            and np.count_nonzero(m & covered) <= p.max_covered * area
+        )
+        assert keep_mask(m, 0.9, covered, p) == whole

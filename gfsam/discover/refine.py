@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -137,6 +138,13 @@ def border_share(mask: np.ndarray) -> float:
     return np.count_nonzero(edge) / edge.size
 
 
+def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of a bool [S, S] mask's pixels, ends exclusive (all 0 when empty): one
+    fast pass (OpenCV's boundingRect), so that later counts look inside it only."""
+    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=bool).view(np.uint8))
+    return y, x, y + h, x + w
+
+
 def keep_mask(
     mask: np.ndarray, score: float, covered: np.ndarray | None, params: DiscoverParams
 ) -> bool:
@@ -145,12 +153,16 @@ def keep_mask(
     Args:
         mask: bool [S, S]. score: its ranking score. covered: bool [S, S] or None (no check).
     """
-    area = np.count_nonzero(mask)
+    mask = np.asarray(mask, dtype=bool)
+    y0, x0, y1, x1 = mask_box(mask)  # the counts below look inside it: the same counts
+    area = np.count_nonzero(mask[y0:y1, x0:x1])
     if not params.min_area * mask.size <= area <= params.max_area * mask.size:
         return False
     if border_share(mask) > params.max_border or score < params.min_score:
         return False
-    return covered is None or np.count_nonzero(mask & covered) <= params.max_covered * area
+    if covered is None:
+        return True
+    return np.count_nonzero(mask[y0:y1, x0:x1] & covered[y0:y1, x0:x1]) <= params.max_covered * area
 
 
 def mask_nms(masks: Sequence[np.ndarray], iou: float, limit: int) -> list[int]:
@@ -163,16 +175,36 @@ def mask_nms(masks: Sequence[np.ndarray], iou: float, limit: int) -> list[int]:
         Indices of the kept masks, in input order.
     """
     kept: list[int] = []
+    held: dict[int, tuple[np.ndarray, tuple[int, int, int, int], int]] = {}  # mask, box, area
     for i, m in enumerate(masks):
         if len(kept) == limit:
             break
-        if not np.any(m):
+        m = np.asarray(m, dtype=bool)
+        box = mask_box(m)
+        y0, x0, y1, x1 = box
+        if y1 == y0:  # empty
             continue
-        if all(
-            np.count_nonzero(m & masks[k]) <= iou * np.count_nonzero(m | masks[k]) for k in kept
-        ):
+        area = np.count_nonzero(m[y0:y1, x0:x1])
+        for k in kept:  # IoU with each kept mask, from the pixels they share and the two areas
+            other, other_box, other_area = held[k]
+            shared = _overlap(m, box, other, other_box)
+            if shared > iou * (area + other_area - shared):
+                break
+        else:
             kept.append(i)
+            held[i] = (m, box, area)
     return kept
+
+
+def _overlap(
+    a: np.ndarray, box_a: tuple[int, int, int, int], b: np.ndarray, box_b: tuple[int, int, int, int]
+) -> int:
+    """Pixels two masks share, counted where their boxes meet."""
+    y0, x0 = max(box_a[0], box_b[0]), max(box_a[1], box_b[1])
+    y1, x1 = min(box_a[2], box_b[2]), min(box_a[3], box_b[3])
+    if y1 <= y0 or x1 <= x0:
+        return 0
+    return int(np.count_nonzero(a[y0:y1, x0:x1] & b[y0:y1, x0:x1]))
 
 
 def discover_candidates(
