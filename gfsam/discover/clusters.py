@@ -225,13 +225,12 @@ def token_clusters(unit: np.ndarray, free: np.ndarray, params: DiscoverParams) -
     clusters: list[np.ndarray] = []
     means: list[np.ndarray] = []  # (k', C) per scale: each non-empty cluster's mean unit token
     for assign in kmeans_runs(points, seeds, params.kmeans_iters) if seeds else []:  # (N,)
-        ids, counts = np.unique(assign, return_counts=True)  # (k',)
+        ids, which, counts = np.unique(assign, return_inverse=True, return_counts=True)  # (k',)
         # numpy's mean of each cluster's tokens to the bit: float32 sums, divided in float64
         means.append((member_sums(points, assign, ids) / counts[:, None]).astype(np.float32))
-        for k in ids:
-            cells = np.zeros(len(free), dtype=bool)
-            cells[idx[assign == k]] = True
-            clusters.append(cells)
+        cells = np.zeros((len(ids), len(free)), dtype=bool)  # (k', T) each cluster's cells
+        cells[which, idx] = True
+        clusters.extend(cells)
     return _merge(clusters, np.concatenate(means), params.merge_cos) if clusters else []
 
 
