@@ -241,3 +241,33 @@ def test_a_failing_or_slow_prefetched_image_is_not_fetched_again(
     assert svc.ls.media_hits[path] == 1
     assert f"task:{tasks[2]}" in svc.client.get("/projects/1").json()["failures"]
     assert posted_tasks(svc) == [tasks[1], tasks[3]]
+
+
+def test_a_jobs_image_is_decoded_once_and_forgotten_when_it_ends() -> None:
+    """The target encoder's decode is kept for the job's thread (discovery's crops reuse it):
+    the same image is not decoded twice, another image or another thread decodes its own, and
+    nothing is kept once the job forgets it."""
+    import threading
+    from types import SimpleNamespace
+
+    decodes: list[bytes] = []
+
+    def load_image(data: bytes) -> np.ndarray:
+        decodes.append(data)
+        return np.full((2, 3, 3), len(decodes), dtype=np.uint8)
+
+    rt: Any = SimpleNamespace(model=SimpleNamespace(load_image=load_image))
+    first = prefetch.decoded_image(rt, b"a", "sha-a")
+    assert prefetch.decoded_image(rt, b"a", "sha-a") is first and decodes == [b"a"]
+    elsewhere: list[np.ndarray] = []
+    thread = threading.Thread(
+        target=lambda: elsewhere.append(prefetch.decoded_image(rt, b"a", "sha-a"))
+    )
+    thread.start()
+    thread.join()
+    assert elsewhere[0] is not first and decodes == [b"a", b"a"]  # its own thread, its own
+    assert prefetch.decoded_image(rt, b"b", "sha-b")[0, 0, 0] == 3  # another image
+    prefetch.forget_decoded()
+    prefetch.decoded_image(rt, b"b", "sha-b")
+    assert decodes == [b"a", b"a", b"b", b"b"]
+    prefetch.forget_decoded()

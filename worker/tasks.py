@@ -115,6 +115,7 @@ def predict_task(raw: dict[str, Any]) -> str:
         raise
     finally:  # the target cache writes this job started (`put_later`) land before it ends
         rt.targets.flush()
+        prefetch.forget_decoded()
     store.progress.job_ended(p, job_id, "stale" if outcome in ("stale", "skipped") else "done")
     logger.info("predict p%s t%s %s: %s", p, t, v, outcome)
     return outcome

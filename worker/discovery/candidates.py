@@ -50,6 +50,7 @@ from gfsam.types import FRAME
 from worker.labelstudio.brush_rle import BrushError
 from worker.labelstudio.errors import LabelStudioError
 from worker.labelstudio.shapes import annotation_masks, shapes_to_result
+from worker.prediction import prefetch
 from worker.prediction.assignment import calibration
 from worker.prediction.inference import TaskResult, load_references
 from worker.runtime import Runtime, geometry_params
@@ -126,7 +127,9 @@ def discover_task(
     )
     if not cands:
         return []
-    image = rt.model.load_image(image_bytes)
+    image = prefetch.decoded_image(
+        rt, image_bytes, result.sha or hashlib.sha256(image_bytes).hexdigest()
+    )
     members = [_member(task, c, target.image_size, image) for c in cands]
     gids: list[int] = []
 

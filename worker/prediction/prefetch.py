@@ -262,6 +262,26 @@ def download(
     return item.data
 
 
+_decoded = threading.local()  # .image: (sha, uint8 [H, W, 3]) the last image this thread decoded
+
+
+def decoded_image(rt: runtime.Runtime, image_bytes: bytes, sha: str) -> np.ndarray:
+    """`image_bytes` (sha256 `sha`) decoded by the model's loader; this thread's last decode
+    when it is that image (the target encoder's, reused by discovery's crops: one JPEG decode a
+    task, not two). `forget_decoded` drops it when the job ends."""
+    held: tuple[str, np.ndarray] | None = getattr(_decoded, "image", None)
+    if held is not None and held[0] == sha:
+        return held[1]
+    image = rt.model.load_image(image_bytes)
+    _decoded.image = (sha, image)
+    return image
+
+
+def forget_decoded() -> None:
+    """Drop this thread's kept decode (a job's image does not outlive the job)."""
+    _decoded.image = None
+
+
 def encode_target(
     rt: runtime.Runtime, store: Store, image_bytes: bytes, sha: str
 ) -> TargetEncoding:
@@ -276,7 +296,9 @@ def encode_target(
     current = ahead.current if ahead is not None else None
     image = current.image if current is not None and current.sha == sha else None
     if image is None:
-        image = rt.model.load_image(image_bytes)
+        image = decoded_image(rt, image_bytes, sha)
+    else:
+        _decoded.image = (sha, image)  # the prefetched decode, for discovery's crops too
     batch = rt.settings.encode_batch
     others: list[tuple[Prefetched, np.ndarray]] = []
     if ahead is not None and batch > 1:
