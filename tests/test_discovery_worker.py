@@ -8,8 +8,10 @@ promotion adds the label in (fake) Label Studio, seeds it with provisional shots
 
 from __future__ import annotations
 
+import base64
 import io
 import json
+import zlib
 from collections.abc import Callable
 from typing import Any
 
@@ -197,11 +199,19 @@ def test_pack_mask_is_the_half_covered_blocks() -> None:
     from worker.discovery.candidates import MASK_SIDE, pack_mask
 
     rng = np.random.default_rng(0)
-    frame = rng.random((FRAME, FRAME)) > rng.random((FRAME, 1))  # every block density
     f = FRAME // MASK_SIDE
-    small = frame.reshape(MASK_SIDE, f, MASK_SIDE, f).mean((1, 3)) >= 0.5
-    back = unpack_mask(pack_mask(frame), (FRAME, FRAME))
-    assert np.array_equal(back, np.repeat(np.repeat(small, f, 0), f, 1))
+    dense = rng.random((FRAME, FRAME)) > rng.random((FRAME, 1))  # every block density
+    speck = np.zeros((FRAME, FRAME), dtype=bool)
+    speck[513:519, 6:7] = True  # off the block grid: a box of blocks, half of them set
+    blob = np.zeros((FRAME, FRAME), dtype=bool)
+    blob[200:611, 301:1024] = rng.random((411, 723)) < 0.6  # to the frame's edge
+    for frame in (dense, speck, blob, np.zeros((FRAME, FRAME), dtype=bool)):
+        small = frame.reshape(MASK_SIDE, f, MASK_SIDE, f).mean((1, 3)) >= 0.5
+        back = unpack_mask(pack_mask(frame), (FRAME, FRAME))
+        assert np.array_equal(back, np.repeat(np.repeat(small, f, 0), f, 1))
+        # the very text (a member's key is its digest): zlib level 9 of the packed bits
+        text = base64.b64encode(zlib.compress(np.packbits(small).tobytes(), 9)).decode()
+        assert pack_mask(frame) == text
 
 
 def test_parsed_states_hand_over_only_the_text_they_were_written_as() -> None:

@@ -25,6 +25,7 @@ import time
 import zlib
 from collections import OrderedDict
 
+import cv2
 import numpy as np
 
 from backend.state.candidates import MASK_SIDE, DiscoveryUpdate
@@ -258,16 +259,31 @@ def crop_jpeg(image: np.ndarray, mask: np.ndarray, box: tuple[int, int, int, int
 
 
 def pack_mask(frame_mask: np.ndarray) -> str:
-    """bool [S, S] frame mask -> `MASK_SIDE`-square, bit-packed, zlib, base64 text."""
+    """bool [S, S] frame mask -> `MASK_SIDE`-square, bit-packed, zlib, base64 text.
+
+    A block is set when at least half its pixels are (integer counts). Only the blocks meeting
+    the mask's box are counted (the others are empty): a candidate's box is usually a small
+    part of the frame.
+    """
     f = FRAME // MASK_SIDE
     pixels = np.ascontiguousarray(frame_mask, dtype=bool).view(np.uint8)  # (S, S) 0/1
-    rows = pixels.reshape(MASK_SIDE, f, FRAME)  # (M, f, S): the f frame rows of each block row
-    per_row = sum((rows[:, i].astype(np.int32) for i in range(f)), np.zeros(1, np.int32))
-    blocks = per_row.reshape(MASK_SIDE, MASK_SIDE, f)  # (M, M, f): column sums within a block
-    counts = sum((blocks[..., j] for j in range(f)), np.zeros(1, np.int32))  # (M, M)
-    # a block is set when at least half its pixels are (an integer count: no float mean)
-    small = 2 * counts >= f * f
+    small = np.zeros((MASK_SIDE, MASK_SIDE), dtype=bool)  # (M, M)
+    x, y, w, h = cv2.boundingRect(pixels)
+    if w:
+        y0, y1, x0, x1 = y // f, -(-(y + h) // f), x // f, -(-(x + w) // f)  # blocks, in M
+        counts = _block_counts(pixels[f * y0 : f * y1, f * x0 : f * x1], f)  # (y1-y0, x1-x0)
+        small[y0:y1, x0:x1] = 2 * counts >= f * f
     return base64.b64encode(zlib.compress(np.packbits(small).tobytes(), 9)).decode()
+
+
+def _block_counts(pixels: np.ndarray, f: int) -> np.ndarray:
+    """uint8 0/1 [f*m, f*n] -> int32 [m, n]: set pixels of each f x f block (integer sums of
+    strided slices: faster than a reshaped sum over two axes)."""
+    m, n = pixels.shape[0] // f, pixels.shape[1] // f
+    rows = pixels.reshape(m, f, f * n)  # (m, f, f*n): the f rows of each block row
+    per_row = sum((rows[:, i].astype(np.int32) for i in range(f)), np.zeros(1, np.int32))
+    blocks = per_row.reshape(m, n, f)  # (m, n, f): column sums within a block
+    return sum((blocks[..., j] for j in range(f)), np.zeros(1, np.int32))  # (m, n)
 
 
 def unpack_mask(text: str, size: tuple[int, int]) -> np.ndarray:
