@@ -53,7 +53,10 @@ def test_window_seeds_one_per_window_with_enough_free_cells() -> None:
 
 
 def test_window_seeds_are_each_windows_mean_free_token() -> None:
-    """The box sums equal averaging each window's free tokens one by one (float32 rounding)."""
+    """The box sums equal averaging each window's free tokens one by one (float32 rounding),
+    one scale alone or several from one matmul."""
+    from gfsam.discover.clusters import scale_seeds
+
     rng = np.random.default_rng(5)
     params = DiscoverParams()
     for trial in range(6):
@@ -74,6 +77,14 @@ def test_window_seeds_are_each_windows_mean_free_token() -> None:
             assert got.shape == (len(expected), 32)
             if expected:
                 np.testing.assert_allclose(got, np.stack(expected), rtol=0, atol=1e-6)
+        # every scale from one matmul: each scale's seeds as computed alone
+        kept = np.where(free[:, None], unit, np.float32(0))
+        windows = [18, 12, 8, GRID, 2]
+        together = scale_seeds(kept, free, windows, params)
+        for seeds, window in zip(together, windows, strict=True):
+            alone = window_seeds(unit, free, window, params)
+            assert seeds.shape == alone.shape
+            np.testing.assert_allclose(seeds, alone, rtol=0, atol=1e-6)
 
 
 def test_spherical_kmeans_separates_two_directions() -> None:

@@ -79,30 +79,45 @@ def window_seeds(
         row-major order of their origins (k may be 0).
     """
     kept = np.where(free[:, None], unit, np.float32(0))  # (T, C) free tokens, zeros elsewhere
-    return _window_seeds(kept, free, window, params)
+    return scale_seeds(kept, free, [window], params)[0]
 
 
-def _window_seeds(
-    kept: np.ndarray, free: np.ndarray, window: int, params: DiscoverParams
-) -> np.ndarray:
-    """`window_seeds` from the free tokens with zeros elsewhere, kept: float32 [T, C] (one
-    masking for every scale)."""
-    starts = _starts(window)
-    band = np.zeros((len(starts), GRID), dtype=np.int64)  # (n, G): cells each window spans
-    for i, s in enumerate(starts):
-        band[i, s : s + window] = 1
-    grid_free = free.reshape(GRID, GRID).astype(np.int64)  # (G, G) as [y, x]
-    counts = band @ grid_free @ band.T  # (n, n) free cells of each window [y, x], exact
-    enough = counts / (window * window) >= params.min_window_free  # (n, n)
+def scale_seeds(
+    kept: np.ndarray, free: np.ndarray, windows: Sequence[int], params: DiscoverParams
+) -> list[np.ndarray]:
+    """`window_seeds` of several scales from the free tokens with zeros elsewhere, kept:
+    float32 [T, C] (masked once): the row sums of every scale's windows come from one matmul,
+    which reads the tokens once instead of once a scale.
+
+    Returns:
+        Per window side (<= G), float32 [k, C] (k may be 0).
+    """
     c = kept.shape[1]
-    if not enough.any():
-        return np.zeros((0, c), dtype=np.float32)
-    bandf = band.astype(np.float32)
-    rows = (bandf @ kept.reshape(GRID, GRID * c)).reshape(len(starts), GRID, c)  # (n, G, C)
-    sums = np.matmul(bandf[None], rows)  # (n, n, C): each window's sum [y, x]
-    mean = sums[enough] / counts[enough][:, None].astype(np.float32)  # (k, C)
-    norms = np.sqrt(np.einsum("kc,kc->k", mean, mean))  # (k,)
-    return (mean / np.maximum(norms, 1e-12)[:, None]).astype(np.float32)
+    bands = []  # per scale, int64 (n, G): the cells each window spans along one axis
+    for window in windows:
+        starts = _starts(window)
+        band = np.zeros((len(starts), GRID), dtype=np.int64)
+        for i, s in enumerate(starts):
+            band[i, s : s + window] = 1
+        bands.append(band)
+    every = np.concatenate(bands).astype(np.float32)  # (sum n, G)
+    rows = every @ kept.reshape(GRID, GRID * c)  # (sum n, G * C): every window row's sums
+    grid_free = free.reshape(GRID, GRID).astype(np.int64)  # (G, G) as [y, x]
+    out, first = [], 0
+    for window, band in zip(windows, bands, strict=True):
+        n = len(band)
+        own = rows[first : first + n].reshape(n, GRID, c)  # (n, G, C)
+        first += n
+        counts = band @ grid_free @ band.T  # (n, n) free cells of each window [y, x], exact
+        enough = counts / (window * window) >= params.min_window_free  # (n, n)
+        if not enough.any():
+            out.append(np.zeros((0, c), dtype=np.float32))
+            continue
+        sums = np.matmul(band.astype(np.float32)[None], own)  # (n, n, C): each window's sum
+        mean = sums[enough] / counts[enough][:, None].astype(np.float32)  # (k, C)
+        norms = np.sqrt(np.einsum("kc,kc->k", mean, mean))  # (k,)
+        out.append((mean / np.maximum(norms, 1e-12)[:, None]).astype(np.float32))
+    return out
 
 
 def spherical_kmeans(x: np.ndarray, seeds: np.ndarray, iters: int) -> np.ndarray:
@@ -220,7 +235,7 @@ def token_clusters(unit: np.ndarray, free: np.ndarray, params: DiscoverParams) -
     idx = np.flatnonzero(free)  # (N,)
     points = unit[idx]  # (N, C): the free tokens, gathered once for every scale
     kept = np.where(free[:, None], unit, np.float32(0))  # (T, C): masked once for every scale
-    seeds = [_window_seeds(kept, free, min(w, GRID), params) for w in params.windows]  # (k, C)
+    seeds = scale_seeds(kept, free, [min(w, GRID) for w in params.windows], params)  # (k, C)
     seeds = [s for s in seeds if len(s)]  # a scale without a free enough window adds nothing
     clusters: list[np.ndarray] = []
     means: list[np.ndarray] = []  # (k', C) per scale: each non-empty cluster's mean unit token
