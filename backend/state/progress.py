@@ -47,13 +47,19 @@ def _ints(members: Any) -> list[int]:
     return [int(m) for m in members]
 
 
+class _Held(threading.local):
+    """Per thread: the counter increments `Progress.stats_held` holds back, or None."""
+
+    stats: Counter[str] | None = None
+
+
 class Progress:
     """Counters and samples written by every worker, read by /projects and /metrics."""
 
     def __init__(self, conn: Redis, settings: Settings) -> None:
         self.r = conn
         self.settings = settings
-        self._held = threading.local()  # .stats: this thread's increments held (`stats_held`)
+        self._held = _Held()  # this thread's increments held back (`stats_held`)
 
     # --- predict jobs ---------------------------------------------------------------------------
 
@@ -274,7 +280,7 @@ class Progress:
     # --- process-wide counters ------------------------------------------------------------------
 
     def incr_stat(self, name: str, amount: int = 1) -> None:
-        held: Counter[str] | None = getattr(self._held, "stats", None)
+        held = self._held.stats
         if held is not None:
             held[name] += amount
             return
@@ -285,7 +291,7 @@ class Progress:
         """This thread's `incr_stat` calls inside the block reach Redis together when it ends,
         raising or not (a pre-annotation job's half-dozen counters: one round trip, not one
         each). Other threads count at once; an inner block is part of the outer one."""
-        if getattr(self._held, "stats", None) is not None:
+        if self._held.stats is not None:
             yield
             return
         held: Counter[str] = Counter()

@@ -262,14 +262,20 @@ def download(
     return item.data
 
 
-_decoded = threading.local()  # .image: (sha, uint8 [H, W, 3]) the last image this thread decoded
+class _Decoded(threading.local):
+    """Per thread: (sha, uint8 [H, W, 3]) the last image this thread decoded, or None."""
+
+    image: tuple[str, np.ndarray] | None = None
+
+
+_decoded = _Decoded()
 
 
 def decoded_image(rt: runtime.Runtime, image_bytes: bytes, sha: str) -> np.ndarray:
     """`image_bytes` (sha256 `sha`) decoded by the model's loader; this thread's last decode
     when it is that image (the target encoder's, reused by discovery's crops: one JPEG decode a
     task, not two). `forget_decoded` drops it when the job ends."""
-    held: tuple[str, np.ndarray] | None = getattr(_decoded, "image", None)
+    held = _decoded.image
     if held is not None and held[0] == sha:
         return held[1]
     image = rt.model.load_image(image_bytes)
