@@ -164,6 +164,10 @@ def test_member_sums_and_cluster_means_equal_numpys_to_the_bit() -> None:
     ids, counts = np.unique(assign, return_counts=True)
     means = (member_sums(x, assign, ids) / counts[:, None]).astype(np.float32)
     assert np.array_equal(means, np.stack([x[assign == k].mean(axis=0) for k in ids]))
+    wide = x[:50].astype(np.float64)  # float64 vectors sum in float64
+    got = member_sums(wide, assign[:50], np.array([3, 80]))
+    assert got.dtype == np.float64
+    assert np.array_equal(got[0], wide[assign[:50] == 3].sum(axis=0))
 
 
 def test_kmeans_runs_in_lockstep_equal_the_runs_one_by_one() -> None:

@@ -117,6 +117,11 @@ def test_discovery_crop_is_a_jpeg_of_the_same_picture_and_sheets_paste_both_form
     assert np.abs(decoded - exact).mean() < 4  # lossy, but the same picture
     with Image.open(io.BytesIO(sheet_png([jpeg, png]))) as sheet:
         assert sheet.size == (2 * CELL_PX, CELL_PX)
+    grey = image[..., 0]  # a grey image: replicated, as PIL's convert("RGB") did
+    assert np.array_equal(
+        thumbnail_pixels(grey, mask, 96),
+        thumbnail_pixels(np.repeat(grey[..., None], 3, axis=2), mask, 96),
+    )
 
 
 def test_candidate_groups_hook(store: Store) -> None:

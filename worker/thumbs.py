@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from gfsam.image import as_rgb
+
 THUMB_PX = 160  # longest side
 OUTLINE_RGB = (255, 64, 160)
 FILL_ALPHA = 0.25  # the mask is also tinted, so a thin shape stays visible
@@ -54,7 +56,8 @@ def thumbnail_pixels(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarr
     pixel the mean of the pixels it covers), the mask tinted and its outline drawn.
 
     Args:
-        image: uint8 [H, W, 3] RGB (a strided crop view is fine). mask: bool [H, W].
+        image: uint8 [H, W, 3] RGB, or grey / RGBA (`gfsam.image.as_rgb`); a strided crop view
+            is fine. mask: bool [H, W].
         size: longest side of the thumbnail in pixels.
 
     Returns:
@@ -63,7 +66,7 @@ def thumbnail_pixels(image: np.ndarray, mask: np.ndarray, size: int) -> np.ndarr
     h, w = mask.shape
     scale = min(1.0, size / max(h, w))
     tw, th = max(1, round(w * scale)), max(1, round(h * scale))
-    pixels = np.ascontiguousarray(image[..., :3], dtype=np.uint8)  # (H, W, 3)
+    pixels = as_rgb(np.asarray(image))  # (H, W, 3) contiguous (grey replicated, alpha dropped)
     small = cv2.resize(pixels, (tw, th), interpolation=cv2.INTER_AREA)  # (th, tw, 3)
     share = cv2.resize(mask.astype(np.uint8) * 255, (tw, th), interpolation=cv2.INTER_AREA)
     inside = share >= 128  # (th, tw): pixels at least half under the mask

@@ -184,20 +184,20 @@ def member_sums(x: np.ndarray, assign: np.ndarray, clusters: np.ndarray) -> np.n
     tests/test_discover_clusters.py) instead of one boolean gather per cluster.
 
     Args:
-        x: float32 [N, C]. assign: int [N] cluster of each row. clusters: int [m] distinct ids.
+        x: float [N, C]. assign: int [N] cluster of each row. clusters: int [m] distinct ids.
 
     Returns:
-        float32 [m, C] (a cluster without members sums to zeros).
+        [m, C] in x's dtype (a cluster without members sums to zeros).
     """
     row = np.full(max(int(assign.max(initial=-1)), int(clusters.max(initial=-1))) + 1, -1)
     row[clusters] = np.arange(len(clusters))
     of = row[assign]  # (N,) row of each vector's cluster, -1 when not listed
     listed = of >= 0
-    ones = np.ones(int(listed.sum()), dtype=np.float32)
+    ones = np.ones(int(listed.sum()), dtype=x.dtype)
     indicator = sparse.csr_matrix(
         (ones, (of[listed], np.flatnonzero(listed))), shape=(len(clusters), len(x))
     )  # (m, N)
-    return np.asarray(indicator @ x, dtype=np.float32)
+    return np.asarray(indicator @ x)
 
 
 def _merge(clusters: list[np.ndarray], means: np.ndarray, merge_cos: float) -> list[np.ndarray]:
