@@ -274,7 +274,8 @@ _decoded = _Decoded()
 def decoded_image(rt: runtime.Runtime, image_bytes: bytes, sha: str) -> np.ndarray:
     """`image_bytes` (sha256 `sha`) decoded by the model's loader; this thread's last decode
     when it is that image (the target encoder's, reused by discovery's crops: one JPEG decode a
-    task, not two). `forget_decoded` drops it when the job ends."""
+    task, not two). At most one image a thread is kept; the pre-annotation job drops it when it
+    ends (`forget_decoded`), other jobs' decodes are replaced by the next one."""
     held = _decoded.image
     if held is not None and held[0] == sha:
         return held[1]
