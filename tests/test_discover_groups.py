@@ -70,3 +70,24 @@ def test_label_similarity_is_the_best_prototype_cosine() -> None:
     sims = g.label_similarity(protos)
     assert sims[0] == pytest.approx({"Cat": 1.0, "Dog": 0.0})
     assert sims[1] == pytest.approx({"Cat": 0.8, "Dog": -1.0})
+
+
+def test_json_reencodes_only_grown_groups_and_equals_a_full_encoding() -> None:
+    """`to_json` keeps each group's encoding until the group grows: after any sequence of
+    additions, evictions (a full state) and removals, and after a round trip through JSON, its
+    text is what encoding every group afresh gives."""
+    rng = np.random.default_rng(8)
+    classes = rng.standard_normal((12, 32))
+    state = CandidateGroups(GroupParams(max_groups=5, max_members=4, representatives=3))
+    texts = []
+    for step in range(60):
+        state.add(f"t{step}", classes[rng.integers(0, 12)] + 0.3 * rng.standard_normal(32))
+        if step == 30:
+            state.groups.pop(min(state.groups))  # a promotion takes a group out
+        if step % 7 == 0:
+            state = CandidateGroups.from_json(state.to_json())  # as the worker reads it back
+        text = state.to_json()
+        state._encoded.clear()  # nothing kept: every group encoded from its arrays now
+        assert text == state.to_json()
+        texts.append(text)
+    assert len(set(texts)) == len(texts)  # every addition changed the text

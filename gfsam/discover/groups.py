@@ -83,6 +83,10 @@ class CandidateGroups:
         self.next_id = 0
         self.seq = 0
         self._index: dict[str, int] = {}
+        # group id -> (its ``updated``, its JSON-ready dict): a group's text changes only when
+        # `_grow` gives it a new ``updated``, so `to_json` re-encodes only the groups grown
+        # since (a task grows a few of up to `max_groups`; the base64 is most of the cost).
+        self._encoded: dict[int, tuple[int, dict[str, object]]] = {}
 
     def add(self, key: str, feature: np.ndarray) -> int:
         """Add one candidate and return its group id.
@@ -150,19 +154,25 @@ class CandidateGroups:
 
     def to_json(self) -> str:
         """The whole state as JSON (deterministic: same state, same text)."""
-        groups = [
-            {
-                "id": g.id,
-                "count": g.count,
-                "total": _b64(g.total, np.float64),
-                "members": g.members,
-                "reps": [[k, _b64(v, np.float32)] for k, v in g.reps],
-                "updated": g.updated,
-            }
-            for g in sorted(self.groups.values(), key=lambda g: g.id)
-        ]
+        groups = [self._group_json(g) for g in sorted(self.groups.values(), key=lambda g: g.id)]
+        self._encoded = {gid: self._encoded[gid] for gid in self.groups}  # dropped ones go
         body = {"version": STATE_VERSION, "next_id": self.next_id, "seq": self.seq}
         return json.dumps(body | {"params": vars(self.params), "groups": groups}, sort_keys=True)
+
+    def _group_json(self, g: Group) -> dict[str, object]:
+        held = self._encoded.get(g.id)
+        if held is not None and held[0] == g.updated:
+            return held[1]
+        out: dict[str, object] = {
+            "id": g.id,
+            "count": g.count,
+            "total": _b64(g.total, np.float64),
+            "members": list(g.members),
+            "reps": [[k, _b64(v, np.float32)] for k, v in g.reps],
+            "updated": g.updated,
+        }
+        self._encoded[g.id] = (g.updated, out)
+        return out
 
     @classmethod
     def from_json(cls, text: str) -> CandidateGroups:
@@ -178,6 +188,7 @@ class CandidateGroups:
                 g = Group(d["id"], d["count"], _unb64(d["total"], np.float64), d["members"], reps)
                 g.updated = int(d["updated"])
                 state.groups[g.id] = g
+                state._encoded[g.id] = (g.updated, d)  # its text as read: the same as written
                 state._index.update({key: g.id for key in g.members})
         except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as exc:
             raise ValueError(f"not a candidate-groups state: {exc}") from exc
