@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -87,7 +89,11 @@ def test_json_reencodes_only_grown_groups_and_equals_a_full_encoding() -> None:
         if step % 7 == 0:
             state = CandidateGroups.from_json(state.to_json())  # as the worker reads it back
         text = state.to_json()
+        assert text == json.dumps(json.loads(text), sort_keys=True)  # json.dumps' own text
         state._encoded.clear()  # nothing kept: every group encoded from its arrays now
         assert text == state.to_json()
         texts.append(text)
+    assert CandidateGroups(GroupParams()).to_json() == json.dumps(
+        json.loads(CandidateGroups(GroupParams()).to_json()), sort_keys=True
+    )  # no group at all
     assert len(set(texts)) == len(texts)  # every addition changed the text
