@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from gfsam.encodings import Prediction, Reference
+from gfsam.geometry import mask_to_box
 from gfsam.types import GRID, GFSAMConfig
 
 
@@ -215,7 +216,7 @@ def cell_fractions(masks: np.ndarray, boxes: np.ndarray | None = None) -> np.nda
     Args:
         masks: bool [N, H, W].
         boxes: int [N, 4] (y0, x0, y1, x1), ends exclusive, holding every pixel of its mask;
-            None: each mask's tight box, found here (OpenCV's boundingRect).
+            None: each mask's tight box, found here (`gfsam.geometry.mask_to_box`).
 
     Returns:
         float32 [N, T].
@@ -228,9 +229,11 @@ def cell_fractions(masks: np.ndarray, boxes: np.ndarray | None = None) -> np.nda
     cols = (xe - xs).astype(np.float32)[None, :]  # (1, G)
     out = np.zeros((n, GRID, GRID), dtype=np.float32)
     for i in range(n):
-        if boxes is None:  # the tight box of the mask's pixels: one fast pass
-            bx, by, bw, bh = cv2.boundingRect(np.ascontiguousarray(m[i]).view(np.uint8))
-            y0, x0, y1, x1 = by, bx, by + bh, bx + bw
+        if boxes is None:  # the tight box of the mask's pixels
+            tight = mask_to_box(m[i])  # (x0, y0, x1, y1) or None when empty
+            if tight is None:
+                continue
+            x0, y0, x1, y1 = tight
         else:
             y0, x0, y1, x1 = (int(v) for v in boxes[i])
         if y1 <= y0 or x1 <= x0:

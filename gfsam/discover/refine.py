@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
@@ -13,6 +12,7 @@ from gfsam.assign import cell_fractions, pool_features
 from gfsam.decoded import DecodedMasks
 from gfsam.discover.clusters import Region, cluster_regions
 from gfsam.discover.params import DiscoverParams
+from gfsam.geometry import mask_to_box
 from gfsam.types import FRAME, GRID, GFSAMConfig, PromptDecoder
 
 # (points_xy float [N, 2] frame pixels (x, y), box_xyxy float [4] frame pixels) ->
@@ -138,23 +138,28 @@ def border_share(mask: np.ndarray) -> float:
     return np.count_nonzero(edge) / edge.size
 
 
-def mask_box(mask: np.ndarray) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) of a bool [S, S] mask's pixels, ends exclusive (all 0 when empty): one
-    fast pass (OpenCV's boundingRect), so that later counts look inside it only."""
-    x, y, w, h = cv2.boundingRect(np.ascontiguousarray(mask, dtype=bool).view(np.uint8))
-    return y, x, y + h, x + w
+Box = tuple[int, int, int, int]  # (x0, y0, x1, y1), ends exclusive (`gfsam.geometry.mask_to_box`)
 
 
 def keep_mask(
-    mask: np.ndarray, score: float, covered: np.ndarray | None, params: DiscoverParams
+    mask: np.ndarray,
+    score: float,
+    covered: np.ndarray | None,
+    params: DiscoverParams,
+    box: Box | None = None,
 ) -> bool:
     """The filters: size, "stuff" (large or border-hugging), score, covered overlap.
 
     Args:
         mask: bool [S, S]. score: its ranking score. covered: bool [S, S] or None (no check).
+        box: the mask's box when the caller has it (`mask_to_box`), else found here; the
+            counts look inside it only (the same counts).
     """
     mask = np.asarray(mask, dtype=bool)
-    y0, x0, y1, x1 = mask_box(mask)  # the counts below look inside it: the same counts
+    box = box if box is not None else mask_to_box(mask)
+    if box is None:  # empty
+        return False
+    x0, y0, x1, y1 = box
     area = np.count_nonzero(mask[y0:y1, x0:x1])
     if not params.min_area * mask.size <= area <= params.max_area * mask.size:
         return False
@@ -165,25 +170,32 @@ def keep_mask(
     return np.count_nonzero(mask[y0:y1, x0:x1] & covered[y0:y1, x0:x1]) <= params.max_covered * area
 
 
-def mask_nms(masks: Sequence[np.ndarray], iou: float, limit: int) -> list[int]:
+def mask_nms(
+    masks: Sequence[np.ndarray],
+    iou: float,
+    limit: int,
+    boxes: Sequence[Box | None] | None = None,
+) -> list[int]:
     """Greedy mask NMS over masks already sorted best first.
 
     Args:
         masks: bool [S, S] each, best first. iou: suppression threshold. limit: most kept.
+        boxes: each mask's box when the caller has them (`mask_to_box`, None when empty), else
+            found here; pixels are counted where boxes meet (the same counts).
 
     Returns:
         Indices of the kept masks, in input order.
     """
     kept: list[int] = []
-    held: dict[int, tuple[np.ndarray, tuple[int, int, int, int], int]] = {}  # mask, box, area
+    held: dict[int, tuple[np.ndarray, Box, int]] = {}  # mask, box, area
     for i, m in enumerate(masks):
         if len(kept) == limit:
             break
         m = np.asarray(m, dtype=bool)
-        box = mask_box(m)
-        y0, x0, y1, x1 = box
-        if y1 == y0:  # empty
+        box = boxes[i] if boxes is not None else mask_to_box(m)
+        if box is None:  # empty
             continue
+        x0, y0, x1, y1 = box
         area = np.count_nonzero(m[y0:y1, x0:x1])
         for k in kept:  # IoU with each kept mask, from the pixels they share and the two areas
             other, other_box, other_area = held[k]
@@ -196,12 +208,10 @@ def mask_nms(masks: Sequence[np.ndarray], iou: float, limit: int) -> list[int]:
     return kept
 
 
-def _overlap(
-    a: np.ndarray, box_a: tuple[int, int, int, int], b: np.ndarray, box_b: tuple[int, int, int, int]
-) -> int:
+def _overlap(a: np.ndarray, box_a: Box, b: np.ndarray, box_b: Box) -> int:
     """Pixels two masks share, counted where their boxes meet."""
-    y0, x0 = max(box_a[0], box_b[0]), max(box_a[1], box_b[1])
-    y1, x1 = min(box_a[2], box_b[2]), min(box_a[3], box_b[3])
+    x0, y0 = max(box_a[0], box_b[0]), max(box_a[1], box_b[1])
+    x1, y1 = min(box_a[2], box_b[2]), min(box_a[3], box_b[3])
     if y1 <= y0 or x1 <= x0:
         return 0
     return int(np.count_nonzero(a[y0:y1, x0:x1] & b[y0:y1, x0:x1]))
@@ -244,20 +254,36 @@ def discover_candidates(
     pool += [(np.asarray(m, dtype=bool), params.rejected_score, "rejected") for m in rejected]
     known = {i: f for i, (_, _, f) in enumerate(refined)}  # cell fractions computed so far
     check = covered if restrict else None
-    kept = [i for i, (m, s, _) in enumerate(pool) if keep_mask(m, s, check, params)]
+    boxes = [mask_to_box(m) for m, _, _ in pool]  # found once: every count below is inside
+    kept = [i for i, (m, s, _) in enumerate(pool) if keep_mask(m, s, check, params, boxes[i])]
     if not kept:
         return []
     missing = [i for i in kept if i not in known]
-    if missing:  # the rejected proposals', in one call
-        fresh = cell_fractions(np.stack([pool[i][0] for i in missing]))  # (M, T)
+    if missing:  # the rejected proposals', in one call (kept: not empty)
+        yx = np.array([_yx(boxes[i]) for i in missing])  # (M, 4) as (y0, x0, y1, x1)
+        fresh = cell_fractions(np.stack([pool[i][0] for i in missing]), yx)  # (M, T)
         known.update(zip(missing, fresh, strict=True))
     weights = np.stack([known[i] for i in kept]) ** params.pool_power  # (N, T)
     feats = pool_features(tokens, weights, cfg)  # (N, C)
     new = ~looks_like_label(feats, labels)  # (N,)
-    cands = [Candidate(*pool[i], f) for i, f, ok in zip(kept, feats, new, strict=True) if ok]
-    cands.sort(key=lambda c: -c.score)  # stable: clusters before rejected proposals on ties
-    keep = mask_nms([c.mask for c in cands], params.nms_iou, params.max_candidates)
+    chosen = [(i, f) for i, f, ok in zip(kept, feats, new, strict=True) if ok]
+    chosen.sort(key=lambda c: -pool[c[0]][1])  # stable: clusters before rejected proposals on ties
+    cands = [Candidate(*pool[i], f) for i, f in chosen]
+    keep = mask_nms(
+        [c.mask for c in cands],
+        params.nms_iou,
+        params.max_candidates,
+        [boxes[i] for i, _ in chosen],
+    )
     return [cands[i] for i in keep]
+
+
+def _yx(box: Box | None) -> tuple[int, int, int, int]:
+    """(x0, y0, x1, y1) -> (y0, x0, y1, x1), `cell_fractions`' order (an empty box: zeros)."""
+    if box is None:
+        return 0, 0, 0, 0
+    x0, y0, x1, y1 = box
+    return y0, x0, y1, x1
 
 
 def looks_like_label(

@@ -25,7 +25,6 @@ import time
 import zlib
 from collections import OrderedDict
 
-import cv2
 import numpy as np
 
 from backend.state.candidates import MASK_SIDE, DiscoveryUpdate
@@ -46,6 +45,7 @@ from gfsam.discover import (
     sam_prompt_fn,
 )
 from gfsam.encodings import Reference
+from gfsam.geometry import mask_to_box
 from gfsam.image import mask_from_frame, mask_to_frame
 from gfsam.types import FRAME
 from worker.labelstudio.brush_rle import BrushError
@@ -229,11 +229,12 @@ def _member(
     h, w = size
     packed = pack_mask(cand.mask)
     digest = hashlib.sha1(packed.encode()).hexdigest()[:10]
-    ys, xs = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))  # the box's
-    if not len(xs):  # squashed away at the original size: keep the frame's box
+    box = mask_to_box(mask)
+    if box is None:  # squashed away at the original size: keep the frame's box
         ys, xs = np.nonzero(cand.mask)
         ys, xs = ys * h // FRAME, xs * w // FRAME
-    x0, x1, y0, y1 = int(xs.min()), int(xs.max()) + 1, int(ys.min()), int(ys.max()) + 1
+        box = int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+    x0, y0, x1, y1 = box
     bbox = [100 * x0 / w, 100 * y0 / h, 100 * (x1 - x0) / w, 100 * (y1 - y0) / h]
     member = CandidateMember(
         key=f"{task}-{digest}",
@@ -268,9 +269,10 @@ def pack_mask(frame_mask: np.ndarray) -> str:
     f = FRAME // MASK_SIDE
     pixels = np.ascontiguousarray(frame_mask, dtype=bool).view(np.uint8)  # (S, S) 0/1
     small = np.zeros((MASK_SIDE, MASK_SIDE), dtype=bool)  # (M, M)
-    x, y, w, h = cv2.boundingRect(pixels)
-    if w:
-        y0, y1, x0, x1 = y // f, -(-(y + h) // f), x // f, -(-(x + w) // f)  # blocks, in M
+    box = mask_to_box(frame_mask)
+    if box is not None:
+        px0, py0, px1, py1 = box  # pixels
+        y0, y1, x0, x1 = py0 // f, -(-py1 // f), px0 // f, -(-px1 // f)  # the blocks it meets
         counts = _block_counts(pixels[f * y0 : f * y1, f * x0 : f * x1], f)  # (y1-y0, x1-x0)
         small[y0:y1, x0:x1] = 2 * counts >= f * f
     return base64.b64encode(zlib.compress(np.packbits(small).tobytes(), 9)).decode()
