@@ -41,12 +41,15 @@ leave-one-out: a label changes mode only when that measures better on tasks it w
 on. Ties go to the project's mode (an offset), so evidence is needed to switch. A task with
 labels in several modes is assigned by `gfsam.assign.assign_mixed`.
 
-**Scores.** `fit_score_map` fits, on held-out (raw score, task IoU) pairs, a monotone map from
-the raw score a prediction carries to the IoU a person will accept: isotonic regression
-(`scipy.optimize.isotonic_regression`, pool adjacent violators), linear between its blocks,
-clipped at both ends, plus ``TIE_BREAK`` x raw so that two different raw scores never post the
-same value (isotonic blocks are flat; Label Studio sorts by the posted value). `spearman` and
-`low20_correction_share` say whether the score orders tasks by the work they need.
+**Scores.** `fit_score_map` fits, on held-out (task estimate, task IoU) pairs
+(`gfsam.taskscore.task_estimate`: expected IoU, expected share of the image to correct), the
+map from what a prediction's assignment says to the IoU a person will accept: isotonic
+regression (`scipy.optimize.isotonic_regression`, pool adjacent violators) of the IoU on the
+raw value ``iou x (1 - work)``, linear between its blocks, clipped at both ends, blended with
+``TIE_BREAK`` x raw so that two different raw values never post the same score (isotonic
+blocks are flat; Label Studio sorts by the posted value). `spearman` and
+`low20_correction_share` say whether the score orders tasks by their IoU and by the work they
+need.
 """
 
 from __future__ import annotations
@@ -58,14 +61,20 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
-from gfsam.taskscore import task_features, task_raw_score
+from gfsam.taskscore import TaskEstimate, task_estimate, task_features
 
 K = TypeVar("K", bound=Hashable)
 R = TypeVar("R")
 
 MIN_TASKS = 3  # tasks holding a label before its threshold may move from the default
 GRID_SIZE = 7  # candidate offsets per label, 0 included
-TIE_BREAK = 1e-3  # posted score = calibrated IoU + TIE_BREAK * raw (strictly monotone)
+# posted score = (1 - TIE_BREAK) x calibrated IoU + TIE_BREAK x raw: strictly monotone and in
+# [0, 1] without clipping (a clipped sum posted 1.0 for every task of a map fitted on IoU 1 only)
+TIE_BREAK = 1e-3
+# The raw value a score map is fitted on (`ScoreMap.raw`); a stored map of another form is not
+# applied. 1: 1 - the image share expected wrong (until 2026-12-04); 2: expected IoU x (1 -
+# expected work), chosen on coco128's tune half (see `gfsam.taskscore.task_estimate`).
+SCORE_FORM = 2
 
 
 def loo_references(shots: Mapping[str, Sequence[tuple[K, R]]], task: K) -> dict[str, list[R]]:
@@ -377,10 +386,17 @@ def correction_pixels(shown: np.ndarray, truth: np.ndarray, valid: np.ndarray | 
 
 @dataclass(frozen=True)
 class ScoreMap:
-    """A monotone map raw score -> expected IoU (`fit_score_map`); identity when unfitted.
+    """The project's map from a task's estimate (`gfsam.taskscore.TaskEstimate`) to the posted
+    score, an expected IoU (`fit_score_map`); unfitted: the raw value itself.
+
+    The raw value is the expected IoU discounted by the expected share of the image to
+    correct, ``iou x (1 - work)`` (`raw`): ordered by IoU, and of two tasks alike in IoU the one
+    with more pixels to fix first. The map is the isotonic fit of the IoU measured on held-out
+    tasks against their raw values, so what is posted is the IoU tasks of that raw value
+    reached; its order stays the raw value's.
 
     Attributes:
-        x, y: knots (raw score ascending, fitted IoU non-decreasing); empty: the identity.
+        x, y: knots (raw value ascending, fitted IoU non-decreasing); empty: unfitted.
         n: pairs it was fitted on.
     """
 
@@ -392,40 +408,57 @@ class ScoreMap:
     def fitted(self) -> bool:
         return bool(self.x)
 
-    def __call__(self, raw: float) -> float:
-        raw = float(raw)
+    @staticmethod
+    def raw(est: TaskEstimate) -> float:
+        """The value the map is fitted on: expected IoU x (1 - expected work), in [0, 1]."""
+        return float(np.clip(est.iou, 0.0, 1.0)) * (1.0 - float(np.clip(est.work, 0.0, 1.0)))
+
+    def __call__(self, est: TaskEstimate) -> float:
+        """The score posted for `est`."""
+        return self.post(self.raw(est))
+
+    def post(self, raw: float) -> float:
+        """The score posted for a raw value (unfitted: the raw value)."""
         if not self.fitted:
             return raw
-        value = float(np.interp(raw, self.x, self.y)) + TIE_BREAK * raw
-        return float(np.clip(value, 0.0, 1.0))
+        fitted = float(np.interp(raw, self.x, self.y))
+        return (1.0 - TIE_BREAK) * fitted + TIE_BREAK * raw  # both in [0, 1]: no clipping
 
     def to_json(self) -> dict[str, Any]:
-        return {"x": list(self.x), "y": list(self.y), "n": self.n}
+        return {"x": list(self.x), "y": list(self.y), "n": self.n, "form": SCORE_FORM}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> ScoreMap:
+        """From `to_json`'s dict; one of another ``form`` (knots over another raw value: before
+        2026-12-05, 1 - the image share expected wrong, no ``form``) is not applied: unfitted
+        until the project is measured again."""
+        if int(data.get("form", 1)) != SCORE_FORM:
+            return cls(n=int(data.get("n", 0)))
         return cls(tuple(map(float, data["x"])), tuple(map(float, data["y"])), int(data["n"]))
 
 
 def fit_score_map(
-    raw: Sequence[float], iou: Sequence[float], min_points: int = MIN_TASKS
+    estimates: Sequence[TaskEstimate], iou: Sequence[float], min_points: int = MIN_TASKS
 ) -> ScoreMap:
-    """Isotonic fit of `iou` on `raw` (both [N]); fewer than `min_points` pairs: the identity.
+    """Fit `ScoreMap` on held-out (estimate, task IoU) pairs (both [N]); fewer than
+    `min_points` pairs: unfitted.
 
-    Equal raw scores are pooled first (mean IoU, weighted by their count); the knots are the
-    distinct raw scores with their fitted IoU, evaluated linearly in between.
+    Equal raw values (`ScoreMap.raw`) are pooled first (mean IoU, weighted by their count),
+    then fitted by isotonic regression; the knots are the distinct raw values with their
+    fitted IoU, evaluated linearly in between.
     """
     from scipy.optimize import isotonic_regression
 
-    if len(raw) != len(iou):
-        raise ValueError(f"raw and iou differ in length: {len(raw)} vs {len(iou)}")
-    if len(raw) < min_points:
-        return ScoreMap(n=len(raw))
-    xs, inverse = np.unique(np.asarray(raw, dtype=np.float64), return_inverse=True)
+    if len(estimates) != len(iou):
+        raise ValueError(f"estimates and iou differ in length: {len(estimates)} vs {len(iou)}")
+    if len(estimates) < min_points:
+        return ScoreMap(n=len(estimates))
+    raw = np.asarray([ScoreMap.raw(e) for e in estimates], dtype=np.float64)
+    xs, inverse = np.unique(raw, return_inverse=True)
     weights = np.bincount(inverse).astype(np.float64)
     means = np.bincount(inverse, weights=np.asarray(iou, dtype=np.float64)) / weights
     fitted = isotonic_regression(means, weights=weights, increasing=True).x
-    return ScoreMap(tuple(map(float, xs)), tuple(map(float, fitted)), len(raw))
+    return ScoreMap(tuple(map(float, xs)), tuple(map(float, fitted)), len(estimates))
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> float | None:
@@ -445,10 +478,10 @@ def spearman_ceiling(ious: Sequence[float], tied: Sequence[bool]) -> float | Non
     put wherever it scores best.
 
     Why (issue 19): a task on which the assignment left no trace (nothing painted, no near
-    miss: raw score 1) is either truly empty (IoU 1) or a complete miss (IoU 0), and a score
-    computed from the assignment has nothing to tell the two apart; this is how high any such
-    score can rank tasks, so that a figure below a target can be read as the score's fault or
-    as the assignment's misses.
+    miss: expected IoU 1, no work) is either truly empty (IoU 1) or a complete miss (IoU 0),
+    and a score computed from the assignment has nothing to tell the two apart; this is how
+    high any such score can rank tasks, so that a figure below a target can be read as the
+    score's fault or as the assignment's misses.
 
     Args:
         ious: per task IoU. tied: per task, True when the score cannot tell it from the others
@@ -540,10 +573,11 @@ class TaskCase:
 
 @dataclass
 class Outcome:
-    """One task assigned at some thresholds: per-label counts, raw score, IoU, corrections."""
+    """One task assigned at some thresholds: per-label counts, estimate (what its score is
+    made of), IoU, corrections."""
 
     counts: dict[str, Counts]
-    raw_score: float
+    estimate: TaskEstimate
     iou: float
     corrections: int
     features: dict[str, float] = field(default_factory=dict)  # `gfsam.taskscore.task_features`
@@ -591,11 +625,11 @@ def outcome(case: TaskCase, asg: _Assigned, *, features: bool = False) -> Outcom
     masks = asg.label_masks()
     shape = next(iter(case.truth.values())).shape
     accepted = [i for group in asg.accepted.values() for i in group]
-    raw = task_raw_score([(i.mask, float(i.score)) for i in accepted], shape, asg.candidates)
+    est = task_estimate([(i.mask, float(i.score)) for i in accepted], shape, asg.candidates)
     shown, truth = _label_map(masks, order, shape), _label_map(case.truth, order, shape)
     return Outcome(
         label_counts(case, asg),
-        raw,
+        est,
         task_iou(shown, truth, case.valid),
         correction_pixels(shown, truth, case.valid),
         task_features(accepted, list(asg.candidates), case.defaults, shape) if features else {},
@@ -669,7 +703,7 @@ class Tuning:
         choices: label -> `Choice` on all the tasks (what later predictions use).
         default, held_out: label -> counts at the default thresholds / at the offsets chosen on
             the other tasks only (`held_out_choice`).
-        score_map: raw score -> expected IoU, fitted on the tasks at the chosen offsets.
+        score_map: task estimate -> posted score, fitted on the tasks at the chosen offsets.
         outcomes: task -> its `Outcome` at the chosen offsets.
         grids: label -> candidate offsets.
     """
@@ -703,7 +737,7 @@ def tune(
        threshold, is one more candidate), and the nested leave-one-out estimate
        (`held_out_choice`);
        a move that estimate does not confirm (tuned IoU <= default IoU) is dropped
-       (``unconfirmed``); 4. every task at the chosen offsets: (raw score, task IoU) pairs ->
+       (``unconfirmed``); 4. every task at the chosen offsets: (estimate, task IoU) pairs ->
        `fit_score_map`.
     """
     cases = [remember_default(c) for c in cases]
@@ -723,6 +757,6 @@ def tune(
             )
     outcomes = {case.key: outcome(case, assign_chosen(case, choices)) for case in cases}
     score_map = fit_score_map(
-        [o.raw_score for o in outcomes.values()], [o.iou for o in outcomes.values()], min_tasks
+        [o.estimate for o in outcomes.values()], [o.iou for o in outcomes.values()], min_tasks
     )
     return Tuning(choices, default, held, score_map, outcomes, grids)

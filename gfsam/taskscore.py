@@ -6,24 +6,27 @@ areas as shares of the image, instance scores, and similarity margins to the thr
 assignment used. `gfsam.calibrate` records them per scored task so that what ranks tasks by
 the work they need can be measured (`python -m gfsam eval replay --calibrate`).
 
-`task_raw_score` is the raw task score predictions carry (and `region_raw_score` each
-region's); the project's score map (`gfsam.calibrate.ScoreMap`) turns it into an expected IoU.
+`task_estimate` is what a prediction's score is made of (and `region_estimate` each region's):
+the expected IoU and the expected share of pixels to correct; the project's score map
+(`gfsam.calibrate.ScoreMap`) turns them into the posted score.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 # A rejected candidate whose similarity is within NEAR_MARGIN below its label's floor (or
 # above it: rejected for another reason) is a near miss, and NEAR_MISS of its unpainted pixels
-# count as expected wrong in `task_raw_score` (`task_features`' ``cand_near`` is their share of
+# count as expected missed in `task_estimate` (`task_features`' ``cand_near`` is their share of
 # the image). origin: the margin reasoned (issue 19's first feature study); the weight reasoned
 # (that close a call is about as likely a missed instance as a look-alike); on coco128's tune
-# half every weight from 0.5 to 8 ranked the tasks alike (see `task_raw_score`).
+# half every weight from 0.5 to 8 ranked the tasks alike (the image-share score of 2026-12-04,
+# see `task_estimate`).
 NEAR_MARGIN = 0.05
 NEAR_MISS = 0.5
 
@@ -109,55 +112,78 @@ def _near_masks(candidates: Sequence[Any]) -> list[np.ndarray]:
     ]
 
 
-def region_raw_score(mask: np.ndarray, score: float, shape: tuple[int, ...]) -> float:
-    """A region's raw score: what `task_raw_score` gives a task whose only region it is."""
-    return task_raw_score([(mask, score)], shape)
+@dataclass(frozen=True)
+class TaskEstimate:
+    """What a task's (or a region's) assignment says, before the project's calibration.
+
+    Attributes:
+        iou: the expected IoU of what is posted: the painted regions' area x score, over the
+            painted pixels plus `NEAR_MISS` x the near-miss candidates' unpainted pixels (what
+            may be missing); 1 when nothing is painted and no candidate came near (nothing
+            expected), 0 when nothing is painted but a candidate came near (a likely miss).
+        work: the share of the image expected to be painted wrong or missed: the regions'
+            area x (1 - score) plus `NEAR_MISS` x the near misses' unpainted pixels, over the
+            image's area (the pixels a person is expected to correct).
+    """
+
+    iou: float
+    work: float
 
 
-def task_raw_score(
+def region_estimate(mask: np.ndarray, score: float, shape: tuple[int, ...]) -> TaskEstimate:
+    """A region's estimate: what `task_estimate` gives a task whose only region it is."""
+    return task_estimate([(mask, score)], shape)
+
+
+def task_estimate(
     regions: Sequence[tuple[np.ndarray, float]],
     shape: tuple[int, ...],
     candidates: Sequence[Any] = (),
-) -> float:
-    """1 minus the share of the image expected to be painted wrong or missed: sum over painted
-    regions of area x (1 - score), plus `NEAR_MISS` x the near-miss candidates' unpainted
-    pixels (`near_miss_pixels`), over the image's area. In [0, 1]; 1 when nothing is painted
-    and no candidate came near.
+) -> TaskEstimate:
+    """The expected IoU and the expected share of pixels to correct of one task (issue 19).
 
-    Why (issue 19): a person sorting tasks by score ascending wants the most pixels to fix
-    first, and the pixels a region can get wrong scale with its area, while its matching score
-    (`gfsam.assign.Instance.score`, in [0, 1]) says how sure the assignment was. The mean
-    region score it replaces ignores area; on the oracle replay of coco128's tune half this
-    form ranked tasks by IoU with Spearman +0.53 (the mean score: -0.18) and put 0.88 of the
-    correction pixels in the lowest 20 % of tasks (the mean score: 0.65); other forms tried
-    there (rejected areas, similarity margins, near-threshold candidates) did not do better.
-    Tried later (2026-12-03, harsh oracle knobs): this score times the painted map's stability
-    under a 0.05 threshold shift (painted pixels of instances within 0.05 above their floor
-    lost, rejected candidates within 0.05 below it gained, as an IoU): on coco128's tune half
-    Spearman +0.36 -> +0.50 and low20 0.59 -> 0.66, but on the report half Spearman -0.01 ->
-    +0.04 and low20 0.41 -> 0.24: not kept.
-    The near-miss term (2026-12-04): misses (objects nobody painted) are invisible to the first
-    term, and a complete miss is the worst task there is; a rejected candidate just below its
-    floor is the one trace of a miss the assignment leaves. Chosen on coco128's tune half
-    (oracle replay's per-task dumps, raw score, harsh knobs: Spearman +0.36 -> +0.45, low20
-    0.59 -> 0.74; easy knobs: +0.53 -> +0.52, 0.88 -> 0.88; any weight from 0.5 to 8 the same);
-    the report half and FSS-1000 were printed in the same analysis (not blind): report harsh
-    low20 0.41 -> 0.48, FSS harsh unchanged. The replay's posted score (after the score map),
-    `eval replay --calibrate`: tune harsh +0.31 -> +0.41 and 0.53 -> 0.60, tune easy +0.48 ->
-    +0.47 and 0.74 -> 0.74, report harsh -0.01 -> +0.02 and 0.41 -> 0.44, report easy and FSS
-    unchanged. Misses with no candidate near stay invisible.
+    A region's matching score (`gfsam.assign.Instance.score`, in [0, 1]) says how sure the
+    assignment was, so area x score of it is expected right and area x (1 - score) wrong;
+    misses (objects nobody painted) are invisible except through the rejected candidates just
+    below their floor (`near_miss_pixels`), of which `NEAR_MISS` count as missed. The project's
+    score map (`gfsam.calibrate.ScoreMap`) turns the pair into the posted score.
+
+    Why both (issue 19): a person reviewing the least confident tasks first wants the lowest
+    expected IoU first, and also the tasks with the most to correct; the two part on small
+    objects (a small object painted loosely is a low IoU but little work). The project's score
+    map fits the IoU on ``iou x (1 - work)`` (`gfsam.calibrate.ScoreMap.raw`). History, on the
+    oracle replay (`python -m gfsam eval replay --calibrate`), Spearman of the posted score with
+    the task IoU / share of the correction pixels in the lowest-scored fifth of the tasks: the
+    first score, the mean region score (no area), -0.18 / 0.65 on coco128's tune half; then
+    1 - `work` (2026-12-03/04), tune easy 0.53 / 0.88 and harsh 0.45 / 0.74, but on the report
+    half and FSS-1000 Spearman 0.02-0.39 (small objects above large ones); the raw value
+    ``iou x (1 - work)^g`` was chosen on tune (2026-12-05, per-task dumps; the g with the
+    largest min(Spearman / 0.5, share / 0.4) over tune's easy and harsh runs): g = 0 (the
+    expected IoU alone) 1.027, 0.5 1.022, 1 1.030 (easy 0.77 / 0.68, harsh 0.52 / 0.71),
+    2 0.994, 4 0.952; a two-tier form (the heaviest fifth by `work` first, then by `iou`)
+    reached at most 1.028.
 
     Args:
         regions: (bool [H, W] mask, score in [0, 1]) per painted region. shape: (H, W).
         candidates: the assignment's rejected candidates (`near_miss_pixels`); none: the
-            first term alone (a region's score, `region_raw_score`).
+            regions alone (a region's estimate, `region_estimate`).
     """
     size = float(max(1, int(np.prod(shape))))
-    wrong = sum(
-        float(np.count_nonzero(m)) * (1.0 - float(np.clip(s, 0.0, 1.0))) for m, s in regions
-    )
+    right = wrong = 0.0
+    for m, s in regions:
+        area, p = float(np.count_nonzero(m)), float(np.clip(s, 0.0, 1.0))
+        right += area * p
+        wrong += area * (1.0 - p)
+    painted = _union([m for m, _ in regions], shape) if regions else None
     near = _near_masks(candidates)
-    if near:  # the painted union only when some candidate came near
-        painted = _union([m for m, _ in regions], shape)
-        wrong += NEAR_MISS * int(np.count_nonzero(_union(near, shape) & ~painted))
-    return float(np.clip(1.0 - wrong / size, 0.0, 1.0))
+    missed = 0.0
+    if near:
+        unpainted = _union(near, shape)
+        if painted is not None:
+            unpainted &= ~painted
+        missed = NEAR_MISS * int(np.count_nonzero(unpainted))
+    work = float(np.clip((wrong + missed) / size, 0.0, 1.0))
+    shown = float(np.count_nonzero(painted)) if painted is not None else 0.0
+    if shown == 0.0:
+        return TaskEstimate(0.0 if missed else 1.0, work)
+    return TaskEstimate(float(np.clip(right / (shown + missed), 0.0, 1.0)), work)

@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from gfsam.calibrate import (
+    SCORE_FORM,
     TIE_BREAK,
     Counts,
+    ScoreMap,
     TaskCase,
     choose_offset,
     correction_pixels,
@@ -24,6 +26,7 @@ from gfsam.calibrate import (
     sweep_steps,
     task_iou,
 )
+from gfsam.taskscore import TaskEstimate
 
 
 def test_loo_drops_only_the_scored_tasks_shots() -> None:
@@ -164,26 +167,65 @@ def test_held_out_choice_counts_evidence_without_the_scored_task() -> None:
     assert (tuned["x"].tp, tuned["x"].fp) == (default["x"].tp, default["x"].fp)
 
 
+def _light(ious: list[float]) -> list[TaskEstimate]:
+    return [TaskEstimate(v, 0.0) for v in ious]  # nothing to correct: the raw value is the IoU
+
+
+def _posted(fitted: float, raw: float) -> float:
+    return (1 - TIE_BREAK) * fitted + TIE_BREAK * raw
+
+
 def test_score_map_is_isotonic_and_strictly_monotone() -> None:
-    raw = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
+    est = _light([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
     iou = [0.2, 0.1, 0.5, 0.4, 0.9, 0.8]  # two violations, pooled: 0.15, 0.45, 0.85
-    sm = fit_score_map(raw, iou)
+    sm = fit_score_map(est, iou)
     assert sm.fitted and sm.n == 6
+    assert sm.x == pytest.approx((0.1, 0.2, 0.3, 0.4, 0.5, 0.6))
     assert sm.y == pytest.approx((0.15, 0.15, 0.45, 0.45, 0.85, 0.85))
-    assert sm(0.3) == pytest.approx(0.45 + TIE_BREAK * 0.3)
-    assert sm(0.35) == pytest.approx(0.45 + TIE_BREAK * 0.35)
-    assert sm(0.0) == pytest.approx(0.15)  # clipped to the first knot (+ 0 tie-break)
-    assert sm(0.2) > sm(0.1)  # flat block, still ordered
-    values = [sm(x) for x in np.linspace(0, 1, 50)]
+    assert sm(TaskEstimate(0.3, 0.0)) == pytest.approx(_posted(0.45, 0.3))
+    assert sm(TaskEstimate(0.35, 0.0)) == pytest.approx(_posted(0.45, 0.35))
+    assert sm(TaskEstimate(0.0, 0.0)) == pytest.approx(_posted(0.15, 0.0))  # the first knot
+    assert sm(TaskEstimate(0.2, 0.0)) > sm(TaskEstimate(0.1, 0.0))  # flat block, still ordered
+    values = [sm(e) for e in _light(list(np.linspace(0, 1, 50)))]
     assert all(b > a for a, b in zip(values, values[1:], strict=False))
-    assert fit_score_map([0.5, 0.7], [0.1, 0.2]).fitted is False  # too few pairs: identity
-    assert fit_score_map([0.5, 0.7], [0.1, 0.2])(0.7) == 0.7
+    few = fit_score_map(_light([0.5, 0.7]), [0.1, 0.2])
+    assert few.fitted is False and few(TaskEstimate(0.7, 0.2)) == pytest.approx(0.56)  # raw
     again = type(sm).from_json(sm.to_json())
     assert again == sm
 
 
+def test_the_raw_value_discounts_the_expected_iou_by_the_work() -> None:
+    """Of two tasks alike in expected IoU the one with more of the image to correct posts
+    lower; a lower expected IoU posts lower at equal work."""
+    sm = fit_score_map(_light([0.2, 0.4, 0.6, 0.8]), [0.1, 0.3, 0.6, 0.9])
+    assert ScoreMap.raw(TaskEstimate(0.8, 0.25)) == pytest.approx(0.6)
+    assert sm(TaskEstimate(0.8, 0.25)) < sm(TaskEstimate(0.8, 0.05))
+    assert sm(TaskEstimate(0.5, 0.05)) < sm(TaskEstimate(0.8, 0.05))
+    assert sm.post(0.6) == pytest.approx(sm(TaskEstimate(0.8, 0.25)))
+    assert sm.post(0.6) == pytest.approx(_posted(0.6, 0.6))
+
+
+def test_a_map_fitted_on_perfect_tasks_still_orders_them() -> None:
+    """Fitted where every task scored IoU 1 (nothing to paint and nothing painted), the map
+    still orders what it posts, inside [0, 1] (a clipped sum posted 1.0 for all of them)."""
+    sm = fit_score_map(_light([1.0, 1.0, 1.0, 1.0]), [1.0, 1.0, 1.0, 1.0])
+    values = [sm(TaskEstimate(v, 0.0)) for v in (0.2, 0.5, 0.9, 1.0)]
+    assert all(b > a for a, b in zip(values, values[1:], strict=False))
+    assert all(0.0 <= v <= 1.0 for v in values) and values[-1] == 1.0
+
+
+def test_a_score_map_of_another_form_is_not_applied() -> None:
+    """Maps stored before this raw value (knots over 1 - the image share expected wrong, no
+    ``form``) would misread it: unfitted until the project is measured again."""
+    old = {"x": [0.9, 1.0], "y": [0.3, 0.9], "n": 12}
+    sm = ScoreMap.from_json(old)
+    assert not sm.fitted and sm.n == 12
+    assert sm(TaskEstimate(0.5, 0.2)) == pytest.approx(0.4)
+    assert ScoreMap.from_json(old | {"form": SCORE_FORM}).fitted
+
+
 def test_score_map_pools_equal_raw_scores() -> None:
-    sm = fit_score_map([0.5, 0.5, 0.9], [0.2, 0.6, 0.7])
+    sm = fit_score_map(_light([0.5, 0.5, 0.9]), [0.2, 0.6, 0.7])
     assert sm.x == (0.5, 0.9) and sm.y == pytest.approx((0.4, 0.7))
 
 

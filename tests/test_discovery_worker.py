@@ -20,7 +20,8 @@ import pytest
 from PIL import Image
 
 from backend.state.schemas import CandidateMember, PredictJob
-from gfsam.taskscore import task_raw_score
+from gfsam.calibrate import ScoreMap
+from gfsam.taskscore import task_estimate
 from tests.fakes import class_png
 from tests.service_fixtures import Service
 from tests.test_assign_worker import FIXTURES, H, W, region, scene, webhook
@@ -122,7 +123,7 @@ def test_candidate_label_regions(make_service: Callable[..., Service]) -> None:
         # the item score counts the real labels' regions only (`gfsam.taskscore`)
         masks = [rle_to_mask(r["value"]["rle"], W, H) for r in pred["result"] if r not in cands]
         regions = list(zip(masks, real, strict=True))
-        assert pred["score"] == pytest.approx(task_raw_score(regions, (H, W)))
+        assert pred["score"] == pytest.approx(ScoreMap.raw(task_estimate(regions, (H, W))))
         mask = annotation_masks(pred["result"], from_name="tag")["New?"]
         assert (OTHERS[tasks.index(t) - 1][mask] == 5).mean() > 0.9
 
@@ -252,9 +253,10 @@ def test_parsed_states_hand_over_only_the_text_they_were_written_as() -> None:
 def test_posted_score_counts_the_assignments_near_misses(
     make_service: Callable[..., Service], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A rejected candidate just below its floor lowers the task score the worker posts by
-    half its unpainted area (`gfsam.taskscore.task_raw_score`); the regions' part is as
-    before. The candidate is added to the real assignment of each task."""
+    """A rejected candidate just below its floor lowers the task score the worker posts: half
+    its unpainted area counts as possibly missed (`gfsam.taskscore.task_estimate`: the
+    regions' area x score over what they paint plus that, and as work to do). The candidate is
+    added to the real assignment of each task."""
     import worker.prediction.inference as inference
     from gfsam.assign import Instance
     from gfsam.taskscore import NEAR_MISS
@@ -277,5 +279,9 @@ def test_posted_score_counts_the_assignments_near_misses(
         painted = np.logical_or.reduce(masks) if masks else np.zeros((H, W), dtype=bool)
         near = int((corner & ~painted).sum())
         assert near == 36
-        without = task_raw_score(regions, (H, W))
-        assert pred["score"] == pytest.approx(without - NEAR_MISS * near / (H * W))
+        right = sum(float(m.sum()) * s for m, s in regions)
+        iou = right / (painted.sum() + NEAR_MISS * near) if painted.any() else 0.0
+        wrong = sum(float(m.sum()) * (1 - s) for m, s in regions)
+        work = (wrong + NEAR_MISS * near) / (H * W)
+        assert pred["score"] == pytest.approx(iou * (1 - work))  # unmeasured: the raw value
+        assert pred["score"] < ScoreMap.raw(task_estimate(regions, (H, W)))

@@ -227,8 +227,8 @@ def test_abstaining_prediction_is_empty_result_with_score(svc: Service) -> None:
     body["project"]["label_config"] = setup["schema"]
     svc.client.post("/webhook", json=body)
     svc.run_worker()
-    # nothing painted, nothing expected to be painted wrong (`gfsam.taskscore.task_raw_score`;
-    # a miss is invisible at prediction time): the score of an unmeasured project is 1
+    # nothing painted, no candidate near its floor (`gfsam.taskscore.task_estimate`; a miss
+    # is invisible at prediction time): the score of an unmeasured project is 1
     assert svc.ls.posts == [{"task": b, "result": [], "score": 1.0, "model_version": "gfsam-p1-v1"}]
 
 

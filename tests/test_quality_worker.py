@@ -128,9 +128,10 @@ def test_tuning_on_held_out_annotations_beats_the_defaults(
     (pred,) = [p for p in svc.ls.posts if p["task"] == probe and p["model_version"] == after]
     labels = {r["value"]["brushlabels"][0] for r in pred["result"]}
     assert labels == {"Cat", "Dog"}  # the real cat and dog are still painted
-    # scores are the map's expected IoU (the raw score before it was measured)
+    # scores are the map's expected IoU (the raw value before it was measured)
     sm = ScoreMap.from_json(rep.score_map.model_dump())
-    assert pred["score"] == sm(old["score"])  # same masks, same raw score: now calibrated
+    assert sm.fitted
+    assert pred["score"] == sm.post(old["score"])  # same masks, same raw value: now calibrated
     assert pred["score"] != old["score"]
     rep2 = svc.store.quality.reports(P)[-1]  # the new version, compared on its own tasks
     assert rep2.version == after and rep2.previous is not None

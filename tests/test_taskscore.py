@@ -9,10 +9,11 @@ import pytest
 
 from gfsam.taskscore import (
     NEAR_MISS,
+    TaskEstimate,
     near_miss_pixels,
-    region_raw_score,
+    region_estimate,
+    task_estimate,
     task_features,
-    task_raw_score,
 )
 
 
@@ -56,7 +57,7 @@ class Cand:
     floor: float
 
 
-def test_near_misses_and_the_raw_score_by_hand() -> None:
+def test_near_misses_and_the_estimate_by_hand() -> None:
     painted = _box(0, 2, 0, 5)  # 10 pixels, one region scored 0.8
     cands = [
         Cand(_box(0, 4, 0, 5), 0.48, 0.5),  # 0.02 below its floor: 10 unpainted pixels count
@@ -69,9 +70,23 @@ def test_near_misses_and_the_raw_score_by_hand() -> None:
     assert near_miss_pixels(cands[1:2], painted) == 0
     assert near_miss_pixels([], painted) == 0
     regions = [(painted, 0.8)]
-    alone = 1 - 10 * 0.2 / 100
-    assert task_raw_score(regions, (10, 10)) == pytest.approx(alone)
-    assert task_raw_score(regions, (10, 10), cands) == pytest.approx(alone - NEAR_MISS * 20 / 100)
-    assert task_raw_score([], (10, 10), cands[1:2]) == 1.0  # nothing painted, nothing near
-    assert task_raw_score([], (10, 10), cands[:1]) == pytest.approx(1 - NEAR_MISS * 20 / 100)
-    assert region_raw_score(painted, 0.8, (10, 10)) == pytest.approx(alone)
+    alone = task_estimate(regions, (10, 10))
+    assert alone.iou == pytest.approx(0.8)  # 8 of 10 painted pixels expected right
+    assert alone.work == pytest.approx(10 * 0.2 / 100)
+    near = task_estimate(regions, (10, 10), cands)
+    assert near.iou == pytest.approx(8 / (10 + NEAR_MISS * 20))  # the near misses may be missing
+    assert near.work == pytest.approx((10 * 0.2 + NEAR_MISS * 20) / 100)
+    assert task_estimate([], (10, 10), cands[1:2]) == TaskEstimate(1.0, 0.0)  # nothing expected
+    only_near = task_estimate([], (10, 10), cands[:1])  # nothing painted, a likely miss
+    assert only_near.iou == 0.0 and only_near.work == pytest.approx(NEAR_MISS * 20 / 100)
+    assert region_estimate(painted, 0.8, (10, 10)) == alone
+
+
+def test_estimate_ranks_by_iou_and_by_work_apart() -> None:
+    """A small region painted loosely has the lower expected IoU, a large one painted fairly
+    well the larger expected work: the two numbers a score map combines (`gfsam.calibrate`)."""
+    small = task_estimate([(_box(0, 1, 0, 2), 0.5)], (10, 10))  # 2 pixels at 0.5
+    large = task_estimate([(_box(0, 6, 0, 10), 0.8)], (10, 10))  # 60 pixels at 0.8
+    assert small.iou < large.iou and small.work < large.work
+    twice = task_estimate([(painted := _box(0, 2, 0, 5), 1.0), (painted, 1.0)], (10, 10))
+    assert twice.iou == 1.0 and twice.work == 0.0  # overlapping regions: clipped to 1

@@ -271,11 +271,14 @@ class PreviousQuality(BaseModel):
 
 
 class ScoreCalibration(BaseModel):
-    """raw score -> expected IoU knots (`gfsam.calibrate.ScoreMap`); empty: the identity."""
+    """A task's estimate -> posted score (`gfsam.calibrate.ScoreMap`): knots over the raw value
+    of `form` (`gfsam.calibrate.SCORE_FORM`); empty, or of another form (1: fitted before
+    2026-12-05 on another raw score): unfitted, the raw value is posted."""
 
     x: list[float] = []
     y: list[float] = []
     n: int = 0
+    form: int = 1
 
 
 class QualityReport(BaseModel):

@@ -13,11 +13,11 @@ images remain), with the shots the loop holds then:
   hindsight ON these images: the ceiling of any threshold choice from the same candidates; the
   grid comes from these images' own proposals), ``best_fixed_modes`` (the same ceiling when the
   other modes are candidates too);
-  and, at the chosen offsets, the posted score (`ScoreMap` of the raw score) against each
+  and, at the chosen offsets, the posted score (`ScoreMap` of the task's estimate) against each
   image's IoU: ``score_iou_spearman`` and ``low20_correction_share`` (0.2: a random order);
   ``score_iou_spearman_ceiling`` beside it: the most any score could reach that has to tie
-  the images the assignment left no trace on, nothing painted and no near miss (raw score 1,
-  `gfsam.taskscore.task_raw_score`; `gfsam.calibrate.spearman_ceiling`).
+  the images the assignment left no trace on, nothing painted and no near miss (expected IoU 1
+  and no work, `gfsam.taskscore.task_estimate`; `gfsam.calibrate.spearman_ceiling`).
 
 mIoU: mean over the classes that have shots and appear in the held-out images of the IoU
 accumulated over them, in %. Each figure of the result is the mean over checkpoints (each
@@ -102,6 +102,15 @@ def _miou(counts: dict[str, Counts], classes: Sequence[str]) -> float | None:
     return round(100.0 * float(np.mean(vals)), 2) if vals else None
 
 
+def _task_row(o: Outcome) -> dict[str, Any]:
+    return {
+        "iou": round(o.iou, 4),
+        "corrections": o.corrections,
+        "est_iou": round(o.estimate.iou, 5),
+        "est_work": round(o.estimate.work, 6),
+    }
+
+
 def checkpoint(
     loop: Replay,
     annotated: Sequence[Item],
@@ -144,7 +153,7 @@ def checkpoint(
         label: sw[choose_offset(sw, min_tasks=0).setting] for label, sw in hindsight.items()
     }
     present = sorted(label for label, c in default.items() if c.n > 0)
-    posted = [tuning.score_map(o.raw_score) for o in outs]
+    posted = [tuning.score_map(o.estimate) for o in outs]
     return {
         "annotated": len(annotated),
         "held_out": len(rest),
@@ -155,17 +164,17 @@ def checkpoint(
         "best_fixed_miou": _miou(best, present),
         "best_fixed_modes_miou": _miou(best_any, present),
         "score_iou_spearman": spearman(posted, [o.iou for o in outs]),
-        "score_iou_spearman_ceiling": spearman_ceiling(  # tied: no trace (raw score 1)
+        "score_iou_spearman_ceiling": spearman_ceiling(  # tied: no trace (nothing painted or near)
             [o.iou for o in outs],
-            [o.features["n_painted"] == 0 and o.raw_score >= 1.0 for o in outs],
+            [o.features["n_painted"] == 0 and o.estimate.work <= 0.0 for o in outs],
         ),
         "low20_correction_share": low20_correction_share(posted, [o.corrections for o in outs]),
         "score_map_fitted": tuning.score_map.fitted,
         "held_out_tasks": [  # per task, for studying what ranks tasks (`gfsam.taskscore`)
-            {"iou": round(o.iou, 4), "corrections": o.corrections, "raw": round(o.raw_score, 4)}
-            | {k: round(v, 5) for k, v in o.features.items()}
-            for o in outs
+            _task_row(o) | {"posted": round(p, 5)} | {k: round(v, 5) for k, v in o.features.items()}
+            for o, p in zip(outs, posted, strict=True)
         ],
+        "tuning_tasks": [_task_row(o) for o in tuning.outcomes.values()],  # what the map saw
         "choices": {label: ch.summary() for label, ch in sorted(tuning.choices.items())},
         "held_out_tuning": {
             label: {"default": tuning.default[label].summary(), "tuned": c.summary()}

@@ -26,7 +26,7 @@ from gfsam.calibrate import ScoreMap
 from gfsam.decoded import DecodedMasks
 from gfsam.encodings import Reference, TargetEncoding
 from gfsam.geometry import clean_regions
-from gfsam.taskscore import region_raw_score, task_raw_score
+from gfsam.taskscore import region_estimate, task_estimate
 from worker.labelstudio.shapes import shapes_to_result
 from worker.prediction import decoded_masks, prefetch
 from worker.prediction.assignment import assign, reject_counts
@@ -118,14 +118,16 @@ def predict_task(
     once its discovery has added region prompts; when this raises after decoding, it is saved
     here. ``later``: cache writes go through `TargetCache.put_later` (a job that `flush`es).
 
-    The item score is `gfsam.taskscore.task_raw_score` (1 minus the share of the image
-    expected to be painted wrong or missed: the regions, and the rejected candidates that came
-    near their label's floor; 1 when neither, then `result` is empty), each
+    The item score is the raw value of `gfsam.taskscore.task_estimate` (its expected IoU, from
+    the regions' area x matching score over what they paint plus half the rejected candidates
+    that came near their label's floor, times 1 - the share of the image expected to need
+    correcting; 1 when nothing is painted and nothing came near, then `result` is empty), each
     region's its matching score. Once the project has been measured (issue 19,
     `worker.quality`), its tuned offsets are added to the thresholds (and a label tuned to
-    another assignment mode uses it) and every score posted is the expected IoU of the score
-    map fitted on held-out annotations (a region's: of its raw score were it the task's only
-    region, `gfsam.taskscore.region_raw_score`).
+    another assignment mode uses it) and every score posted is the project's score map of the
+    estimate (`gfsam.calibrate.ScoreMap`: the IoU measured on held-out annotations for that
+    raw value; a region's: of its estimate were it the task's only region,
+    `gfsam.taskscore.region_estimate`).
     """
     sha = hashlib.sha256(image_bytes).hexdigest()
     target = target_encoding(rt, store, image_bytes, sha, later=later)
@@ -158,15 +160,15 @@ def predict_task(
             rt.settings,
         )
         shape = tuple(target.image_size)
-        expected = score_map(tuning)  # raw scores: `gfsam.taskscore` (issue 19)
-        if expected.fitted:  # measured: a region's expected IoU were it the task's only region
-            regions_out = [(lb, m, expected(region_raw_score(m, s, shape))) for lb, m, s in regions]
+        expected = score_map(tuning)  # estimates: `gfsam.taskscore` (issue 19)
+        if expected.fitted:  # measured: a region's posted score were it the task's only region
+            regions_out = [(lb, m, expected(region_estimate(m, s, shape))) for lb, m, s in regions]
         else:  # unmeasured: its matching score, as before
             regions_out = regions
         result = shapes_to_result(regions_out, cfg, geometry_params(rt.settings))
-        raw = task_raw_score([(m, s) for _, m, s in regions], shape, asg.candidates)
+        estimate = task_estimate([(m, s) for _, m, s in regions], shape, asg.candidates)
         prediction = StoredPrediction(
-            task=task, result=result, score=expected(raw), model_version=refs.version
+            task=task, result=result, score=expected(estimate), model_version=refs.version
         )
         return TaskResult(prediction, target, asg.candidates, sha, decoded)
 
@@ -176,7 +178,7 @@ def predict_task(
 
 
 def score_map(tuning: Tuning | None) -> ScoreMap:
-    """The project's raw score -> expected IoU map (issue 19); the identity until measured."""
+    """The project's task estimate -> posted score map (issue 19); unfitted until measured."""
     if tuning is None or not tuning.score_map.x:
         return ScoreMap()
     return ScoreMap.from_json(tuning.score_map.model_dump())

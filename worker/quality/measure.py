@@ -14,7 +14,7 @@ last, after each new version (`worker.correction.preannotate` queues it):
    added to each label's default threshold;
 3. `gfsam.calibrate.tune`: per label the held-out counts at the default and at the offsets chosen
    on the other tasks, the offset later predictions use (at least ``CALIBRATE_MIN_TASKS`` tasks
-   holding the label, else the default), the score map raw score -> expected IoU;
+   holding the label, else the default), the score map task estimate -> posted score;
 4. the report is stored per version (`p:{p}:quality`) with the tuning predictions apply
    (`p:{p}:tuning`), unless a newer version was measured meanwhile.
 """
@@ -225,7 +225,7 @@ def calibrate_project(
         tuned={lb: LabelQuality(**c.summary()) for lb, c in sorted(found.held_out.items())},
         choices={lb: LabelTuning(**ch.summary()) for lb, ch in sorted(found.choices.items())},
         score_map=ScoreCalibration(**sm.to_json()),
-        score_iou_spearman=spearman([sm(o.raw_score) for o in outs], [o.iou for o in outs]),
+        score_iou_spearman=spearman([sm(o.estimate) for o in outs], [o.iou for o in outs]),
         previous=previous,
         mode=rt.settings.assign,
         stopped_early=stopped,
