@@ -72,7 +72,7 @@ GRID_SIZE = 7  # candidate offsets per label, 0 included
 # [0, 1] without clipping (a clipped sum posted 1.0 for every task of a map fitted on IoU 1 only)
 TIE_BREAK = 1e-3
 # The raw value a score map is fitted on (`ScoreMap.raw`); a stored map of another form is not
-# applied. 1: 1 - the image share expected wrong (until 2026-12-04); 2: expected IoU x (1 -
+# applied. 1: 1 - the image share expected wrong (before 2026-12-05); 2: expected IoU x (1 -
 # expected work), chosen on coco128's tune half (see `gfsam.taskscore.task_estimate`).
 SCORE_FORM = 2
 

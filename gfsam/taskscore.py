@@ -117,9 +117,9 @@ class TaskEstimate:
     """What a task's (or a region's) assignment says, before the project's calibration.
 
     Attributes:
-        iou: the expected IoU of what is posted: the painted regions' area x score, over the
-            painted pixels plus `NEAR_MISS` x the near-miss candidates' unpainted pixels (what
-            may be missing); 1 when nothing is painted and no candidate came near (nothing
+        iou: the expected IoU of what is posted: the painted regions' area x score, over their
+            area plus `NEAR_MISS` x the near-miss candidates' unpainted pixels (what may be
+            missing); 1 when nothing is painted and no candidate came near (nothing
             expected), 0 when nothing is painted but a candidate came near (a likely miss).
         work: the share of the image expected to be painted wrong or missed: the regions'
             area x (1 - score) plus `NEAR_MISS` x the near misses' unpainted pixels, over the
@@ -152,14 +152,14 @@ def task_estimate(
     expected IoU first, and also the tasks with the most to correct; the two part on small
     objects (a small object painted loosely is a low IoU but little work). The project's score
     map fits the IoU on ``iou x (1 - work)`` (`gfsam.calibrate.ScoreMap.raw`). History, on the
-    oracle replay (`python -m gfsam eval replay --calibrate`), Spearman of the posted score with
-    the task IoU / share of the correction pixels in the lowest-scored fifth of the tasks: the
-    first score, the mean region score (no area), -0.18 / 0.65 on coco128's tune half; then
-    1 - `work` (2026-12-03/04), tune easy 0.53 / 0.88 and harsh 0.45 / 0.74, but on the report
-    half and FSS-1000 Spearman 0.02-0.39 (small objects above large ones); the raw value
-    ``iou x (1 - work)^g`` was chosen on tune (2026-12-05, per-task dumps; the g with the
-    largest min(Spearman / 0.5, share / 0.4) over tune's easy and harsh runs): g = 0 (the
-    expected IoU alone) 1.027, 0.5 1.022, 1 1.030 (easy 0.77 / 0.68, harsh 0.52 / 0.71),
+    oracle replay (`python -m gfsam eval replay --calibrate`), Spearman with the task IoU /
+    share of the correction pixels in the lowest-scored fifth of the tasks: the first score,
+    the mean region score (no area), -0.18 / 0.65 on coco128's tune half (raw values); then
+    1 - `work` (2026-12-03/04), posted: tune easy 0.47 / 0.74 and harsh 0.41 / 0.60, but
+    Spearman -0.09 to 0.39 on the report half and FSS-1000 (small objects above large ones);
+    the raw value ``iou x (1 - work)^g`` was chosen on tune (2026-12-05, per-task dumps; the g
+    with the largest min(Spearman / 0.5, share / 0.4) over tune's easy and harsh runs): g = 0
+    (the expected IoU alone) 1.027, 0.5 1.022, 1 1.030 (easy 0.77 / 0.68, harsh 0.51 / 0.71),
     2 0.994, 4 0.952; a two-tier form (the heaviest fifth by `work` first, then by `iou`)
     reached at most 1.028.
 
@@ -169,21 +169,20 @@ def task_estimate(
             regions alone (a region's estimate, `region_estimate`).
     """
     size = float(max(1, int(np.prod(shape))))
-    right = wrong = 0.0
+    right = wrong = shown = 0.0
     for m, s in regions:
         area, p = float(np.count_nonzero(m)), float(np.clip(s, 0.0, 1.0))
-        right += area * p
+        shown += area  # summed, not the union: overlapping regions (cleaned geometry) cannot
+        right += area * p  # lift the expected IoU above their scores
         wrong += area * (1.0 - p)
-    painted = _union([m for m, _ in regions], shape) if regions else None
     near = _near_masks(candidates)
     missed = 0.0
     if near:
         unpainted = _union(near, shape)
-        if painted is not None:
-            unpainted &= ~painted
+        if regions:
+            unpainted &= ~_union([m for m, _ in regions], shape)
         missed = NEAR_MISS * int(np.count_nonzero(unpainted))
     work = float(np.clip((wrong + missed) / size, 0.0, 1.0))
-    shown = float(np.count_nonzero(painted)) if painted is not None else 0.0
     if shown == 0.0:
         return TaskEstimate(0.0 if missed else 1.0, work)
     return TaskEstimate(float(np.clip(right / (shown + missed), 0.0, 1.0)), work)

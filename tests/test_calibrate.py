@@ -8,6 +8,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
+from backend.state.schemas import ScoreCalibration
 from gfsam.calibrate import (
     SCORE_FORM,
     TIE_BREAK,
@@ -211,7 +212,7 @@ def test_a_map_fitted_on_perfect_tasks_still_orders_them() -> None:
     sm = fit_score_map(_light([1.0, 1.0, 1.0, 1.0]), [1.0, 1.0, 1.0, 1.0])
     values = [sm(TaskEstimate(v, 0.0)) for v in (0.2, 0.5, 0.9, 1.0)]
     assert all(b > a for a, b in zip(values, values[1:], strict=False))
-    assert all(0.0 <= v <= 1.0 for v in values) and values[-1] == 1.0
+    assert all(0.0 <= v <= 1.0 for v in values) and values[-1] == pytest.approx(1.0)
 
 
 def test_a_score_map_of_another_form_is_not_applied() -> None:
@@ -222,6 +223,10 @@ def test_a_score_map_of_another_form_is_not_applied() -> None:
     assert not sm.fitted and sm.n == 12
     assert sm(TaskEstimate(0.5, 0.2)) == pytest.approx(0.4)
     assert ScoreMap.from_json(old | {"form": SCORE_FORM}).fitted
+    stored = ScoreCalibration(x=[0.5, 1.0], y=[0.2, 0.9], n=5)  # the schema's default form: 1
+    assert not ScoreMap.from_json(stored.model_dump()).fitted
+    fit = fit_score_map(_light([0.2, 0.4, 0.6]), [0.1, 0.5, 0.9])
+    assert ScoreMap.from_json(ScoreCalibration(**fit.to_json()).model_dump()) == fit
 
 
 def test_score_map_pools_equal_raw_scores() -> None:

@@ -280,7 +280,8 @@ def test_posted_score_counts_the_assignments_near_misses(
         near = int((corner & ~painted).sum())
         assert near == 36
         right = sum(float(m.sum()) * s for m, s in regions)
-        iou = right / (painted.sum() + NEAR_MISS * near) if painted.any() else 0.0
+        shown = sum(float(m.sum()) for m, _ in regions)  # region areas summed
+        iou = right / (shown + NEAR_MISS * near) if shown else 0.0
         wrong = sum(float(m.sum()) * (1 - s) for m, s in regions)
         work = (wrong + NEAR_MISS * near) / (H * W)
         assert pred["score"] == pytest.approx(iou * (1 - work))  # unmeasured: the raw value

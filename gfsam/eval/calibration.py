@@ -21,7 +21,7 @@ images remain), with the shots the loop holds then:
 
 mIoU: mean over the classes that have shots and appear in the held-out images of the IoU
 accumulated over them, in %. Each figure of the result is the mean over checkpoints (each
-checkpoint's figures are kept under ``calibration.steps``).
+checkpoint's figures are kept in the list ``calibration``).
 """
 
 from __future__ import annotations
