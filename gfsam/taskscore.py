@@ -97,10 +97,14 @@ def near_miss_pixels(candidates: Sequence[Any], painted: np.ndarray) -> int:
         candidates: rejected instances (``mask`` bool [H, W], ``similarity``, ``floor``; a
             candidate without a finite margin is not a near miss). painted: bool [H, W].
     """
-    near = _near_masks(candidates)
-    if not near:
+    return _unpainted(_near_masks(candidates), painted)
+
+
+def _unpainted(masks: Sequence[np.ndarray], painted: np.ndarray) -> int:
+    """Pixels of the union of `masks` (bool [H, W] each) outside `painted` (bool [H, W])."""
+    if not masks:
         return 0
-    return int(np.count_nonzero(_union(near, painted.shape) & ~painted))
+    return int(np.count_nonzero(_union(masks, painted.shape) & ~painted))
 
 
 def _near_masks(candidates: Sequence[Any]) -> list[np.ndarray]:
@@ -177,11 +181,8 @@ def task_estimate(
         wrong += area * (1.0 - p)
     near = _near_masks(candidates)
     missed = 0.0
-    if near:
-        unpainted = _union(near, shape)
-        if regions:
-            unpainted &= ~_union([m for m, _ in regions], shape)
-        missed = NEAR_MISS * int(np.count_nonzero(unpainted))
+    if near:  # the painted union only when some candidate came near (`near_miss_pixels`)
+        missed = NEAR_MISS * _unpainted(near, _union([m for m, _ in regions], shape))
     work = float(np.clip((wrong + missed) / size, 0.0, 1.0))
     if shown == 0.0:
         return TaskEstimate(0.0 if missed else 1.0, work)
