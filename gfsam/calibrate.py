@@ -27,11 +27,12 @@ that function's business, so tuning works on an **offset** added to whatever the
    lower offset, another mode) competes only when as many scored tasks LACK the label: on
    tasks that all hold it, painting more is almost free (`choose_offset`, ``unchecked``);
 4. `held_out_choice`: the honest estimate of what tuning gives: each task is scored at the
-   offset chosen on the OTHER tasks (a nested leave-one-out), so tuning never runs on the task
-   it is scored on; `tune` keeps a move only when this estimate beats the default (tried
-   2026-12-04 on coco128's tune half, oracle replay: keeping moves whose estimate only ties
-   the default gave calibrated mIoU 62.43 -> 63.27 with the easy knobs but 38.59 -> 38.46
-   with the harsh ones, one checkpoint below its default: not kept).
+   offset chosen on the OTHER tasks (a nested leave-one-out, asking the same evidence less
+   the task left out), so tuning never runs on the task it is scored on; `tune` keeps a move
+   only when this estimate beats the default (tried 2026-12-04 on coco128's tune half, oracle
+   replay: keeping moves whose estimate only ties the default gave calibrated mIoU 62.43 ->
+   63.27 with the easy knobs but 38.59 -> 38.46 with the harsh ones, one checkpoint below its
+   default: not kept).
 
 **Mode tuning.** The assignment mode (``split``, ``label-gate``, ``argmax``: `gfsam.assign`) is
 the project's setting; with `tune(modes=...)` each other mode, at its default threshold, is one
@@ -331,32 +332,52 @@ def sum_sweeps(sweeps: Iterable[Sweep]) -> Sweep:
     return out
 
 
-def choose_offsets(sweeps: Iterable[Sweep], min_tasks: int = MIN_TASKS) -> dict[str, Choice]:
+def choose_offsets(
+    sweeps: Iterable[Sweep], min_tasks: int = MIN_TASKS, min_absent: int | None = None
+) -> dict[str, Choice]:
     """`choose_offset` per label on the summed sweeps of the given tasks."""
-    return {label: choose_offset(s, min_tasks) for label, s in sum_sweeps(sweeps).items()}
+    return {
+        label: choose_offset(s, min_tasks, min_absent) for label, s in sum_sweeps(sweeps).items()
+    }
 
 
 def held_out_choice(
-    sweeps: Mapping[K, Sweep], min_tasks: int = MIN_TASKS
+    sweeps: Mapping[K, Sweep], min_tasks: int = MIN_TASKS, min_absent: int | None = None
 ) -> tuple[dict[str, Counts], dict[str, Counts]]:
     """What tuning gives, measured without ever tuning on the scored task.
 
-    Each task is scored at the setting chosen (`choose_offset`) on the other tasks alone.
+    Each task is scored at the setting chosen (`choose_offset`) on the other tasks alone. The
+    choice on the others asks the evidence the whole set was asked, less the task left out:
+    ``min_tasks - 1`` tasks holding the label when the scored task holds it, ``min_tasks - 1``
+    tasks without it (`choose_offset`'s ``min_absent``) when it lacks it. Asking the full bar of
+    one task fewer would make every move chosen on exactly ``min_tasks`` tasks unconfirmable
+    (each nested choice would keep the default), so `tune` could never move a label at the
+    evidence the rule names (found 2026-12-05: coco128 report, harsh oracle knobs, the first
+    checkpoint, a label with 3 tasks and 1.4 % recall at its default).
 
     Args:
         sweeps: task -> its sweep (every task swept over the same candidate offsets).
+        min_tasks, min_absent: the bar of the whole set (`choose_offset`).
 
     Returns:
         (default, tuned): label -> counts over all tasks at offset 0 / at the held-out choice.
     """
+    absent_bar = min_tasks if min_absent is None else min_absent
     default: dict[str, Counts] = {}
     tuned: dict[str, Counts] = {}
     for task, sw in sweeps.items():
-        others = choose_offsets((s for t, s in sweeps.items() if t != task), min_tasks)
+        others = sum_sweeps(s for t, s in sweeps.items() if t != task)
         for label, by_off in sw.items():
             default[label] = default.get(label, Counts()) + by_off[0.0]
-            choice = others.get(label)
-            off = choice.setting if choice is not None and choice.setting in by_off else 0.0
+            holds = by_off[0.0].n > 0
+            off: Setting = 0.0
+            if label in others:
+                choice = choose_offset(
+                    others[label],
+                    min_tasks - 1 if holds else min_tasks,
+                    absent_bar if holds else absent_bar - 1,
+                )
+                off = choice.setting if choice.setting in by_off else 0.0
             tuned[label] = tuned.get(label, Counts()) + by_off[off]
     return default, tuned
 
@@ -728,6 +749,7 @@ def tune(
     min_tasks: int = MIN_TASKS,
     grid_size: int = GRID_SIZE,
     modes: Sequence[str] = (),
+    min_absent: int | None = None,
 ) -> Tuning:
     """Measure, choose thresholds and fit the score map on `cases` (each already leave-one-out).
 
@@ -747,8 +769,8 @@ def tune(
             observed.setdefault(label, []).extend(offs)
     grids = {label: offset_grid(v, grid_size) for label, v in observed.items()}
     sweeps = {case.key: sweep_task(case, grids, modes) for case in cases}
-    choices = choose_offsets(sweeps.values(), min_tasks)
-    default, held = held_out_choice(sweeps, min_tasks)
+    choices = choose_offsets(sweeps.values(), min_tasks, min_absent)
+    default, held = held_out_choice(sweeps, min_tasks, min_absent)
     for label, ch in choices.items():  # a move must also pay off held out (nested LOO)
         base, kept = default[label].iou, held[label].iou
         if ch.how == "tuned" and (base is None or kept is None or kept <= base):

@@ -14,6 +14,7 @@ from gfsam.calibrate import (
     TIE_BREAK,
     Counts,
     ScoreMap,
+    Sweep,
     TaskCase,
     choose_offset,
     correction_pixels,
@@ -24,6 +25,7 @@ from gfsam.calibrate import (
     offset_grid,
     spearman,
     spearman_ceiling,
+    sum_sweeps,
     sweep_steps,
     task_iou,
 )
@@ -156,16 +158,50 @@ def test_held_out_choice_never_tunes_on_the_scored_task() -> None:
     assert (default["x"].tp, default["x"].fp, default["x"].fn) == (1, 4, 4)
 
 
-def test_held_out_choice_counts_evidence_without_the_scored_task() -> None:
+def test_held_out_choice_asks_the_evidence_less_the_scored_task() -> None:
     one = Counts(tp=1, n=1, tasks=1)
     bad = Counts(fp=1, fn=1, n=1, tasks=1)
-    # three tasks hold the label: in-sample there is evidence (3), but with the scored task left
-    # out only 2 remain, so every task is scored at the default
+    # three tasks hold the label: in-sample there is evidence (3); each nested choice sees the
+    # other two, which is the bar less the task left out, so the move is checked held out
+    # (asking 3 of the other two would keep the default everywhere: no move on exactly 3 tasks
+    # could ever be confirmed)
     sweeps = {t: {"x": {0.0: bad, 0.2: one}} for t in "abc"}
     assert choose_offset({0.0: bad + bad + bad, 0.2: one + one + one}).offset == 0.2
     default, tuned = held_out_choice(sweeps, min_tasks=3)
-    assert (tuned["x"].tp, tuned["x"].fp, tuned["x"].fn) == (0, 3, 3)
-    assert (tuned["x"].tp, tuned["x"].fp) == (default["x"].tp, default["x"].fp)
+    assert (tuned["x"].tp, tuned["x"].fp, tuned["x"].fn) == (3, 0, 0)
+    assert (default["x"].tp, default["x"].fp, default["x"].fn) == (0, 3, 3)
+    # two tasks: below the bar in-sample, and each nested choice sees one: the default stays
+    two = {t: {"x": {0.0: bad, 0.2: one}} for t in "ab"}
+    default, tuned = held_out_choice(two, min_tasks=3)
+    assert (tuned["x"].tp, tuned["x"].fp) == (default["x"].tp, default["x"].fp) == (0, 2)
+    # the scored task's own counts never enter its choice: c alone prefers 0, a and b prefer 0.2
+    mixed = {"a": {"x": {0.0: bad, 0.2: one}}, "b": {"x": {0.0: bad, 0.2: one}}}
+    mixed["c"] = {"x": {0.0: one, 0.2: Counts(fn=1, n=1, tasks=1)}}
+    default, tuned = held_out_choice(mixed, min_tasks=3)
+    # a (and b): chosen on the other two -> 0.2 (IoU 1/2 against 1/3 at 0); c: chosen on a, b
+    # -> 0.2, where c loses its pixel (at 0 it had it: tuning on c itself would have kept 0)
+    assert (tuned["x"].tp, tuned["x"].fp, tuned["x"].fn) == (2, 0, 1)
+
+
+def test_held_out_choice_asks_tasks_without_the_label_less_the_scored_one() -> None:
+    present_lo = Counts(tp=2, fp=1, n=1, tasks=1)  # a looser offset finds the object
+    present_hi = Counts(fn=2, n=1, tasks=1)
+    absent = Counts(tasks=1)  # nothing painted either way
+    sweeps: dict[str, Sweep] = {}
+    for t in "abc":
+        sweeps[t] = {"x": {-0.2: present_lo, 0.0: present_hi}}
+    for t in "def":
+        sweeps[t] = {"x": {-0.2: absent, 0.0: absent}}
+    # in-sample: 3 holding, 3 without: the looser move competes and wins
+    assert choose_offset(sum_sweeps(sweeps.values())["x"]).offset == -0.2
+    default, tuned = held_out_choice(sweeps, min_tasks=3)
+    # a, b, c: chosen on 2 holding (the bar less one) and 3 without -> -0.2
+    assert (tuned["x"].tp, tuned["x"].fp, tuned["x"].fn) == (6, 3, 0)
+    # with only 2 tasks without the label a task holding it is scored at the default: its
+    # nested choice has 2 without, and the bar for them is not lowered by a task that holds it
+    del sweeps["f"]
+    default, tuned = held_out_choice(sweeps, min_tasks=3)
+    assert (tuned["x"].tp, tuned["x"].fp, tuned["x"].fn) == (0, 0, 6)
 
 
 def _light(ious: list[float]) -> list[TaskEstimate]:
