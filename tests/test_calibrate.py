@@ -440,3 +440,16 @@ def test_tune_chooses_a_mode_with_evidence_and_never_on_the_scored_task(
     found = cal.tune(cases, modes=["argmax"])
     assert found.choices["x"].how == "unconfirmed" and found.choices["x"].mode is None
     assert found.modes() == {}
+
+
+def test_the_evidenced_ceiling_keeps_the_evidence_rule() -> None:
+    from gfsam.eval.calibration import allowed_settings
+
+    sweep = {-0.2: _c(9, 1, 0), 0.0: _c(5, 0, 4), 0.1: _c(6, 0, 3), "argmax": _c(9, 2, 0)}
+    # below the bar of tasks holding the class: only the default
+    assert set(allowed_settings(sweep, Counts(n=2, tasks=9), 3)) == {0.0}
+    assert set(allowed_settings(sweep, None, 3)) == {0.0}  # not tuned on at all
+    # enough holding it, too few without it: nothing looser than the default
+    assert set(allowed_settings(sweep, Counts(n=3, tasks=5), 3)) == {0.0, 0.1}
+    # enough of both: every setting
+    assert set(allowed_settings(sweep, Counts(n=3, tasks=6), 3)) == set(sweep)

@@ -123,6 +123,11 @@ def test_replay_calibrate_contract(tmp_path: Path) -> None:
     assert step["default_miou"] is not None  # person is in the held-out images
     # the hindsight ceiling (offset 0 among its candidates) is never below the defaults
     assert step["best_fixed_miou"] >= step["default_miou"]
+    # the ceiling under the evidence rule lies between the two: classes below the bar keep
+    # their default, the others their hindsight best
+    assert step["default_miou"] <= step["best_fixed_evidenced_miou"] <= step["best_fixed_miou"]
+    if all(ch["n"] < 3 for ch in step["choices"].values()):
+        assert step["best_fixed_evidenced_miou"] == step["default_miou"]
     if step["tuned_on"] < 3:
         assert all(ch["how"] == "too-few" for ch in step["choices"].values())
     for cp in res["calibration"]:  # the posted score ties the images it has no trace on

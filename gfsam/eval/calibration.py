@@ -12,7 +12,9 @@ images remain), with the shots the loop holds then:
   ``modes``, per-class modes), ``best_fixed`` (per class the best candidate offset chosen in
   hindsight ON these images: the ceiling of any threshold choice from the same candidates; the
   grid comes from these images' own proposals), ``best_fixed_modes`` (the same ceiling when the
-  other modes are candidates too);
+  other modes are candidates too), ``best_fixed_evidenced`` (``best_fixed`` for the classes
+  the tuning had the evidence to move, at least ``min_tasks`` tuned-on images holding them;
+  the others at the default: the ceiling of a choice that keeps the evidence rule);
   and, at the chosen offsets, the posted score (`ScoreMap` of the task's estimate) against each
   image's IoU: ``score_iou_spearman`` and ``low20_correction_share`` (0.2: a random order);
   ``score_iou_spearman_ceiling`` beside it: the most any score could reach that has to tie
@@ -37,10 +39,12 @@ from gfsam.calibrate import (
     MIN_TASKS,
     Counts,
     Outcome,
+    Setting,
     Sweep,
     TaskCase,
     assign_chosen,
     choose_offset,
+    is_stricter,
     low20_correction_share,
     observed_offsets,
     offset_grid,
@@ -111,6 +115,19 @@ def _task_row(o: Outcome) -> dict[str, Any]:
     }
 
 
+def allowed_settings(
+    sweep: Mapping[Setting, Counts], tuned_on: Counts | None, min_tasks: int
+) -> dict[Setting, Counts]:
+    """The settings of `sweep` the evidence rule lets the tuning choose, given what it was
+    tuned on (`tuned_on`: the class's counts at the default over the tuned-on images): none
+    but the default below ``min_tasks`` images holding the class, no looser one below
+    ``min_tasks`` images without it (`gfsam.calibrate.choose_offset`)."""
+    if tuned_on is None or tuned_on.n < min_tasks:
+        return {0.0: sweep[0.0]}
+    looser_ok = tuned_on.tasks - tuned_on.n >= min_tasks
+    return {k: c for k, c in sweep.items() if looser_ok or is_stricter(k)}
+
+
 def checkpoint(
     loop: Replay,
     annotated: Sequence[Item],
@@ -149,6 +166,12 @@ def checkpoint(
         for label, sw in hindsight.items()
     }
     best = {label: sw[choose_offset(sw, min_tasks=0).setting] for label, sw in offsets_only.items()}
+    evidenced = {
+        label: sw[
+            choose_offset(allowed_settings(sw, tuning.default.get(label), min_tasks), 0).setting
+        ]
+        for label, sw in offsets_only.items()
+    }
     best_any = {
         label: sw[choose_offset(sw, min_tasks=0).setting] for label, sw in hindsight.items()
     }
@@ -163,6 +186,7 @@ def checkpoint(
         "calibrated_miou": _miou(calibrated, present),
         "best_fixed_miou": _miou(best, present),
         "best_fixed_modes_miou": _miou(best_any, present),
+        "best_fixed_evidenced_miou": _miou(evidenced, present),
         "score_iou_spearman": spearman(posted, [o.iou for o in outs]),
         "score_iou_spearman_ceiling": spearman_ceiling(  # tied: no trace (nothing painted or near)
             [o.iou for o in outs],
@@ -195,6 +219,7 @@ def summarise(steps: Sequence[dict[str, Any]]) -> dict[str, Any]:
         "calibrated_miou",
         "best_fixed_miou",
         "best_fixed_modes_miou",
+        "best_fixed_evidenced_miou",
         "score_iou_spearman",
         "score_iou_spearman_ceiling",
         "low20_correction_share",

@@ -209,6 +209,7 @@ def run_replay(
             "calibration (mean over {checkpoints} checkpoints): default_miou {default_miou} "
             "calibrated_miou {calibrated_miou} best_fixed_miou {best_fixed_miou} "
             "best_fixed_modes_miou {best_fixed_modes_miou} "
+            "best_fixed_evidenced_miou {best_fixed_evidenced_miou} "
             "score_iou_spearman {score_iou_spearman} "
             "(ceiling, images with nothing painted or near tied: {score_iou_spearman_ceiling}) "
             "low20_correction_share {low20_correction_share}".format(**result)
@@ -223,7 +224,8 @@ def _checkpoint_line(cp: dict[str, Any]) -> str:
     return (
         f"after {cp['annotated']} images (tuned on {cp['tuned_on']}, held out {cp['held_out']}): "
         f"default {cp['default_miou']} calibrated {cp['calibrated_miou']} "
-        f"best fixed {cp['best_fixed_miou']} (with modes {cp['best_fixed_modes_miou']}) "
+        f"best fixed {cp['best_fixed_miou']} (with modes {cp['best_fixed_modes_miou']}, "
+        f"evidenced classes only {cp['best_fixed_evidenced_miou']}) "
         f"spearman {cp['score_iou_spearman']} (ceiling {cp['score_iou_spearman_ceiling']}) "
         f"low20 {cp['low20_correction_share']} offsets {tuned or 'none moved'}"
     )
