@@ -352,8 +352,9 @@ def held_out_choice(
     tasks without it (`choose_offset`'s ``min_absent``) when it lacks it. Asking the full bar of
     one task fewer would make every move chosen on exactly ``min_tasks`` tasks unconfirmable
     (each nested choice would keep the default), so `tune` could never move a label at the
-    evidence the rule names (found 2026-12-05: coco128 report, harsh oracle knobs, the first
-    checkpoint, a label with 3 tasks and 1.4 % recall at its default).
+    evidence the rule names (found 2026-12-05 by reading why a label with 3 tasks did not
+    move on coco128 report with the harsh oracle knobs; that move was also held by
+    ``min_absent``, so no replay figure changed).
 
     Args:
         sweeps: task -> its sweep (every task swept over the same candidate offsets).

@@ -13,8 +13,9 @@ images remain), with the shots the loop holds then:
   hindsight ON these images: the ceiling of any threshold choice from the same candidates; the
   grid comes from these images' own proposals), ``best_fixed_modes`` (the same ceiling when the
   other modes are candidates too), ``best_fixed_evidenced`` (``best_fixed`` for the classes
-  the tuning had the evidence to move, at least ``min_tasks`` tuned-on images holding them;
-  the others at the default: the ceiling of a choice that keeps the evidence rule);
+  the tuning had the evidence to move, at least ``min_tasks`` tuned-on images holding them
+  and, for a looser setting, as many without them (`allowed_settings`); the others at the
+  default: the ceiling of a choice that keeps the evidence rule);
   and, at the chosen offsets, the posted score (`ScoreMap` of the task's estimate) against each
   image's IoU: ``score_iou_spearman`` and ``low20_correction_share`` (0.2: a random order);
   ``score_iou_spearman_ceiling`` beside it: the most any score could reach that has to tie
