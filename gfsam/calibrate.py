@@ -268,6 +268,20 @@ def is_stricter(s: Setting) -> bool:
     return not isinstance(s, str) and s >= 0.0
 
 
+def evidence_allows(
+    evidence: Counts, setting: Setting, min_tasks: int = MIN_TASKS, min_absent: int | None = None
+) -> bool:
+    """Whether the evidence rule lets `setting` be chosen on tasks whose counts at the default
+    are `evidence`: below `min_tasks` tasks holding the label only the default; a setting that
+    may paint more than the default (`is_stricter` False) only with at least `min_absent`
+    (None: `min_tasks`) tasks without the label (`choose_offset`)."""
+    if evidence.n < min_tasks:
+        return is_stricter(setting) and setting == 0.0
+    if is_stricter(setting):
+        return True
+    return evidence.tasks - evidence.n >= (min_tasks if min_absent is None else min_absent)
+
+
 def choose_offset(
     sweep: Mapping[Setting, Counts], min_tasks: int = MIN_TASKS, min_absent: int | None = None
 ) -> Choice:
@@ -309,8 +323,7 @@ def choose_offset(
         return (score, 1, -abs(o), o)
 
     ordered = sorted(sweep, key=_setting_order)
-    looser_ok = base.tasks - base.n >= (min_tasks if min_absent is None else min_absent)
-    allowed = [o for o in ordered if looser_ok or is_stricter(o)]
+    allowed = [o for o in ordered if evidence_allows(base, o, min_tasks, min_absent)]
     best = max(allowed, key=key)
     if best == 0.0 and not isinstance(best, str):
         how = "unchecked" if max(ordered, key=key) not in allowed else "default"

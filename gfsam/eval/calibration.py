@@ -45,7 +45,7 @@ from gfsam.calibrate import (
     TaskCase,
     assign_chosen,
     choose_offset,
-    is_stricter,
+    evidence_allows,
     low20_correction_share,
     observed_offsets,
     offset_grid,
@@ -122,11 +122,10 @@ def allowed_settings(
     """The settings of `sweep` the evidence rule lets the tuning choose, given what it was
     tuned on (`tuned_on`: the class's counts at the default over the tuned-on images): none
     but the default below ``min_tasks`` images holding the class, no looser one below
-    ``min_tasks`` images without it (`gfsam.calibrate.choose_offset`)."""
-    if tuned_on is None or tuned_on.n < min_tasks:
+    ``min_tasks`` images without it (`gfsam.calibrate.evidence_allows`)."""
+    if tuned_on is None:
         return {0.0: sweep[0.0]}
-    looser_ok = tuned_on.tasks - tuned_on.n >= min_tasks
-    return {k: c for k, c in sweep.items() if looser_ok or is_stricter(k)}
+    return {k: c for k, c in sweep.items() if evidence_allows(tuned_on, k, min_tasks)}
 
 
 def checkpoint(
