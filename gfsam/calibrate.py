@@ -69,6 +69,10 @@ R = TypeVar("R")
 
 MIN_TASKS = 3  # tasks holding a label before its threshold may move from the default
 GRID_SIZE = 7  # candidate offsets per label, 0 included
+# Each candidate sits this far below the observed value it was taken at, so that the proposal
+# there is accepted although ``default + (similarity - default)`` may round one unit above
+# ``similarity``; no two similarities differ by so little (float32 features).
+BOUNDARY_SLACK = 1e-9
 # posted score = (1 - TIE_BREAK) x calibrated IoU + TIE_BREAK x raw: strictly monotone and in
 # [0, 1] without clipping (a clipped sum posted 1.0 for every task of a map fitted on IoU 1 only)
 TIE_BREAK = 1e-3
@@ -181,14 +185,15 @@ def offset_grid(observed: Sequence[float], size: int = GRID_SIZE) -> list[float]
         size: at most this many candidates (duplicates collapse).
 
     Returns:
-        Sorted distinct offsets, 0 always among them; each other one is an observed value, so
-        it sits exactly on a decision boundary of the data.
+        Sorted distinct offsets, 0 always among them; each other one is an observed value less
+        `BOUNDARY_SLACK`, so it sits on a decision boundary of the data's presence test (the
+        proposal there accepted, none below it), whatever the rounding of default + offset.
     """
     values = np.asarray([v for v in observed if math.isfinite(v)], dtype=np.float64)
     picks = {0.0}
     if values.size and size > 1:
         qs = np.quantile(values, np.linspace(0.0, 1.0, size - 1), method="inverted_cdf")
-        picks |= {float(q) for q in qs}
+        picks |= {float(q) - BOUNDARY_SLACK for q in qs}
     return sorted(picks)
 
 
@@ -553,18 +558,27 @@ def low20_correction_share(
 ) -> float | None:
     """Share of all pixels to correct held by the `share` of tasks with the lowest score.
 
-    The ceil(share x N) lowest-scored tasks are taken (ties: the earlier task first, as a
-    stable sort). A random order gives `share` on average; a perfect one, the most it can.
-    None when nothing needs correcting.
+    Exactly ``share x N`` tasks are taken, the last one in part (N = 6, share 0.2: the lowest
+    task and 0.2 of the next), and tasks of equal score count as in a random order among them
+    (each holds the block's average part), so any order a score cannot tell apart gives
+    `share` in expectation; a perfect one, the most it can. None when nothing needs correcting.
     """
     if len(scores) != len(corrections):
         raise ValueError(f"lengths differ: {len(scores)} vs {len(corrections)}")
     work = np.asarray(corrections, dtype=np.float64)
     if not len(work) or work.sum() <= 0:
         return None
-    order = np.argsort(np.asarray(scores, dtype=np.float64), kind="stable")
-    k = max(1, math.ceil(share * len(work) - 1e-9))
-    return float(work[order[:k]].sum() / work.sum())
+    cutoff = share * len(work)  # positions [0, cutoff) are taken, the last one in part
+    ordered = np.asarray(scores, dtype=np.float64)
+    taken = 0.0
+    start = 0
+    for value in np.unique(ordered):  # ascending; each value one block of tied tasks
+        block = ordered == value
+        size = int(block.sum())
+        covered = float(np.clip(cutoff - start, 0.0, size))  # positions of the block taken
+        taken += covered / size * float(work[block].sum())
+        start += size
+    return taken / float(work.sum())
 
 
 # --- tuning a set of scored tasks (the harness's replay and the worker's background job) -----
@@ -653,9 +667,12 @@ def label_counts(case: TaskCase, asg: _Assigned) -> dict[str, Counts]:
     return counts
 
 
-def outcome(case: TaskCase, asg: _Assigned, *, features: bool = False) -> Outcome:
-    """Score one assignment of `case` against its truth; `features`: also record
-    `gfsam.taskscore.task_features` (for studying what ranks tasks; not needed to tune)."""
+def outcome(
+    case: TaskCase, asg: _Assigned, *, features_at: Mapping[str, float] | None = None
+) -> Outcome:
+    """Score one assignment of `case` against its truth; `features_at`: the thresholds `asg`
+    was assigned at, to also record `gfsam.taskscore.task_features` against them (for
+    studying what ranks tasks; not needed to tune)."""
     order = sorted(case.defaults)
     masks = asg.label_masks()
     shape = next(iter(case.truth.values())).shape
@@ -667,7 +684,9 @@ def outcome(case: TaskCase, asg: _Assigned, *, features: bool = False) -> Outcom
         est,
         task_iou(shown, truth, case.valid),
         correction_pixels(shown, truth, case.valid),
-        task_features(accepted, list(asg.candidates), case.defaults, shape) if features else {},
+        task_features(accepted, list(asg.candidates), features_at, shape)
+        if features_at is not None
+        else {},
     )
 
 
@@ -707,9 +726,14 @@ def sweep_task(
     return out
 
 
+def chosen_thresholds(case: TaskCase, choices: Mapping[str, Choice]) -> dict[str, float]:
+    """label -> the threshold the chosen settings give `case` (its default plus the offset)."""
+    return thresholds_at(case.defaults, {lb: ch.offset for lb, ch in choices.items()})
+
+
 def assign_chosen(case: TaskCase, choices: Mapping[str, Choice]) -> _Assigned:
     """`case` assigned at the chosen settings (modes passed only when some label has one)."""
-    thresholds = thresholds_at(case.defaults, {lb: ch.offset for lb, ch in choices.items()})
+    thresholds = chosen_thresholds(case, choices)
     modes = {lb: ch.mode for lb, ch in choices.items() if ch.mode and lb in case.defaults}
     return case.assign_at(thresholds, modes) if modes else case.assign_at(thresholds)
 

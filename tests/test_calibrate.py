@@ -10,6 +10,7 @@ import pytest
 
 from backend.state.schemas import ScoreCalibration
 from gfsam.calibrate import (
+    BOUNDARY_SLACK,
     SCORE_FORM,
     TIE_BREAK,
     Counts,
@@ -28,6 +29,7 @@ from gfsam.calibrate import (
     sum_sweeps,
     sweep_steps,
     task_iou,
+    thresholds_at,
 )
 from gfsam.taskscore import TaskEstimate
 
@@ -87,12 +89,25 @@ def test_task_iou_and_corrections() -> None:
 
 
 def test_offset_grid_holds_zero_and_observed_values() -> None:
-    grid = offset_grid([-0.3, -0.1, 0.05, 0.2, 0.4], size=7)
+    observed = [-0.3, -0.1, 0.05, 0.2, 0.4]
+    grid = offset_grid(observed, size=7)
     assert 0.0 in grid
-    assert set(grid) - {0.0} <= {-0.3, -0.1, 0.05, 0.2, 0.4}
-    assert grid == sorted(grid) and min(grid) == -0.3 and max(grid) == 0.4
+    assert {round(g + BOUNDARY_SLACK, 12) for g in grid} - {BOUNDARY_SLACK} <= set(observed)
+    assert grid == sorted(grid) and min(grid) < -0.3 and max(grid) == pytest.approx(0.4)
     assert offset_grid([]) == [0.0]
     assert len(offset_grid(list(np.linspace(-1, 1, 100)), size=5)) <= 5
+
+
+def test_every_candidate_accepts_the_proposal_it_was_taken_at() -> None:
+    """default + (similarity - default) can round above the similarity: the candidate must
+    still accept that proposal (else the strictest one paints nothing)."""
+    rng = np.random.default_rng(1)
+    defaults, sims = rng.uniform(0.0, 0.2, 5000), rng.uniform(0.3, 1.0, 5000)
+    rounded_up = sum(d + (s - d) > s for d, s in zip(defaults, sims, strict=True))
+    assert rounded_up > 0  # the hazard exists in plain floats
+    for d, s in zip(defaults, sims, strict=True):
+        (top,) = [g for g in offset_grid([s - d], size=2) if g != 0.0] or [0.0]
+        assert thresholds_at({"a": d}, {"a": top})["a"] <= s
 
 
 def _c(tp: int, fp: int, fn: int, n: int = 3, absent: int = 3) -> Counts:
@@ -280,8 +295,31 @@ def test_spearman_and_low20() -> None:
     work = [5, 30, 5, 5, 30, 5, 5, 5, 5, 5]
     assert low20_correction_share(scores, work) == pytest.approx(0.6)
     assert low20_correction_share(scores, [0] * 10) is None
-    # ceil: 6 tasks -> 2 taken
-    assert low20_correction_share([1, 2, 3, 4, 5, 6], [1, 1, 1, 1, 1, 1]) == pytest.approx(2 / 6)
+    # 6 tasks -> the lowest and 0.2 of the next: 1.2 tasks' part
+    assert low20_correction_share([1, 2, 3, 4, 5, 6], [10, 5, 1, 1, 1, 2]) == pytest.approx(11 / 20)
+
+
+def test_low20_gives_share_to_any_order_a_score_cannot_tell() -> None:
+    rng = np.random.default_rng(0)
+    for n in (5, 6, 7, 9, 14):
+        work = rng.integers(0, 50, size=n).astype(float)
+        work[0] += 1.0
+        # one tied block: whatever the tasks' input order, a fifth of the work
+        assert low20_correction_share([0.5] * n, work) == pytest.approx(0.2)
+        # averaged over every order of distinct scores: a fifth too
+        perms = [rng.permutation(n) for _ in range(4000)]
+        mean = np.mean([low20_correction_share(list(p), work) for p in perms])
+        assert mean == pytest.approx(0.2, abs=0.01)
+
+
+def test_low20_averages_a_tied_block_at_the_cutoff() -> None:
+    # 10 tasks, 2 taken: the lowest alone (score 0), then one of the 5 tied at 0.5 on average
+    scores = [0.0, 0.5, 0.5, 0.5, 0.5, 0.5, 0.9, 0.9, 0.9, 0.9]
+    work = [10, 50, 0, 0, 0, 0, 10, 10, 10, 10]
+    assert low20_correction_share(scores, work) == pytest.approx((10 + 50 / 5) / 100)
+    # the same in any input order of the tied block
+    swapped = [10, 0, 0, 0, 0, 50, 10, 10, 10, 10]
+    assert low20_correction_share(scores, swapped) == pytest.approx((10 + 50 / 5) / 100)
 
 
 def test_spearman_ceiling_by_hand() -> None:

@@ -152,6 +152,30 @@ def test_replay_left_out_never_predicts_an_image_with_its_own_shot() -> None:
         assert len(refs) == 3 and all(r is not own for r in refs)
 
 
+def test_replay_left_out_thresholds_are_each_classes_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two classes whose shots came from the same images get each their own leave-one-out
+    default threshold (it was cached by the shot owners alone: the second class got the
+    first's)."""
+    from types import SimpleNamespace
+
+    class Model:
+        def encode_target(self, item: object) -> str:
+            return "target"
+
+        def predict(self, target: object, refs: list[str]) -> str:
+            return "prediction"
+
+    by_class = {"cat": 0.3, "dog": 0.6}
+    monkeypatch.setattr(replay, "calibrate_threshold", lambda refs, cfg, p: by_class[refs[0][:3]])
+    loop = replay.Replay(Model(), [1, 2], gfsam.shots.ShotPolicy())  # type: ignore[arg-type]
+    loop.shots = {1: ["cat_A", "cat_B", "cat_X"], 2: ["dog_A", "dog_B", "dog_X"]}  # type: ignore[dict-item]
+    loop.owners = {1: ["A", "B", "X"], 2: ["A", "B", "X"]}
+    loop.version = {1: 1, 2: 1}
+    out = loop.left_out(SimpleNamespace(key="X"))  # type: ignore[arg-type]
+    assert out[1][:2] == (["cat_A", "cat_B"], 0.3)
+    assert out[2][:2] == (["dog_A", "dog_B"], 0.6)
+
+
 @needs_data
 def test_find_all_contract_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "f.json"

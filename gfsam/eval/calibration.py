@@ -45,6 +45,7 @@ from gfsam.calibrate import (
     TaskCase,
     assign_chosen,
     choose_offset,
+    chosen_thresholds,
     evidence_allows,
     low20_correction_share,
     observed_offsets,
@@ -154,7 +155,11 @@ def checkpoint(
         for label, offs in observed_offsets(asg0, case.defaults).items():
             observed.setdefault(label, []).extend(offs)
         base = outcome(case, asg0)
-        tuned = outcome(case, assign_chosen(case, tuning.choices), features=True)
+        tuned = outcome(
+            case,
+            assign_chosen(case, tuning.choices),
+            features_at=chosen_thresholds(case, tuning.choices),
+        )
         for label in case.defaults:
             default[label] = default.get(label, Counts()) + base.counts[label]
             calibrated[label] = calibrated.get(label, Counts()) + tuned.counts[label]

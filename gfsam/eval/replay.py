@@ -44,7 +44,7 @@ class Replay:
         self.thresholds: dict[int, float] = {}  # per class, recomputed when its shots change
         self._cache: dict[tuple[str, int], tuple[int, Prediction]] = {}
         self._loo: dict[tuple[str, int], tuple[tuple[str, ...], Prediction]] = {}
-        self._loo_thr: dict[tuple[str, ...], float] = {}
+        self._loo_thr: dict[tuple[int, tuple[str, ...]], float] = {}  # (class, shot owners)
 
     def predict(self, item: Item, target: TargetEncoding | None, c: int) -> Prediction:
         """Class `c` on `item` with its current shots (cached per shot-set version)."""
@@ -74,9 +74,9 @@ class Replay:
                 target = target or self.model.encode_target(item)
                 hit = (owners, self.model.predict(target, refs))
                 self._loo[(item.key, c)] = hit
-            if owners not in self._loo_thr:
-                self._loo_thr[owners] = calibrate_threshold(refs, self.cfg, SplitParams())
-            out[c] = (refs, self._loo_thr[owners], hit[1])
+            if (c, owners) not in self._loo_thr:
+                self._loo_thr[(c, owners)] = calibrate_threshold(refs, self.cfg, SplitParams())
+            out[c] = (refs, self._loo_thr[(c, owners)], hit[1])
         return out
 
     def shown(self, item: Item) -> dict[int, np.ndarray] | None:
