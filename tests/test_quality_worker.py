@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
+from backend.state.keys import key
 from backend.state.schemas import QualityReport
 from gfsam.calibrate import ScoreMap
 from gfsam.eval.oracle import OracleParams
@@ -105,6 +107,8 @@ def test_tuning_on_held_out_annotations_beats_the_defaults(
     cat, dog = rep.choices["Cat"], rep.choices["Dog"]
     assert cat.how == "tuned" and cat.offset > 0  # stricter: the look-alike is not a Cat
     assert cat.n >= 3 and rep.default["Cat"].n == cat.n
+    assert cat.floor_default is not None and cat.floor is not None  # the thresholds themselves
+    assert cat.floor == pytest.approx(cat.floor_default + cat.offset)
     d, t = rep.default["Cat"], rep.tuned["Cat"]
     assert d.iou is not None and t.iou is not None
     assert t.iou > d.iou + 0.1, (d, t)  # held out: each task tuned on the others only
@@ -162,7 +166,13 @@ def test_measurement_stops_at_a_task_boundary_when_predictions_wait(
     make_service: Callable[..., Service],
 ) -> None:
     """Three annotated tasks measured in full when the worker is idle; with other work waiting
-    the job stops after one task and says so (fake pipeline: wiring only)."""
+    the job stops after one task, stores nothing (the tuning in force stays, never replaced by
+    one tuned on fewer tasks) and is queued again; a version measured in full is not measured
+    again (fake pipeline: wiring only)."""
+    from rq import SimpleWorker
+    from rq.serializers import JSONSerializer
+
+    from backend.state.schemas import CalibrateJob
     from tests.fakes import box_mask
     from tests.project_helpers import annotate, setup_project
     from worker.quality import measure
@@ -174,19 +184,71 @@ def test_measurement_stops_at_a_task_boundary_when_predictions_wait(
         svc.run_worker()
     version = svc.store.data.current_version(1)
     (report,) = [r for r in svc.store.quality.reports(1) if r.version == version]
-    assert len(report.tasks) == 3 and not report.stopped_early
+    assert len(report.tasks) == 3 and not report.skipped
     assert report.default["Object"].n == 3 and report.default["Object"].iou is not None
     rt = runtime.get()
+    assert measure.calibrate_project(rt, svc.store, 1, version) == measure.MEASURED
+    tuning = svc.store.quality.tuning(1)
+    assert tuning is not None and tuning.version == version
+
+    # the version not measured yet (its report gone), predictions waiting
+    svc.conn.hdel(key("p:{p}:quality", p=1), str(report.n))
     calls: list[int] = []
 
     def busy() -> bool:
         calls.append(1)
         return True
 
-    assert measure.calibrate_project(rt, svc.store, 1, version, busy).endswith("stopped early")
-    again = [r for r in svc.store.quality.reports(1) if r.version == version][0]
-    assert again.stopped_early and len(again.tasks) == 1 and calls == [1]
+    assert measure.calibrate_project(rt, svc.store, 1, version, busy) == measure.STOPPED
+    assert calls == [1]  # asked once, after the first task
+    assert not [r for r in svc.store.quality.reports(1) if r.version == version]
+    assert svc.store.quality.tuning(1) == tuning  # untouched
     assert measure.calibrate_project(rt, svc.store, 1, "gfsam-p1-v0", busy) == "stale"
+
+    # through the worker's entry point: stopped, then queued again as its next attempt
+    svc.jobs.batch.enqueue("os.getcwd")  # a waiting job (never run here)
+    payload = CalibrateJob(project=1, version=version)
+    assert svc.jobs.enqueue_calibrate(payload) is None  # still known from the first run
+    again = CalibrateJob(project=1, version=version, attempt=7)
+    assert svc.jobs.enqueue_calibrate(again) == f"calibrate-1-{report.n}-7"
+    worker = SimpleWorker([svc.jobs.calibrate], connection=svc.conn, serializer=JSONSerializer)
+    worker.work(burst=True, max_jobs=1, logging_level="WARNING")
+    assert svc.jobs.calibrate.job_ids == [f"calibrate-1-{report.n}-8"]
+    assert not [r for r in svc.store.quality.reports(1) if r.version == version]
+    svc.jobs.batch.empty()  # the predictions served: the next attempt measures in full
+    worker.work(burst=True, max_jobs=1, logging_level="WARNING")
+    (measured,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    assert len(measured.tasks) == 3 and not svc.jobs.calibrate.job_ids
+
+
+def test_a_task_whose_image_cannot_be_read_is_skipped(
+    make_service: Callable[..., Service],
+) -> None:
+    """An annotated task whose image is not an image (or is gone) is listed as skipped; the
+    others are measured (it used to fail the whole measurement of every later version)."""
+    from tests.fakes import box_mask
+    from tests.project_helpers import annotate, setup_project
+    from worker.quality import measure
+
+    svc = make_service(calibrate=True)
+    tasks = setup_project(svc, 5)
+    for k, task in enumerate(tasks[:4]):
+        annotate(svc, task, box_mask(48, 64, 5 + k, 30 + k, 10, 40 + k))
+        svc.run_worker()
+    version = svc.store.data.current_version(1)
+    (report,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    assert len(report.tasks) == 4
+    broken, gone = tasks[1], tasks[2]
+    svc.ls.media[svc.ls.tasks[broken]["data"]["image"]] = b"not an image"
+    del svc.ls.media[svc.ls.tasks[gone]["data"]["image"]]
+    svc.conn.hdel(key("p:{p}:quality", p=1), str(report.n))
+    done = measure.calibrate_project(runtime.get(), svc.store, 1, version)
+    assert done == "measured 2 task(s), 2 skipped", done
+    (again,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    assert sorted(again.skipped) == sorted([broken, gone])
+    assert sorted(again.tasks) == sorted(t for t in tasks[:4] if t not in (broken, gone))
+    page = svc.client.get("/status/projects/1").text
+    assert "Not scored (image gone or unreadable)" in page
 
 
 def test_each_version_is_compared_with_the_previous_one_on_the_same_tasks(
@@ -229,6 +291,7 @@ def test_each_version_is_compared_with_the_previous_one_on_the_same_tasks(
     shot = next(iter(gone.shots.values()))[0]
     gone.shots = {"Object": [shot.model_copy(update={"ref": "0" * 64})]}
     svc.store.quality.put_report(last, None, gone)
+    svc.conn.hdel(key("p:{p}:quality", p=1), str(last.n))  # measured again: its report gone
     assert measure.calibrate_project(runtime.get(), svc.store, 1, versions[-1]).startswith(
         "measured"
     )

@@ -292,7 +292,10 @@ def calibrate_project(raw: dict[str, Any]) -> str:
     def busy() -> bool:  # a prediction waits: let the worker take it
         return jobs.high.count > 0 or jobs.batch.count > 0
 
-    return measure.calibrate_project(ctx.rt, ctx.store, payload.project, payload.version, busy)
+    done = measure.calibrate_project(ctx.rt, ctx.store, payload.project, payload.version, busy)
+    if done == measure.STOPPED:  # again once the predictions are served (calibrate queue: last)
+        jobs.enqueue_calibrate(payload.model_copy(update={"attempt": payload.attempt + 1}))
+    return done
 
 
 def feed_predictions(raw: dict[str, Any]) -> str:

@@ -183,6 +183,7 @@ def quality_view(store: Store, p: int) -> dict[str, Any] | None:
     return {
         "version": last.version,
         "tasks": len(last.tasks),
+        "skipped": last.skipped,
         "previous": last.previous,
         "rows": rows,
         "tuning": store.quality.tuning(p),

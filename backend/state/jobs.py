@@ -252,10 +252,14 @@ class Jobs:
         return job_id if self._enqueue("feed", job_id, payload) else None
 
     def enqueue_calibrate(self, payload: CalibrateJob) -> str | None:
-        """Queue the measurement of a version (calibrate queue: after every other job)."""
+        """Queue the measurement of a version (calibrate queue: after every other job); one job
+        per version and attempt (a measurement stopped for waiting predictions is queued again
+        as the next attempt)."""
         if not self.settings.calibrate or self.settings.calibrate_tasks == 0:
             return None
         job_id = f"calibrate-{payload.project}-{version_number(payload.version)}"
+        if payload.attempt:
+            job_id += f"-{payload.attempt}"
         return job_id if self._enqueue("calibrate", job_id, payload) else None
 
     # --- the interactive lane (issue 9) ---------------------------------------------------------

@@ -248,6 +248,10 @@ class LabelTuning(BaseModel):
     """The threshold offset chosen for one label (`gfsam.calibrate.Choice.summary`)."""
 
     offset: float = 0.0  # added to the default threshold; higher = stricter
+    # the presence floors of the version's whole shot set (what predictions start from) before
+    # and after the offset; None in reports stored before 2026-12-06
+    floor_default: float | None = None
+    floor: float | None = None
     mode: str | None = None  # the assignment mode chosen instead of ASSIGN (None: ASSIGN)
     how: str = "default"  # tuned | default | too-few | unconfirmed | unchecked
     n: int = 0
@@ -261,7 +265,8 @@ class LabelTuning(BaseModel):
 class PreviousQuality(BaseModel):
     """The version measured before, scored on the same tasks (same leave-one-out, default
     thresholds and mode on both sides): the comparison with ``QualityReport.default`` says
-    whether the last correction helped. ``version`` empty: not measured (``reason`` says why)."""
+    whether the last correction helped. ``reason`` set: that version (``version``) could not be
+    measured again, and why; no figures."""
 
     version: str = ""
     n: int = 0  # its version counter
@@ -299,7 +304,7 @@ class QualityReport(BaseModel):
     score_iou_spearman: float | None = None  # on the scored tasks (the fit's own data)
     previous: PreviousQuality | None = None  # the version measured before, on these tasks
     mode: str = "split"
-    stopped_early: bool = False  # other work arrived: fewer than CALIBRATE_TASKS scored
+    skipped: list[int] = []  # annotated tasks not scored: image gone or unreadable
     wall_s: float = 0.0
     at: float = 0.0  # Unix time
 
@@ -362,6 +367,7 @@ class CalibrateJob(BaseModel):
 
     project: int
     version: str
+    attempt: int = 0  # queued again after stopping for waiting predictions (its own job id)
 
 
 class DeliverJob(BaseModel):

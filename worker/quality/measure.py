@@ -16,7 +16,13 @@ last, after each new version (`worker.correction.preannotate` queues it):
    on the other tasks, the offset later predictions use (at least ``CALIBRATE_MIN_TASKS`` tasks
    holding the label, else the default), the score map task estimate -> posted score;
 4. the report is stored per version (`p:{p}:quality`) with the tuning predictions apply
-   (`p:{p}:tuning`), unless a newer version was measured meanwhile.
+   (`p:{p}:tuning`), unless a newer version was measured meanwhile (checked in the same
+   transaction, `backend.state.quality.Quality.put_report`).
+
+Only a measurement that scored every task it read is stored: one stopped for waiting
+predictions stores nothing (the tuning in force stays) and is queued again (`STOPPED`). A
+version measured in full is not measured again. A task whose image cannot be read (gone,
+refused, too large, not an image) is skipped and listed in the report's ``skipped``.
 """
 
 from __future__ import annotations
@@ -43,13 +49,24 @@ from backend.state.versions import version_number
 from gfsam.assign import MODES, Assignment
 from gfsam.calibrate import Counts, TaskCase, label_counts, loo_references, spearman, tune
 from gfsam.encodings import Reference, TargetEncoding
-from worker.labelstudio.errors import LabelStudioNotFound
+from worker.labelstudio.errors import (
+    LabelStudioNotFound,
+    MediaDeadline,
+    MediaRefused,
+    MediaTooLarge,
+)
 from worker.labelstudio.shapes import annotation_masks
 from worker.prediction import decoded_masks, inference
 from worker.prediction.assignment import assign, default_thresholds
 from worker.runtime import Runtime
 
 logger = logging.getLogger(__name__)
+
+STOPPED = "stopped early"  # a prediction waited: nothing stored, the job is queued again
+MEASURED = "measured already"  # this version has a report scored in full
+# A task's image that cannot be had or read: the task is skipped, the measurement goes on.
+# (Transient errors, Label Studio down, propagate: RQ retries the whole job.)
+UNREADABLE = (LabelStudioNotFound, MediaTooLarge, MediaRefused, MediaDeadline, ValueError)
 
 
 def _truth(
@@ -142,6 +159,31 @@ def _case(
     return TaskCase(task, assign_at, defaults, full, None)
 
 
+def _floors(
+    rt: Runtime, store: Store, cfg: LabelConfigSummary, refs: ReferenceSet
+) -> dict[str, float]:
+    """label -> the default presence floor of the version's whole shot set (what predictions
+    add the chosen offset to)."""
+    shots = {lb: s for lb, s in refs.shots.items() if lb in cfg.labels and s}
+    references = {
+        lb: [
+            rt.references.get(x.ref, store.data.get_blob, rt.model.reference_from_bytes) for x in s
+        ]
+        for lb, s in shots.items()
+    }
+    shas = {lb: [x.ref for x in s] for lb, s in shots.items()}
+    return default_thresholds(rt.model.pipeline.config, references, shas, model_key=rt.model.key)
+
+
+def _choice(
+    label: str, summary: dict[str, object], offset: float, floors: Mapping[str, float]
+) -> LabelTuning:
+    floor = floors.get(label)
+    return LabelTuning.model_validate(
+        summary | {"floor_default": floor, "floor": None if floor is None else floor + offset}
+    )
+
+
 def _previous(
     store: Store, p: int, refs: ReferenceSet
 ) -> tuple[ReferenceSet | None, PreviousQuality | None]:
@@ -163,10 +205,11 @@ def calibrate_project(
 ) -> str:
     """Measure `version` of project `p`, tune it, store the report (see the module docstring).
 
-    Between two tasks: a newer version ends the job without a report (it has its own job);
-    `busy()` true (a prediction waits on the high or batch queue) ends the scoring there, so
-    the job never holds a worker more than one task's measurement past the arrival of other
-    work, and the tasks scored so far are tuned on (``stopped_early`` in the report).
+    Between two tasks: a newer version ends the job without a report (``"stale"``: it has its
+    own job); then `busy()` true (a prediction waits on the high or batch queue) ends it
+    without a report either (`STOPPED`: the caller queues it again), so the job never holds a
+    worker more than one task's measurement past the arrival of other work, and a tuning
+    measured on fewer tasks never replaces the one in force.
     """
     started = time.perf_counter()
     refs = store.data.reference_set(p)
@@ -175,30 +218,33 @@ def calibrate_project(
         return "stale"  # a newer version has its own job
     if cfg is None or not refs.ready:
         return "nothing to measure"
+    if any(r.version == version and r.tasks for r in store.quality.reports(p)):
+        return MEASURED  # queued again by a later sync of the same version
     cases: list[TaskCase] = []
     scored: list[int] = []
+    skipped: list[int] = []
     truths = _truth(rt, store, cfg, p)
-    stopped = False
     prev, previous = _previous(store, p, refs)
     before: dict[str, Counts] = {}  # the previous version on the same tasks, at its defaults
     before_tasks = 0
     for task, truth in truths:
-        if cases and busy is not None and busy():
-            stopped = True
-            break
         if store.data.current_version(p) != version:
             return "stale"
+        if cases and busy is not None and busy():
+            return STOPPED
         try:
             encoded = _target(rt, store, cfg, p, task)
-            case = None if encoded is None else _case(rt, store, cfg, refs, task, truth, encoded)
-            if case is not None and prev is not None and encoded is not None:
-                old = _case(rt, store, cfg, prev, task, truth, encoded)
-                if old is not None:
-                    before_tasks += 1
-                    for lb, c in label_counts(old, old.assign_at(old.defaults)).items():
-                        before[lb] = before.get(lb, Counts()) + c
-        except LabelStudioNotFound:
-            continue  # deleted meanwhile
+        except UNREADABLE as exc:  # deleted meanwhile, or an image that cannot be read
+            logger.warning("project %s: task %s not scored: %s", p, task, exc)
+            skipped.append(task)
+            continue
+        case = None if encoded is None else _case(rt, store, cfg, refs, task, truth, encoded)
+        if case is not None and prev is not None and encoded is not None:
+            old = _case(rt, store, cfg, prev, task, truth, encoded)
+            if old is not None:
+                before_tasks += 1
+                for lb, c in label_counts(old, old.assign_at(old.defaults)).items():
+                    before[lb] = before.get(lb, Counts()) + c
         if case is not None:
             cases.append(case)
             scored.append(task)
@@ -216,6 +262,7 @@ def calibrate_project(
     found = tune(cases, min_tasks=rt.settings.calibrate_min_tasks, modes=modes)
     outs = list(found.outcomes.values())
     sm = found.score_map
+    floors = _floors(rt, store, cfg, refs)
     report = QualityReport(
         project=p,
         version=version,
@@ -223,21 +270,22 @@ def calibrate_project(
         tasks=scored,
         default={lb: LabelQuality(**c.summary()) for lb, c in sorted(found.default.items())},
         tuned={lb: LabelQuality(**c.summary()) for lb, c in sorted(found.held_out.items())},
-        choices={lb: LabelTuning(**ch.summary()) for lb, ch in sorted(found.choices.items())},
+        choices={
+            lb: _choice(lb, ch.summary(), ch.offset, floors)
+            for lb, ch in sorted(found.choices.items())
+        },
         score_map=ScoreCalibration(**sm.to_json()),
         score_iou_spearman=spearman([sm(o.estimate) for o in outs], [o.iou for o in outs]),
         previous=previous,
         mode=rt.settings.assign,
-        stopped_early=stopped,
+        skipped=skipped,
         wall_s=round(time.perf_counter() - started, 3),
         at=time.time(),
     )
     tuning = Tuning(
         version=version, offsets=found.offsets(), modes=found.modes(), score_map=report.score_map
     )
-    current = store.quality.tuning(p)
-    newer = current is not None and current.version and version_number(current.version) > report.n
-    store.quality.put_report(report, None if newer else tuning, None if newer else refs)
+    store.quality.put_report(report, tuning, refs)  # tuning and refs unless a newer one is in
     logger.info(
         "project %s: measured %s on %d task(s) in %.1fs; offsets %s",
         p,
@@ -246,4 +294,4 @@ def calibrate_project(
         report.wall_s,
         {lb: round(o, 4) for lb, o in found.offsets().items() if o},
     )
-    return f"measured {len(cases)} task(s)" + (": stopped early" if stopped else "")
+    return f"measured {len(cases)} task(s)" + (f", {len(skipped)} skipped" if skipped else "")
