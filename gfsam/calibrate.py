@@ -71,7 +71,7 @@ MIN_TASKS = 3  # tasks holding a label before its threshold may move from the de
 GRID_SIZE = 7  # candidate offsets per label, 0 included
 # Each candidate sits this far below the observed value it was taken at, so that the proposal
 # there is accepted although ``default + (similarity - default)`` may round one unit above
-# ``similarity``; no two similarities differ by so little (float32 features).
+# ``similarity``; in practice no two similarities differ by so little.
 BOUNDARY_SLACK = 1e-9
 # posted score = (1 - TIE_BREAK) x calibrated IoU + TIE_BREAK x raw: strictly monotone and in
 # [0, 1] without clipping (a clipped sum posted 1.0 for every task of a map fitted on IoU 1 only)
@@ -570,6 +570,7 @@ def low20_correction_share(
         return None
     cutoff = share * len(work)  # positions [0, cutoff) are taken, the last one in part
     ordered = np.asarray(scores, dtype=np.float64)
+    ordered = np.where(np.isnan(ordered), np.inf, ordered)  # no score: taken last
     taken = 0.0
     start = 0
     for value in np.unique(ordered):  # ascending; each value one block of tied tasks

@@ -320,6 +320,8 @@ def test_low20_averages_a_tied_block_at_the_cutoff() -> None:
     # the same in any input order of the tied block
     swapped = [10, 0, 0, 0, 0, 50, 10, 10, 10, 10]
     assert low20_correction_share(scores, swapped) == pytest.approx((10 + 50 / 5) / 100)
+    # a task without a score comes last
+    assert low20_correction_share([float("nan"), 0.2, 0.3, 0.4, 0.5], [9, 1, 0, 0, 0]) == 0.1
 
 
 def test_spearman_ceiling_by_hand() -> None:

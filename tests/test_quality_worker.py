@@ -190,6 +190,16 @@ def test_measurement_stops_at_a_task_boundary_when_predictions_wait(
     assert measure.calibrate_project(rt, svc.store, 1, version) == measure.MEASURED
     tuning = svc.store.quality.tuning(1)
     assert tuning is not None and tuning.version == version
+    # an annotation updated without a new version (accepted unchanged): measured again, still
+    # compared with the version measured before it
+    newest = svc.store.data.recent_annotations(1)[0]
+    svc.store.data.set_annotation_fingerprint(1, newest, "2999-01-01T00:00:00Z")
+    assert measure.calibrate_project(rt, svc.store, 1, version) == "measured 3 task(s)"
+    (remeasured,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    assert remeasured.basis != report.basis
+    assert remeasured.previous is not None and report.previous is not None
+    assert remeasured.previous.version == report.previous.version != version
+    report = remeasured
 
     # the version not measured yet (its report gone), predictions waiting
     svc.conn.hdel(key("p:{p}:quality", p=1), str(report.n))
@@ -249,6 +259,12 @@ def test_a_task_whose_image_cannot_be_read_is_skipped(
     assert sorted(again.tasks) == sorted(t for t in tasks[:4] if t not in (broken, gone))
     page = svc.client.get("/status/projects/1").text
     assert "Not scored (image gone or unreadable)" in page
+    # every image unreadable: the job fails with the cause instead of measuring nothing
+    for t in tasks[:4]:
+        svc.ls.media[svc.ls.tasks[t]["data"]["image"]] = b"not an image"
+    svc.conn.hdel(key("p:{p}:quality", p=1), str(report.n))
+    with pytest.raises(ValueError, match="decode"):
+        measure.calibrate_project(runtime.get(), svc.store, 1, version)
 
 
 def test_each_version_is_compared_with_the_previous_one_on_the_same_tasks(

@@ -292,9 +292,17 @@ def calibrate_project(raw: dict[str, Any]) -> str:
     def busy() -> bool:  # a prediction waits: let the worker take it
         return jobs.high.count > 0 or jobs.batch.count > 0
 
-    done = measure.calibrate_project(ctx.rt, ctx.store, payload.project, payload.version, busy)
+    with _recorded(ctx.store, payload.project, "calibrate"):
+        done = measure.calibrate_project(ctx.rt, ctx.store, payload.project, payload.version, busy)
     if done == measure.STOPPED:  # again once the predictions are served (calibrate queue: last)
-        jobs.enqueue_calibrate(payload.model_copy(update={"attempt": payload.attempt + 1}))
+        nxt = payload.model_copy(update={"attempt": payload.attempt + 1})
+        if jobs.enqueue_calibrate(nxt) is None:
+            logger.warning(
+                "project %s: %s not queued again (attempt %d)",
+                payload.project,
+                payload.version,
+                nxt.attempt,
+            )
     return done
 
 

@@ -181,9 +181,13 @@ class ProjectData:
     def recent_annotations(self, p: int) -> list[int]:
         """Applied annotation ids (deleted ones left out), the most recently updated first
         (their fingerprints are LS's `updated_at`, ISO 8601: they sort as text)."""
+        return [a for a, _ in self.recent_annotation_states(p)]
+
+    def recent_annotation_states(self, p: int) -> list[tuple[int, str]]:
+        """(annotation id, fingerprint) of the applied annotations, most recently updated first."""
         raw = self.r.hgetall(key("p:{p}:ann", p=p))
         live = [(text(v) or "", int(k)) for k, v in raw.items() if text(v) != "deleted"]
-        return [a for _, a in sorted(live, reverse=True)]
+        return [(a, fp) for fp, a in sorted(live, reverse=True)]
 
     def mark_labeled(self, p: int, task: int) -> None:
         self.r.sadd(key("p:{p}:labeled", p=p), task)

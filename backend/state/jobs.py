@@ -260,7 +260,7 @@ class Jobs:
         job_id = f"calibrate-{payload.project}-{version_number(payload.version)}"
         if payload.attempt:
             job_id += f"-{payload.attempt}"
-        return job_id if self._enqueue("calibrate", job_id, payload) else None
+        return job_id if self._replace_failed("calibrate", job_id, payload) else None
 
     # --- the interactive lane (issue 9) ---------------------------------------------------------
 

@@ -104,7 +104,7 @@ JOBS: dict[str, JobSpec] = {
     ),
     "calibrate": _spec(
         "calibrate_project",
-        "calibrate-{p}-{n}",
+        "calibrate-{p}-{n} | calibrate-{p}-{n}-{attempt}",
         "calibrate",
         "sync_job_timeout_s",
         schemas.CalibrateJob,

@@ -32,7 +32,8 @@ KEYS: dict[str, str] = {
     # self-measurement and tuning (backend/state/quality.py, issue 19)
     "p:{p}:quality": "version counter n -> that version's QualityReport (JSON), the last few",
     "p:{p}:tuning": "the Tuning predictions apply: per-label offsets, modes and the score map",
-    "p:{p}:measured": "the ReferenceSet last measured (the next version is compared with it)",
+    "p:{p}:measured_sets": "version counter n -> the ReferenceSet measured at n, the last few",
+    "p:{p}:measured": "the ReferenceSet last measured (written before 2026-12-06; read only)",
     # coordination (backend/state/coordination.py)
     "lock:refit:{p}": "serialises re-fits of a project",
     "lock:deliver:{p}:{t}:{v}": "serialises 'check Label Studio, then POST'",

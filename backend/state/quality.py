@@ -16,7 +16,9 @@ KEEP_REPORTS = 30  # versions whose report is kept (the progress keeps as many)
 
 
 class Quality:
-    """`p:{p}:quality` (n -> report), `p:{p}:tuning` and `p:{p}:measured`."""
+    """`p:{p}:quality` (n -> report), `p:{p}:tuning` and `p:{p}:measured_sets` (n -> the
+    reference set measured at n; `p:{p}:measured`, one set, is read when written before
+    2026-12-06)."""
 
     def __init__(self, conn: Redis, settings: Settings) -> None:
         self.r = conn
@@ -27,12 +29,13 @@ class Quality:
     ) -> bool:
         """Store a version's report (the oldest beyond `KEEP_REPORTS` go) and, when given, the
         tuning predictions apply from now on and the reference set measured (the next
-        version's report scores it again on its own tasks), in one transaction; the tuning and
-        the measured set only while no newer version's tuning is in force (checked in the
-        same transaction: a slow measurement never overwrites a newer one). Returns True when
-        they were written (or not given)."""
+        version's report scores it again on its own tasks), in one transaction; the tuning only
+        while no newer version's tuning is in force (checked in the same transaction: a slow
+        measurement never overwrites a newer one). Returns False when that kept the tuning
+        from being written."""
         k = key("p:{p}:quality", p=report.project)
         tuning_key = key("p:{p}:tuning", p=report.project)
+        sets = key("p:{p}:measured_sets", p=report.project)
         with self.r.pipeline() as pipe:
             while True:
                 try:
@@ -48,17 +51,16 @@ class Quality:
                     pipe.hset(k, str(report.n), report.model_dump_json())
                     if tuning is not None and not newer:
                         pipe.set(tuning_key, tuning.model_dump_json())
-                    if measured is not None and not newer:
-                        pipe.set(
-                            key("p:{p}:measured", p=report.project), measured.model_dump_json()
-                        )
+                    if measured is not None:
+                        pipe.hset(sets, str(measured.n), measured.model_dump_json())
                     pipe.execute()
                     break
                 except WatchError:
                     continue  # another report landed meanwhile: decide again
-        ns = sorted(int(x) for x in self.r.hkeys(k))
-        if len(ns) > KEEP_REPORTS:
-            self.r.hdel(k, *[str(n) for n in ns[:-KEEP_REPORTS]])
+        for h in (k, sets):
+            ns = sorted(int(x) for x in self.r.hkeys(h))
+            if len(ns) > KEEP_REPORTS:
+                self.r.hdel(h, *[str(n) for n in ns[:-KEEP_REPORTS]])
         return not newer
 
     def reports(self, p: int) -> list[QualityReport]:
@@ -72,6 +74,17 @@ class Quality:
         return Tuning.model_validate_json(raw) if raw else None
 
     def measured(self, p: int) -> ReferenceSet | None:
-        """The reference set of the last version measured (None before the first report)."""
-        raw = self.r.get(key("p:{p}:measured", p=p))
-        return ReferenceSet.model_validate_json(raw) if raw else None
+        """The reference set of the newest version measured (None before the first report)."""
+        return self.measured_before(p, None)
+
+    def measured_before(self, p: int, n: int | None) -> ReferenceSet | None:
+        """The reference set of the newest version measured below version counter `n` (any,
+        with None): what version n's report compares itself with, also when n itself is
+        measured again."""
+        raw = self.r.hgetall(key("p:{p}:measured_sets", p=p))
+        kept = sorted((int(k), v) for k, v in raw.items() if n is None or int(k) < n)
+        if kept:
+            return ReferenceSet.model_validate_json(kept[-1][1])
+        legacy = self.r.get(key("p:{p}:measured", p=p))  # one set, written before 2026-12-06
+        old = ReferenceSet.model_validate_json(legacy) if legacy else None
+        return old if old is not None and (n is None or old.n < n) else None

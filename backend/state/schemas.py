@@ -305,6 +305,7 @@ class QualityReport(BaseModel):
     previous: PreviousQuality | None = None  # the version measured before, on these tasks
     mode: str = "split"
     skipped: list[int] = []  # annotated tasks not scored: image gone or unreadable
+    basis: str = ""  # digest of the annotation states read (`worker.quality.measure._basis`)
     wall_s: float = 0.0
     at: float = 0.0  # Unix time
 

@@ -21,8 +21,9 @@ last, after each new version (`worker.correction.preannotate` queues it):
 
 Only a measurement that scored every task it read is stored: one stopped for waiting
 predictions stores nothing (the tuning in force stays) and is queued again (`STOPPED`). A
-version measured in full is not measured again. A task whose image cannot be read (gone,
-refused, too large, not an image) is skipped and listed in the report's ``skipped``.
+version is not measured again on the same annotation states (`_basis`, `MEASURED`). A task
+whose image cannot be read (gone, refused, too large, not an image) is skipped and listed in
+the report's ``skipped``.
 """
 
 from __future__ import annotations
@@ -49,12 +50,7 @@ from backend.state.versions import version_number
 from gfsam.assign import MODES, Assignment
 from gfsam.calibrate import Counts, TaskCase, label_counts, loo_references, spearman, tune
 from gfsam.encodings import Reference, TargetEncoding
-from worker.labelstudio.errors import (
-    LabelStudioNotFound,
-    MediaDeadline,
-    MediaRefused,
-    MediaTooLarge,
-)
+from worker.labelstudio.errors import LabelStudioError, LabelStudioUnavailable
 from worker.labelstudio.shapes import annotation_masks
 from worker.prediction import decoded_masks, inference
 from worker.prediction.assignment import assign, default_thresholds
@@ -64,9 +60,11 @@ logger = logging.getLogger(__name__)
 
 STOPPED = "stopped early"  # a prediction waited: nothing stored, the job is queued again
 MEASURED = "measured already"  # this version has a report scored in full
-# A task's image that cannot be had or read: the task is skipped, the measurement goes on.
-# (Transient errors, Label Studio down, propagate: RQ retries the whole job.)
-UNREADABLE = (LabelStudioNotFound, MediaTooLarge, MediaRefused, MediaDeadline, ValueError)
+# A task whose image cannot be had or read (gone, refused, too large, not an image): skipped,
+# the measurement goes on. Label Studio unavailable propagates (RQ retries the whole job), and
+# when every task read was skipped the last error does too (a cause common to all, e.g. a
+# revoked token, fails the job visibly instead of measuring nothing).
+UNREADABLE = (LabelStudioError, ValueError)
 
 
 def _truth(
@@ -91,6 +89,14 @@ def _truth(
             (ann.task, {lb: m for lb, m in masks.items() if lb in cfg.labels and lb != skip})
         )
     return out
+
+
+def _basis(store: Store, p: int) -> str:
+    """What a measurement of the project reads now: a digest of its most recent annotation
+    states (ids and fingerprints, twice `CALIBRATE_TASKS` of them: some may be cancelled or of
+    the same task). The same version with the same basis is not measured again."""
+    states = store.data.recent_annotation_states(p)[: 2 * store.settings.calibrate_tasks]
+    return hashlib.sha1(repr(states).encode(), usedforsecurity=False).hexdigest()
 
 
 def _target(
@@ -188,11 +194,9 @@ def _previous(
     store: Store, p: int, refs: ReferenceSet
 ) -> tuple[ReferenceSet | None, PreviousQuality | None]:
     """The reference set measured before `refs` (to score on the same tasks), or why not."""
-    prev = store.quality.measured(p)
+    prev = store.quality.measured_before(p, refs.n)  # also when `refs` is measured again
     if prev is None:
         return None, None  # the first measurement: nothing to compare with
-    if prev.n >= refs.n:
-        return None, None  # this very version measured again
     gone = [s.ref for shots in prev.shots.values() for s in shots if not store.data.has_blob(s.ref)]
     if gone:
         why = f"its shots are no longer stored ({len(gone)} expired after the re-fit)"
@@ -218,11 +222,13 @@ def calibrate_project(
         return "stale"  # a newer version has its own job
     if cfg is None or not refs.ready:
         return "nothing to measure"
-    if any(r.version == version and r.tasks for r in store.quality.reports(p)):
-        return MEASURED  # queued again by a later sync of the same version
+    basis = _basis(store, p)
+    if any(r.version == version and r.basis == basis for r in store.quality.reports(p)):
+        return MEASURED  # queued again by a later sync: same version, same annotations
     cases: list[TaskCase] = []
     scored: list[int] = []
     skipped: list[int] = []
+    last_error: Exception | None = None
     truths = _truth(rt, store, cfg, p)
     prev, previous = _previous(store, p, refs)
     before: dict[str, Counts] = {}  # the previous version on the same tasks, at its defaults
@@ -234,9 +240,12 @@ def calibrate_project(
             return STOPPED
         try:
             encoded = _target(rt, store, cfg, p, task)
+        except LabelStudioUnavailable:
+            raise
         except UNREADABLE as exc:  # deleted meanwhile, or an image that cannot be read
             logger.warning("project %s: task %s not scored: %s", p, task, exc)
             skipped.append(task)
+            last_error = exc
             continue
         case = None if encoded is None else _case(rt, store, cfg, refs, task, truth, encoded)
         if case is not None and prev is not None and encoded is not None:
@@ -249,6 +258,8 @@ def calibrate_project(
             cases.append(case)
             scored.append(task)
     if not cases:
+        if last_error is not None and len(skipped) == len(truths):  # every task was skipped
+            raise last_error
         return "no annotated task to score"
     if prev is not None:
         previous = PreviousQuality(
@@ -279,19 +290,21 @@ def calibrate_project(
         previous=previous,
         mode=rt.settings.assign,
         skipped=skipped,
+        basis=basis,
         wall_s=round(time.perf_counter() - started, 3),
         at=time.time(),
     )
     tuning = Tuning(
         version=version, offsets=found.offsets(), modes=found.modes(), score_map=report.score_map
     )
-    store.quality.put_report(report, tuning, refs)  # tuning and refs unless a newer one is in
+    applied = store.quality.put_report(report, tuning, refs)  # tuning: unless a newer one is in
     logger.info(
-        "project %s: measured %s on %d task(s) in %.1fs; offsets %s",
+        "project %s: measured %s on %d task(s) in %.1fs; offsets %s%s",
         p,
         version,
         len(cases),
         report.wall_s,
         {lb: round(o, 4) for lb, o in found.offsets().items() if o},
+        "" if applied else " (not applied: a newer version's tuning is in force)",
     )
     return f"measured {len(cases)} task(s)" + (f", {len(skipped)} skipped" if skipped else "")
