@@ -346,3 +346,28 @@ def test_a_label_tuned_to_another_mode_is_predicted_in_it(
 
     assert cat_on_look_alike({}) == 0.0
     assert cat_on_look_alike({"Cat": "argmax"}) > 0.9
+
+
+def test_the_measurement_scores_the_geometry_a_prediction_posts(service_settings: Any) -> None:
+    """`cleaned_assignment` (what both a prediction and the measurement use): a nested
+    duplicate joins its host, a speck goes, scores and candidates stay; GEOMETRY_CLEAN=false
+    leaves the assignment as it is."""
+    from gfsam.assign import Assignment, Instance
+    from tests.service_fixtures import changed
+    from worker.prediction.inference import cleaned_assignment
+
+    def inst(mask: np.ndarray, score: float) -> Instance:
+        return Instance("A", mask, score, 0.5, 1.0, "A")
+
+    big, inner, speck = (np.zeros((64, 64), dtype=bool) for _ in range(3))
+    big[10:40, 10:40] = True
+    inner[15:25, 15:25] = True
+    speck[60:62, 60:62] = True
+    cand = inst(np.zeros((64, 64), dtype=bool), 0.1)
+    asg = Assignment({"A": [inst(big, 0.9), inst(inner, 0.4), inst(speck, 0.8)]}, [cand])
+    out = cleaned_assignment(asg, service_settings)
+    assert [i.score for i in out.accepted["A"]] == [0.9]
+    assert (out.label_masks()["A"] == big).all() and out.candidates == [cand]
+    assert len(asg.accepted["A"]) == 3 and asg.accepted["A"][2].mask.sum() == 4  # untouched
+    off = changed(service_settings, geometry_clean=False)
+    assert cleaned_assignment(asg, off) is asg

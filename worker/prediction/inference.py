@@ -20,7 +20,7 @@ import numpy as np
 from backend.state.schemas import LabelConfigSummary, ReferenceSet, StoredPrediction, Tuning
 from backend.state.settings import Settings
 from backend.state.store import Store
-from gfsam.assign import Instance
+from gfsam.assign import Assignment, Instance
 from gfsam.assign.proposals import freeze
 from gfsam.calibrate import ScoreMap
 from gfsam.decoded import DecodedMasks
@@ -155,10 +155,10 @@ def predict_task(
         )
         if rt.settings.assign != "argmax":
             store.progress.record_rejects(refs.project, refs.version, task, reject_counts(asg))
-        regions = clean_geometry(
-            [(i.label, i.mask, i.score) for lb in cfg.labels for i in asg.accepted.get(lb, [])],
-            rt.settings,
-        )
+        posted = cleaned_assignment(asg, rt.settings)
+        regions = [
+            (i.label, i.mask, i.score) for lb in cfg.labels for i in posted.accepted.get(lb, [])
+        ]
         shape = tuple(target.image_size)
         expected = score_map(tuning)  # estimates: `gfsam.taskscore` (issue 19)
         if expected.fitted:  # measured: a region's posted score were it the task's only region
@@ -182,6 +182,21 @@ def score_map(tuning: Tuning | None) -> ScoreMap:
     if tuning is None or not tuning.score_map.x:
         return ScoreMap()
     return ScoreMap.from_json(tuning.score_map.model_dump())
+
+
+def cleaned_assignment(asg: Assignment, settings: Settings) -> Assignment:
+    """`asg` as a prediction posts it: each label's accepted instances cleaned like
+    `clean_geometry` (masks cleaned, nested duplicates merged into their host, emptied ones
+    dropped; instances keep their scores), the candidates as they were. The self-measurement
+    (`worker.quality`) scores this, so it measures what a person sees."""
+    if not settings.geometry_clean:
+        return asg
+    params = geometry_params(settings)
+    accepted: dict[str, list[Instance]] = {}
+    for label, insts in asg.accepted.items():
+        masks = [i.mask.copy() for i in insts]
+        accepted[label] = [replace(insts[k], mask=masks[k]) for k in clean_regions(masks, params)]
+    return Assignment(accepted=accepted, candidates=list(asg.candidates))
 
 
 def clean_geometry(

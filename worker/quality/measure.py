@@ -148,7 +148,7 @@ def _case(
         thresholds: Mapping[str, float], modes: Mapping[str, str] | None = None
     ) -> Assignment:
         offsets = {lb: thresholds[lb] - defaults[lb] for lb in defaults}
-        return assign(
+        asg = assign(
             rt.settings.assign,
             config,
             target,
@@ -161,6 +161,7 @@ def _case(
             offsets=offsets,
             modes=modes,
         )
+        return inference.cleaned_assignment(asg, rt.settings)  # scored as it would be posted
 
     return TaskCase(task, assign_at, defaults, full, None)
 
