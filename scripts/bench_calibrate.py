@@ -9,7 +9,8 @@ predicted with references that exclude its own shots (`gfsam.calibrate.loo_refer
 `predict_labels` with a decoded-mask store, cold: no SAM mask of the task stored, warm: the
 masks of an earlier prediction of the task stored), then `gfsam.calibrate.tune` (the split
 assignment once per candidate threshold, then once per other assignment mode, as
-`CALIBRATE_MODES` does). The encoders' time (target encodings, cached by the
+`CALIBRATE_MODES` does), each assignment cleaned as a prediction posts it (the worker's
+`cleaned_assignment`, GEOMETRY_* defaults). The encoders' time (target encodings, cached by the
 worker; the references are built from the target's own tokens, as `encode_reference` computes
 them) is printed apart and not counted. Two persons and cars per image (coco128 images holding
 both), 2 labels.
@@ -30,6 +31,7 @@ NOTE = "[RANDOM WEIGHTS: times only, masks meaningless]"
 def main() -> None:
     import torch
 
+    from backend.state.settings import Settings
     from gfsam import DecodedMasks, build_pipeline, load_image
     from gfsam.assign import MODES, SplitParams, assign_mixed, assign_split, calibrate_threshold
     from gfsam.calibrate import TaskCase, loo_references, tune
@@ -37,6 +39,9 @@ def main() -> None:
     from gfsam.eval.data import load_labels, read_label_folder
     from gfsam.image import mask_to_frame
     from gfsam.points import reference_weights
+    from worker.prediction.inference import cleaned_assignment
+
+    settings = Settings()  # GEOMETRY_* defaults: the measurement cleans as a prediction posts
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sam", default="sam_vit_h")
@@ -117,10 +122,12 @@ def main() -> None:
             def at(th, modes=None, target=target, preds=preds, refs=refs):  # noqa: ANN001, ANN202
                 if modes:  # a label in another mode (CALIBRATE_MODES), as the worker assigns it
                     order = list(refs)
-                    return assign_mixed(
+                    asg = assign_mixed(
                         modes, target, preds, refs, order, cfg=pipe.config, thresholds=th
                     )
-                return assign_split(target, preds, refs, cfg=pipe.config, thresholds=th)
+                else:
+                    asg = assign_split(target, preds, refs, cfg=pipe.config, thresholds=th)
+                return cleaned_assignment(asg, settings)
 
             cases.append(TaskCase(k, at, defaults, {n: truths[k][n] for n in refs}))
         predict_s = time.perf_counter() - started
