@@ -162,6 +162,24 @@ def test_measurement_waits_behind_every_other_queue(make_service: Callable[..., 
     assert off.jobs.enqueue_calibrate(CalibrateJob(project=1, version="gfsam-p1-v2")) is None
 
 
+def boxes_measured(
+    make_service: Callable[..., Service], annotated: int, total: int
+) -> tuple[Service, list[int], str, QualityReport]:
+    """A fake-pipeline project of `total` tasks, the first `annotated` annotated with a box each
+    (the worker run after each); its newest version and that version's report."""
+    from tests.fakes import box_mask
+    from tests.project_helpers import annotate, setup_project
+
+    svc = make_service(calibrate=True)
+    tasks = setup_project(svc, total)
+    for k, task in enumerate(tasks[:annotated]):
+        annotate(svc, task, box_mask(48, 64, 5 + k, 30 + k, 10, 40 + k))
+        svc.run_worker()
+    version = svc.store.data.current_version(1)
+    (report,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    return svc, tasks, version, report
+
+
 def test_measurement_stops_at_a_task_boundary_when_predictions_wait(
     make_service: Callable[..., Service],
 ) -> None:
@@ -173,17 +191,9 @@ def test_measurement_stops_at_a_task_boundary_when_predictions_wait(
     from rq.serializers import JSONSerializer
 
     from backend.state.schemas import CalibrateJob
-    from tests.fakes import box_mask
-    from tests.project_helpers import annotate, setup_project
     from worker.quality import measure
 
-    svc = make_service(calibrate=True)
-    tasks = setup_project(svc, 4)
-    for k, task in enumerate(tasks[:3]):
-        annotate(svc, task, box_mask(48, 64, 5 + k, 30 + k, 10, 40 + k))
-        svc.run_worker()
-    version = svc.store.data.current_version(1)
-    (report,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    svc, tasks, version, report = boxes_measured(make_service, 3, 4)
     assert len(report.tasks) == 3 and not report.skipped
     assert report.default["Object"].n == 3 and report.default["Object"].iou is not None
     rt = runtime.get()
@@ -236,17 +246,9 @@ def test_a_task_whose_image_cannot_be_read_is_skipped(
 ) -> None:
     """An annotated task whose image is not an image (or is gone) is listed as skipped; the
     others are measured (it used to fail the whole measurement of every later version)."""
-    from tests.fakes import box_mask
-    from tests.project_helpers import annotate, setup_project
     from worker.quality import measure
 
-    svc = make_service(calibrate=True)
-    tasks = setup_project(svc, 5)
-    for k, task in enumerate(tasks[:4]):
-        annotate(svc, task, box_mask(48, 64, 5 + k, 30 + k, 10, 40 + k))
-        svc.run_worker()
-    version = svc.store.data.current_version(1)
-    (report,) = [r for r in svc.store.quality.reports(1) if r.version == version]
+    svc, tasks, version, report = boxes_measured(make_service, 4, 5)
     assert len(report.tasks) == 4
     broken, gone = tasks[1], tasks[2]
     svc.ls.media[svc.ls.tasks[broken]["data"]["image"]] = b"not an image"
