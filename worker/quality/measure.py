@@ -59,7 +59,7 @@ from worker.runtime import Runtime
 logger = logging.getLogger(__name__)
 
 STOPPED = "stopped early"  # a prediction waited: nothing stored, the job is queued again
-MEASURED = "measured already"  # this version has a report scored in full
+MEASURED = "measured already"  # this version was measured on the same annotation states
 # A task whose image cannot be had or read (gone, refused, too large, not an image): skipped,
 # the measurement goes on. Label Studio unavailable propagates (RQ retries the whole job), and
 # when every task read was skipped the last error does too (a cause common to all, e.g. a
