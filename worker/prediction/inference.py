@@ -184,6 +184,13 @@ def score_map(tuning: Tuning | None) -> ScoreMap:
     return ScoreMap.from_json(tuning.score_map.model_dump())
 
 
+def _clean_label(masks: list[np.ndarray], settings: Settings) -> list[tuple[int, np.ndarray]]:
+    """(index, cleaned bool [H, W]) of one label's regions that remain (`clean_regions` on
+    copies; `masks` untouched)."""
+    cleaned = [m.copy() for m in masks]
+    return [(k, cleaned[k]) for k in clean_regions(cleaned, geometry_params(settings))]
+
+
 def cleaned_assignment(asg: Assignment, settings: Settings) -> Assignment:
     """`asg` as a prediction posts it: each label's accepted instances cleaned like
     `clean_geometry` (masks cleaned, nested duplicates merged into their host, emptied ones
@@ -191,11 +198,12 @@ def cleaned_assignment(asg: Assignment, settings: Settings) -> Assignment:
     (`worker.quality`) scores this, so it measures what a person sees."""
     if not settings.geometry_clean:
         return asg
-    params = geometry_params(settings)
-    accepted: dict[str, list[Instance]] = {}
-    for label, insts in asg.accepted.items():
-        masks = [i.mask.copy() for i in insts]
-        accepted[label] = [replace(insts[k], mask=masks[k]) for k in clean_regions(masks, params)]
+    accepted = {
+        label: [
+            replace(insts[k], mask=m) for k, m in _clean_label([i.mask for i in insts], settings)
+        ]
+        for label, insts in asg.accepted.items()
+    }
     return Assignment(accepted=accepted, candidates=list(asg.candidates))
 
 
@@ -207,10 +215,8 @@ def clean_geometry(
     keeps its own score). Off with ``GEOMETRY_CLEAN=false``."""
     if not settings.geometry_clean:
         return regions
-    params = geometry_params(settings)
     out: list[tuple[str, np.ndarray, float]] = []
     for label in dict.fromkeys(lb for lb, _, _ in regions):
         mine = [(m, s) for lb, m, s in regions if lb == label]
-        masks = [m.copy() for m, _ in mine]
-        out += [(label, masks[i], mine[i][1]) for i in clean_regions(masks, params)]
+        out += [(label, m, mine[k][1]) for k, m in _clean_label([m for m, _ in mine], settings)]
     return out

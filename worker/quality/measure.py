@@ -31,7 +31,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -43,6 +43,7 @@ from backend.state.schemas import (
     QualityReport,
     ReferenceSet,
     ScoreCalibration,
+    Shot,
     Tuning,
 )
 from backend.state.store import Store
@@ -111,6 +112,19 @@ def _target(
     return inference.target_encoding(rt, store, image, sha), sha
 
 
+def _references(
+    rt: Runtime, store: Store, shots: Mapping[str, Sequence[Shot]]
+) -> tuple[dict[str, list[Reference]], dict[str, list[str]]]:
+    """label -> its shots' references (the worker's reference cache), and their shas."""
+    references = {
+        lb: [
+            rt.references.get(x.ref, store.data.get_blob, rt.model.reference_from_bytes) for x in s
+        ]
+        for lb, s in shots.items()
+    }
+    return references, {lb: [x.ref for x in s] for lb, s in shots.items()}
+
+
 def _case(
     rt: Runtime,
     store: Store,
@@ -127,15 +141,8 @@ def _case(
     if not kept:
         return None
     target, sha = encoded
-    references: dict[str, list[Reference]] = {
-        lb: [
-            rt.references.get(s.ref, store.data.get_blob, rt.model.reference_from_bytes)
-            for s in shots
-        ]
-        for lb, shots in kept.items()
-    }
+    references, shas = _references(rt, store, kept)
     preds, point_masks, _ = decoded_masks.predict_labels(rt, store, sha, target, references)
-    shas = {lb: [s.ref for s in shots] for lb, shots in kept.items()}
     config = rt.model.pipeline.config
     defaults = default_thresholds(config, references, shas, model_key=rt.model.key)
     shape = tuple(target.image_size)
@@ -172,13 +179,7 @@ def _floors(
     """label -> the default presence floor of the version's whole shot set (what predictions
     add the chosen offset to)."""
     shots = {lb: s for lb, s in refs.shots.items() if lb in cfg.labels and s}
-    references = {
-        lb: [
-            rt.references.get(x.ref, store.data.get_blob, rt.model.reference_from_bytes) for x in s
-        ]
-        for lb, s in shots.items()
-    }
-    shas = {lb: [x.ref for x in s] for lb, s in shots.items()}
+    references, shas = _references(rt, store, shots)
     return default_thresholds(rt.model.pipeline.config, references, shas, model_key=rt.model.key)
 
 
